@@ -1,0 +1,77 @@
+"""Eviction policies: one module per policy, all behind :class:`Policy`.
+
+Built-in names: ``lru``, ``lfu``, ``arc``. A tier's ``policy`` setting takes a
+built-in name, a name registered with :func:`register_policy`, a name published
+by an installed package under the entry-point group ``tiercache.policies``, or
+``"package.module:ClassName"`` -- so a user's own policy needs no edit to
+tiercache. See docs/policies.md for a guide to writing one.
+
+Trust model: ``"module:Class"`` and entry points import and run Python code
+from the environment; only put policy specs from trusted config files there.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from .arc import ARCPolicy
+from .base import Key, Policy
+from .lfu import LFUPolicy
+from .lru import LRUPolicy
+
+__all__ = ["ARCPolicy", "Key", "LFUPolicy", "LRUPolicy", "Policy", "available_policies",
+           "get_policy_class", "register_policy"]
+
+ENTRY_POINT_GROUP = "tiercache.policies"
+
+_REGISTRY: dict[str, type[Policy]] = {cls.name: cls for cls in (LRUPolicy, LFUPolicy, ARCPolicy)}
+
+
+def register_policy(cls: type[Policy], name: str | None = None) -> type[Policy]:
+    """Register ``cls`` under ``name`` (default ``cls.name``); usable as a decorator."""
+    key = (name or cls.name).lower()
+    if not key:
+        raise ValueError(f"{cls.__name__} has no name: set the class attribute `name`")
+    if not (isinstance(cls, type) and issubclass(cls, Policy)):
+        raise TypeError(f"{cls!r} is not a subclass of tiercache.policies.Policy")
+    _REGISTRY[key] = cls
+    return cls
+
+
+def _entry_point_names() -> dict[str, object]:
+    return {ep.name.lower(): ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_policies() -> list[str]:
+    """Sorted names accepted by :func:`get_policy_class` (besides ``module:Class``)."""
+    return sorted(set(_REGISTRY) | set(_entry_point_names()))
+
+
+def get_policy_class(spec: str) -> type[Policy]:
+    """Resolve a policy spec (name, entry point or ``"module:Class"``) to its class.
+
+    Raises :class:`LookupError` naming the known policies when ``spec`` is unknown,
+    and :class:`ImportError`/:class:`TypeError` when a ``module:Class`` cannot be
+    loaded or is not a :class:`Policy`.
+    """
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        module = importlib.import_module(module_name)
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        cls = obj
+    else:
+        name = spec.lower()
+        if name in _REGISTRY:
+            return _REGISTRY[name]
+        eps = _entry_point_names()
+        if name not in eps:
+            known = ", ".join(available_policies())
+            raise LookupError(f"unknown policy {spec!r}; known policies: {known}, "
+                              "or 'package.module:ClassName'")
+        cls = eps[name].load()  # type: ignore[attr-defined]
+    if not (isinstance(cls, type) and issubclass(cls, Policy)):
+        raise TypeError(f"{spec!r} is {cls!r}, not a subclass of tiercache.policies.Policy")
+    return cls

@@ -1,0 +1,61 @@
+"""The tiercache error tree.
+
+Every error tiercache raises on purpose derives from :class:`TierCacheError`, so
+``except tiercache.TierCacheError`` catches them all. :class:`ConfigError` is
+also a :class:`ValueError` and :class:`ShardNotFoundError` also a
+:class:`KeyError`, so code written against the standard exceptions keeps
+working.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class TierCacheError(Exception):
+    """Root of every error raised by tiercache."""
+
+
+class ConfigError(TierCacheError, ValueError):
+    """A configuration value is invalid.
+
+    Parameters
+    ----------
+    reason:
+        What is wrong and, where possible, what to do about it.
+    file:
+        The configuration file (or ``"<dict>"`` for an in-memory config).
+    key:
+        Dotted path of the offending key, e.g. ``"tiers[1].capacity"``.
+    """
+
+    def __init__(self, reason: str, *, file: str | os.PathLike[str] | None = None,
+                 key: str | None = None) -> None:
+        self.reason = reason
+        self.file = os.fspath(file) if file is not None else None
+        self.key = key
+        where = ":".join(p for p in (self.file, key) if p)
+        super().__init__(f"{where}: {reason}" if where else reason)
+
+
+class ShardNotFoundError(TierCacheError, KeyError):
+    """A shard is in no tier and no origin provides it."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0]) if self.args else "shard not found"
+
+
+class StoreError(TierCacheError):
+    """A storage backend failed to read, write or delete (I/O, full disk, ...)."""
+
+
+class CorruptShardError(StoreError):
+    """A stored shard failed its integrity check (bad magic, header or checksum)."""
+
+
+class ShardFormatError(TierCacheError, ValueError):
+    """An array cannot be stored as a shard (object dtype, too many dimensions, ...)."""
+
+
+class PolicyError(TierCacheError):
+    """A policy could not be found, loaded, or violated its contract."""

@@ -1,0 +1,91 @@
+"""The storage-medium interface: shards in, shards out, no policy logic.
+
+A :class:`Store` keeps named numpy arrays on one medium (process memory, an
+lmdb environment, a diskcache directory, ...). It does not decide what to
+keep: the :class:`~tiercache.tier.Tier` that owns it does. Disk stores keep
+each shard as raw array bytes behind a small header (see
+:mod:`tiercache.codec`) -- never pickle -- and verify the checksum on read.
+
+Thread-safety: every method may be called from several threads at once; a
+store serialises what its medium needs serialised.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import ClassVar, Literal
+
+import numpy as np
+
+VerifyMode = Literal["always", "never"]
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What a store knows of a shard without reading its payload."""
+
+    dtype: np.dtype[np.generic]
+    shape: tuple[int, ...]
+    stored_nbytes: int  # bytes it occupies in the store (header included): what capacity counts
+
+
+class Store(ABC):
+    """Abstract storage medium for shards (named numpy arrays)."""
+
+    #: Backend name used in the TOML ``backend`` key.
+    backend: ClassVar[str] = ""
+    #: Whether contents survive :meth:`close` and a process restart.
+    persistent: ClassVar[bool] = False
+
+    @abstractmethod
+    def get(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
+        """Return the shard stored under ``key``, or ``None`` if absent.
+
+        With ``out``, fill that C-contiguous writable array (its dtype and shape
+        must equal the shard's, else :class:`ValueError`) and return it; this is
+        the fast path, no allocation. Without ``out``, return a new array
+        (memory stores return their own read-only array: no copy). Raises
+        :class:`~tiercache.errors.CorruptShardError` if the stored bytes fail
+        their integrity check; the store leaves the entry in place.
+        """
+
+    @abstractmethod
+    def put(self, key: str, array: np.ndarray) -> int:
+        """Store a copy of ``array`` under ``key`` (replacing any old value).
+
+        Returns the bytes it occupies in the store, equal to :meth:`stored_size`
+        of the array. Atomic: a concurrent or later reader sees the old value,
+        the new one or nothing, never a mix.
+        """
+
+    @abstractmethod
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; return whether it was present."""
+
+    @abstractmethod
+    def info(self, key: str) -> ShardInfo | None:
+        """Dtype, shape and stored size of ``key`` without reading the payload."""
+
+    @abstractmethod
+    def keys(self) -> Iterator[str]:
+        """Every stored key (a snapshot; safe to mutate the store while iterating)."""
+
+    @abstractmethod
+    def stored_size(self, array: np.ndarray) -> int:
+        """Bytes ``array`` would occupy once put (what the tier's capacity counts)."""
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.info(key) is not None
+
+    def close(self) -> None:  # noqa: B027 - optional for stores without resources
+        """Release the medium. Idempotent."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
