@@ -61,6 +61,13 @@ class Store(ABC):
         the new one or nothing, never a mix.
         """
 
+    def adopt(self, key: str, array: np.ndarray) -> int:
+        """Like :meth:`put`, but a store that keeps arrays in memory may keep ``array``
+        itself instead of a copy. The caller hands the array over and must not
+        write to it afterwards. Default: :meth:`put`.
+        """
+        return self.put(key, array)
+
     @abstractmethod
     def delete(self, key: str) -> bool:
         """Remove ``key``; return whether it was present."""

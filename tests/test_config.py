@@ -1,0 +1,192 @@
+"""Config validation: every mistake is one ConfigError naming file, key and reason,
+raised before anything is created on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tiercache
+from tiercache import ConfigError, load_config
+
+GOOD_TOML = """
+mode = "exclusive"
+[[tiers]]
+name = "ram"
+backend = "memory"
+capacity = "64MiB"
+policy = "arc"
+[[tiers]]
+name = "ssd"
+backend = "lmdb"
+path = ".tiercache/ssd"
+capacity = "256MiB"
+policy = "lfu"
+promote_after = 2
+[[tiers]]
+name = "hdd"
+backend = "diskcache"
+path = ".tiercache/hdd"
+capacity = "4GiB"
+policy = "lru"
+"""
+
+
+def test_issue_example_parses_and_resolves_paths(tmp_path: Path) -> None:
+    f = tmp_path / "tiers.toml"
+    f.write_text(GOOD_TOML)
+    cfg = load_config(f)
+    assert [t.name for t in cfg.tiers] == ["ram", "ssd", "hdd"]
+    assert cfg.tiers[0].capacity_bytes == 64 * 2**20
+    assert cfg.tiers[2].capacity_bytes == 4 * 2**30
+    assert cfg.tiers[1].path == tmp_path / ".tiercache" / "ssd"
+    assert cfg.tiers[1].promote_after == 2
+    assert cfg.mode == "exclusive"
+    assert not (tmp_path / ".tiercache").exists()  # validation creates nothing
+    with pytest.raises(AttributeError):
+        cfg.tiers[0].capacity_bytes = 1  # type: ignore[misc]
+
+
+def test_percentage_capacity_for_memory(tmp_path: Path) -> None:
+    cfg = load_config({"tiers": [{"name": "ram", "backend": "memory", "capacity": "25%"}]})
+    assert cfg.tiers[0].capacity_bytes > 0
+
+
+def _tiers(**override: Any) -> dict[str, Any]:
+    tier = {"name": "ssd", "backend": "lmdb", "path": "ssd", "capacity": "1MiB"}
+    tier.update(override)
+    return {"tiers": [tier]}
+
+
+def _drop(key: str) -> dict[str, Any]:
+    cfg = _tiers()
+    del cfg["tiers"][0][key]
+    return cfg
+
+
+BAD: list[tuple[str, dict[str, Any], str, str]] = [
+    # (id, config, key that must be named, words that must appear)
+    ("unknown-top-key", {"tierz": [], "tiers": _tiers()["tiers"]}, "tierz", "unknown key"),
+    ("unknown-tier-key", _tiers(colour="red"), "colour", "unknown key"),
+    ("no-tiers", {"mode": "exclusive"}, "tiers", "missing"),
+    ("empty-tiers", {"tiers": []}, "tiers", "empty"),
+    ("tiers-not-list", {"tiers": {"name": "x"}}, "tiers", "array of tables"),
+    ("bad-mode", {"mode": "both", "tiers": _tiers()["tiers"]}, "mode", "exclusive"),
+    ("no-name", _drop("name"), "name", "required"),
+    ("bad-name", _tiers(name="my tier!"), "name", "short name"),
+    ("no-backend", _drop("backend"), "backend", "unknown backend"),
+    ("unknown-backend", _tiers(backend="s3"), "backend", "lmdb"),
+    ("no-capacity", _drop("capacity"), "capacity", "required"),
+    ("zero-capacity", _tiers(capacity=0), "capacity", "greater than zero"),
+    ("negative-capacity", _tiers(capacity=-5), "capacity", "negative"),
+    ("absurd-capacity", _tiers(capacity="9000PiB"), "capacity", "unit"),
+    ("huge-capacity", _tiers(capacity="5000TiB"), "capacity", "1 PiB"),
+    ("float-capacity", _tiers(capacity=1.5), "capacity", "whole number"),
+    ("bool-capacity", _tiers(capacity=True), "capacity", "boolean"),
+    ("garbage-capacity", _tiers(capacity="lots"), "capacity", "not a size"),
+    ("bad-unit", _tiers(capacity="5 parsecs"), "capacity", "not a size"),
+    ("percent-on-disk", _tiers(capacity="25%"), "capacity", "only allowed for memory"),
+    ("percent-over-100", {"tiers": [{"name": "r", "backend": "memory", "capacity": "150%"}]},
+     "capacity", "percentage"),
+    ("percent-zero", {"tiers": [{"name": "r", "backend": "memory", "capacity": "0%"}]},
+     "capacity", "percentage"),
+    ("unknown-policy", _tiers(policy="fifoo"), "policy", "known policies"),
+    ("policy-not-string", _tiers(policy=3), "policy", "policy name"),
+    ("policy-bad-module", _tiers(policy="no_such_module_xyz:Cls"), "policy", "no_such_module"),
+    ("policy-not-a-policy", _tiers(policy="collections:OrderedDict"), "policy", "not a subclass"),
+    ("policy-options-not-table", _tiers(policy_options=3), "policy_options", "table"),
+    ("disk-without-path", _drop("path"), "path", "required"),
+    ("memory-with-path", {"tiers": [{"name": "r", "backend": "memory", "capacity": "1MiB",
+                                     "path": "x"}]}, "path", "no path"),
+    ("empty-path", _tiers(path="  "), "path", "folder path"),
+    ("path-not-string", _tiers(path=5), "path", "folder path"),
+    ("promote-zero", _tiers(promote_after=0), "promote_after", ">= 1"),
+    ("promote-negative", _tiers(promote_after=-1), "promote_after", ">= 1"),
+    ("promote-word", _tiers(promote_after="sometimes"), "promote_after", "never"),
+    ("verify-bad", _tiers(verify="maybe"), "verify", "always"),
+    ("flush-not-bool", {"flush_on_close": "yes", "tiers": _tiers()["tiers"]}, "flush_on_close",
+     "true or false"),
+    ("duplicate-names", {"tiers": [
+        {"name": "a", "backend": "memory", "capacity": "1MiB"},
+        {"name": "a", "backend": "memory", "capacity": "1MiB"}]}, "name", "duplicate"),
+    ("shared-path", {"tiers": [
+        {"name": "a", "backend": "lmdb", "path": "same", "capacity": "1MiB"},
+        {"name": "b", "backend": "diskcache", "path": "same", "capacity": "1MiB"}]},
+     "path", "overlaps"),
+    ("nested-path", {"tiers": [
+        {"name": "a", "backend": "lmdb", "path": "outer", "capacity": "1MiB"},
+        {"name": "b", "backend": "diskcache", "path": "outer/inner", "capacity": "1MiB"}]},
+     "path", "overlaps"),
+    ("origin-not-table", {"origin": "x", "tiers": _tiers()["tiers"]}, "origin", "table"),
+    ("origin-unknown-kind", {"origin": {"kind": "ftp", "path": "."}, "tiers": _tiers()["tiers"]},
+     "origin.kind", "unknown origin"),
+    ("origin-missing-path", {"origin": {"kind": "npy", "path": "nowhere"},
+                             "tiers": _tiers()["tiers"]}, "origin.path", "does not exist"),
+    ("origin-unknown-key", {"origin": {"kind": "npy", "path": ".", "x": 1},
+                            "tiers": _tiers()["tiers"]}, "origin.x", "unknown key"),
+]
+
+
+@pytest.mark.parametrize(("cfg", "key", "words"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_config_is_one_clear_error(tmp_path: Path, cfg: dict[str, Any], key: str,
+                                       words: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg, base_dir=tmp_path)
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert err.key is not None and key in err.key, (err.key, str(err))
+    assert words.lower() in str(err).lower(), str(err)
+    with pytest.raises(ConfigError):
+        tiercache.open(cfg)  # the library entry point validates before creating anything
+    assert sorted(tmp_path.rglob("*")) == before  # nothing created
+
+
+def test_path_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="not a folder"):
+        load_config(_tiers(path="afile"), base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="not a folder"):
+        load_config(_tiers(path="afile/sub"), base_dir=tmp_path)
+
+
+def test_unwritable_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    # CI runs as root, for whom access() always allows writing: simulate the refusal
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if Path(p) == ro else real_access(p, m))
+    with pytest.raises(ConfigError, match="not writable"):
+        load_config(_tiers(path="ro/tier"), base_dir=tmp_path)
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError, match="missing.toml: file not found"):
+        load_config(missing)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("tiers = [[[")
+    with pytest.raises(ConfigError, match="bad.toml: invalid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text('[[tiers]]\nname = "x"\nbackend = "memory"\ncapacity = "0"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(wrong)
+    assert str(info.value).startswith(f"{wrong}:tiers[0] (x).capacity:")
+
+
+def test_relative_paths_resolve_against_the_toml_folder(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    sub = tmp_path / "conf"
+    sub.mkdir()
+    f = sub / "tiers.toml"
+    f.write_text('[[tiers]]\nname = "ssd"\nbackend = "lmdb"\npath = "data/ssd"\n'
+                 'capacity = "1MiB"\n')
+    monkeypatch.chdir(tmp_path)
+    assert load_config(f).tiers[0].path == sub / "data" / "ssd"

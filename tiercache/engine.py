@@ -1,0 +1,475 @@
+"""TieredCache: a hierarchy of tiers, fastest first, behind a dict-like API.
+
+Lookups walk the tiers top-down; probing a tier that lacks a key touches only
+an in-memory index, never the medium, and does not disturb its policy. A hit
+in a lower tier counts toward that tier's promotion rule; a promoted shard
+moves up one tier (exclusive mode: it leaves the lower tier; inclusive mode: the
+lower copy stays). Making room in a tier evicts the victims its policy picks,
+which are demoted one tier down -- or simply dropped in inclusive mode when the
+tier below already holds a copy. A shard larger than a tier skips it. A shard
+in no tier comes from the origin, if one is configured, and is admitted at the
+top; otherwise :class:`~tiercache.errors.ShardNotFoundError` (a ``KeyError``).
+
+Thread-safety: every public method is safe to call from several threads (a
+prefetch thread calls :meth:`get` while the inference loop does). One
+re-entrant lock guards the indices, policies and statistics; reads from disk
+tiers and from the origin run outside it, and a per-key version number makes
+a read that raced with a ``put`` or ``delete`` of the same key start over, so
+a stale value is never promoted or returned after the write completed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from .codec import check_storable, empty_aligned
+from .config import CacheConfig, TierConfig, load_config
+from .errors import CorruptShardError, ShardNotFoundError, StoreError, TierCacheError
+from .origins import Origin, open_origin
+from .policies import get_policy_class
+from .stats import TierStats
+from .stores import open_store
+from .tier import DemotionFailed, PromotionRule, Tier
+
+log = logging.getLogger("tiercache")
+
+_MISSING: Any = object()
+_MAX_RETRIES = 8
+
+
+def build_tier(cfg: TierConfig) -> Tier:
+    """Create the store and policy of one configured tier (creates its folder)."""
+    store = open_store(cfg.backend, cfg.path, verify=cfg.verify, capacity_bytes=cfg.capacity_bytes)
+    policy = get_policy_class(cfg.policy)(cfg.capacity_bytes, **dict(cfg.policy_options))
+    tier = Tier(cfg.name, store, policy, cfg.capacity_bytes, PromotionRule(cfg.promote_after))
+    if store.persistent:
+        tier.load_existing()
+    return tier
+
+
+class TieredCache:
+    """Named numpy arrays served from a hierarchy of storage tiers.
+
+    Build one with :meth:`from_config` (a TOML path or a dict) or
+    :func:`tiercache.open`. Use it as a context manager so it is closed (and,
+    with ``flush_on_close``, volatile shards are written down) at the end.
+    """
+
+    def __init__(self, tiers: list[Tier], *, mode: str = "exclusive",
+                 origin: Origin | None = None, flush_on_close: bool = True) -> None:
+        if not tiers:
+            raise TierCacheError("a TieredCache needs at least one tier")
+        if mode not in ("exclusive", "inclusive"):
+            raise TierCacheError(f"mode must be 'exclusive' or 'inclusive', got {mode!r}")
+        self._tiers = tiers
+        self.mode = mode
+        self.inclusive = mode == "inclusive"
+        self.origin = origin
+        self.origin_stats = TierStats()
+        self.flush_on_close = flush_on_close
+        self._lock = threading.RLock()
+        self._versions: dict[str, int] = {}
+        self._scratch: dict[int, np.ndarray] = {}
+        self._closed = False
+
+    # --- construction ---------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
+                    ) -> TieredCache:
+        """Validate ``config`` fully, then create the tiers (and their folders)."""
+        cfg = config if isinstance(config, CacheConfig) else load_config(config)
+        tiers: list[Tier] = []
+        try:
+            for tier_cfg in cfg.tiers:
+                tiers.append(build_tier(tier_cfg))
+            origin = (open_origin(cfg.origin.kind, cfg.origin.path, source=cfg.source)
+                      if cfg.origin else None)
+        except BaseException:
+            for t in tiers:
+                t.store.close()
+            raise
+        return cls(tiers, mode=cfg.mode, origin=origin, flush_on_close=cfg.flush_on_close)
+
+    @property
+    def tiers(self) -> tuple[Tier, ...]:
+        return tuple(self._tiers)
+
+    def tier(self, name: str) -> Tier:
+        for t in self._tiers:
+            if t.name == name:
+                return t
+        raise KeyError(f"no tier named {name!r} (tiers: {', '.join(t.name for t in self._tiers)})")
+
+    # --- reads ------------------------------------------------------------------------
+    def get(self, key: str, default: Any = _MISSING, *, out: np.ndarray | None = None) -> Any:
+        """Return the shard ``key`` (dtype and shape as put).
+
+        Served from the highest tier that holds it, else from the origin. With
+        ``out`` the bytes are copied into that preallocated, C-contiguous array
+        (same dtype and shape) and ``out`` is returned. Without it, the result
+        may be read-only (a RAM-tier hit returns the cached array itself, no
+        copy). Raises :class:`~tiercache.errors.ShardNotFoundError` (a
+        ``KeyError``) when no tier and no origin has it, unless ``default`` is
+        given.
+        """
+        started = time.perf_counter()
+        self._check_open()
+        for _ in range(_MAX_RETRIES):
+            with self._lock:
+                found = self._locate(key)
+                if found is None:
+                    break
+                index, tier = found
+                for above in self._tiers[:index]:
+                    above.stats.misses += 1
+                version = self._versions.get(key, 0)
+                if tier.is_memory:
+                    array = tier.store.get(key)
+                    if array is None:  # index and store disagree: repair and retry
+                        tier.remove(key)
+                        continue
+                    result = array if out is None else self._copy_out(key, array, out)
+                    if tier.record_hit(key, array.nbytes, time.perf_counter() - started) \
+                            and index > 0:
+                        self._promote(index, key, array, private=False)
+                    return result
+            # disk tier: read outside the lock
+            try:
+                array = tier.read(key, out)
+            except CorruptShardError as exc:
+                self._drop_corrupt(tier, key, exc, version)
+                continue
+            except StoreError as exc:
+                with self._lock:
+                    tier.stats.errors += 1
+                log.warning("tier %s failed to read %r: %s", tier.name, key, exc)
+                array = None
+                if self._versions.get(key, 0) == version:
+                    # skip this tier for this read: serve from below or the origin
+                    return self._get_below(key, index, default, out, started)
+                continue
+            if array is None:
+                continue  # evicted or replaced meanwhile: look again
+            with self._lock:
+                if self._versions.get(key, 0) != version or key not in tier:
+                    continue
+                due = tier.record_hit(key, array.nbytes, time.perf_counter() - started)
+                if due and index > 0:
+                    self._promote(index, key, array, private=out is None)
+            return array
+        return self._get_from_origin(key, default, out, started)
+
+    def _get_below(self, key: str, failed_index: int, default: Any, out: np.ndarray | None,
+                   started: float) -> Any:
+        for tier in self._tiers[failed_index + 1:]:
+            if key in tier:
+                try:
+                    array = tier.read(key, out)
+                except StoreError:
+                    continue
+                if array is not None:
+                    with self._lock:
+                        tier.record_hit(key, array.nbytes, time.perf_counter() - started)
+                    return array
+        return self._get_from_origin(key, default, out, started, admit=False)
+
+    def _get_from_origin(self, key: str, default: Any, out: np.ndarray | None, started: float,
+                         *, admit: bool = True) -> Any:
+        with self._lock:
+            for tier in self._tiers:
+                tier.stats.misses += 1
+            version = self._versions.get(key, 0)
+        origin = self.origin
+        array = origin.get(key) if origin is not None else None
+        if array is None:
+            if default is _MISSING:
+                where = " or the origin" if origin is not None else ""
+                raise ShardNotFoundError(f"shard {key!r} is in no tier{where}")
+            return default
+        stats = self.origin_stats
+        with self._lock:
+            stats.hits += 1
+            stats.bytes_read += array.nbytes
+            stats.latency.record(time.perf_counter() - started)
+            if admit and self._versions.get(key, 0) == version and self._locate(key) is None:
+                self._admit_from(0, key, array, adopt=origin is not None and origin.fresh_arrays)
+        if out is not None:
+            return self._copy_out(key, array, out)
+        if self.origin is not None and self.origin.fresh_arrays:
+            array.flags.writeable = False
+        return array
+
+    def __contains__(self, key: object) -> bool:
+        """Whether a tier holds ``key`` (the origin is not consulted). O(tiers)."""
+        if not isinstance(key, str):
+            return False
+        with self._lock:
+            return self._locate(key) is not None
+
+    def keys(self) -> list[str]:
+        """Every key held by some tier (not the origin's)."""
+        with self._lock:
+            seen: dict[str, None] = {}
+            for tier in self._tiers:
+                seen.update(dict.fromkeys(tier.keys()))
+            return list(seen)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def where(self, key: str) -> list[str]:
+        """Names of the tiers holding ``key``, fastest first (for tests and debugging)."""
+        with self._lock:
+            return [t.name for t in self._tiers if key in t]
+
+    # --- writes -----------------------------------------------------------------------
+    def put(self, key: str, array: np.ndarray, *, tier: str | None = None) -> None:
+        """Store ``array`` under ``key``, replacing any older value in every tier.
+
+        The shard goes to ``tier`` (default: the fastest) or, if it is larger than
+        that tier, the next one that can hold it; evictions cascade down. Raises
+        :class:`~tiercache.errors.TierCacheError` if no tier can hold it.
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"keys are strings, got {type(key).__name__}")
+        array = np.asarray(array)
+        check_storable(array)
+        self._check_open()
+        with self._lock:
+            start = 0 if tier is None else self._tiers.index(self.tier(tier))
+            self._bump(key)
+            for t in self._tiers:
+                t.remove(key)
+            if not self._admit_from(start, key, array, adopt=False):
+                raise TierCacheError(
+                    f"shard {key!r} ({array.nbytes} bytes) fits no tier from "
+                    f"{self._tiers[start].name!r} down, or no room could be made")
+
+    def __setitem__(self, key: str, array: np.ndarray) -> None:
+        self.put(key, array)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.get(key)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key`` from every tier (the origin is read-only). Returns whether any held it."""
+        self._check_open()
+        with self._lock:
+            self._bump(key)
+            removed = False
+            for t in self._tiers:
+                removed = t.remove(key) or removed
+            return removed
+
+    def __delitem__(self, key: str) -> None:
+        if not self.delete(key):
+            raise KeyError(key)
+
+    # --- movement between tiers -----------------------------------------------------
+    def _locate(self, key: str) -> tuple[int, Tier] | None:
+        for i, tier in enumerate(self._tiers):
+            if key in tier:
+                return i, tier
+        return None
+
+    def _bump(self, key: str) -> None:
+        self._versions[key] = self._versions.get(key, 0) + 1
+
+    def _admit_from(self, start: int, key: str, array: np.ndarray, *, adopt: bool) -> bool:
+        """Admit into the first tier at or below ``start`` that accepts it. Lock held."""
+        for index in range(start, len(self._tiers)):
+            tier = self._tiers[index]
+            if tier.admit(key, array, self._demoter(index), adopt=adopt and tier.is_memory):
+                return True
+        return False
+
+    def _demoter(self, index: int) -> Any:
+        def demote(victim: str) -> None:
+            self._demote(index, victim)
+        return demote
+
+    def _demote(self, index: int, key: str) -> None:
+        """Move ``key`` out of tier ``index`` to a lower tier, or drop it. Lock held.
+
+        Raises :class:`DemotionFailed` when the bytes can go nowhere safe and
+        are not dropped by design (then the victim stays).
+        """
+        source = self._tiers[index]
+        below = self._tiers[index + 1:]
+        if not below:
+            source.stats.dropped += 1  # evicted out of the hierarchy
+            return
+        if self.inclusive and any(key in t for t in below):
+            return  # a copy already lives below: just drop this one
+        try:
+            array = self._read_for_move(index, key)
+        except CorruptShardError as exc:
+            log.warning("dropping corrupt shard %r from tier %s: %s", key, source.name, exc)
+            source.stats.corrupt += 1
+            return
+        if array is None:
+            return
+        for offset, target in enumerate(below, start=index + 1):
+            try:
+                if target.admit(key, array, self._demoter(offset), adopt=False):
+                    source.stats.demotions_out += 1
+                    target.stats.demotions_in += 1
+                    return
+            except StoreError as exc:
+                target.stats.errors += 1
+                log.warning("tier %s failed to take demoted %r: %s", target.name, key, exc)
+        raise DemotionFailed(key)
+
+    def _read_for_move(self, index: int, key: str) -> np.ndarray | None:
+        """Read a shard that is about to move, into tier ``index``'s reused scratch buffer."""
+        tier = self._tiers[index]
+        if tier.is_memory:
+            return tier.store.get(key)
+        info = tier.store.info(key)
+        if info is None:
+            return None
+        nbytes = int(np.prod(info.shape, dtype=np.int64)) * info.dtype.itemsize
+        scratch = self._scratch.get(index)
+        if scratch is None or scratch.nbytes < nbytes:
+            scratch = self._scratch[index] = empty_aligned(max(nbytes, 1 << 20))
+        out = scratch[:nbytes].view(info.dtype).reshape(info.shape)
+        array = tier.store.get(key, out)
+        tier.stats.bytes_read += nbytes
+        return array
+
+    def _promote(self, index: int, key: str, array: np.ndarray, *, private: bool) -> None:
+        """Move ``key`` from tier ``index`` up to the nearest tier above that can hold it."""
+        source = self._tiers[index]
+        for target_index in range(index - 1, -1, -1):
+            target = self._tiers[target_index]
+            if not target.fits(target.store.stored_size(array)):
+                continue
+            if not self.inclusive:
+                source.remove(key)  # the bytes are in `array`; re-admitted below on failure
+            adopt = private and target.is_memory
+            try:
+                moved = target.admit(key, array, self._demoter(target_index), adopt=adopt)
+            except StoreError as exc:
+                target.stats.errors += 1
+                log.warning("tier %s failed to take promoted %r: %s", target.name, key, exc)
+                moved = False
+            if moved:
+                source.stats.promotions_out += 1
+                target.stats.promotions_in += 1
+            elif not self.inclusive and not self._admit_from(index, key, array, adopt=False):
+                log.warning("shard %r could not be kept after a failed promotion", key)
+                source.stats.dropped += 1
+            return
+
+    def _drop_corrupt(self, tier: Tier, key: str, exc: Exception, version: int) -> None:
+        with self._lock:
+            tier.stats.corrupt += 1
+            if self._versions.get(key, 0) == version and key in tier:
+                tier.remove(key)
+        log.warning("tier %s: dropped corrupt copy of %r (%s); reading from the next tier",
+                    tier.name, key, exc)
+
+    @staticmethod
+    def _copy_out(key: str, array: np.ndarray, out: np.ndarray) -> np.ndarray:
+        if out.dtype != array.dtype or out.shape != array.shape:
+            raise ValueError(f"out has dtype {out.dtype} and shape {out.shape}, but shard "
+                             f"{key!r} is {array.dtype} {array.shape}")
+        np.copyto(out, array)
+        return out
+
+    # --- maintenance ------------------------------------------------------------------
+    def flush(self) -> int:
+        """Write shards that live only in volatile tiers down to the first persistent
+        tier below that can hold them, so they survive a restart. In exclusive mode
+        they move (leave the volatile tier); in inclusive mode they are copied.
+        Returns how many shards were written."""
+        written = 0
+        with self._lock:
+            for index, tier in enumerate(self._tiers):
+                if tier.store.persistent:
+                    continue
+                for key in tier.keys():
+                    if any(key in t for t in self._tiers if t.store.persistent):
+                        continue
+                    array = tier.store.get(key)
+                    if array is None:
+                        continue
+                    for below in range(index + 1, len(self._tiers)):
+                        target = self._tiers[below]
+                        if target.store.persistent and target.admit(
+                                key, array, self._demoter(below)):
+                            written += 1
+                            if not self.inclusive:
+                                tier.remove(key)
+                            break
+        return written
+
+    def stats(self) -> dict[str, Any]:
+        """Per-tier statistics as a plain dict (see docs/configuration.md#stats)."""
+        with self._lock:
+            tiers = {t.name: t.describe() for t in self._tiers}
+            origin = None
+            if self.origin is not None:
+                o = self.origin_stats.as_dict()
+                origin = {"kind": type(self.origin).__name__, "hits": o["hits"],
+                          "bytes_read": o["bytes_read"], "get_latency_p50_s": o["get_latency_p50_s"],
+                          "get_latency_p99_s": o["get_latency_p99_s"]}
+            return {"mode": self.mode, "tiers": tiers, "origin": origin}
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if any tier breaks capacity or index invariants (tests)."""
+        with self._lock:
+            for tier in self._tiers:
+                tier.check_invariants()
+            if not self.inclusive:
+                for tier in self._tiers:
+                    for key in tier.keys():
+                        holders = self.where(key)
+                        assert len(holders) == 1, f"{key!r} in several tiers: {holders}"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TierCacheError("the cache is closed")
+
+    def close(self) -> None:
+        """Flush volatile shards (if ``flush_on_close``) and close every store. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if self.flush_on_close:
+                    self.flush()
+            finally:
+                self._closed = True
+                for tier in self._tiers:
+                    tier.store.close()
+                if self.origin is not None:
+                    self.origin.close()
+
+    def __enter__(self) -> TieredCache:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        layout = ", ".join(f"{t.name}:{t.store.backend}/{t.policy.name}" for t in self._tiers)
+        return f"<TieredCache {self.mode} [{layout}]>"
+
+
+def open(config: str | os.PathLike[str] | Mapping[str, Any] | Path) -> TieredCache:  # noqa: A001
+    """Open the cache described by a TOML file or a dict (see docs/configuration.md)."""
+    return TieredCache.from_config(config)
