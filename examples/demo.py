@@ -32,11 +32,12 @@ TOKENS = 6
 def make_weights(seed: int = 0) -> dict[str, np.ndarray]:
     """Two DIM x DIM float32 matrices per layer plus an embedding: ~48 MiB."""
     rng = np.random.default_rng(seed)
-    weights = {"embed": rng.standard_normal((DIM, DIM), dtype=np.float32) / np.sqrt(DIM)}
+    scale = np.float32(1 / np.sqrt(DIM))
+    weights = {"embed": rng.standard_normal((DIM, DIM), dtype=np.float32) * scale}
     for layer in range(LAYERS):
         for part in ("up", "down"):
             weights[f"blk.{layer}.{part}.weight"] = (
-                rng.standard_normal((DIM, DIM), dtype=np.float32) / np.sqrt(DIM))
+                rng.standard_normal((DIM, DIM), dtype=np.float32) * scale)
     return weights
 
 

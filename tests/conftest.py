@@ -1,43 +1,15 @@
-"""Shared fixtures: small three-tier configs on real folders under tmp_path."""
+"""Shared fixtures."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-
-
-def three_tier_config(root: Path, *, mode: str = "exclusive", ram: str = "64KiB",
-                      ssd: str = "128KiB", hdd: str = "4MiB", ram_policy: str = "lru",
-                      ssd_policy: str = "lru", hdd_policy: str = "lru",
-                      promote_after: Any = 2, origin: Path | None = None) -> dict[str, Any]:
-    """A RAM (memory) / SSD (lmdb) / HDD (diskcache) config rooted at ``root``."""
-    cfg: dict[str, Any] = {
-        "mode": mode,
-        "tiers": [
-            {"name": "ram", "backend": "memory", "capacity": ram, "policy": ram_policy},
-            {"name": "ssd", "backend": "lmdb", "path": str(root / "ssd"), "capacity": ssd,
-             "policy": ssd_policy, "promote_after": promote_after},
-            {"name": "hdd", "backend": "diskcache", "path": str(root / "hdd"), "capacity": hdd,
-             "policy": hdd_policy, "promote_after": promote_after},
-        ],
-    }
-    if origin is not None:
-        cfg["origin"] = {"kind": "npy", "path": str(origin)}
-    return cfg
-
-
-def shard(seed: int, nbytes: int = 16 * 1024, dtype: str = "float32") -> np.ndarray:
-    """A deterministic array of about ``nbytes`` bytes."""
-    dt = np.dtype(dtype)
-    n = max(1, nbytes // dt.itemsize)
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal(n) * 100).astype(dt).reshape(-1, 4) if n % 4 == 0 else \
-        (rng.standard_normal(n) * 100).astype(dt)
+from helpers import three_tier_config
 
 
 @pytest.fixture
 def cfg3(tmp_path: Path) -> dict[str, Any]:
+    """A RAM (64 KiB) / SSD lmdb (128 KiB) / HDD diskcache (4 MiB) config under tmp_path."""
     return three_tier_config(tmp_path)

@@ -87,7 +87,7 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("float-capacity", _tiers(capacity=1.5), "capacity", "whole number"),
     ("bool-capacity", _tiers(capacity=True), "capacity", "boolean"),
     ("garbage-capacity", _tiers(capacity="lots"), "capacity", "not a size"),
-    ("bad-unit", _tiers(capacity="5 parsecs"), "capacity", "not a size"),
+    ("bad-unit", _tiers(capacity="5 parsecs"), "capacity", "unknown unit"),
     ("percent-on-disk", _tiers(capacity="25%"), "capacity", "only allowed for memory"),
     ("percent-over-100", {"tiers": [{"name": "r", "backend": "memory", "capacity": "150%"}]},
      "capacity", "percentage"),

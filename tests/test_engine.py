@@ -13,7 +13,7 @@ import tiercache
 from tiercache import ShardNotFoundError, TieredCache
 from tiercache.origins import NpyDirOrigin
 
-from .conftest import shard, three_tier_config
+from helpers import shard, three_tier_config
 
 KiB = 1024
 
@@ -220,14 +220,14 @@ def test_no_flush_on_close_loses_only_ram(tmp_path: Path) -> None:
 
 
 def test_corrupt_lower_copy_is_dropped_and_origin_serves(tmp_path: Path) -> None:
-    arrays = {"w": shard(40)}
+    arrays = {"w": shard(40, nbytes=64 * KiB)}
     NpyDirOrigin.write(tmp_path / "origin", arrays)
     cfg = three_tier_config(tmp_path, origin=tmp_path / "origin")
     with tiercache.open(cfg) as cache:
-        cache.put("w", shard(41), tier="hdd")  # a different value, then corrupt it on disk
+        cache.put("w", shard(41, nbytes=64 * KiB), tier="hdd")  # a different value, then corrupt it on disk
         hdd = cache.tier("hdd").store
         files = [p for p in (tmp_path / "hdd").rglob("*") if p.is_file() and p.suffix == ".val"]
-        assert files, "expected diskcache to keep the 16 KiB shard as a file"
+        assert files, "expected diskcache to keep the 64 KiB shard as a file"
         data = bytearray(files[0].read_bytes())
         data[-1] ^= 0xFF
         files[0].write_bytes(bytes(data))

@@ -21,7 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import tiercache
 
-from .conftest import three_tier_config
+from helpers import three_tier_config
 
 KEYS = st.sampled_from([f"k{i}" for i in range(12)] + ["../escape", "a/b", "ü"])
 DTYPES = st.sampled_from(["float32", "float16", "int8", "int64", "bool"])
@@ -97,6 +97,6 @@ class InclusiveCacheMachine(CacheMachine):
 
 
 TestExclusive = CacheMachine.TestCase
-TestExclusive.settings = settings(max_examples=40, stateful_step_count=40, deadline=None)
+TestExclusive.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
 TestInclusive = InclusiveCacheMachine.TestCase
-TestInclusive.settings = settings(max_examples=40, stateful_step_count=40, deadline=None)
+TestInclusive.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)

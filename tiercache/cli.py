@@ -32,14 +32,14 @@ def render_stats(stats: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"tiercache ({stats['mode']} mode)")
-    columns = ["tier", "backend", "policy", "resident", "capacity", "hits", "misses",
+    columns = ["tier", "backend", "policy", "shards", "resident", "capacity", "hits", "misses",
                "promo in/out", "demo in/out", "evictions", "read", "written", "p50", "p99"]
     for col in columns:
         table.add_column(col, justify="left" if col in ("tier", "backend", "policy") else "right")
     for name, t in stats["tiers"].items():
         table.add_row(
             name, t["backend"], t["policy"],
-            f"{format_size(t['resident_bytes'])} ({t['resident_count']})",
+            str(t["resident_count"]), format_size(t["resident_bytes"]),
             format_size(t["capacity_bytes"]), str(t["hits"]), str(t["misses"]),
             f"{t['promotions_in']}/{t['promotions_out']}",
             f"{t['demotions_in']}/{t['demotions_out']}", str(t["evictions"]),
@@ -47,11 +47,14 @@ def render_stats(stats: dict[str, Any]) -> None:
             _fmt_latency(t["get_latency_p50_s"]), _fmt_latency(t["get_latency_p99_s"]))
     origin = stats.get("origin")
     if origin:
-        table.add_row("origin", origin["kind"], "-", "-", "-", str(origin["hits"]), "-", "-", "-",
+        table.add_row("origin", origin["kind"], "-", "-", "-", "-", str(origin["hits"]), "-", "-", "-",
                       "-", format_size(origin["bytes_read"]), "-",
                       _fmt_latency(origin["get_latency_p50_s"]),
                       _fmt_latency(origin["get_latency_p99_s"]))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
+        console = Console(width=160)
+    console.print(table)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
