@@ -1,103 +1,38 @@
 """The ``tiercache`` command: a thin shell over the library.
 
-Every expected failure (bad config, missing file, unreadable store) prints one
-line to stderr and exits with status 2; no traceback reaches the user unless
+Subcommands live in :mod:`tiercache.commands`, one module each. Every expected
+failure (bad config, missing file, unreadable store) prints one line to
+stderr and exits with status 2; no traceback reaches the user unless
 ``TIERCACHE_DEBUG=1`` is set.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
+from .commands import COMMAND_MODULES
+from .commands.stats import render_stats
 from .errors import TierCacheError
-from .units import format_size
 
-
-def _fmt_latency(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f} µs"
-    return f"{seconds * 1e3:.2f} ms"
-
-
-def render_stats(stats: dict[str, Any]) -> None:
-    """Print a per-tier table of :meth:`TieredCache.stats` output with rich."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"tiercache ({stats['mode']} mode)")
-    columns = ["tier", "backend", "policy", "shards", "resident", "capacity", "hits", "misses",
-               "promo in/out", "demo in/out", "evictions", "read", "written", "p50", "p99"]
-    for col in columns:
-        table.add_column(col, justify="left" if col in ("tier", "backend", "policy") else "right")
-    for name, t in stats["tiers"].items():
-        table.add_row(
-            name, t["backend"], t["policy"],
-            str(t["resident_count"]), format_size(t["resident_bytes"]),
-            format_size(t["capacity_bytes"]), str(t["hits"]), str(t["misses"]),
-            f"{t['promotions_in']}/{t['promotions_out']}",
-            f"{t['demotions_in']}/{t['demotions_out']}", str(t["evictions"]),
-            format_size(t["bytes_read"]), format_size(t["bytes_written"]),
-            _fmt_latency(t["get_latency_p50_s"]), _fmt_latency(t["get_latency_p99_s"]))
-    origin = stats.get("origin")
-    if origin:
-        table.add_row("origin", origin["kind"], "-", "-", "-", "-", str(origin["hits"]), "-", "-", "-",
-                      "-", format_size(origin["bytes_read"]), "-",
-                      _fmt_latency(origin["get_latency_p50_s"]),
-                      _fmt_latency(origin["get_latency_p99_s"]))
-    console = Console()
-    if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
-        console = Console(width=160)
-    console.print(table)
-
-
-def cmd_stats(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .engine import TieredCache
-
-    cfg = load_config(args.config)
-    with TieredCache.from_config(cfg) as cache:
-        stats = cache.stats()
-    if args.json:
-        print(json.dumps(stats, indent=2))
-    else:
-        render_stats(stats)
-    return 0
-
-
-def cmd_policies(args: argparse.Namespace) -> int:
-    from .policies import available_policies, get_policy_class
-
-    for name in available_policies():
-        cls = get_policy_class(name)
-        doc = (cls.__doc__ or "").strip().splitlines()
-        print(f"{name:12s} {doc[0] if doc else ''}")
-    return 0
+__all__ = ["build_parser", "main", "render_stats"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tiercache", description="Serve model weight shards from RAM/SSD/HDD tiers.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("stats", help="print per-tier residency and counters of a cache")
-    p.add_argument("config", help="the cache's TOML file")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_stats)
-    p = sub.add_parser("policies", help="list the eviction policies available by name")
-    p.set_defaults(func=cmd_policies)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tiercache`` command; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
@@ -106,7 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TierCacheError, OSError, ValueError, LookupError) as exc:
         if os.environ.get("TIERCACHE_DEBUG"):
             raise
-        print(f"tiercache: error: {exc}", file=sys.stderr)
+        message = str(exc) if not isinstance(exc, KeyError) else str(exc.args[0])
+        print(f"tiercache: error: {message}", file=sys.stderr)
         return 2
 
 
