@@ -30,11 +30,14 @@ _REGISTRY: dict[str, type[Policy]] = {cls.name: cls for cls in (LRUPolicy, LFUPo
 
 def register_policy(cls: type[Policy], name: str | None = None) -> type[Policy]:
     """Register ``cls`` under ``name`` (default ``cls.name``); usable as a decorator."""
-    key = (name or cls.name).lower()
-    if not key:
-        raise ValueError(f"{cls.__name__} has no name: set the class attribute `name`")
+    # Check the type first: a non-Policy class usually has no ``name`` attribute,
+    # and reading it would raise AttributeError instead of the documented TypeError.
     if not (isinstance(cls, type) and issubclass(cls, Policy)):
         raise TypeError(f"{cls!r} is not a subclass of tiercache.policies.Policy")
+    key = (name or cls.name).lower()
+    if not key:
+        raise ValueError(f"{cls.__name__} has no name: set the class attribute `name` "
+                         "or pass `name=`")
     _REGISTRY[key] = cls
     return cls
 
@@ -57,10 +60,16 @@ def get_policy_class(spec: str) -> type[Policy]:
     """
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
+        if not module_name or not attr:
+            raise ImportError(f"policy spec {spec!r} must look like 'package.module:ClassName'")
         module = importlib.import_module(module_name)
-        obj = module
+        obj: object = module
         for part in attr.split("."):
-            obj = getattr(obj, part)
+            try:
+                obj = getattr(obj, part)
+            except AttributeError:
+                raise ImportError(f"policy spec {spec!r}: module {module_name!r} has no "
+                                  f"attribute {attr!r}", name=module_name) from None
         cls = obj
     else:
         name = spec.lower()

@@ -16,7 +16,15 @@ when it admits a key that is not resident::
 A hit on a resident key calls ``on_hit(key)``; a resident key that leaves for
 another reason than eviction (delete, promotion out of the tier) calls
 ``on_remove(key)``. Because ``victim()`` has no side effect, a failed
-demotion never loses data: the caller simply does not call ``on_evict``.
+demotion never loses data: the caller simply does not call ``on_evict``
+(nor ``on_insert``: the admission is abandoned after ``on_miss``).
+
+Two more sequences are allowed: ``victim()`` + ``on_evict`` to shed a key with
+no incoming one (e.g. a tier shrinking), and ``on_insert`` *without*
+``on_miss`` while there is room, when a tier re-indexes what a persistent store
+already holds after a restart. ``victim(incoming)`` is only asked with a
+non-resident ``incoming``. The contract test-kit ``tests/policy_contract.py``
+checks all of this for every registered policy; see docs/policies.md.
 
 Thread-safety: policies are not thread-safe; the owner serialises calls.
 """
