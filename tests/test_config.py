@@ -166,11 +166,11 @@ def test_unwritable_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_file_errors_name_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "missing.toml"
-    with pytest.raises(ConfigError, match="missing.toml: file not found"):
+    with pytest.raises(ConfigError, match=r"missing\.toml: file not found"):
         load_config(missing)
     bad = tmp_path / "bad.toml"
     bad.write_text("tiers = [[[")
-    with pytest.raises(ConfigError, match="bad.toml: invalid TOML"):
+    with pytest.raises(ConfigError, match=r"bad\.toml: invalid TOML"):
         load_config(bad)
     with pytest.raises(ConfigError, match="is a directory"):
         load_config(tmp_path)

@@ -8,12 +8,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import shard, three_tier_config
 
 import tiercache
 from tiercache import ShardNotFoundError, TieredCache
 from tiercache.origins import NpyDirOrigin
-
-from helpers import shard, three_tier_config
 
 KiB = 1024
 
@@ -224,7 +223,8 @@ def test_corrupt_lower_copy_is_dropped_and_origin_serves(tmp_path: Path) -> None
     NpyDirOrigin.write(tmp_path / "origin", arrays)
     cfg = three_tier_config(tmp_path, origin=tmp_path / "origin")
     with tiercache.open(cfg) as cache:
-        cache.put("w", shard(41, nbytes=64 * KiB), tier="hdd")  # a different value, then corrupt it on disk
+        # a different value in the HDD tier, then corrupt it on disk
+        cache.put("w", shard(41, nbytes=64 * KiB), tier="hdd")
         hdd = cache.tier("hdd").store
         files = [p for p in (tmp_path / "hdd").rglob("*") if p.is_file() and p.suffix == ".val"]
         assert files, "expected diskcache to keep the 64 KiB shard as a file"

@@ -12,16 +12,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from helpers import three_tier_config
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import tiercache
-
-from helpers import three_tier_config
 
 KEYS = st.sampled_from([f"k{i}" for i in range(12)] + ["../escape", "a/b", "ü"])
 DTYPES = st.sampled_from(["float32", "float16", "int8", "int64", "bool"])

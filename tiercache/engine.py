@@ -423,9 +423,9 @@ class TieredCache:
             origin = None
             if self.origin is not None:
                 o = self.origin_stats.as_dict()
-                origin = {"kind": type(self.origin).__name__, "hits": o["hits"],
-                          "bytes_read": o["bytes_read"], "get_latency_p50_s": o["get_latency_p50_s"],
-                          "get_latency_p99_s": o["get_latency_p99_s"]}
+                origin = {"kind": type(self.origin).__name__,
+                          **{k: o[k] for k in ("hits", "bytes_read", "get_latency_p50_s",
+                                               "get_latency_p99_s")}}
             return {"mode": self.mode, "tiers": tiers, "origin": origin}
 
     def check_invariants(self) -> None:
@@ -470,6 +470,6 @@ class TieredCache:
         return f"<TieredCache {self.mode} [{layout}]>"
 
 
-def open(config: str | os.PathLike[str] | Mapping[str, Any] | Path) -> TieredCache:  # noqa: A001
+def open(config: str | os.PathLike[str] | Mapping[str, Any] | Path) -> TieredCache:
     """Open the cache described by a TOML file or a dict (see docs/configuration.md)."""
     return TieredCache.from_config(config)
