@@ -1,0 +1,291 @@
+"""diskcache store: shards as raw files indexed by python-diskcache's sqlite table.
+
+Layout
+    A :class:`diskcache.Cache` directory. Each shard is one value: the
+    :mod:`~tiercache.codec` header followed by the payload. Shards of at least
+    32 KiB (diskcache's ``disk_min_file_size``) are files
+    ``<path>/xx/yy/<random>.val``; smaller ones live inline in the sqlite
+    row. Keys are stored as the key's UTF-8 (``surrogatepass``) bytes, a BLOB,
+    so any key works and no key ever becomes a file name.
+No pickle
+    diskcache pickles anything that is not bytes/str/int/float. A private
+    :class:`diskcache.Disk` subclass writes header and payload straight from
+    the caller's array buffer to the value file (no concatenation, no
+    ``bytes`` round trip), and refuses to unpickle: a row whose key or value is
+    in pickle (or text) mode raises :class:`~tiercache.errors.CorruptShardError`.
+No eviction
+    The cache is opened with ``eviction_policy="none"``, ``cull_limit=0`` and a
+    huge ``size_limit``: the tier's policy alone decides what leaves.
+Reads
+    ``get`` opens the value file unbuffered, checks the header and the file
+    length, then ``readinto``s the payload in 256 KiB chunks straight into the
+    destination, hashing each chunk while it is in cache
+    (:func:`~tiercache.codec.readinto_verified`).
+Atomicity and crashes
+    A put writes a new, uniquely named file and then switches the sqlite row
+    to it in one transaction (diskcache's ``set``); the old file is removed
+    after the commit. A reader sees the old value, the new one, or -- if it
+    picked the old row just before the old file was removed -- nothing.
+    Files are not fsynced: after an OS crash a row may point at a short or
+    zero-filled file, which the checksum turns into ``CorruptShardError``;
+    the tier should then delete the key.
+
+Thread-safety: :class:`diskcache.Cache` keeps one sqlite connection per
+thread and serialises writers with sqlite transactions (``retry=True``), so a
+store may be shared by all threads. :meth:`DiskcacheStore.close` closes the
+calling thread's connection; the others close when the store is collected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import diskcache
+import numpy as np
+
+from .. import codec
+from ..errors import CorruptShardError, StoreError
+from .base import ShardInfo, Store, VerifyMode
+
+_MODE_RAW = diskcache.core.MODE_RAW
+_MODE_BINARY = diskcache.core.MODE_BINARY
+_UNKNOWN = diskcache.core.UNKNOWN
+_MAX_OPEN_TRIES = 10
+
+
+class _Encoded:
+    """A shard ready to write: header bytes plus the payload buffer (not copied)."""
+
+    __slots__ = ("header", "nbytes", "payload")
+
+    def __init__(self, header: bytes, payload: memoryview) -> None:
+        self.header = header
+        self.payload = payload
+        self.nbytes = len(header) + payload.nbytes
+
+
+class _ShardDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no type hints
+    """diskcache serialiser for tiercache: raw shard bytes only, never pickle."""
+
+    def put(self, key: object) -> tuple[Any, bool]:
+        if type(key) is not bytes:
+            raise TypeError("tiercache diskcache keys are bytes")
+        return sqlite3.Binary(key), True
+
+    def get(self, key: Any, raw: bool) -> bytes:
+        if not raw:
+            raise CorruptShardError(f"diskcache store {self._directory}: a key is stored "
+                                    "pickled; tiercache never writes those (delete the tier)")
+        return bytes(key)
+
+    def store(self, value: object, read: bool, key: Any = _UNKNOWN) -> tuple[int, int, Any, Any]:
+        if not isinstance(value, _Encoded):
+            raise TypeError("tiercache diskcache values are encoded shards")
+        if value.nbytes < self.min_file_size:
+            return 0, _MODE_RAW, None, sqlite3.Binary(value.header + value.payload)
+        filename, full_path = self.filename(key, value)
+        self._write_shard(full_path, value)
+        return value.nbytes, _MODE_BINARY, filename, None
+
+    def _write_shard(self, full_path: str, value: _Encoded) -> None:
+        """Create ``full_path`` and write header then payload (retrying like diskcache)."""
+        directory = os.path.dirname(full_path)
+        for attempt in range(1, _MAX_OPEN_TRIES + 1):
+            with contextlib.suppress(OSError):
+                os.makedirs(directory)
+            try:
+                fd = os.open(full_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except OSError:
+                if attempt == _MAX_OPEN_TRIES:
+                    raise
+                continue  # a concurrent cleanup removed the directory; make it again
+            try:
+                _write_all(fd, memoryview(value.header))
+                _write_all(fd, value.payload)
+            except BaseException:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.remove(full_path)
+                raise
+            os.close(fd)
+            return
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        if mode == _MODE_RAW:
+            return bytes(value)
+        if mode == _MODE_BINARY and filename is not None:
+            return open(os.path.join(self._directory, filename), "rb", buffering=0)
+        raise CorruptShardError(f"diskcache store {self._directory}: value in diskcache mode "
+                                f"{mode}; tiercache stores only raw shards (pickle refused)")
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    """``os.write`` until every byte of ``data`` is written."""
+    pos, n = 0, data.nbytes
+    while pos < n:
+        pos += os.write(fd, data[pos:])
+
+
+class DiskcacheStore(Store):
+    """Persistent store over a python-diskcache directory.
+
+    Parameters
+    ----------
+    path:
+        Directory of the cache; created if missing.
+    verify:
+        ``"always"`` checks the payload checksum on every read (the header and
+        the length are always checked); ``"never"`` skips the payload check, so
+        a damaged payload is returned as stored.
+    capacity_bytes:
+        Accepted for a uniform constructor; unused (diskcache does not size
+        anything up front).
+
+    Capacity counts :func:`tiercache.codec.stored_nbytes`: header plus payload.
+    """
+
+    backend = "diskcache"
+    persistent = True
+
+    def __init__(self, path: str | os.PathLike[str], *, verify: VerifyMode = "always",
+                 capacity_bytes: int | None = None) -> None:
+        if verify not in ("always", "never"):
+            raise ValueError(f"verify must be 'always' or 'never', got {verify!r}")
+        self.path = Path(path)
+        self.verify: VerifyMode = verify
+        try:
+            self._cache: diskcache.Cache | None = diskcache.Cache(
+                str(self.path), disk=_ShardDisk, eviction_policy="none", cull_limit=0,
+                size_limit=2**62, statistics=False, tag_index=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"diskcache store {self.path}: cannot open ({exc}); check the "
+                             "path is a writable directory") from exc
+        self._close_lock = threading.Lock()
+
+    def _where(self, key: str) -> str:
+        return f"diskcache store {self.path}, key {key!r}"
+
+    def _cache_or_raise(self) -> diskcache.Cache:
+        cache = self._cache
+        if cache is None:
+            raise StoreError(f"diskcache store {self.path} is closed")
+        return cache
+
+    def _fetch(self, key: str) -> Any:
+        """The raw value: ``bytes`` (inline), an unbuffered file, or ``None``."""
+        try:
+            return self._cache_or_raise().get(codec.key_bytes(key), read=True, retry=True)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"{self._where(key)}: read failed ({exc})") from exc
+
+    def get(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
+        """Return the shard under ``key`` (into ``out`` if given) or ``None``.
+
+        Without ``out`` the result is a new writable, page-aligned array owned by
+        the caller. O(n) for an n-byte payload: the file is read straight into
+        the result and hashed on the fly. Thread-safe.
+        """
+        value = self._fetch(key)
+        if value is None:
+            return None
+        where = self._where(key)
+        if isinstance(value, bytes):
+            return codec.decode(value, key, out, verify=self.verify == "always", where=where)
+        with value:
+            header = self._read_header(value, key, where)
+            result = codec.prepare_out(header, out, key)
+            codec.readinto_verified(value, codec.byte_view(result),
+                                    header.payload_checksum if self.verify == "always" else None,
+                                    where=where)
+            return result
+
+    def _read_header(self, fileobj: Any, key: str | None, where: str) -> codec.ShardHeader:
+        """Read and check the header of an open value file; leave it at the payload."""
+        prefix = _read_exact(fileobj, 64, where)
+        length = codec.fixed_header_length(prefix, where=where)
+        header = codec.decode_header(prefix + _read_exact(fileobj, length - 64, where), key,
+                                     where=where)
+        size = os.fstat(fileobj.fileno()).st_size
+        if size != header.total_nbytes:
+            raise CorruptShardError(f"{where}: value file has {size} bytes, the header says "
+                                    f"{header.total_nbytes}")
+        return header
+
+    def put(self, key: str, array: np.ndarray) -> int:
+        """Store a copy of ``array`` under ``key`` (atomically replacing any old value).
+
+        Returns :meth:`stored_size` of the array. O(n): one hash pass and one
+        write of the payload from the array's own buffer when C-contiguous.
+        """
+        payload = codec.contiguous_payload(array)
+        header = codec.encode_header(key, array, codec.payload_checksum(payload))
+        try:
+            self._cache_or_raise().set(codec.key_bytes(key), _Encoded(header, payload),
+                                       retry=True)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"{self._where(key)}: write failed ({exc}); is the disk "
+                             "full?") from exc
+        return codec.stored_nbytes(array)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key`` (row and file); return whether it was present. O(log n)."""
+        try:
+            return bool(self._cache_or_raise().delete(codec.key_bytes(key), retry=True))
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"{self._where(key)}: delete failed ({exc})") from exc
+
+    def info(self, key: str) -> ShardInfo | None:
+        """Dtype, shape and stored size of ``key`` from its header (payload not read).
+
+        Raises :class:`~tiercache.errors.CorruptShardError` for a damaged header.
+        O(header) plus opening the file.
+        """
+        value = self._fetch(key)
+        if value is None:
+            return None
+        where = self._where(key)
+        if isinstance(value, bytes):
+            header = codec.decode_header(value, key, where=where)
+        else:
+            with value:
+                header = self._read_header(value, key, where)
+        return ShardInfo(header.dtype, header.shape, header.accounted_nbytes)
+
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` has an entry (damaged or not). One sqlite lookup."""
+        return isinstance(key, str) and codec.key_bytes(key) in self._cache_or_raise()
+
+    def keys(self) -> Iterator[str]:
+        """Snapshot of all keys (sqlite key order). O(number of shards)."""
+        found = [codec.key_from_bytes(k) for k in self._cache_or_raise().iterkeys()]
+        return iter(found)
+
+    def stored_size(self, array: np.ndarray) -> int:
+        """Header plus payload bytes of ``array`` (what capacity counts). O(1)."""
+        codec.check_storable(array)
+        return codec.stored_nbytes(array)
+
+    def close(self) -> None:
+        """Close the store; later calls raise :class:`StoreError`. Idempotent."""
+        with self._close_lock:
+            cache, self._cache = self._cache, None
+        if cache is not None:
+            cache.close()
+
+
+def _read_exact(fileobj: Any, n: int, where: str) -> bytes:
+    """Read exactly ``n`` bytes or raise :class:`CorruptShardError` (file too short)."""
+    data = fileobj.read(n)
+    while len(data) < n:
+        more = fileobj.read(n - len(data))
+        if not more:
+            raise CorruptShardError(f"{where}: value file {getattr(fileobj, 'name', '?')} "
+                                    f"ends inside the shard header ({len(data)} of {n} bytes)")
+        data += more
+    return bytes(data)

@@ -1,0 +1,351 @@
+"""lmdb store: shards in one lmdb environment (a directory with ``data.mdb``, ``lock.mdb``).
+
+Layout
+    Two named databases keyed alike: ``hdr`` holds each shard's
+    :mod:`~tiercache.codec` header, ``data`` its raw payload. Both are written in
+    one write transaction, so a put is atomic. Two values instead of one
+    ``header + payload`` value let ``put`` hand lmdb the caller's array buffer
+    directly (no concatenation copy: measured 4.6 vs 4.2 GB/s for 4 MiB puts,
+    1.44 vs 1.23 GB/s for 64 MiB, without fsync), and let :meth:`LmdbStore.info`
+    and :meth:`LmdbStore.keys` touch only the small header pages. Reads are
+    equally fast either way.
+Keys
+    The lmdb key is the key's UTF-8 (``surrogatepass``) bytes when they are
+    1..511 bytes long; otherwise (empty or longer keys) it is ``0xFF`` followed
+    by the BLAKE2b-256 digest of those bytes -- ``0xFF`` never occurs in UTF-8,
+    so the two forms cannot collide -- and the header then carries the full key,
+    which every read checks. Keys never become file names: nothing is written
+    outside the environment directory.
+Reads
+    ``get`` opens a read transaction with zero-copy buffers, checks the header
+    and copies the payload straight from lmdb's memory map into the destination
+    with :func:`~tiercache.codec.copy_verified`, inside the transaction (the
+    view is only valid there).
+Map size
+    The map is virtual address space only (the file grows as data is written),
+    so it starts generous: ``max(4 GiB, 2 * capacity_bytes + 256 MiB)``. A put
+    that still hits ``MapFullError`` grows the map (at least doubling it, and
+    enough for the value) and retries, so a put never fails because of the map
+    size. Remapping invalidates every open transaction and zero-copy view, so
+    operations hold a shared guard and the remap an exclusive one.
+Durability
+    Opened with ``metasync=False`` and, by default, ``sync=True``: one
+    ``fdatasync`` per commit and none for the meta page. lmdb documents this
+    mode as keeping atomicity and consistency across an OS crash or power loss;
+    only the last committed puts may be undone, which a cache tolerates. A
+    process crash loses nothing. ``sync=False`` skips the fsync too (puts run
+    ~1.5-2.7x faster here) but then an OS crash can corrupt the environment on
+    file systems that reorder writes (ext4 included); use it only for a tier
+    you are willing to delete after a power loss.
+
+Thread-safety: one :class:`lmdb.Environment` is shared by all threads (opened
+with ``lock=True``); lmdb runs one write transaction at a time and any number
+of concurrent readers. Reads do not block each other; the copy and hash
+release the GIL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import lmdb
+import numpy as np
+
+from .. import codec
+from ..errors import CorruptShardError, StoreError
+from .base import ShardInfo, Store, VerifyMode
+
+_T = TypeVar("_T")
+
+DEFAULT_MAP_BYTES = 4 << 30
+_MAP_SLACK_BYTES = 256 << 20
+_MAX_GROW_ATTEMPTS = 16
+_DIGEST_PREFIX = b"\xff"
+
+
+class _RemapGuard:
+    """Shared/exclusive lock: map users hold it shared, a remap holds it exclusively.
+
+    Writer-preferring (a waiting remap stops new shared holders) so a remap is
+    not starved by a stream of reads. Not re-entrant. O(1) per acquisition.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    def acquire_shared(self) -> None:
+        with self._cond:
+            while self._exclusive or self._waiting:
+                self._cond.wait()
+            self._shared += 1
+
+    def release_shared(self) -> None:
+        with self._cond:
+            self._shared -= 1
+            if not self._shared:
+                self._cond.notify_all()
+
+    def acquire_exclusive(self) -> None:
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self._exclusive or self._shared:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            self._exclusive = True
+
+    def release_exclusive(self) -> None:
+        with self._cond:
+            self._exclusive = False
+            self._cond.notify_all()
+
+
+class LmdbStore(Store):
+    """Persistent store over one lmdb environment directory.
+
+    Parameters
+    ----------
+    path:
+        Directory of the environment; created if missing.
+    verify:
+        ``"always"`` checks the payload checksum on every read (the header is
+        always checked); ``"never"`` skips the payload check, so a damaged
+        payload is returned as stored.
+    capacity_bytes:
+        The tier's capacity, used only to size the initial map.
+    map_size_bytes:
+        Initial map size, overriding the one derived from ``capacity_bytes``.
+    sync:
+        ``fdatasync`` the data on every commit (see the module docstring).
+
+    Capacity counts :func:`tiercache.codec.stored_nbytes`: header plus payload.
+    """
+
+    backend = "lmdb"
+    persistent = True
+
+    def __init__(self, path: str | os.PathLike[str], *, verify: VerifyMode = "always",
+                 capacity_bytes: int | None = None, map_size_bytes: int | None = None,
+                 sync: bool = True) -> None:
+        if verify not in ("always", "never"):
+            raise ValueError(f"verify must be 'always' or 'never', got {verify!r}")
+        self.path = Path(path)
+        self.verify: VerifyMode = verify
+        if map_size_bytes is None:
+            map_size_bytes = max(DEFAULT_MAP_BYTES, 2 * (capacity_bytes or 0) + _MAP_SLACK_BYTES)
+        map_size_bytes = _round_up(map_size_bytes, codec.PAGE_BYTES)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._env: lmdb.Environment | None = lmdb.open(
+                str(self.path), map_size=map_size_bytes, subdir=True, max_dbs=2, lock=True,
+                sync=sync, metasync=False, readahead=True, mode=0o644, max_spare_txns=16)
+            self._hdr = self._env.open_db(b"hdr")
+            self._data = self._env.open_db(b"data")
+        except (OSError, lmdb.Error) as exc:
+            raise StoreError(f"lmdb store {self.path}: cannot open ({exc}); check the path "
+                             "is a writable directory not opened twice in this process") from exc
+        self._max_key = self._env.max_key_size()
+        self._guard = _RemapGuard()
+        self._close_lock = threading.Lock()
+
+    # -- keys -----------------------------------------------------------------
+
+    def _db_key(self, key: str) -> tuple[bytes, bool]:
+        """The lmdb key for ``key`` and whether it is a digest. O(len(key))."""
+        raw = codec.key_bytes(key)
+        if 0 < len(raw) <= self._max_key:
+            return raw, False
+        return _DIGEST_PREFIX + hashlib.blake2b(raw, digest_size=32).digest(), True
+
+    def _where(self, key: str) -> str:
+        return f"lmdb store {self.path}, key {key!r}"
+
+    # -- guarded access -------------------------------------------------------
+
+    def _env_or_raise(self) -> lmdb.Environment:
+        env = self._env
+        if env is None:
+            raise StoreError(f"lmdb store {self.path} is closed")
+        return env
+
+    def _run(self, op: Callable[[lmdb.Environment], _T], grow_for: int = 0) -> _T:
+        """Run ``op(env)`` under the shared guard; adopt/grow the map and retry if needed."""
+        for _ in range(_MAX_GROW_ATTEMPTS):
+            self._guard.acquire_shared()
+            try:
+                return op(self._env_or_raise())
+            except lmdb.MapResizedError:
+                need = 0
+            except lmdb.MapFullError:
+                if not grow_for:
+                    raise StoreError(f"lmdb store {self.path}: map full on a read") from None
+                need = grow_for
+            except lmdb.Error as exc:
+                raise StoreError(f"lmdb store {self.path}: {exc}") from exc
+            finally:
+                self._guard.release_shared()
+            self._remap(need)
+        raise StoreError(f"lmdb store {self.path}: could not grow the map for a "
+                         f"{grow_for}-byte value (disk full?)")
+
+    def _remap(self, need: int) -> None:
+        """Adopt another process's map size (``need == 0``) or grow to fit ``need`` bytes."""
+        self._guard.acquire_exclusive()
+        try:
+            env = self._env_or_raise()
+            if need == 0:
+                env.set_mapsize(0)
+                return
+            current = env.info()["map_size"]
+            env.set_mapsize(_round_up(max(2 * current, current + 2 * need + _MAP_SLACK_BYTES),
+                                      codec.PAGE_BYTES))
+        except lmdb.Error as exc:
+            raise StoreError(f"lmdb store {self.path}: cannot resize the map ({exc})") from exc
+        finally:
+            self._guard.release_exclusive()
+
+    # -- Store API --------------------------------------------------------------
+
+    def get(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
+        """Return the shard under ``key`` (into ``out`` if given) or ``None``.
+
+        Without ``out`` the result is a new writable, page-aligned array owned by
+        the caller. O(n) for an n-byte payload (one copy, hashed on the fly).
+        Thread-safe; concurrent reads run in parallel.
+        """
+        db_key, _digest = self._db_key(key)
+        where = self._where(key)
+        expect = self.verify == "always"
+
+        def op(env: lmdb.Environment) -> np.ndarray | None:
+            with env.begin(buffers=True) as txn:
+                raw_header = txn.get(db_key, db=self._hdr)
+                if raw_header is None:
+                    return None
+                header = codec.decode_header(raw_header, key, where=where)
+                result = codec.prepare_out(header, out, key)
+                payload = txn.get(db_key, db=self._data)
+                if payload is None:
+                    raise CorruptShardError(f"{where}: header present but payload missing")
+                codec.copy_verified(codec.byte_view(result), payload,
+                                    header.payload_checksum if expect else None, where=where)
+                return result
+
+        return self._run(op)
+
+    def put(self, key: str, array: np.ndarray) -> int:
+        """Store a copy of ``array`` under ``key`` in one write transaction.
+
+        Returns :meth:`stored_size` of the array. O(n): one hash pass plus
+        lmdb's write of the payload (the array's own buffer when C-contiguous).
+        Writers are serialised by lmdb; readers are not blocked.
+        """
+        payload = codec.contiguous_payload(array)
+        db_key, digest = self._db_key(key)
+        header = codec.encode_header(key, array, codec.payload_checksum(payload),
+                                     store_key=digest)
+
+        def op(env: lmdb.Environment) -> None:
+            with env.begin(write=True) as txn:
+                txn.put(db_key, header, db=self._hdr)
+                txn.put(db_key, payload, db=self._data)
+
+        self._run(op, grow_for=len(header) + payload.nbytes)
+        return codec.stored_nbytes(array)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; return whether it was present. O(log n), one write transaction."""
+        db_key, _digest = self._db_key(key)
+
+        def op(env: lmdb.Environment) -> bool:
+            with env.begin(write=True) as txn:
+                found = txn.delete(db_key, db=self._hdr)
+                found_data = txn.delete(db_key, db=self._data)
+                return bool(found or found_data)
+
+        return self._run(op, grow_for=codec.PAGE_BYTES)
+
+    def info(self, key: str) -> ShardInfo | None:
+        """Dtype, shape and stored size of ``key`` from its header (payload untouched).
+
+        Raises :class:`~tiercache.errors.CorruptShardError` for a damaged header.
+        O(header).
+        """
+        db_key, _digest = self._db_key(key)
+
+        def op(env: lmdb.Environment) -> bytes | None:
+            with env.begin() as txn:
+                return txn.get(db_key, db=self._hdr)
+
+        raw_header = self._run(op)
+        if raw_header is None:
+            return None
+        header = codec.decode_header(raw_header, key, where=self._where(key))
+        return ShardInfo(header.dtype, header.shape, header.accounted_nbytes)
+
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` has an entry (damaged or not). O(log n); no decoding."""
+        if not isinstance(key, str):
+            return False
+        db_key, _digest = self._db_key(key)
+
+        def op(env: lmdb.Environment) -> bool:
+            with env.begin(buffers=True) as txn:
+                return txn.get(db_key, db=self._hdr) is not None
+
+        return self._run(op)
+
+    def keys(self) -> Iterator[str]:
+        """Snapshot of all keys, in lmdb key order. O(number of shards).
+
+        A digest-filed key whose header is damaged cannot be named and is
+        left out; every other key is listed even if its shard is damaged
+        (``get`` then raises).
+        """
+
+        def op(env: lmdb.Environment) -> list[str]:
+            found: list[str] = []
+            with env.begin() as txn:
+                for db_key, raw_header in txn.cursor(db=self._hdr).iternext():
+                    if not db_key.startswith(_DIGEST_PREFIX):
+                        found.append(codec.key_from_bytes(db_key))
+                        continue
+                    try:
+                        stored = codec.decode_header(raw_header).key
+                    except CorruptShardError:
+                        continue
+                    if stored is not None:
+                        found.append(stored)
+            return found
+
+        return iter(self._run(op))
+
+    def stored_size(self, array: np.ndarray) -> int:
+        """Header plus payload bytes of ``array`` (what capacity counts). O(1)."""
+        codec.check_storable(array)
+        return codec.stored_nbytes(array)
+
+    def close(self) -> None:
+        """Close the environment (waits for in-flight operations). Idempotent."""
+        with self._close_lock:
+            if self._env is None:
+                return
+            self._guard.acquire_exclusive()
+            try:
+                env, self._env = self._env, None
+                env.close()
+            finally:
+                self._guard.release_exclusive()
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
