@@ -46,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 import xxhash
 
+from .buffers import MIN_POOLED_BYTES, default_pool
 from .errors import CorruptShardError, ShardFormatError
 
 MAGIC = b"TCSHARD\x00"
@@ -150,11 +151,15 @@ def empty_aligned(nbytes: int) -> npt.NDArray[np.uint8]:
 
     Page alignment keeps reads into it at full speed (DESIGN.md: a read into a
     destination misaligned by 1..31 bytes ran 4-7x slower here). ``nbytes``
-    may be 0. O(1) plus the allocator's cost; the memory is freed with the
-    returned array.
+    may be 0. Buffers of 256 KiB and more come from
+    :data:`tiercache.buffers.default_pool`, which recycles a buffer once no
+    array references it (fresh pages cost a fault each on first touch). O(1)
+    plus the allocator's cost. Thread-safe.
     """
     if nbytes < 0:
         raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+    if nbytes >= MIN_POOLED_BYTES:
+        return default_pool.acquire(nbytes)
     raw = np.empty(nbytes + PAGE_BYTES, dtype=np.uint8)
     start = -raw.ctypes.data % PAGE_BYTES
     # slice through a 1-byte view so an empty result keeps the aligned address

@@ -100,7 +100,8 @@ class SafetensorsOrigin(Origin):
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise StoreError("the safetensors origin needs `pip install safetensors`") from exc
         self.path = Path(path)
-        self._file: Any = safe_open(str(self.path), framework="numpy")
+        opener: Any = safe_open  # the package ships no usable type hints
+        self._file: Any = opener(str(self.path), framework="numpy")
         self._keys = set(self._file.keys())
 
     def get(self, key: str) -> np.ndarray | None:

@@ -1,0 +1,55 @@
+"""The buffer pool recycles a buffer only when no array references it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tiercache.buffers import MIN_POOLED_BYTES, BufferPool
+
+N = 4 * MIN_POOLED_BYTES
+
+
+def test_buffer_is_reused_after_the_last_view_dies() -> None:
+    pool = BufferPool()
+    a = pool.acquire(N)
+    address = a.ctypes.data
+    assert address % 4096 == 0
+    typed = a.view(np.float32).reshape(-1, 4)
+    del a
+    b = pool.acquire(N)
+    assert b.ctypes.data != address  # `typed` still views the first buffer
+    del typed
+    c = pool.acquire(N)
+    assert c.ctypes.data == address
+    assert pool.reused == 1
+
+
+def test_exported_buffers_keep_it_alive() -> None:
+    pool = BufferPool()
+    a = pool.acquire(N)
+    a[:] = 7
+    address = a.ctypes.data
+    mv = memoryview(a)
+    del a
+    b = pool.acquire(N)
+    b[:] = 1
+    assert b.ctypes.data != address
+    assert mv[0] == 7 and mv[N - 1] == 7  # never overwritten while exported
+
+
+def test_budget_is_respected_and_free_buffers_are_released() -> None:
+    pool = BufferPool(max_bytes=3 * N)
+    held = [pool.acquire(N) for _ in range(5)]  # only 3 tracked, 2 untracked
+    assert pool.stats()["tracked_bytes"] <= 3 * N
+    del held
+    big = pool.acquire(2 * N)  # needs the free buffers released to be tracked
+    assert pool.stats()["tracked_bytes"] <= 3 * N
+    assert big.nbytes == 2 * N
+
+
+def test_small_and_empty_buffers_are_aligned() -> None:
+    pool = BufferPool()
+    for n in (0, 1, 4095, MIN_POOLED_BYTES - 1, MIN_POOLED_BYTES, N + 3):
+        buf = pool.acquire(n)
+        assert buf.nbytes == n and buf.flags.writeable
+        assert buf.ctypes.data % 4096 == 0

@@ -1,0 +1,124 @@
+"""A pool of page-aligned buffers recycled once nobody references them.
+
+Fresh memory is expensive on this class of machine: the first touch of each
+4 KiB page costs a fault (about 3 µs here), so filling a newly allocated
+64 MiB array runs at half the speed of filling one that was used before. The
+engine allocates many same-sized buffers (every plain ``get`` from a disk
+tier, every promotion into RAM) and drops them again (evictions), so
+recycling pays: :class:`BufferPool` hands out page-aligned views of pooled
+raw buffers and takes a buffer back automatically when the last array that
+views it is gone (detected by reference count: numpy collapses view chains
+onto the owning array, and anything that exports the buffer -- memoryview,
+DLPack -- holds a reference too).
+
+Buffers below :data:`MIN_POOLED_BYTES` are not pooled (allocation is cheap).
+The pool tracks at most ``max_bytes`` of raw memory (in use or free); free
+buffers beyond that are released on the next acquire, and when the budget
+is full of buffers still in use, new buffers are simply not tracked.
+
+Complexity: ``acquire`` is O(buffers of the same size class) (a refcount check
+each). Thread-safety: safe from any thread (one lock).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+import numpy.typing as npt
+
+PAGE_BYTES = 4096
+#: Buffers smaller than this are allocated directly.
+MIN_POOLED_BYTES = 256 * 1024
+#: Size classes are multiples of this.
+CLASS_GRANULE_BYTES = 64 * 1024
+DEFAULT_MAX_BYTES = 1 << 30
+
+
+def _allocate(nbytes: int) -> tuple[npt.NDArray[np.uint8], int]:
+    raw = np.empty(nbytes + PAGE_BYTES - 1, dtype=np.uint8)
+    return raw, -raw.ctypes.data % PAGE_BYTES
+
+
+class _Slot:
+    __slots__ = ("offset", "raw")
+
+    def __init__(self, raw: npt.NDArray[np.uint8], offset: int) -> None:
+        self.raw = raw
+        self.offset = offset
+
+    def is_free(self) -> bool:
+        # references: this slot's attribute + getrefcount's own argument
+        return sys.getrefcount(self.raw) <= 2
+
+
+class BufferPool:
+    """Recycles page-aligned uint8 buffers by size class. See the module docstring."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._classes: dict[int, list[_Slot]] = {}
+        self._tracked_bytes = 0
+        self._lock = threading.Lock()
+        self.reused = 0
+        self.allocated = 0
+
+    @staticmethod
+    def size_class(nbytes: int) -> int:
+        return -(-nbytes // CLASS_GRANULE_BYTES) * CLASS_GRANULE_BYTES
+
+    def acquire(self, nbytes: int) -> npt.NDArray[np.uint8]:
+        """An uninitialised, writable, page-aligned uint8 array of ``nbytes`` bytes."""
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+        if nbytes < MIN_POOLED_BYTES:
+            raw, offset = _allocate(max(nbytes, 1))
+            # slice through a 1-byte view so an empty result keeps the aligned address
+            return raw[offset:offset + max(nbytes, 1)][:nbytes]
+        cls = self.size_class(nbytes)
+        with self._lock:
+            slots = self._classes.setdefault(cls, [])
+            for slot in slots:
+                if slot.is_free():
+                    self.reused += 1
+                    return slot.raw[slot.offset:slot.offset + nbytes]
+            self.allocated += 1
+            raw, offset = _allocate(cls)
+            if self._tracked_bytes + cls > self.max_bytes:
+                self._release_free(self._tracked_bytes + cls - self.max_bytes)
+            if self._tracked_bytes + cls <= self.max_bytes:
+                slots.append(_Slot(raw, offset))
+                self._tracked_bytes += cls
+            return raw[offset:offset + nbytes]
+
+    def _release_free(self, want_bytes: int) -> None:
+        """Stop tracking free buffers (largest classes first) until ``want_bytes`` are freed."""
+        freed = 0
+        for cls in sorted(self._classes, reverse=True):
+            kept = []
+            for slot in self._classes[cls]:
+                if freed < want_bytes and slot.is_free():
+                    freed += cls
+                    self._tracked_bytes -= cls
+                else:
+                    kept.append(slot)
+            self._classes[cls] = kept
+            if freed >= want_bytes:
+                break
+
+    def clear(self) -> None:
+        """Forget every tracked buffer (those in use stay valid; memory returns as they die)."""
+        with self._lock:
+            self._classes.clear()
+            self._tracked_bytes = 0
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            free = sum(cls for cls, slots in self._classes.items() for s in slots if s.is_free())
+            return {"tracked_bytes": self._tracked_bytes, "free_bytes": free,
+                    "reused": self.reused, "allocated": self.allocated}
+
+
+#: The pool behind :func:`tiercache.codec.empty_aligned`.
+default_pool = BufferPool()
