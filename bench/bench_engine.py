@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import tiercache
+from tiercache.buffers import default_pool
 from tiercache.codec import empty_aligned
 from tiercache.units import format_size, parse_size
 
@@ -58,7 +59,8 @@ def bench_ram_hit(repeat: int) -> None:
 
 def bench_disk_get(sizes: list[int], repeat: int) -> None:
     print("\nGet served by the lmdb tier (warm page cache), median GB/s")
-    print(f"  {'size':>8} {'copyto':>8} {'get(out)':>9} {'ratio':>6} {'get()':>8} {'ratio':>6}")
+    print(f"  {'size':>8} {'copyto':>8} {'get(out)':>9} {'ratio':>6} {'get()':>8} {'ratio':>6}"
+          f" {'get() no pool':>14} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as tmp:
         cfg = {"tiers": [{"name": "ram", "backend": "memory", "capacity": "1MiB"},
                          {"name": "ssd", "backend": "lmdb", "path": str(Path(tmp) / "ssd"),
@@ -73,10 +75,18 @@ def bench_disk_get(sizes: list[int], repeat: int) -> None:
                 t_copy = median_time(lambda: np.copyto(dst, src), repeat)  # noqa: B023
                 t_out = median_time(lambda: cache.get("w", out=out), repeat)  # noqa: B023
                 t_new = median_time(lambda: cache.get("w"), repeat)
+                budget = default_pool.max_bytes
+                default_pool.clear()
+                default_pool.max_bytes = 0  # the "before": every get() takes fresh memory
+                try:
+                    t_nopool = median_time(lambda: cache.get("w"), repeat)
+                finally:
+                    default_pool.max_bytes = budget
                 assert np.array_equal(out, src)
-                gbs = [nbytes / t / 1e9 for t in (t_copy, t_out, t_new)]
+                gbs = [nbytes / t / 1e9 for t in (t_copy, t_out, t_new, t_nopool)]
                 print(f"  {format_size(nbytes):>8} {gbs[0]:8.2f} {gbs[1]:9.2f} "
-                      f"{gbs[1] / gbs[0]:6.2f} {gbs[2]:8.2f} {gbs[2] / gbs[0]:6.2f}")
+                      f"{gbs[1] / gbs[0]:6.2f} {gbs[2]:8.2f} {gbs[2] / gbs[0]:6.2f}"
+                      f" {gbs[3]:14.2f} {gbs[3] / gbs[0]:6.2f}")
 
 
 def main() -> None:
