@@ -36,7 +36,9 @@ from .config import CacheConfig, TierConfig, load_config
 from .errors import CorruptShardError, ShardNotFoundError, StoreError, TierCacheError
 from .origins import Origin, open_origin
 from .policies import get_policy_class
-from .stats import TierStats
+from .prefetch import Prefetcher
+from .recording import TraceRecorder
+from .stats import LoopStats, TierStats
 from .stores import open_store
 from .tier import DemotionFailed, PromotionRule, Tier
 
@@ -44,6 +46,8 @@ log = logging.getLogger("tiercache")
 
 _MISSING: Any = object()
 _MAX_RETRIES = 8
+#: Longest a get waits for a prefetch of the same shard before reading it itself.
+PREFETCH_WAIT_TIMEOUT_S = 30.0
 
 
 def build_tier(cfg: TierConfig) -> Tier:
@@ -65,7 +69,8 @@ class TieredCache:
     """
 
     def __init__(self, tiers: list[Tier], *, mode: str = "exclusive",
-                 origin: Origin | None = None, flush_on_close: bool = True) -> None:
+                 origin: Origin | None = None, flush_on_close: bool = True,
+                 record_trace: str | os.PathLike[str] | None = None) -> None:
         if not tiers:
             raise TierCacheError("a TieredCache needs at least one tier")
         if mode not in ("exclusive", "inclusive"):
@@ -80,6 +85,15 @@ class TieredCache:
         self._versions: dict[str, int] = {}
         self._scratch: dict[int, np.ndarray] = {}
         self._closed = False
+        # model serving: the declared schedule, the loop's cursor, in-flight prefetches
+        self.schedule: tuple[str, ...] = ()
+        self._schedule_index: dict[str, int] = {}
+        self._cursor = -1
+        self._inflight: dict[str, threading.Event] = {}
+        self._prefetcher: Prefetcher | None = None
+        self.loop_stats = LoopStats()
+        #: Writes ``key,size`` for every get that returns a shard (``record_trace``).
+        self._recorder = TraceRecorder(record_trace) if record_trace is not None else None
 
     # --- construction ---------------------------------------------------------------
     @classmethod
@@ -97,7 +111,15 @@ class TieredCache:
             for t in tiers:
                 t.store.close()
             raise
-        return cls(tiers, mode=cfg.mode, origin=origin, flush_on_close=cfg.flush_on_close)
+        try:
+            return cls(tiers, mode=cfg.mode, origin=origin, flush_on_close=cfg.flush_on_close,
+                       record_trace=cfg.record_trace)
+        except BaseException:
+            for t in tiers:
+                t.store.close()
+            if origin is not None:
+                origin.close()
+            raise
 
     @property
     def tiers(self) -> tuple[Tier, ...]:
@@ -119,29 +141,72 @@ class TieredCache:
         may be read-only (a RAM-tier hit returns the cached array itself, no
         copy). Raises :class:`~tiercache.errors.ShardNotFoundError` (a
         ``KeyError``) when no tier and no origin has it, unless ``default`` is
-        given.
+        given. With ``record_trace`` configured, a get that returns a shard
+        appends ``key,size`` (the shard's ``nbytes``) to the trace.
         """
+        position = self._schedule_index.get(key)
+        if position is None:
+            value = self._get(key, default, out)
+        else:
+            value = self._get_scheduled(key, position, default, out)
+        recorder = self._recorder
+        if recorder is not None and isinstance(value, np.ndarray) and value is not default:
+            recorder.record(key, value.nbytes)
+        return value
+
+    def _get_scheduled(self, key: str, position: int, default: Any,
+                       out: np.ndarray | None) -> Any:
+        """A get by the loop of a key in the declared schedule: move the cursor, wake the
+        prefetcher and account stall time (time spent on a shard not in the top tier)."""
+        self._cursor = position
+        for tier in self._tiers:
+            hook = getattr(tier.policy, "on_cursor", None)
+            if hook is not None:
+                hook(position)
+        prefetcher = self._prefetcher
+        if prefetcher is not None:
+            prefetcher.notify(position)
+        stats = self.loop_stats
+        stats.gets += 1
+        if key in self._tiers[0]:
+            return self._get(key, default, out)
+        started = time.perf_counter()
+        try:
+            return self._get(key, default, out)
+        finally:
+            stats.stalls += 1
+            stats.stall_s += time.perf_counter() - started
+
+    def _get(self, key: str, default: Any, out: np.ndarray | None) -> Any:
+        """The lookup behind :meth:`get` (which adds trace recording)."""
         started = time.perf_counter()
         self._check_open()
         for _ in range(_MAX_RETRIES):
             with self._lock:
                 found = self._locate(key)
-                if found is None:
+                pending = self._inflight.get(key) if found is None or found[0] > 0 else None
+                if found is None and pending is None:
                     break
-                index, tier = found
-                for above in self._tiers[:index]:
-                    above.stats.misses += 1
-                version = self._versions.get(key, 0)
-                if tier.is_memory:
-                    array = tier.store.get(key)
-                    if array is None:  # index and store disagree: repair and retry
-                        tier.remove(key)
-                        continue
-                    result = array if out is None else self._copy_out(key, array, out)
-                    if tier.record_hit(key, array.nbytes, time.perf_counter() - started) \
-                            and index > 0:
-                        self._promote(index, key, array, private=False)
-                    return result
+                if pending is None and found is not None:
+                    index, tier = found
+                    for above in self._tiers[:index]:
+                        above.stats.misses += 1
+                    version = self._versions.get(key, 0)
+                    if tier.is_memory:
+                        array = tier.store.get(key)
+                        if array is None:  # index and store disagree: repair and retry
+                            tier.remove(key)
+                            continue
+                        result = array if out is None else self._copy_out(key, array, out)
+                        if tier.record_hit(key, array.nbytes, time.perf_counter() - started) \
+                                and index > 0:
+                            self._promote(index, key, array, private=False)
+                        return result
+            if pending is not None:  # the prefetcher is reading it: wait, don't read twice
+                waited = time.perf_counter()
+                pending.wait(PREFETCH_WAIT_TIMEOUT_S)
+                self.loop_stats.prefetch_wait_s += time.perf_counter() - waited
+                continue
             # disk tier: read outside the lock
             try:
                 array = tier.read(key, out)
@@ -207,6 +272,93 @@ class TieredCache:
         if self.origin is not None and self.origin.fresh_arrays:
             array.flags.writeable = False
         return array
+
+    # --- model serving: schedule and prefetch ------------------------------------------
+    def declare_schedule(self, keys: list[str] | tuple[str, ...]) -> None:
+        """Declare the order in which a loop reads its shards, repeated pass after pass.
+
+        Every later ``get`` of a listed key moves the cursor to its position; a
+        running prefetcher fetches the shards after it, and policies that know
+        schedules (``set_schedule`` / ``on_cursor`` hooks, e.g. ``opt``) use it to
+        evict the shard needed furthest in the future. A key may appear once.
+        O(len(keys)).
+        """
+        keys = tuple(keys)
+        index = {k: i for i, k in enumerate(keys)}
+        if len(index) != len(keys):
+            raise ValueError("a schedule lists each key once")
+        with self._lock:
+            self.schedule = keys
+            self._schedule_index = index
+            self._cursor = -1
+            for tier in self._tiers:
+                setter = getattr(tier.policy, "set_schedule", None)
+                if setter is not None:
+                    setter(list(keys))
+
+    def start_prefetcher(self, *, depth: int = 8, max_bytes: int | None = None) -> Prefetcher:
+        """Start (or restart) the background prefetcher along the declared schedule."""
+        self.stop_prefetcher()
+        self._prefetcher = Prefetcher(self, depth=depth, max_bytes=max_bytes).start()
+        return self._prefetcher
+
+    def stop_prefetcher(self) -> None:
+        """Stop the background prefetcher, if any. Idempotent."""
+        prefetcher, self._prefetcher = self._prefetcher, None
+        if prefetcher is not None:
+            prefetcher.stop()
+
+    def prefetch(self, key: str) -> int:
+        """Bring ``key`` into the top tier ahead of use, from a lower tier or the origin.
+
+        Returns the bytes brought up (0 if it was already there, is being fetched,
+        or exists nowhere). Reads run outside the cache lock; a concurrent ``get``
+        of the same key waits for this read instead of issuing its own.
+        Ignores promotion rules: prefetching is an explicit request.
+        """
+        top = self._tiers[0]
+        with self._lock:
+            if self._closed or key in top or key in self._inflight:
+                return 0
+            found = self._locate(key)
+            if found is None and self.origin is None:
+                return 0
+            version = self._versions.get(key, 0)
+            event = self._inflight[key] = threading.Event()
+        try:
+            if found is None:
+                array = self.origin.get(key) if self.origin is not None else None
+                private = self.origin is not None and self.origin.fresh_arrays
+            else:
+                array = found[1].read(key)
+                private = not found[1].is_memory
+            if array is None:
+                return 0
+            with self._lock:
+                if self._versions.get(key, 0) != version or key in top:
+                    return 0
+                if found is None:
+                    if self._locate(key) is not None:
+                        return 0
+                    self.origin_stats.bytes_read += array.nbytes
+                    if not self._admit_from(0, key, array, adopt=private):
+                        return 0
+                else:
+                    index, tier = found
+                    if key not in tier:
+                        return 0
+                    tier.stats.bytes_read += array.nbytes
+                    self._promote(index, key, array, private=private, to_top=True)
+                self.loop_stats.prefetched += 1
+                self.loop_stats.prefetched_bytes += array.nbytes
+                return int(array.nbytes)
+        except StoreError as exc:
+            log.warning("prefetch of %r failed: %s", key, exc)
+            return 0
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
+            event.set()
 
     def __contains__(self, key: object) -> bool:
         """Whether a tier holds ``key`` (the origin is not consulted). O(tiers)."""
@@ -349,10 +501,13 @@ class TieredCache:
         tier.stats.bytes_read += nbytes
         return array
 
-    def _promote(self, index: int, key: str, array: np.ndarray, *, private: bool) -> None:
-        """Move ``key`` from tier ``index`` up to the nearest tier above that can hold it."""
+    def _promote(self, index: int, key: str, array: np.ndarray, *, private: bool,
+                 to_top: bool = False) -> None:
+        """Move ``key`` from tier ``index`` up to the nearest tier above that can hold it
+        (with ``to_top``, the highest one that can). Lock held."""
         source = self._tiers[index]
-        for target_index in range(index - 1, -1, -1):
+        targets = range(0, index) if to_top else range(index - 1, -1, -1)
+        for target_index in targets:
             target = self._tiers[target_index]
             if not target.fits(target.store.stored_size(array)):
                 continue
@@ -426,7 +581,8 @@ class TieredCache:
                 origin = {"kind": type(self.origin).__name__,
                           **{k: o[k] for k in ("hits", "bytes_read", "get_latency_p50_s",
                                                "get_latency_p99_s")}}
-            return {"mode": self.mode, "tiers": tiers, "origin": origin}
+            return {"mode": self.mode, "tiers": tiers, "origin": origin,
+                    "loop": self.loop_stats.as_dict()}
 
     def check_invariants(self) -> None:
         """Raise AssertionError if any tier breaks capacity or index invariants (tests)."""
@@ -444,7 +600,9 @@ class TieredCache:
             raise TierCacheError("the cache is closed")
 
     def close(self) -> None:
-        """Flush volatile shards (if ``flush_on_close``) and close every store. Idempotent."""
+        """Stop the prefetcher, flush volatile shards (if ``flush_on_close``) and close
+        every store. Idempotent."""
+        self.stop_prefetcher()  # before taking the lock: its thread may be waiting for it
         with self._lock:
             if self._closed:
                 return
@@ -457,6 +615,8 @@ class TieredCache:
                     tier.store.close()
                 if self.origin is not None:
                     self.origin.close()
+                if self._recorder is not None:
+                    self._recorder.close()
 
     def __enter__(self) -> TieredCache:
         return self

@@ -68,3 +68,25 @@ class TierStats:
             "skipped_too_large": self.skipped_too_large,
             "get_latency_p50_s": p50, "get_latency_p99_s": p99,
         }
+
+
+@dataclass
+class LoopStats:
+    """How well the cache kept up with a loop that declared its schedule.
+
+    ``stalls`` counts scheduled gets whose shard was not in the top tier when
+    asked for, and ``stall_s`` the time the loop spent on them (its own reads and
+    waits for in-flight prefetches, the latter also in ``prefetch_wait_s``).
+    """
+
+    gets: int = 0
+    stalls: int = 0
+    stall_s: float = 0.0
+    prefetch_wait_s: float = 0.0
+    prefetched: int = 0
+    prefetched_bytes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"gets": self.gets, "stalls": self.stalls, "stall_s": self.stall_s,
+                "prefetch_wait_s": self.prefetch_wait_s, "prefetched": self.prefetched,
+                "prefetched_bytes": self.prefetched_bytes}

@@ -1,0 +1,146 @@
+"""Schedule declaration, the prefetcher, in-flight de-duplication and stall accounting."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import shard, three_tier_config
+
+import tiercache
+from tiercache.origins import NpyDirOrigin
+
+KiB = 1024
+LAYERS = [f"blk.{i}.weight" for i in range(12)]
+
+
+def loop_config(root: Path, *, ram: str = "64KiB", origin: Path | None = None) -> dict[str, Any]:
+    cfg = three_tier_config(root, mode="inclusive", ram=ram, ssd="2MiB", hdd="4MiB",
+                            promote_after="never", origin=origin)
+    return cfg
+
+
+def run_passes(cache: tiercache.TieredCache, passes: int, compute_s: float) -> None:
+    for _ in range(passes):
+        for i, key in enumerate(LAYERS):
+            np.testing.assert_array_equal(cache.get(key), shard(i))
+            time.sleep(compute_s)  # the layer's "compute", during which the prefetcher works
+
+
+def fill(cache: tiercache.TieredCache) -> None:
+    for i, key in enumerate(LAYERS):
+        cache.put(key, shard(i), tier="ssd")
+
+
+def test_prefetch_brings_a_shard_to_the_top(tmp_path: Path) -> None:
+    with tiercache.open(loop_config(tmp_path)) as cache:
+        fill(cache)
+        assert cache.prefetch(LAYERS[0]) == shard(0).nbytes
+        assert cache.where(LAYERS[0])[0] == "ram"
+        assert cache.prefetch(LAYERS[0]) == 0  # already there
+        assert cache.prefetch("nowhere") == 0
+        stats = cache.stats()["loop"]
+        assert stats["prefetched"] == 1 and stats["prefetched_bytes"] == shard(0).nbytes
+
+
+def test_prefetch_from_the_origin(tmp_path: Path) -> None:
+    NpyDirOrigin.write(tmp_path / "origin", {k: shard(i) for i, k in enumerate(LAYERS)})
+    with tiercache.open(loop_config(tmp_path, origin=tmp_path / "origin")) as cache:
+        assert cache.prefetch(LAYERS[3]) > 0
+        assert cache.where(LAYERS[3]) == ["ram"]
+        np.testing.assert_array_equal(cache.get(LAYERS[3]), shard(3))
+        assert cache.stats()["origin"]["hits"] == 0  # the get was a RAM hit
+
+
+def test_prefetcher_cuts_stalls_and_keeps_values_right(tmp_path: Path) -> None:
+    results = {}
+    for prefetch in (False, True):
+        root = tmp_path / str(prefetch)
+        with tiercache.open(loop_config(root)) as cache:  # RAM holds 4 of 12 shards
+            fill(cache)
+            cache.declare_schedule(LAYERS)
+            if prefetch:
+                cache.start_prefetcher(depth=2)
+            run_passes(cache, passes=3, compute_s=0.01)
+            results[prefetch] = cache.stats()["loop"]
+    assert results[False]["gets"] == results[True]["gets"] == 3 * len(LAYERS)
+    assert results[False]["stalls"] >= 2 * len(LAYERS)  # a loop larger than RAM misses a lot
+    assert results[False]["prefetched"] == 0
+    assert results[True]["prefetched"] > 0
+    assert results[True]["stalls"] < results[False]["stalls"] / 2
+
+
+def test_get_waits_for_an_inflight_prefetch_instead_of_reading_twice(tmp_path: Path) -> None:
+    with tiercache.open(loop_config(tmp_path)) as cache:
+        fill(cache)
+        ssd = cache.tier("ssd")
+        real_read = ssd.read
+        calls: list[str] = []
+        started = threading.Event()
+
+        def slow_read(key: str, out: np.ndarray | None = None) -> np.ndarray | None:
+            calls.append(key)
+            started.set()
+            time.sleep(0.2)
+            return real_read(key, out)
+
+        ssd.read = slow_read  # type: ignore[method-assign]
+        t = threading.Thread(target=cache.prefetch, args=(LAYERS[5],))
+        t.start()
+        assert started.wait(5)
+        np.testing.assert_array_equal(cache.get(LAYERS[5]), shard(5))
+        t.join()
+        assert calls == [LAYERS[5]]
+        assert cache.stats()["loop"]["prefetch_wait_s"] > 0.05
+
+
+class ScheduleSpy(tiercache.policies.LRUPolicy):
+    """An LRU that records the schedule hooks the engine calls."""
+
+    name = "schedule-spy"
+    seen: list[Any] = []
+
+    def set_schedule(self, keys: list[str]) -> None:
+        ScheduleSpy.seen.append(("schedule", tuple(keys)))
+
+    def on_cursor(self, position: int) -> None:
+        ScheduleSpy.seen.append(("cursor", position))
+
+
+def test_schedule_hooks_reach_policies(tmp_path: Path) -> None:
+    tiercache.register_policy(ScheduleSpy)
+    try:
+        cfg = loop_config(tmp_path)
+        cfg["tiers"][0]["policy"] = "schedule-spy"
+        ScheduleSpy.seen.clear()
+        with tiercache.open(cfg) as cache:
+            fill(cache)
+            cache.declare_schedule(LAYERS)
+            cache.get(LAYERS[2])
+            cache.get(LAYERS[7])
+            cache.get("not-scheduled", None)
+        assert ScheduleSpy.seen[0] == ("schedule", tuple(LAYERS))
+        assert ("cursor", 2) in ScheduleSpy.seen and ("cursor", 7) in ScheduleSpy.seen
+        assert len([e for e in ScheduleSpy.seen if e[0] == "cursor"]) == 2
+    finally:
+        from tiercache.policies import _REGISTRY
+        _REGISTRY.pop("schedule-spy", None)
+
+
+def test_duplicate_schedule_keys_are_rejected(tmp_path: Path) -> None:
+    with tiercache.open(loop_config(tmp_path)) as cache, pytest.raises(ValueError):
+        cache.declare_schedule(["a", "b", "a"])
+
+
+def test_close_stops_the_prefetcher(tmp_path: Path) -> None:
+    cache = tiercache.open(loop_config(tmp_path))
+    fill(cache)
+    cache.declare_schedule(LAYERS)
+    prefetcher = cache.start_prefetcher()
+    cache.get(LAYERS[0])
+    cache.close()
+    assert not prefetcher._thread.is_alive()

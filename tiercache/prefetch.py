@@ -1,0 +1,105 @@
+"""Prefetch along a declared schedule: bring the next shards up while the loop computes.
+
+An inference loop reads its weights in a known order, one forward pass after
+another. It declares that order once with
+:meth:`TieredCache.declare_schedule`; every ``get`` of a scheduled key then
+moves the cache's *cursor*, and a :class:`Prefetcher` thread brings the next
+``depth`` shards after the cursor into the top tier (bounded by
+``max_bytes``, by default half the top tier), so that by the time the loop
+asks for them they are RAM hits. A ``get`` for a shard the prefetcher is
+still reading waits for that read instead of issuing its own; that wait, and
+any read the loop has to do itself, is *stall time*, reported in
+``cache.stats()["loop"]``.
+
+Thread-safety: one background thread per prefetcher; :meth:`notify` is called
+from the loop's thread (through the cache). The cache's own lock protects its
+state; the prefetcher only calls :meth:`TieredCache.prefetch`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import TieredCache
+
+log = logging.getLogger("tiercache")
+
+
+class Prefetcher:
+    """Background thread that prefetches the shards after the cache's cursor.
+
+    Parameters
+    ----------
+    cache:
+        The cache whose declared schedule is followed.
+    depth:
+        How many scheduled shards ahead of the cursor to keep in the top tier.
+    max_bytes:
+        Upper bound on the bytes of shards fetched ahead of the cursor; default
+        half the top tier's capacity (so prefetching never evicts the shards the
+        loop is using right now).
+    """
+
+    def __init__(self, cache: TieredCache, *, depth: int = 8,
+                 max_bytes: int | None = None) -> None:
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.cache = cache
+        self.depth = depth
+        self.max_bytes = (max_bytes if max_bytes is not None
+                          else cache.tiers[0].capacity_bytes // 2)
+        self._cond = threading.Condition()
+        self._cursor = -1
+        self._seen = -1
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="tiercache-prefetch",
+                                        daemon=True)
+
+    def start(self) -> Prefetcher:
+        self._thread.start()
+        return self
+
+    def notify(self, cursor: int) -> None:
+        """The loop reached schedule position ``cursor``. O(1)."""
+        with self._cond:
+            self._cursor = cursor
+            self._cond.notify()
+
+    def stop(self) -> None:
+        """Stop the thread and wait for its current read to finish. Idempotent."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and self._cursor == self._seen:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                cursor = self._seen = self._cursor
+            try:
+                self._fetch_ahead(cursor)
+            except Exception:  # never let the thread die silently
+                log.exception("prefetcher failed; the loop will read shards itself")
+
+    def _fetch_ahead(self, cursor: int) -> None:
+        schedule = self.cache.schedule
+        if not schedule:
+            return
+        budget = self.max_bytes
+        for step in range(1, self.depth + 1):
+            with self._cond:
+                if self._stopped or self._cursor != cursor:
+                    return  # the loop moved on: start again from its new position
+            key = schedule[(cursor + step) % len(schedule)]
+            nbytes = self.cache.prefetch(key)
+            budget -= nbytes
+            if budget <= 0:
+                return
