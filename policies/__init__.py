@@ -1,6 +1,8 @@
 """Eviction policies: one module per policy, all behind :class:`Policy`.
 
-Built-in names: ``lru``, ``lfu``, ``arc``. A tier's ``policy`` setting takes a
+Built-in names: ``lru``, ``lfu``, ``arc``, ``fifo``, ``clock``, ``2q``, ``sieve``,
+``s3fifo``, ``wtinylfu`` and ``opt`` (see docs/policies.md for the table of
+papers, complexities and libCacheSim exactness). A tier's ``policy`` setting takes a
 built-in name, a name registered with :func:`register_policy`, a name published
 by an installed package under the entry-point group ``tiercache.policies``, or
 ``"package.module:ClassName"`` -- so a user's own policy needs no edit to
@@ -17,15 +19,25 @@ from importlib.metadata import entry_points
 
 from .arc import ARCPolicy
 from .base import Key, Policy
+from .clock import CLOCKPolicy
+from .fifo import FIFOPolicy
 from .lfu import LFUPolicy
 from .lru import LRUPolicy
+from .opt import OPTPolicy
+from .s3fifo import S3FIFOPolicy
+from .sieve import SIEVEPolicy
+from .twoq import TwoQPolicy
+from .wtinylfu import WTinyLFUPolicy
 
-__all__ = ["ARCPolicy", "Key", "LFUPolicy", "LRUPolicy", "Policy", "available_policies",
-           "get_policy_class", "register_policy"]
+__all__ = ["ARCPolicy", "CLOCKPolicy", "FIFOPolicy", "Key", "LFUPolicy", "LRUPolicy", "OPTPolicy",
+           "Policy", "S3FIFOPolicy", "SIEVEPolicy", "TwoQPolicy", "WTinyLFUPolicy",
+           "available_policies", "get_policy_class", "register_policy"]
 
 ENTRY_POINT_GROUP = "tiercache.policies"
 
-_REGISTRY: dict[str, type[Policy]] = {cls.name: cls for cls in (LRUPolicy, LFUPolicy, ARCPolicy)}
+_REGISTRY: dict[str, type[Policy]] = {cls.name: cls for cls in (
+    LRUPolicy, LFUPolicy, ARCPolicy, FIFOPolicy, CLOCKPolicy, TwoQPolicy, SIEVEPolicy,
+    S3FIFOPolicy, WTinyLFUPolicy, OPTPolicy)}
 
 
 def register_policy(cls: type[Policy], name: str | None = None) -> type[Policy]:

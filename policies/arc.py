@@ -54,8 +54,11 @@ was pushed). Not thread-safe.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from .base import Key, Policy
 
@@ -164,6 +167,95 @@ class ARCPolicy(Policy):
             self._t2_size += size
         else:
             self._t2.move_to_end(key)
+
+    # --- trace replay -------------------------------------------------------------
+    def replay_count(self, keys: Sequence[Key]) -> npt.NDArray[np.bool_]:
+        """Count-mode replay (see :meth:`Policy.replay_count`), inlined on T1, T2, B1, B2.
+
+        With every size 1 the hooks above reduce to Figure 4, and this loop is
+        that reduction written out on the same four OrderedDicts, with the list
+        lengths in local variables: Case I (hit) moves x to T2's MRU end; a miss
+        adapts ``p`` exactly as :meth:`on_miss` (same float expressions), evicts
+        at most one key as :meth:`victim` + :meth:`on_evict` (into B1 or B2), and
+        inserts and trims ghosts as :meth:`on_insert`. The hit sequence, ``p``
+        and the four lists therefore equal the generic, hook-calling replay's
+        (``tests/test_sim_replay.py`` checks it on random traces, in chunks and
+        from a warm state). A subclass that overrides a hook, or a state holding
+        sizes other than 1, gets the generic replay.
+
+        Complexity: O(len(keys)) amortised, ~0.7 µs per request. Not thread-safe.
+        """
+        t1, t2, b1, b2 = self._t1, self._t2, self._b1, self._b2
+        c = self.capacity
+        if (not self._hooks_are(ARCPolicy) or not isinstance(c, int) or c < 1
+                or len(t1) + len(t2) > c
+                or any(size != 1 for table in (t1, t2, b1, b2) for size in table.values())):
+            return super().replay_count(keys)
+        n1, n2, m1, m2 = len(t1), len(t2), len(b1), len(b2)
+        p = self.p
+        fc = float(c)
+        c2 = 2 * c
+        hits = bytearray(len(keys))
+        move_to_end = t2.move_to_end
+        try:
+            for i, x in enumerate(keys):
+                if x in t1:  # Case I, hit in T1: to the MRU end of T2
+                    del t1[x]
+                    t2[x] = 1
+                    n1 -= 1
+                    n2 += 1
+                    hits[i] = 1
+                    continue
+                if x in t2:  # Case I, hit in T2
+                    move_to_end(x)
+                    hits[i] = 1
+                    continue
+                # on_miss: adapt p on a ghost hit
+                if x in b1:  # Case II
+                    p = min(fc, p + max(m2 / m1, 1.0))
+                    ghost = 1
+                elif x in b2:  # Case III
+                    p = max(0.0, p - max(m1 / m2, 1.0))
+                    ghost = 2
+                else:  # Case IV
+                    ghost = 0
+                # victim + on_evict: at most one, since every size is 1
+                if n1 + n2 >= c:
+                    if n1 and (n1 >= c or n1 > p or (ghost == 2 and n1 >= p) or not n2):
+                        b1[t1.popitem(last=False)[0]] = 1
+                        n1 -= 1
+                        m1 += 1
+                    else:
+                        b2[t2.popitem(last=False)[0]] = 1
+                        n2 -= 1
+                        m2 += 1
+                # on_insert, then the ghost trims of Case IV
+                if ghost == 1:
+                    del b1[x]
+                    m1 -= 1
+                    t2[x] = 1
+                    n2 += 1
+                elif ghost == 2:
+                    del b2[x]
+                    m2 -= 1
+                    t2[x] = 1
+                    n2 += 1
+                else:
+                    t1[x] = 1
+                    n1 += 1
+                while m1 and n1 + m1 > c:
+                    b1.popitem(last=False)
+                    m1 -= 1
+                while m2 and n1 + n2 + m1 + m2 > c2:
+                    b2.popitem(last=False)
+                    m2 -= 1
+        finally:  # also after an exception (e.g. an unhashable key): the state stays coherent
+            self.p = p
+            self._t1_size, self._t2_size, self._b1_size, self._b2_size = (
+                len(t1), len(t2), len(b1), len(b2))
+            self._incoming = None
+            self._incoming_size = 0
+        return np.frombuffer(hits, dtype=np.bool_)
 
     # --- introspection ------------------------------------------------------------
     def check_invariants(self) -> None:

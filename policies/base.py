@@ -32,10 +32,18 @@ Thread-safety: policies are not thread-safe; the owner serialises calls.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, MutableMapping, Sequence
 from typing import Any, ClassVar
 
+import numpy as np
+import numpy.typing as npt
+
 Key = Hashable
+
+#: The hooks a replay fast path reimplements: a subclass that overrides any of
+#: them gets the generic (hook-calling) replay instead of its parent's fast path.
+REPLAY_HOOKS: tuple[str, ...] = ("__contains__", "__len__", "on_miss", "on_insert", "on_hit",
+                                 "on_remove", "on_evict", "victim")
 
 
 class Policy(ABC):
@@ -99,6 +107,104 @@ class Policy(ABC):
 
         Must not change any state. Raises :class:`LookupError` when empty.
         """
+
+    # --- trace replay ---------------------------------------------------------------
+    def replay_count(self, keys: Sequence[Key]) -> npt.NDArray[np.bool_]:
+        """Serve ``keys`` in count mode, the policy being the whole cache; return the hits.
+
+        Count mode: every object has size 1 and :attr:`capacity` counts objects.
+        Each request is a hit if the key is resident (``on_hit``), else it is
+        admitted exactly as :mod:`tiercache.policies.base` prescribes
+        (``on_miss``, then ``victim`` + ``on_evict`` while full, then
+        ``on_insert``). The policy itself is the residency index (``in``,
+        ``len``), so a replay resumes where the last one stopped: replaying a
+        trace in chunks gives the same hits and the same final state as
+        replaying it at once. The policy must hold count-mode state (every
+        resident size 1) when this is called.
+
+        This generic version calls the hooks; LRU and ARC override it with
+        fast paths that must give the identical hit sequence and final state
+        (``tests/test_sim_replay.py`` checks it).
+
+        Parameters
+        ----------
+        keys:
+            The requested keys, in order (Python ints are fastest).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``bool`` array, ``True`` where the request hit.
+
+        Complexity: O(len(keys)) hook calls. Not thread-safe.
+        """
+        hits = bytearray(len(keys))
+        capacity = self.capacity
+        used = len(self)
+        on_hit, on_miss, victim, on_evict, on_insert = (
+            self.on_hit, self.on_miss, self.victim, self.on_evict, self.on_insert)
+        for i, key in enumerate(keys):
+            if key in self:
+                on_hit(key)
+                hits[i] = 1
+                continue
+            if capacity < 1:  # larger than the whole cache: refused, as a tier does
+                continue
+            on_miss(key, 1)
+            while used + 1 > capacity:
+                on_evict(victim(key))
+                used -= 1
+            on_insert(key, 1)
+            used += 1
+        return np.frombuffer(hits, dtype=np.bool_)
+
+    def replay_bytes(self, keys: Sequence[Key], sizes: Sequence[int],
+                     resident: MutableMapping[Key, int] | None = None,
+                     ) -> npt.NDArray[np.bool_]:
+        """Serve ``keys`` with their ``sizes`` (byte mode), the policy being the whole cache.
+
+        The caller's ``resident`` mapping (key -> size) is the capacity
+        accounting a tier would keep; pass the same mapping again to continue a
+        replay in chunks (``None``: a fresh one, and the policy must be empty).
+        A request is a hit if its key is resident, whatever its size now; a
+        miss larger than :attr:`capacity` is refused before ``on_miss``, like
+        :meth:`tiercache.tier.Tier.admit` does, and stays a miss.
+
+        Returns a ``bool`` array of hits. Complexity: O(len(keys) + len(resident))
+        plus the hook calls. Not thread-safe.
+        """
+        if resident is None:
+            if len(self):
+                raise ValueError(f"{type(self).__name__} is not empty: pass the `resident` "
+                                 "mapping of the replay it continues")
+            resident = {}
+        if len(keys) != len(sizes):
+            raise ValueError(f"{len(keys)} keys but {len(sizes)} sizes")
+        hits = bytearray(len(keys))
+        capacity = self.capacity
+        used = sum(resident.values())
+        for i, (key, size) in enumerate(zip(keys, sizes, strict=True)):
+            if key in resident:
+                self.on_hit(key)
+                hits[i] = 1
+                continue
+            if size > capacity:
+                continue
+            self.on_miss(key, size)
+            while used + size > capacity:
+                gone = self.victim(key)
+                self.on_evict(gone)
+                used -= resident.pop(gone)
+            self.on_insert(key, size)
+            resident[key] = size
+            used += size
+        return np.frombuffer(hits, dtype=np.bool_)
+
+    def _hooks_are(self, cls: type[Policy]) -> bool:
+        """Whether this object's class uses ``cls``'s own :data:`REPLAY_HOOKS` (a fast path
+        written for ``cls`` is then exact for it). O(1)."""
+        own = type(self)
+        return all(getattr(own, name) is getattr(cls, name) for name in REPLAY_HOOKS)
 
     # --- introspection ------------------------------------------------------------
     def check_invariants(self) -> None:  # noqa: B027 - optional hook
