@@ -277,6 +277,7 @@ class OPTPolicy(Policy):
         self._stamp: dict[Key, int] = {}  # resident key -> its last access, a unique stamp
         self._heap: list[tuple[int, int, Key]] = []  # (-next use, stamp, key), lazily cleaned
         self._clock = 0
+        self._cursor_driven = False  # set by the first on_cursor (see there)
         self._skipped = 0
         self._unknown = 0
         if future is not None:
@@ -332,6 +333,7 @@ class OPTPolicy(Policy):
         ValueError
             If ``schedule`` is empty or not a sequence of hashable keys.
         """
+        self._cursor_driven = False
         if schedule is None:
             self._oracle = None
         else:
@@ -383,7 +385,7 @@ class OPTPolicy(Policy):
 
     def _advance(self, key: Key) -> None:
         oracle = self._oracle
-        if oracle is None:
+        if oracle is None or self._cursor_driven:
             return
         span = oracle.access(key)
         if span is None:
@@ -435,7 +437,10 @@ class OPTPolicy(Policy):
         that phase, re-ranking keys whose turn was skipped, so the request's own
         ``on_hit``/``on_miss`` then lands exactly on it. Calling it again for the
         position just requested is a no-op (a repeated read). Without a
-        schedule it does nothing. O(skipped positions) + O(log n) amortised.
+        schedule it does nothing. Once called, only the cursor moves time:
+        ``on_hit``/``on_miss`` no longer advance it, so shards admitted ahead of
+        the loop by a prefetcher are ranked by their distance from the loop, not
+        mistaken for the loop's own requests (until the next ``set_schedule``). O(skipped positions) + O(log n) amortised.
 
         Raises
         ------
@@ -444,6 +449,10 @@ class OPTPolicy(Policy):
         """
         oracle = self._oracle
         if isinstance(oracle, _ScheduleOracle):
+            # From now on only the cursor moves time: admissions that are not the
+            # loop's own requests (a prefetcher bringing shards up ahead of the
+            # loop) must not make the policy believe the loop has moved on.
+            self._cursor_driven = True
             self._skip(oracle, *oracle.seek(position))
             self._clean()
 

@@ -144,3 +144,31 @@ def test_close_stops_the_prefetcher(tmp_path: Path) -> None:
     cache.get(LAYERS[0])
     cache.close()
     assert not prefetcher._thread.is_alive()
+
+
+def _loop_hits(tmp_path: Path, policy: str, prefetch: bool) -> dict[str, Any]:
+    cfg = three_tier_config(tmp_path / f"{policy}-{prefetch}", mode="inclusive", ram="64KiB",
+                            ssd="2MiB", hdd="4MiB", ram_policy=policy, promote_after="always")
+    with tiercache.open(cfg) as cache:  # RAM holds 4 of the 12 shards
+        fill(cache)
+        cache.declare_schedule(LAYERS)
+        if prefetch:
+            cache.start_prefetcher(depth=2)
+        run_passes(cache, passes=4, compute_s=0.01 if prefetch else 0.0)
+        stats = cache.stats()
+    return {"ram_hits": stats["tiers"]["ram"]["hits"], **stats["loop"]}
+
+
+def test_schedule_aware_opt_beats_lru_on_a_loop_larger_than_ram(tmp_path: Path) -> None:
+    lru = _loop_hits(tmp_path, "lru", prefetch=False)
+    opt = _loop_hits(tmp_path, "opt", prefetch=False)
+    assert lru["ram_hits"] == 0  # a cyclic loop larger than the cache defeats LRU
+    # Belady keeps C-1 = 3 of the 12 shards per pass after the first
+    assert opt["ram_hits"] >= 3 * 3
+
+
+def test_opt_with_prefetcher_is_not_fooled_by_prefetch_admissions(tmp_path: Path) -> None:
+    opt = _loop_hits(tmp_path, "opt", prefetch=True)
+    # prefetched shards are ranked by their distance from the loop's cursor: the
+    # shard the loop needs next is never evicted to make room for one further ahead
+    assert opt["stalls"] <= 2, opt
