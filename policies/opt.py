@@ -440,7 +440,8 @@ class OPTPolicy(Policy):
         schedule it does nothing. Once called, only the cursor moves time:
         ``on_hit``/``on_miss`` no longer advance it, so shards admitted ahead of
         the loop by a prefetcher are ranked by their distance from the loop, not
-        mistaken for the loop's own requests (until the next ``set_schedule``). O(skipped positions) + O(log n) amortised.
+        mistaken for the loop's own requests (until the next ``set_schedule``).
+        O(skipped positions) + O(log n) amortised.
 
         Raises
         ------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -102,7 +102,7 @@ class ScheduleSpy(tiercache.policies.LRUPolicy):
     """An LRU that records the schedule hooks the engine calls."""
 
     name = "schedule-spy"
-    seen: list[Any] = []
+    seen: ClassVar[list[Any]] = []
 
     def set_schedule(self, keys: list[str]) -> None:
         ScheduleSpy.seen.append(("schedule", tuple(keys)))
