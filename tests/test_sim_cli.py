@@ -1,0 +1,109 @@
+"""``tiercache simulate``: JSON, table, CSV, plot, tier layouts, errors, clean stdout."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tiercache.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+FIELDS = {"policy", "capacity", "unit", "requests", "hits", "hit_ratio", "byte_hit_ratio"}
+
+
+@pytest.fixture
+def lis(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    starts = rng.zipf(1.3, 3000) % 500
+    path = tmp_path / "t.lis"
+    path.write_text("".join(f"{s} {1 + i % 3} 0 {i}\n" for i, s in enumerate(starts)))
+    return path
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tiercache", *args], capture_output=True,
+                          text=True, timeout=120, cwd=cwd)
+
+
+def test_json_one_object_or_a_list(lis: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", str(lis), "--policy", "arc", "--capacity", "100", "--json"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert set(one) == FIELDS and one["policy"] == "arc" and one["capacity"] == 100
+    assert one["unit"] == "objects" and one["requests"] > 3000
+    assert 0 < one["hit_ratio"] < 1 and one["byte_hit_ratio"] == one["hit_ratio"]
+    assert main(["simulate", str(lis), "--policy", "lru,arc", "--capacity", "1%,50", "--json"]) == 0
+    many = json.loads(capsys.readouterr().out)
+    assert [(r["policy"], r["unit"]) for r in many] == [("lru", "objects")] * 2 + [
+        ("arc", "objects")] * 2
+    assert many[1]["capacity"] == many[3]["capacity"] == 50
+
+
+def test_table_csv_and_plot(lis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_csv, png = tmp_path / "r.csv", tmp_path / "mrc.png"
+    assert main(["simulate", str(lis), "--policy", "lru,lfu,arc", "--capacity",
+                 "1%,5%,10%,25%", "--csv", str(out_csv), "--plot", str(png)]) == 0
+    captured = capsys.readouterr()
+    assert "lfu" in captured.out and "hit ratio" in captured.out and "(25%)" in captured.out
+    rows = list(csv.DictReader(out_csv.open()))
+    assert len(rows) == 12 and set(rows[0]) >= FIELDS and rows[3]["capacity_spec"] == "25%"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_stdout_is_pure_json_even_with_a_forced_progress_bar(lis: Path) -> None:
+    proc = run_cli("simulate", str(lis), "--capacity", "64", "--json", "--progress")
+    assert proc.returncode == 0, proc.stderr
+    assert set(json.loads(proc.stdout)) == FIELDS
+
+
+def test_user_policy_from_a_checkout(lis: Path) -> None:
+    proc = run_cli("simulate", str(lis), "--policy", "lru,examples.my_policy:MRUPolicy",
+                   "--capacity", "20", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["policy"] for r in json.loads(proc.stdout)] == [
+        "lru", "examples.my_policy:MRUPolicy"]
+
+
+def test_tier_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "run.csv"
+    trace.write_text("key,size\n" + "".join(f"k{i % 7},{1000 * (1 + i % 3)}\n"
+                                            for i in range(200)))
+    toml = tmp_path / "tiers.toml"
+    toml.write_text('[[tiers]]\nname = "ram"\nbackend = "memory"\ncapacity = "4KiB"\n'
+                    '[[tiers]]\nname = "ssd"\nbackend = "lmdb"\npath = "ssd"\n'
+                    'capacity = "1MiB"\n')
+    model = tmp_path / "costs.toml"
+    model.write_text('[ssd]\nread_latency_s = "50us"\nread_bytes_per_s = "2GB/s"\n')
+    assert main(["simulate", str(trace), "--config", str(toml), "--model", str(model),
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [t["name"] for t in result["tiers"]] == ["ram", "ssd"]
+    assert sum(t["hits"] for t in result["tiers"]) + result["origin"]["hits"] == 200
+    assert result["mean_s"] > 0 and not (tmp_path / "ssd").exists()
+    assert main(["simulate", str(trace), "--config", str(toml)]) == 0
+    assert "virtual time" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--capacity", "lots"], "capacity 'lots' is not a count"),
+    (["--capacity", "64MiB", "--unit", "objects"], "needs --unit bytes"),
+    (["--capacity", "64MiB"], "has no sizes"),
+    (["--capacity", "10", "--policy", "nope"], "unknown policy 'nope'"),
+    ([], "give --capacity"),
+])
+def test_errors_are_one_line(lis: Path, args: list[str], message: str) -> None:
+    proc = run_cli("simulate", str(lis), *args)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("tiercache: error: ") and message in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_matplotlib_is_imported_only_for_a_plot() -> None:
+    code = ("import sys, tiercache.cli, tiercache.sim; "
+            "tiercache.cli.build_parser(); assert 'matplotlib' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
