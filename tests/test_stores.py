@@ -547,9 +547,12 @@ TestDiskcacheModel.settings = _model_settings
 
 
 def test_registry(tmp_path: Path) -> None:
-    assert available_backends() == ["diskcache", "lmdb", "memory"]
+    from tiercache.stores.redis_store import RedisStore  # the redis extra is a test dependency
+
+    assert available_backends() == ["diskcache", "lmdb", "memory", "redis"]
     backends = stores_pkg.STORE_BACKENDS
-    assert backends == {"memory": MemoryStore, "lmdb": LmdbStore, "diskcache": DiskcacheStore}
+    assert backends == {"memory": MemoryStore, "lmdb": LmdbStore, "diskcache": DiskcacheStore,
+                        "redis": RedisStore}
     assert isinstance(open_store("memory", None), MemoryStore)
     for backend, cls in (("lmdb", LmdbStore), ("diskcache", DiskcacheStore)):
         with open_store(backend, tmp_path / backend, verify="never",
@@ -558,8 +561,8 @@ def test_registry(tmp_path: Path) -> None:
             assert store.verify == "never"  # type: ignore[attr-defined]
         with pytest.raises(ValueError, match="path"):
             open_store(backend, None)
-    with pytest.raises(LookupError, match="diskcache, lmdb, memory"):
-        open_store("redis", tmp_path)
+    with pytest.raises(LookupError, match="diskcache, lmdb, memory, redis"):
+        open_store("memcached", tmp_path)
 
 
 @pytest.mark.parametrize("cls", [LmdbStore, DiskcacheStore])

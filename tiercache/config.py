@@ -9,6 +9,8 @@ directory for a dict). See docs/configuration.md for every key.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import os
 import re
 import tomllib
@@ -16,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -28,13 +31,21 @@ Mode = Literal["exclusive", "inclusive"]
 
 MEMORY_BACKENDS = frozenset({"memory"})
 DISK_BACKENDS = frozenset({"lmdb", "diskcache"})
-KNOWN_BACKENDS = MEMORY_BACKENDS | DISK_BACKENDS
+#: Backends on a server shared by many processes: no path, located by url / cluster_nodes.
+REMOTE_BACKENDS = frozenset({"redis"})
+KNOWN_BACKENDS = MEMORY_BACKENDS | DISK_BACKENDS | REMOTE_BACKENDS
 ORIGIN_KINDS = ("npy", "safetensors")
 DEFAULT_PROMOTE_AFTER = 2
 
-_TOP_KEYS = {"mode", "tiers", "origin", "flush_on_close"}
+_TOP_KEYS = {"mode", "tiers", "origin", "flush_on_close", "record_trace"}
+#: Keys only a redis tier takes (checked against tiercache.stores.redis_store by the tests).
+_REDIS_KEYS = {"url", "cluster_nodes", "namespace", "timeout", "chunk_size"}
 _TIER_KEYS = {"name", "backend", "capacity", "policy", "policy_options", "path",
-              "promote_after", "verify"}
+              "promote_after", "verify"} | _REDIS_KEYS
+_REDIS_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
+_REDIS_CHUNK_RANGE = (1 << 10, 256 << 20)
+_REDIS_DEFAULT_CHUNK = 8 << 20
+_REDIS_DEFAULT_TIMEOUT_S = 5.0
 _ORIGIN_KEYS = {"kind", "path"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -51,6 +62,9 @@ class TierConfig:
     promote_after: int | None = DEFAULT_PROMOTE_AFTER
     verify: VerifyMode = "always"
     policy_options: Mapping[str, Any] = field(default_factory=dict)
+    #: Keyword arguments for a shared store (redis: ``url`` or ``cluster_nodes``,
+    #: ``namespace``, ``timeout_s``, ``chunk_bytes``); empty for the other backends.
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,8 @@ class CacheConfig:
     origin: OriginConfig | None = None
     flush_on_close: bool = True
     source: str = "<dict>"
+    #: CSV file the cache appends every get's ``key,size`` to (see tiercache.recording).
+    record_trace: Path | None = None
 
 
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any], *,
@@ -134,8 +150,36 @@ class _Validator:
         tiers = tuple(self.tier(i, t) for i, t in enumerate(raw_tiers))
         self.check_distinct(tiers)
         origin = self.origin(data["origin"]) if "origin" in data else None
+        tiers = tuple(self.default_namespace(t, origin) for t in tiers)
+        self.check_distinct_remotes(tiers)
+        record_trace = (self.record_trace(data["record_trace"], tiers)
+                        if "record_trace" in data else None)
         return CacheConfig(tiers=tiers, mode=mode, origin=origin, flush_on_close=flush,
-                           source=self.file)
+                           source=self.file, record_trace=record_trace)
+
+    def record_trace(self, value: Any, tiers: tuple[TierConfig, ...]) -> Path:
+        """The trace file to write: a file path whose folder exists or can be created."""
+        key = "record_trace"
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(key, f"must be the path of a CSV file to write, got {value!r}")
+        path = Path(os.path.expanduser(value))
+        if not path.is_absolute():
+            path = self.base_dir / path
+        path = Path(os.path.normpath(path))
+        if path.is_dir():
+            raise self.error(key, f"{path} is a folder; name a file such as trace.csv")
+        for t in tiers:
+            if t.path is not None and path.is_relative_to(t.path):
+                raise self.error(key, f"{path} is inside the folder of tier {t.name!r}; "
+                                 "put the trace elsewhere")
+        probe = path.parent
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise self.error(key, f"{probe} is not a folder, so {path} cannot be created")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise self.error(key, f"{probe} is not writable, so {path} cannot be created")
+        return path
 
     def tier(self, index: int, t: Mapping[str, Any]) -> TierConfig:
         where = f"tiers[{index}]"
@@ -161,6 +205,7 @@ class _Validator:
         if not isinstance(options, Mapping):
             raise self.error(f"{where}.policy_options", "must be a table")
         path = self.tier_path(where, t.get("path"), backend)
+        store_options = self.redis_options(where, t, backend)
         promote_after = self.promote_after(f"{where}.promote_after",
                                            t.get("promote_after", DEFAULT_PROMOTE_AFTER))
         verify = t.get("verify", "always")
@@ -168,7 +213,117 @@ class _Validator:
             raise self.error(f"{where}.verify", f"must be \"always\" or \"never\", got {verify!r}")
         return TierConfig(name=name, backend=backend, capacity_bytes=capacity, policy=policy,
                           path=path, promote_after=promote_after, verify=verify,
-                          policy_options=dict(options))
+                          policy_options=dict(options), options=store_options)
+
+    def redis_options(self, where: str, t: Mapping[str, Any], backend: str) -> dict[str, Any]:
+        """The redis-only keys, validated into RedisStore keyword arguments.
+
+        Any of them on another backend is an error. The namespace, when not
+        given, is filled in later from the tier name and origin
+        (:meth:`default_namespace`).
+        """
+        given = sorted(k for k in _REDIS_KEYS if k in t)
+        if backend not in REMOTE_BACKENDS:
+            if given:
+                raise self.error(f"{where}.{given[0]}", f"only a redis tier takes this key "
+                                 f"(this tier's backend is {backend}); remove it")
+            return {}
+        if importlib.util.find_spec("redis") is None:
+            raise self.error(f"{where}.backend", "the redis backend needs the redis package: "
+                             "pip install 'tiercache[redis]'")
+        url, nodes = t.get("url"), t.get("cluster_nodes")
+        if (url is None) == (nodes is None):
+            raise self.error(f"{where}.url", "give exactly one of url = \"redis://host:6379/0\" "
+                             "(one server) and cluster_nodes = [\"host:port\", ...] (Redis "
+                             "Cluster)")
+        options: dict[str, Any] = {}
+        if url is not None:
+            options["url"] = self.redis_url(f"{where}.url", url)
+        else:
+            options["cluster_nodes"] = self.cluster_nodes(f"{where}.cluster_nodes", nodes)
+        if "namespace" in t:
+            namespace = t["namespace"]
+            if not isinstance(namespace, str) or not _REDIS_NAMESPACE_RE.match(namespace):
+                raise self.error(f"{where}.namespace", "must be 1-128 characters of A-Z a-z 0-9 "
+                                 f"_ . : / - (no braces or spaces), got {namespace!r}")
+            options["namespace"] = namespace
+        timeout = t.get("timeout", _REDIS_DEFAULT_TIMEOUT_S)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+                or not 0 < timeout <= 3600:
+            raise self.error(f"{where}.timeout", "must be a number of seconds > 0 and <= 3600, "
+                             f"got {timeout!r}")
+        options["timeout_s"] = float(timeout)
+        try:
+            chunk = parse_size(t.get("chunk_size", _REDIS_DEFAULT_CHUNK))
+        except ValueError as exc:
+            raise self.error(f"{where}.chunk_size", str(exc)) from None
+        low, high = _REDIS_CHUNK_RANGE
+        if not low <= chunk <= high:
+            raise self.error(f"{where}.chunk_size", f"must be between 1KiB and 256MiB, got "
+                             f"{chunk} bytes")
+        options["chunk_bytes"] = chunk
+        return options
+
+    def redis_url(self, key: str, value: Any) -> str:
+        """A redis://, rediss:// or unix:// URL with a valid port and database number."""
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(key, f"must be a URL such as \"redis://127.0.0.1:6379/0\", got "
+                             f"{value!r}")
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError as exc:
+            raise self.error(key, f"not a valid URL ({exc})") from None
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise self.error(key, f"scheme {parts.scheme!r} is not redis://, rediss:// or "
+                             "unix://")
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise self.error(key, "a unix:// URL needs the socket path")
+            return value
+        if not parts.hostname:
+            raise self.error(key, "needs a host, as in redis://127.0.0.1:6379/0")
+        if port == 0:
+            raise self.error(key, "port 0 is not a valid port")
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise self.error(key, f"the path must be a database number, got {parts.path!r}")
+        return value
+
+    def cluster_nodes(self, key: str, value: Any) -> tuple[str, ...]:
+        """A non-empty list of "host:port" strings (IPv6 as "[addr]:port")."""
+        if not isinstance(value, list) or not value:
+            raise self.error(key, "must be a non-empty list such as [\"127.0.0.1:7000\"]")
+        for node in value:
+            host, sep, port = node.rpartition(":") if isinstance(node, str) else ("", "", "")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise self.error(key, f"{node!r} is not \"host:port\"")
+        return tuple(value)
+
+    @staticmethod
+    def default_namespace(tier: TierConfig, origin: OriginConfig | None) -> TierConfig:
+        """Give a redis tier without a namespace ``tiercache:[ORIGIN:]TIER``: the origin's
+        file or folder name and the tier name, so every worker of one cache shares it and
+        caches of different models (origins) do not."""
+        if tier.backend not in REMOTE_BACKENDS or "namespace" in tier.options:
+            return tier
+        parts = ["tiercache", *([origin.path.name] if origin is not None else []), tier.name]
+        namespace = re.sub(r"[^A-Za-z0-9_.:/-]", "_", ":".join(parts))[:128]
+        return dataclasses.replace(tier, options={**tier.options, "namespace": namespace})
+
+    def check_distinct_remotes(self, tiers: tuple[TierConfig, ...]) -> None:
+        """Two redis tiers on the same server and namespace would hold each other's shards."""
+        seen: dict[tuple[object, ...], int] = {}
+        for i, t in enumerate(tiers):
+            if t.backend not in REMOTE_BACKENDS:
+                continue
+            where = t.options.get("url") or tuple(t.options.get("cluster_nodes", ()))
+            ident = (where, t.options.get("namespace"))
+            if ident in seen:
+                raise self.error(f"tiers[{i}] ({t.name}).namespace",
+                                 f"tiers[{seen[ident]}] ({tiers[seen[ident]].name}) uses the "
+                                 "same server and namespace; give each tier its own namespace")
+            seen[ident] = i
 
     def capacity(self, key: str, value: Any, backend: str) -> int:
         if value is None:
@@ -189,6 +344,11 @@ class _Validator:
 
     def tier_path(self, where: str, value: Any, backend: str) -> Path | None:
         key = f"{where}.path"
+        if backend in REMOTE_BACKENDS:
+            if value is not None:
+                raise self.error(key, f"a {backend} tier has no path (it lives on the server "
+                                 "named by url or cluster_nodes); remove the key")
+            return None
         if backend in MEMORY_BACKENDS:
             if value is not None:
                 raise self.error(key, "a memory tier has no path; remove the key")

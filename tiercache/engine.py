@@ -50,13 +50,18 @@ _MAX_RETRIES = 8
 PREFETCH_WAIT_TIMEOUT_S = 30.0
 
 
-def build_tier(cfg: TierConfig) -> Tier:
-    """Create the store and policy of one configured tier (creates its folder)."""
-    store = open_store(cfg.backend, cfg.path, verify=cfg.verify, capacity_bytes=cfg.capacity_bytes)
+def build_tier(cfg: TierConfig, *, drop_corrupt: bool = True) -> Tier:
+    """Create the store and policy of one configured tier (creates its folder).
+
+    ``drop_corrupt=False`` leaves entries with a damaged header in place (not
+    indexed) for :meth:`TieredCache.verify` to report; see :meth:`Tier.load_existing`.
+    """
+    store = open_store(cfg.backend, cfg.path, verify=cfg.verify, capacity_bytes=cfg.capacity_bytes,
+                       options=cfg.options)
     policy = get_policy_class(cfg.policy)(cfg.capacity_bytes, **dict(cfg.policy_options))
     tier = Tier(cfg.name, store, policy, cfg.capacity_bytes, PromotionRule(cfg.promote_after))
     if store.persistent:
-        tier.load_existing()
+        tier.load_existing(drop_corrupt=drop_corrupt)
     return tier
 
 
@@ -94,22 +99,51 @@ class TieredCache:
         self.loop_stats = LoopStats()
         #: Writes ``key,size`` for every get that returns a shard (``record_trace``).
         self._recorder = TraceRecorder(record_trace) if record_trace is not None else None
+        #: (tier, key) pairs whose corrupt copy was already logged (log once, not per read).
+        self._reported_corrupt: set[tuple[str, str]] = set()
+        if not self.inclusive:
+            self._drop_duplicates()
+
+    def _drop_duplicates(self) -> int:
+        """Exclusive mode: keep only the fastest copy of a key found in several tiers.
+
+        A process killed between writing a demoted shard below and deleting it
+        above leaves the same shard in two tiers; this restores "one tier per
+        key" on open. Both copies are the same version (a put deletes every
+        older copy before writing), so either is right. O(keys).
+        """
+        removed = 0
+        seen: set[str] = set()
+        for tier in self._tiers:
+            for key in tier.keys():
+                if key in seen:
+                    tier.remove(key)
+                    removed += 1
+                else:
+                    seen.add(key)
+        if removed:
+            log.info("dropped %d duplicate copies left by an interrupted demotion", removed)
+        return removed
 
     # --- construction ---------------------------------------------------------------
     @classmethod
     def from_config(cls, config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
-                    ) -> TieredCache:
-        """Validate ``config`` fully, then create the tiers (and their folders)."""
+                    *, drop_corrupt: bool = True) -> TieredCache:
+        """Validate ``config`` fully, open the origin, then create the tiers (and their
+        folders), so a bad origin leaves nothing on disk. ``drop_corrupt=False``
+        keeps entries with a damaged header for :meth:`verify` to report."""
         cfg = config if isinstance(config, CacheConfig) else load_config(config)
         tiers: list[Tier] = []
+        origin = (open_origin(cfg.origin.kind, cfg.origin.path, source=cfg.source)
+                  if cfg.origin else None)
         try:
             for tier_cfg in cfg.tiers:
-                tiers.append(build_tier(tier_cfg))
-            origin = (open_origin(cfg.origin.kind, cfg.origin.path, source=cfg.source)
-                      if cfg.origin else None)
+                tiers.append(build_tier(tier_cfg, drop_corrupt=drop_corrupt))
         except BaseException:
             for t in tiers:
                 t.store.close()
+            if origin is not None:
+                origin.close()
             raise
         try:
             return cls(tiers, mode=cfg.mode, origin=origin, flush_on_close=cfg.flush_on_close,
@@ -216,14 +250,16 @@ class TieredCache:
             except StoreError as exc:
                 with self._lock:
                     tier.stats.errors += 1
-                log.warning("tier %s failed to read %r: %s", tier.name, key, exc)
+                    tier.note_failure(exc, "get")  # logs when the tier becomes degraded
+                log.debug("tier %s failed to read %r: %s", tier.name, key, exc)
                 array = None
                 if self._versions.get(key, 0) == version:
                     # skip this tier for this read: serve from below or the origin
                     return self._get_below(key, index, default, out, started)
                 continue
-            if array is None:
-                continue  # evicted or replaced meanwhile: look again
+            if array is None:  # moved meanwhile, or the medium lost it (Redis evicts)
+                self._forget_lost(tier, key, version)
+                continue
             with self._lock:
                 if self._versions.get(key, 0) != version or key not in tier:
                     continue
@@ -231,7 +267,43 @@ class TieredCache:
                 if due and index > 0:
                     self._promote(index, key, array, private=out is None)
             return array
+        shared = self._get_shared(key, out, started)
+        if shared is not None:
+            return shared
         return self._get_from_origin(key, default, out, started)
+
+    def _get_shared(self, key: str, out: np.ndarray | None, started: float) -> Any:
+        """``key`` from a shared tier (Redis) whose index lacks it -- another process may
+        have put it there -- or None. A shard found is indexed if it fits without
+        evicting anything. O(shared tiers) reads; nothing to do without shared tiers."""
+        for index, tier in enumerate(self._tiers):
+            if not tier.store.shared or key in tier:
+                continue
+            with self._lock:
+                version = self._versions.get(key, 0)
+            try:
+                array = tier.read(key, out)
+            except StoreError as exc:  # corrupt copies are dropped by the next indexed read
+                with self._lock:
+                    tier.stats.errors += 1
+                log.warning("tier %s failed to read %r: %s", tier.name, key, exc)
+                continue
+            if array is None:
+                continue
+            with self._lock:
+                for above in self._tiers[:index]:
+                    above.stats.misses += 1
+                latency = time.perf_counter() - started
+                if self._versions.get(key, 0) == version and self._locate(key) is None and \
+                        tier.index_existing(key, tier.store.stored_size(array)):
+                    if tier.record_hit(key, array.nbytes, latency) and index > 0:
+                        self._promote(index, key, array, private=out is None)
+                else:
+                    tier.stats.hits += 1
+                    tier.stats.bytes_read += array.nbytes
+                    tier.stats.latency.record(latency)
+            return array
+        return None
 
     def _get_below(self, key: str, failed_index: int, default: Any, out: np.ndarray | None,
                    started: float) -> Any:
@@ -239,6 +311,11 @@ class TieredCache:
             if key in tier:
                 try:
                     array = tier.read(key, out)
+                except CorruptShardError as exc:
+                    with self._lock:
+                        version = self._versions.get(key, 0)
+                    self._drop_corrupt(tier, key, exc, version)
+                    continue
                 except StoreError:
                     continue
                 if array is not None:
@@ -352,6 +429,10 @@ class TieredCache:
                 self.loop_stats.prefetched += 1
                 self.loop_stats.prefetched_bytes += array.nbytes
                 return int(array.nbytes)
+        except CorruptShardError as exc:
+            if found is not None:
+                self._drop_corrupt(found[1], key, exc, version)
+            return 0
         except StoreError as exc:
             log.warning("prefetch of %r failed: %s", key, exc)
             return 0
@@ -443,8 +524,12 @@ class TieredCache:
         """Admit into the first tier at or below ``start`` that accepts it. Lock held."""
         for index in range(start, len(self._tiers)):
             tier = self._tiers[index]
-            if tier.admit(key, array, self._demoter(index), adopt=adopt and tier.is_memory):
-                return True
+            try:
+                if tier.admit(key, array, self._demoter(index), adopt=adopt and tier.is_memory):
+                    return True
+            except StoreError as exc:  # e.g. Redis is down: try the tiers below
+                tier.stats.errors += 1
+                log.warning("tier %s failed to take %r: %s", tier.name, key, exc)
         return False
 
     def _demoter(self, index: int) -> Any:
@@ -468,9 +553,13 @@ class TieredCache:
         try:
             array = self._read_for_move(index, key)
         except CorruptShardError as exc:
-            log.warning("dropping corrupt shard %r from tier %s: %s", key, source.name, exc)
+            self._report_corrupt(source, key, exc)
             source.stats.corrupt += 1
             return
+        except (StoreError, OSError) as exc:  # unreadable now: keep it, degrade the tier
+            source.stats.errors += 1
+            source.note_failure(exc, "read")
+            raise DemotionFailed(key) from exc
         if array is None:
             return
         for offset, target in enumerate(below, start=index + 1):
@@ -533,8 +622,36 @@ class TieredCache:
             tier.stats.corrupt += 1
             if self._versions.get(key, 0) == version and key in tier:
                 tier.remove(key)
+        self._report_corrupt(tier, key, exc)
+
+    def _report_corrupt(self, tier: Tier, key: str, exc: Exception) -> None:
+        """Log a corrupt copy once per (tier, key), however often it is read. O(1)."""
+        seen = self._reported_corrupt
+        if (tier.name, key) in seen:
+            return
+        if len(seen) >= 65536:  # bounded: forget old reports rather than grow forever
+            seen.clear()
+        seen.add((tier.name, key))
         log.warning("tier %s: dropped corrupt copy of %r (%s); reading from the next tier",
                     tier.name, key, exc)
+
+    def _forget_lost(self, tier: Tier, key: str, version: int) -> None:
+        """A read of ``key`` from ``tier`` found nothing. If the index still lists it and the
+        medium confirms it is gone (Redis evicted it), drop the entry, so the tier's
+        accounting stays honest and the next lookup goes below. Counted in ``dropped``."""
+        with self._lock:
+            if self._versions.get(key, 0) != version or key not in tier:
+                return  # replaced or moved meanwhile
+            if not tier.check_medium():
+                return  # the folder was removed: every entry is forgotten, tier degraded
+            try:
+                if key in tier.store:
+                    return  # moved away and back meanwhile: the copy is there
+                tier.remove(key)
+            except StoreError:
+                return  # cannot tell now; the next read tries again
+            tier.stats.dropped += 1
+        log.info("tier %s: %r was gone from the medium; dropped from its index", tier.name, key)
 
     @staticmethod
     def _copy_out(key: str, array: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -570,6 +687,96 @@ class TieredCache:
                                 tier.remove(key)
                             break
         return written
+
+    def verify(self, *, repair: bool = False, orphan_min_age_s: float = 60.0,
+               max_listed: int = 100) -> dict[str, Any]:
+        """Scrub every tier: read each shard its medium holds and check header and payload.
+
+        Disk and remote tiers are read in full (the payload checksum is checked even
+        on a ``verify = "never"`` tier); memory tiers hold plain arrays (nothing to
+        check) and count as ok. Returns::
+
+            {"ok": bool, "repair": bool, "tiers": {name: {
+                "backend", "checked", "ok", "corrupt", "unreadable", "repaired",
+                "orphans", "degraded", "degraded_reason",
+                "corrupt_keys": [...], "unreadable_keys": [...]}}}
+
+        ``ok`` is false when any tier has a corrupt or unreadable entry. With
+        ``repair`` every corrupt entry is deleted (and leaves the index; gets fall
+        through to the next copy or the origin) and leftover files of interrupted
+        writes older than ``orphan_min_age_s`` are removed (``orphans`` counts them
+        either way). Unreadable entries (I/O errors) are kept: the error may pass.
+        Key lists hold at most ``max_listed`` keys each.
+
+        O(bytes stored). Each shard is read under the cache lock into a reused
+        buffer, so concurrent gets wait at most one shard's read; keys put while
+        the scrub runs may or may not be checked.
+        """
+        self._check_open()
+        report: dict[str, Any] = {"ok": True, "repair": repair, "tiers": {}}
+        for index, tier in enumerate(self._tiers):
+            entry: dict[str, Any] = {
+                "backend": tier.store.backend, "checked": 0, "ok": 0, "corrupt": 0,
+                "unreadable": 0, "repaired": 0, "orphans": 0,
+                "corrupt_keys": [], "unreadable_keys": []}
+            report["tiers"][tier.name] = entry
+            try:
+                with self._lock:
+                    keys = list(tier.store.keys())
+            except (StoreError, OSError) as exc:
+                entry["unreadable"] += 1
+                entry["unreadable_keys"].append(f"<listing keys failed: {exc}>")
+                keys = []
+            for key in keys:
+                entry["checked"] += 1
+                status = self._scrub_one(index, key, repair)
+                entry[status] += 1
+                listed = entry.get(f"{status}_keys")
+                if listed is not None and len(listed) < max_listed:
+                    listed.append(key)
+                if status == "corrupt" and repair:
+                    entry["repaired"] += 1
+            try:
+                entry["orphans"] = tier.store.sweep_orphans(remove=repair,
+                                                            min_age_s=orphan_min_age_s)
+            except (StoreError, OSError) as exc:
+                log.warning("tier %s: cannot look for orphan files: %s", tier.name, exc)
+            entry["degraded"] = tier.degraded
+            entry["degraded_reason"] = tier.degraded_reason
+            if entry["corrupt"] or entry["unreadable"]:
+                report["ok"] = False
+        return report
+
+    def _scrub_one(self, index: int, key: str, repair: bool) -> str:
+        """Check one stored entry of tier ``index``: ``"ok"``, ``"corrupt"`` (deleted with
+        ``repair``) or ``"unreadable"``. Takes the lock."""
+        tier = self._tiers[index]
+        with self._lock:
+            try:
+                if tier.is_memory:
+                    return "ok"
+                info = tier.store.info(key)
+                if info is None:
+                    return "ok"  # deleted since the listing
+                nbytes = int(np.prod(info.shape, dtype=np.int64)) * info.dtype.itemsize
+                scratch = self._scratch.get(-1 - index)
+                if scratch is None or scratch.nbytes < nbytes:
+                    scratch = self._scratch[-1 - index] = empty_aligned(max(nbytes, 1 << 20))
+                tier.store.check(key, scratch[:nbytes].view(info.dtype).reshape(info.shape))
+                return "ok"
+            except CorruptShardError as exc:
+                tier.stats.corrupt += 1
+                self._report_corrupt(tier, key, exc)
+                if repair:
+                    if key in tier:
+                        tier.remove(key)
+                    else:
+                        tier.delete_unindexed(key)
+                return "corrupt"
+            except (StoreError, OSError) as exc:
+                tier.stats.errors += 1
+                log.warning("tier %s: cannot read %r while verifying: %s", tier.name, key, exc)
+                return "unreadable"
 
     def stats(self) -> dict[str, Any]:
         """Per-tier statistics as a plain dict (see docs/configuration.md#stats)."""
@@ -612,6 +819,8 @@ class TieredCache:
             finally:
                 self._closed = True
                 for tier in self._tiers:
+                    if tier.pending_deletes:  # last chance: a stale entry must not outlive us
+                        tier.retry_pending_deletes()
                     tier.store.close()
                 if self.origin is not None:
                     self.origin.close()

@@ -59,3 +59,24 @@ class ShardFormatError(TierCacheError, ValueError):
 
 class PolicyError(TierCacheError):
     """A policy could not be found, loaded, or violated its contract."""
+
+
+class TraceError(TierCacheError, ValueError):
+    """A trace file cannot be read: missing, truncated, corrupt or malformed.
+
+    The message names the file and, for text formats, the 1-based line, e.g.
+    ``oltp.csv:17: size 'x' is not a whole number``.
+    """
+
+    def __init__(self, reason: str, *, file: str | os.PathLike[str] | None = None,
+                 line: int | None = None) -> None:
+        self.reason = reason
+        self.file = os.fspath(file) if file is not None else None
+        self.line = line
+        where = ":".join(str(p) for p in (self.file, line) if p is not None)
+        super().__init__(f"{where}: {reason}" if where else reason)
+
+
+class SimulationError(TierCacheError, ValueError):
+    """A simulation was asked for something it cannot do (a byte capacity for a trace
+    without sizes, a capacity of zero objects, a policy that cannot replay...)."""

@@ -53,6 +53,12 @@ class TierStats:
     corrupt: int = 0
     errors: int = 0
     skipped_too_large: int = 0
+    #: Admissions skipped because the tier was degraded and not yet due for a retry.
+    skipped_degraded: int = 0
+    #: Times the tier left the degraded state (a retry succeeded).
+    recoveries: int = 0
+    #: Entries found missing from the medium although indexed (file or folder removed).
+    lost: int = 0
     latency: LatencyWindow = field(default_factory=LatencyWindow)
 
     def as_dict(self) -> dict[str, Any]:
@@ -66,6 +72,8 @@ class TierStats:
             "demotions_in": self.demotions_in, "demotions_out": self.demotions_out,
             "dropped": self.dropped, "corrupt": self.corrupt, "errors": self.errors,
             "skipped_too_large": self.skipped_too_large,
+            "skipped_degraded": self.skipped_degraded, "recoveries": self.recoveries,
+            "lost": self.lost,
             "get_latency_p50_s": p50, "get_latency_p99_s": p99,
         }
 

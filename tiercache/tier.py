@@ -7,20 +7,40 @@ hands each victim to a ``demote`` callback supplied by the engine, and forgets
 the victim only after the callback returned (the bytes are safe below, or the
 engine chose to drop them).
 
+Faults: a write (put, delete) that fails with :class:`~tiercache.errors.StoreError`
+or :class:`OSError` never escapes the tier. The tier becomes *degraded* (a
+reason is kept for ``stats()``), skips admissions until a retry time that backs
+off from :data:`RETRY_BACKOFF_S` to :data:`RETRY_BACKOFF_MAX_S`, and recovers
+on the first write that succeeds after it. A delete that failed leaves a stale
+entry on the medium: the index forgets it at once (it is never served) and the
+delete is retried on recovery (:attr:`Tier.pending_deletes`). A medium that is
+gone (folder removed, file replaced: :meth:`Store.check_health`) is dropped
+from the index and reopened, empty, at the next retry.
+
 Thread-safety: not thread-safe; the engine serialises every call that changes
 state. :meth:`read` touches only the store and may run outside the engine lock.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import CorruptShardError, StoreError
 from .policies import Policy
 from .stats import TierStats
 from .stores.base import Store
+
+log = logging.getLogger("tiercache")
+
+#: First pause before a degraded tier is written to again; doubles per failed retry.
+RETRY_BACKOFF_S = 1.0
+#: Longest pause between two retries of a degraded tier.
+RETRY_BACKOFF_MAX_S = 60.0
 
 #: Demotion callback: move the victim's bytes below, or decide to drop them.
 #: Raise :class:`DemotionFailed` to keep the victim (the admission is then abandoned).
@@ -72,6 +92,19 @@ class Tier:
         self._sizes: dict[str, int] = {}
         self._hits_here: dict[str, int] = {}
         self.is_memory = not store.persistent and store.backend == "memory"
+        #: Why the tier is degraded (its medium failed), or ``None`` while healthy.
+        self.degraded_reason: str | None = None
+        #: Seconds before the first retry of a degraded tier (doubles per failure).
+        self.retry_backoff_s = RETRY_BACKOFF_S
+        #: Cap on the pause between retries.
+        self.retry_backoff_max_s = RETRY_BACKOFF_MAX_S
+        self._backoff_s = 0.0
+        self._retry_at = 0.0
+        self._needs_reopen = False
+        #: Keys whose stale entry the medium refused to delete; retried on recovery.
+        self.pending_deletes: set[str] = set()
+        #: Keys :meth:`load_existing` found damaged and left in place (``drop_corrupt=False``).
+        self.unindexed_corrupt: list[str] = []
 
     # --- index ---------------------------------------------------------------------
     def __contains__(self, key: object) -> bool:
@@ -86,30 +119,89 @@ class Tier:
     def size_of(self, key: str) -> int:
         return self._sizes[key]
 
-    def load_existing(self) -> int:
+    def load_existing(self, *, drop_corrupt: bool = True) -> int:
         """Index what a persistent store already holds (after a restart). O(n).
 
         Shards beyond capacity (e.g. the capacity was lowered) are evicted for
         good, oldest-indexed first. Returns the number of shards indexed.
+
+        An entry whose header is damaged is counted in ``corrupt`` and deleted
+        (with ``drop_corrupt=False``: left in place, not indexed, and listed in
+        :attr:`unindexed_corrupt` for ``verify`` to report); one that cannot be
+        read is left unindexed and counted in ``errors``. A private store whose
+        keys cannot be listed raises StoreError.
+
+        A shared store (Redis) belongs to other processes too: shards beyond
+        capacity and damaged ones are left alone (not indexed), and a server that
+        cannot be reached leaves the index empty (counted in ``errors``) instead
+        of failing the cache; the engine finds such shards on demand.
         """
-        for key in self.store.keys():
-            info = self.store.info(key)
-            if info is None:
-                continue
-            size = info.stored_nbytes
-            if self.used_bytes + size > self.capacity_bytes:
-                self.store.delete(key)
-                self.stats.dropped += 1
-                continue
-            self.policy.on_insert(key, size)
-            self._sizes[key] = size
-            self.used_bytes += size
+        shared = self.store.shared
+        try:
+            for key in self.store.keys():
+                if key in self._sizes:
+                    continue
+                try:
+                    info = self.store.info(key)
+                except CorruptShardError as exc:
+                    if shared:
+                        continue
+                    self._found_corrupt_on_load(key, exc, drop_corrupt)
+                    continue
+                except (StoreError, OSError) as exc:
+                    if isinstance(exc, StoreError) and shared:
+                        raise
+                    self.stats.errors += 1
+                    log.warning("tier %s: cannot index %r on open (%s)", self.name, key, exc)
+                    continue
+                if info is None:
+                    continue
+                size = info.stored_nbytes
+                if shared:
+                    self.index_existing(key, size)
+                    continue
+                if self.used_bytes + size > self.capacity_bytes:
+                    self._delete_from_store(key)
+                    self.stats.dropped += 1
+                    continue
+                self.index_existing(key, size)
+        except StoreError as exc:
+            if not shared:
+                raise
+            self.stats.errors += 1
+            log.warning("tier %s: cannot list its shared store (%s); starting with %d shards "
+                        "indexed", self.name, exc, len(self._sizes))
         return len(self._sizes)
+
+    def _found_corrupt_on_load(self, key: str, exc: CorruptShardError, drop: bool) -> None:
+        self.stats.corrupt += 1
+        log.warning("tier %s: damaged entry %r found on open (%s)%s", self.name, key, exc,
+                    "; dropped" if drop else "")
+        if drop:
+            self._delete_from_store(key)
+        else:
+            self.unindexed_corrupt.append(key)
+
+    def index_existing(self, key: str, stored_nbytes: int) -> bool:
+        """Index a shard the store already holds (from a restart, or put there by another
+        process in a shared store) if it fits without evicting anything. Returns whether
+        it was indexed. O(1) plus the policy's ``on_insert``.
+        """
+        if key in self._sizes or self.used_bytes + stored_nbytes > self.capacity_bytes:
+            return False
+        self.policy.on_insert(key, stored_nbytes)
+        self._sizes[key] = stored_nbytes
+        self.used_bytes += stored_nbytes
+        return True
 
     # --- reads ------------------------------------------------------------------------
     def read(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
-        """Read ``key``'s bytes from the store (no bookkeeping). May raise StoreError."""
-        return self.store.get(key, out)
+        """Read ``key``'s bytes from the store (no bookkeeping). May raise StoreError
+        (an :class:`OSError` from the store is converted to one)."""
+        try:
+            return self.store.get(key, out)
+        except OSError as exc:
+            raise StoreError(f"tier {self.name}: reading {key!r} failed ({exc})") from exc
 
     def record_hit(self, key: str, nbytes: int, latency_s: float) -> bool:
         """Account a hit on ``key``; return whether it is now due for promotion."""
@@ -122,6 +214,125 @@ class Tier:
         self._hits_here[key] = hits
         return self.promotion.due(hits)
 
+    # --- faults -----------------------------------------------------------------------
+    @property
+    def degraded(self) -> bool:
+        """Whether the medium failed recently (see :attr:`degraded_reason`)."""
+        return self.degraded_reason is not None
+
+    def note_failure(self, exc: BaseException, op: str) -> None:
+        """Record that ``op`` failed on the medium: degrade the tier and schedule the
+        next retry (exponential backoff). If the medium is gone altogether
+        (:meth:`Store.check_health`), forget every entry and reopen it at the
+        retry. Logs once per transition into the degraded state. O(1), or
+        O(entries) when the medium is lost. Engine lock held.
+        """
+        reason = f"{op}: {exc}"
+        if self.degraded_reason is None:
+            log.warning("tier %s degraded, serving from the other tiers: %s", self.name, reason)
+        self.degraded_reason = reason
+        self._backoff_s = min(max(2 * self._backoff_s, self.retry_backoff_s),
+                              self.retry_backoff_max_s)
+        self._retry_at = time.monotonic() + self._backoff_s
+        if not self._needs_reopen:
+            self.check_medium()
+
+    def note_success(self) -> None:
+        """A write went through: leave the degraded state and retry pending deletes."""
+        if self.degraded_reason is not None:
+            log.warning("tier %s recovered (was: %s)", self.name, self.degraded_reason)
+            self.degraded_reason = None
+            self._backoff_s = 0.0
+            self.stats.recoveries += 1
+        self.retry_pending_deletes()
+
+    def retry_pending_deletes(self) -> None:
+        """Delete the stale entries a failing medium refused to delete before (those
+        re-admitted since were replaced by that put). Stops at the first failure.
+        O(pending). Engine lock held."""
+        for key in list(self.pending_deletes):
+            if key in self._sizes:  # re-admitted since: that put replaced the stale entry
+                self.pending_deletes.discard(key)
+                continue
+            try:
+                self.store.delete(key)
+            except (StoreError, OSError) as exc:
+                self.stats.errors += 1
+                self.note_failure(exc, "delete")
+                return
+            self.pending_deletes.discard(key)
+
+    def check_medium(self) -> bool:
+        """Whether the medium is still the one opened (:meth:`Store.check_health`, one
+        ``stat``). If not, forget every entry (they are gone, or will be at close)
+        and reopen the medium at the next retry. Engine lock held."""
+        reason = self.store.check_health() if self.store.persistent else None
+        if reason is None:
+            return True
+        lost = len(self._sizes)
+        for key in list(self._sizes):
+            self.policy.on_remove(key)
+        self._sizes.clear()
+        self._hits_here.clear()
+        self.used_bytes = 0
+        self.pending_deletes.clear()
+        self.stats.lost += lost
+        self._needs_reopen = True
+        if self.degraded_reason is None:
+            log.warning("tier %s degraded, serving from the other tiers: %s", self.name, reason)
+            self._backoff_s = self.retry_backoff_s
+            self._retry_at = time.monotonic() + self._backoff_s
+        self.degraded_reason = f"medium lost: {reason} ({lost} entries forgotten)"
+        return False
+
+    def writable(self) -> bool:
+        """Whether a write may be tried now: healthy, or degraded and due for a retry
+        (a lost medium is reopened first, and what it holds indexed). Engine lock held."""
+        if self.degraded_reason is None:
+            return True
+        if time.monotonic() < self._retry_at:
+            return False
+        if self._needs_reopen:
+            try:
+                self.store.reopen()
+                self._needs_reopen = False
+                self.load_existing()
+            except (StoreError, OSError) as exc:
+                self._needs_reopen = True
+                self.stats.errors += 1
+                self.note_failure(exc, "reopen")
+                return False
+        return True
+
+    def forget_lost(self, key: str) -> None:
+        """``key`` is indexed but the medium no longer has it: forget it, and check
+        whether the whole medium went away. Engine lock held."""
+        if key in self._sizes:
+            self._forget_index(key, evicted=False)
+            self.stats.lost += 1
+        self.check_medium()
+
+    def delete_unindexed(self, key: str) -> None:
+        """Delete an entry the index does not list (a damaged one left by
+        :meth:`load_existing`); failures are remembered like any delete. Engine lock held."""
+        if key in self._sizes:
+            raise ValueError(f"{key!r} is indexed in tier {self.name}; use remove()")
+        self._delete_from_store(key)
+        if key in self.unindexed_corrupt:
+            self.unindexed_corrupt.remove(key)
+
+    def _delete_from_store(self, key: str) -> None:
+        """Delete ``key`` from the medium; on failure remember it for a retry."""
+        try:
+            self.store.delete(key)
+        except (StoreError, OSError) as exc:
+            self.stats.errors += 1
+            if not self.store.shared:
+                self.pending_deletes.add(key)
+            self.note_failure(exc, "delete")
+        else:
+            self.pending_deletes.discard(key)
+
     # --- writes ---------------------------------------------------------------------
     def fits(self, nbytes: int) -> bool:
         return nbytes <= self.capacity_bytes
@@ -132,11 +343,16 @@ class Tier:
         Returns ``False``, leaving the tier unchanged apart from victims already
         moved down, when the shard exceeds the capacity or a victim could not be
         demoted. ``adopt`` lets a memory store keep ``array`` itself (no copy).
+        Also ``False`` while the tier is degraded and not yet due for a retry,
+        or when the put fails (the tier then degrades; never raises for I/O).
         O(victims) policy calls plus the I/O of the victims and the put.
         """
         size = self.store.stored_size(array)
         if size > self.capacity_bytes:
             self.stats.skipped_too_large += 1
+            return False
+        if not self.writable() or not self.check_medium():
+            self.stats.skipped_degraded += 1
             return False
         if key in self._sizes:
             self.remove(key)
@@ -148,8 +364,21 @@ class Tier:
                 demote(victim)  # type: ignore[arg-type]
             except DemotionFailed:
                 return False
+            if self._needs_reopen:  # the medium was lost meanwhile
+                return False
             self._forget(victim, evicted=True)  # type: ignore[arg-type]
-        stored = self.store.adopt(key, array) if adopt else self.store.put(key, array)
+        try:
+            stored = self.store.adopt(key, array) if adopt else self.store.put(key, array)
+        except (StoreError, OSError) as exc:
+            # it may have landed or not: a private store deletes the key on recovery
+            self.stats.errors += 1
+            if not self.store.shared:
+                self.pending_deletes.add(key)
+            self.note_failure(exc, "put")
+            return False
+        self.pending_deletes.discard(key)
+        if self.degraded_reason is not None or self.pending_deletes:
+            self.note_success()
         policy.on_insert(key, stored)
         self._sizes[key] = stored
         self.used_bytes += stored
@@ -164,7 +393,14 @@ class Tier:
         return True
 
     def _forget(self, key: str, *, evicted: bool) -> None:
-        self.store.delete(key)
+        """Drop ``key`` from the index and the policy, then from the medium. Never
+        raises for I/O: a failed delete is kept in :attr:`pending_deletes`."""
+        if key not in self._sizes:
+            return
+        self._forget_index(key, evicted=evicted)
+        self._delete_from_store(key)
+
+    def _forget_index(self, key: str, *, evicted: bool) -> None:
         if evicted:
             self.policy.on_evict(key)
             self.stats.evictions += 1
@@ -189,6 +425,9 @@ class Tier:
             "capacity_bytes": self.capacity_bytes,
             "resident_bytes": self.used_bytes,
             "resident_count": len(self._sizes),
+            "degraded": self.degraded_reason is not None,
+            "degraded_reason": self.degraded_reason,
+            "pending_deletes": len(self.pending_deletes),
         }
         out.update(self.stats.as_dict())
         extra = self.policy.extra_stats()

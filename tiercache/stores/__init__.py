@@ -1,6 +1,6 @@
 """Storage media for shards, and the registry that opens them by backend name.
 
-Each driver (lmdb, diskcache) is imported only inside its own module, and that
+Each driver (lmdb, diskcache, redis) is imported only inside its own module, and that
 module is imported only when its backend is first opened (or when
 :data:`STORE_BACKENDS` is first read), so ``import tiercache`` pays for no
 driver.
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .base import ShardInfo, Store, VerifyMode
 from .memory import MemoryStore
@@ -27,6 +28,7 @@ _LOCATIONS: dict[str, str] = {
     "memory": ".memory:MemoryStore",
     "lmdb": ".lmdb_store:LmdbStore",
     "diskcache": ".diskcache_store:DiskcacheStore",
+    "redis": ".redis_store:RedisStore",
 }
 _loaded: dict[str, type[Store]] = {"memory": MemoryStore}
 _load_lock = threading.Lock()
@@ -41,6 +43,13 @@ class _DiskStoreClass(Protocol):
 
     def __call__(self, path: Path, *, verify: VerifyMode = "always",
                  capacity_bytes: int | None = None) -> Store: ...
+
+
+class _SharedStoreClass(Protocol):
+    """Constructor of the shared (server) stores: located by options, not a path."""
+
+    def __call__(self, *, verify: VerifyMode = "always", capacity_bytes: int | None = None,
+                 **options: Any) -> Store: ...
 
 
 def _load(name: str) -> type[Store]:
@@ -74,13 +83,14 @@ def available_backends() -> list[str]:
 
 
 def open_store(backend: str, path: Path | None, *, verify: VerifyMode = "always",
-               capacity_bytes: int | None = None) -> Store:
+               capacity_bytes: int | None = None,
+               options: Mapping[str, Any] | None = None) -> Store:
     """Open the store for ``backend``.
 
     Parameters
     ----------
     backend:
-        ``"memory"``, ``"lmdb"`` or ``"diskcache"``.
+        ``"memory"``, ``"lmdb"``, ``"diskcache"`` or ``"redis"``.
     path:
         Directory the store owns (created if missing); required by persistent
         backends, ignored by ``memory``.
@@ -88,6 +98,10 @@ def open_store(backend: str, path: Path | None, *, verify: VerifyMode = "always"
         Payload checksum checking on reads (``"always"`` or ``"never"``).
     capacity_bytes:
         Sizing hint; lmdb sizes its initial map from it.
+    options:
+        Keyword arguments for a shared store's constructor (``redis``: ``url`` or
+        ``cluster_nodes``, ``namespace``, ``timeout_s``, ``chunk_bytes``); such a
+        store takes no path.
 
     Raises :class:`LookupError` naming the known backends for an unknown name,
     :class:`ValueError` when a persistent backend gets no path, and
@@ -99,6 +113,9 @@ def open_store(backend: str, path: Path | None, *, verify: VerifyMode = "always"
     cls = _load(backend)
     if not cls.persistent:
         return cls()
+    if cls.shared:
+        return cast(_SharedStoreClass, cls)(verify=verify, capacity_bytes=capacity_bytes,
+                                            **dict(options or {}))
     if path is None:
         raise ValueError(f"the {backend} backend needs a path (a directory it owns)")
     factory = cast(_DiskStoreClass, cls)

@@ -39,6 +39,11 @@ class Store(ABC):
     backend: ClassVar[str] = ""
     #: Whether contents survive :meth:`close` and a process restart.
     persistent: ClassVar[bool] = False
+    #: Whether other processes may add, replace and delete shards at any time (a server
+    #: shared by many workers, such as Redis). Such a store is located by backend options
+    #: (a URL) rather than a path; the engine looks there for keys its index lacks, and
+    #: never deletes shards it did not index to make room.
+    shared: ClassVar[bool] = False
 
     @abstractmethod
     def get(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
@@ -86,6 +91,35 @@ class Store(ABC):
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.info(key) is not None
+
+    def check(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
+        """Like :meth:`get`, but always verify the payload checksum, whatever the
+        store's ``verify`` setting (used by scrubbing). Default: :meth:`get`."""
+        return self.get(key, out)
+
+    def check_health(self) -> str | None:
+        """Why the medium is unusable as opened (its folder was removed, its file
+        replaced, the environment panicked), or ``None`` when it looks fine.
+
+        Cheap (a ``stat`` at most): tiers call it before writes and after
+        failures. A store that returns a reason needs :meth:`reopen`. Default:
+        always healthy.
+        """
+        return None
+
+    def reopen(self) -> None:  # noqa: B027 - nothing to reopen in volatile stores
+        """Close the medium and open it again at the same place (creating its folder),
+        after :meth:`check_health` reported a problem. Whatever the old medium held
+        may be gone. Raises :class:`~tiercache.errors.StoreError` if it cannot be
+        opened. Default: nothing to do.
+        """
+
+    def sweep_orphans(self, *, remove: bool = False, min_age_s: float = 60.0) -> int:
+        """Count (and with ``remove``, delete) leftovers no entry refers to, e.g. value
+        files of writes interrupted by a crash, older than ``min_age_s`` seconds.
+        Default: a store that cannot leak such leftovers returns 0. O(files).
+        """
+        return 0
 
     def close(self) -> None:  # noqa: B027 - optional for stores without resources
         """Release the medium. Idempotent."""

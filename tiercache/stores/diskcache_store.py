@@ -28,7 +28,18 @@ Atomicity and crashes
     picked the old row just before the old file was removed -- nothing.
     Files are not fsynced: after an OS crash a row may point at a short or
     zero-filled file, which the checksum turns into ``CorruptShardError``;
-    the tier should then delete the key.
+    the tier should then delete the key. A process killed between writing a
+    value file and committing its row (or between deleting a row and its
+    file) leaves an *orphan* file no row names: harmless, but it occupies
+    disk; :meth:`DiskcacheStore.sweep_orphans` (``tiercache verify --repair``)
+    removes them.
+Space on disk
+    sqlite runs in WAL mode; the WAL is checkpointed every
+    :data:`WAL_AUTOCHECKPOINT_PAGES` pages and truncated back to
+    :data:`WAL_SIZE_LIMIT_BYTES` afterwards, so it stays near 1 MiB instead of
+    growing to ~4 MiB (sqlite's default). Value files round up to 4 KiB
+    blocks and live in ``xx/yy/`` folders (4 KiB each). Measured overheads
+    are in docs/reliability.md.
 
 Thread-safety: :class:`diskcache.Cache` keeps one sqlite connection per
 thread and serialises writers with sqlite transactions (``retry=True``), so a
@@ -42,6 +53,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +69,10 @@ _MODE_RAW = diskcache.core.MODE_RAW
 _MODE_BINARY = diskcache.core.MODE_BINARY
 _UNKNOWN = diskcache.core.UNKNOWN
 _MAX_OPEN_TRIES = 10
+#: sqlite ``wal_autocheckpoint``: pages in the WAL before it is checkpointed (1 MiB).
+WAL_AUTOCHECKPOINT_PAGES = 256
+#: sqlite ``journal_size_limit``: the WAL is truncated to this after a checkpoint.
+WAL_SIZE_LIMIT_BYTES = 1 << 20
 
 
 class _Encoded:
@@ -159,14 +175,25 @@ class DiskcacheStore(Store):
             raise ValueError(f"verify must be 'always' or 'never', got {verify!r}")
         self.path = Path(path)
         self.verify: VerifyMode = verify
+        self._cache: diskcache.Cache | None = None
+        self._identity: tuple[int, int] | None = None
+        self._open_cache()
+        self._close_lock = threading.Lock()
+
+    def _open_cache(self) -> None:
+        """Open (or reopen) the diskcache directory at :attr:`path`."""
         try:
-            self._cache: diskcache.Cache | None = diskcache.Cache(
+            cache = diskcache.Cache(
                 str(self.path), disk=_ShardDisk, eviction_policy="none", cull_limit=0,
-                size_limit=2**62, statistics=False, tag_index=False)
+                size_limit=2**62, statistics=False, tag_index=False,
+                sqlite_wal_autocheckpoint=WAL_AUTOCHECKPOINT_PAGES,
+                sqlite_journal_size_limit=WAL_SIZE_LIMIT_BYTES)
+            st = os.stat(self.path / diskcache.core.DBNAME)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"diskcache store {self.path}: cannot open ({exc}); check the "
                              "path is a writable directory") from exc
-        self._close_lock = threading.Lock()
+        self._identity = (st.st_dev, st.st_ino)
+        self._cache = cache
 
     def _where(self, key: str) -> str:
         return f"diskcache store {self.path}, key {key!r}"
@@ -184,6 +211,10 @@ class DiskcacheStore(Store):
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"{self._where(key)}: read failed ({exc})") from exc
 
+    def check(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
+        """:meth:`get` that always verifies the payload (``verify`` ignored)."""
+        return self._get(key, out, True)
+
     def get(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
         """Return the shard under ``key`` (into ``out`` if given) or ``None``.
 
@@ -191,19 +222,25 @@ class DiskcacheStore(Store):
         the caller. O(n) for an n-byte payload: the file is read straight into
         the result and hashed on the fly. Thread-safe.
         """
+        return self._get(key, out, self.verify == "always")
+
+    def _get(self, key: str, out: np.ndarray | None, verify: bool) -> np.ndarray | None:
         value = self._fetch(key)
         if value is None:
             return None
         where = self._where(key)
         if isinstance(value, bytes):
-            return codec.decode(value, key, out, verify=self.verify == "always", where=where)
-        with value:
-            header = self._read_header(value, key, where)
-            result = codec.prepare_out(header, out, key)
-            codec.readinto_verified(value, codec.byte_view(result),
-                                    header.payload_checksum if self.verify == "always" else None,
-                                    where=where)
-            return result
+            return codec.decode(value, key, out, verify=verify, where=where)
+        try:
+            with value:
+                header = self._read_header(value, key, where)
+                result = codec.prepare_out(header, out, key)
+                codec.readinto_verified(
+                    value, codec.byte_view(result),
+                    header.payload_checksum if verify else None, where=where)
+                return result
+        except OSError as exc:
+            raise StoreError(f"{where}: read failed ({exc})") from exc
 
     def _read_header(self, fileobj: Any, key: str | None, where: str) -> codec.ShardHeader:
         """Read and check the header of an open value file; leave it at the payload."""
@@ -253,18 +290,90 @@ class DiskcacheStore(Store):
         if isinstance(value, bytes):
             header = codec.decode_header(value, key, where=where)
         else:
-            with value:
-                header = self._read_header(value, key, where)
+            try:
+                with value:
+                    header = self._read_header(value, key, where)
+            except OSError as exc:
+                raise StoreError(f"{where}: read failed ({exc})") from exc
         return ShardInfo(header.dtype, header.shape, header.accounted_nbytes)
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` has an entry (damaged or not). One sqlite lookup."""
-        return isinstance(key, str) and codec.key_bytes(key) in self._cache_or_raise()
+        if not isinstance(key, str):
+            return False
+        try:
+            return codec.key_bytes(key) in self._cache_or_raise()
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"{self._where(key)}: lookup failed ({exc})") from exc
 
     def keys(self) -> Iterator[str]:
         """Snapshot of all keys (sqlite key order). O(number of shards)."""
-        found = [codec.key_from_bytes(k) for k in self._cache_or_raise().iterkeys()]
+        try:
+            found = [codec.key_from_bytes(k) for k in self._cache_or_raise().iterkeys()]
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"diskcache store {self.path}: listing keys failed ({exc})") from exc
         return iter(found)
+
+    # -- health, reopening, orphans -----------------------------------------------------
+
+    def check_health(self) -> str | None:
+        """Why the store is unusable, or ``None``. One ``stat`` of ``cache.db``.
+
+        Reports a removed folder or a replaced database (sqlite would go on
+        using the unlinked file while new value files land in a recreated
+        folder), or a closed store.
+        """
+        if self._cache is None:
+            return f"diskcache store {self.path} is closed"
+        db = self.path / diskcache.core.DBNAME
+        try:
+            st = os.stat(db)
+        except FileNotFoundError:
+            return f"{db} was removed (folder deleted?)"
+        except OSError as exc:
+            return f"cannot stat {db} ({exc})"
+        if (st.st_dev, st.st_ino) != self._identity:
+            return f"{db} was replaced by another file"
+        return None
+
+    def reopen(self) -> None:
+        """Drop the current handle and open the directory now at :attr:`path` (created
+        if missing). Threads' old sqlite connections close with the old handle."""
+        with self._close_lock:
+            cache, self._cache = self._cache, None
+        if cache is not None:
+            with contextlib.suppress(Exception):
+                cache.close()
+        self._open_cache()
+
+    def sweep_orphans(self, *, remove: bool = False, min_age_s: float = 60.0) -> int:
+        """Count (with ``remove``: delete) ``.val`` files no row refers to, older than
+        ``min_age_s`` (a younger one may be a put in flight in another thread or
+        process). O(files + rows). Raises StoreError if the index cannot be read."""
+        cache = self._cache_or_raise()
+        try:
+            rows = cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")
+            referenced = {os.path.normpath(name) for (name,) in rows.fetchall()}
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"diskcache store {self.path}: cannot list files ({exc})") from exc
+        now = time.time()
+        found = 0
+        for folder, _dirs, files in os.walk(self.path):
+            for name in files:
+                if not name.endswith(".val"):
+                    continue
+                full = os.path.join(folder, name)
+                if os.path.normpath(os.path.relpath(full, self.path)) in referenced:
+                    continue
+                try:
+                    if now - os.stat(full).st_mtime < min_age_s:
+                        continue
+                    found += 1
+                    if remove:
+                        cache._disk.remove(os.path.relpath(full, self.path))
+                except OSError:
+                    continue
+        return found
 
     def stored_size(self, array: np.ndarray) -> int:
         """Header plus payload bytes of ``array`` (what capacity counts). O(1)."""

@@ -36,7 +36,23 @@ Durability
     process crash loses nothing. ``sync=False`` skips the fsync too (puts run
     ~1.5-2.7x faster here) but then an OS crash can corrupt the environment on
     file systems that reorder writes (ext4 included); use it only for a tier
-    you are willing to delete after a power loss.
+    you are willing to delete after a power loss. Opening runs lmdb's
+    ``reader_check``, which frees the reader slots of processes that died
+    (SIGKILL) inside a read transaction; a stale slot would otherwise pin old
+    pages and make the file grow without bound.
+Space on disk
+    lmdb never shrinks its file and needs *contiguous* free pages for a large
+    value, so churn fragments it: measured, ``data.mdb`` plateaued at 1.7-2.2x
+    the bytes held (docs/reliability.md). A store that knows its tier's
+    ``capacity_bytes`` therefore compacts itself (``env.copy(compact=True)``,
+    then an atomic rename over ``data.mdb``) when the file passes
+    :data:`COMPACT_RATIO` x capacity + :data:`COMPACT_SLACK_BYTES` (or that much
+    over its size after the last compaction, if more shards than capacity's
+    worth of pages are live). While it runs, the folder briefly holds the
+    compacted copy too (at most the live data). A crash during a compaction
+    leaves the old file intact; the leftover copy is removed at the next open.
+    Compaction replaces the file, so a tier with a capacity belongs to one
+    process; processes sharing an environment must open it without one.
 
 Thread-safety: one :class:`lmdb.Environment` is shared by all threads (opened
 with ``lock=True``); lmdb runs one write transaction at a time and any number
@@ -46,8 +62,11 @@ release the GIL.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,6 +85,13 @@ DEFAULT_MAP_BYTES = 4 << 30
 _MAP_SLACK_BYTES = 256 << 20
 _MAX_GROW_ATTEMPTS = 16
 _DIGEST_PREFIX = b"\xff"
+#: Compact when the file exceeds this multiple of the tier's capacity (plus the slack).
+COMPACT_RATIO = 1.25
+#: Fixed allowance above ``COMPACT_RATIO * capacity`` before compacting.
+COMPACT_SLACK_BYTES = 1 << 20
+_COMPACT_DIR = ".compact.tmp"
+
+log = logging.getLogger("tiercache")
 
 
 class _RemapGuard:
@@ -142,20 +168,45 @@ class LmdbStore(Store):
         self.verify: VerifyMode = verify
         if map_size_bytes is None:
             map_size_bytes = max(DEFAULT_MAP_BYTES, 2 * (capacity_bytes or 0) + _MAP_SLACK_BYTES)
-        map_size_bytes = _round_up(map_size_bytes, codec.PAGE_BYTES)
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._env: lmdb.Environment | None = lmdb.open(
-                str(self.path), map_size=map_size_bytes, subdir=True, max_dbs=2, lock=True,
-                sync=sync, metasync=False, readahead=True, mode=0o644, max_spare_txns=16)
-            self._hdr = self._env.open_db(b"hdr")
-            self._data = self._env.open_db(b"data")
-        except (OSError, lmdb.Error) as exc:
-            raise StoreError(f"lmdb store {self.path}: cannot open ({exc}); check the path "
-                             "is a writable directory not opened twice in this process") from exc
+        self._map_size_bytes = _round_up(map_size_bytes, codec.PAGE_BYTES)
+        self._sync = sync
+        self._env: lmdb.Environment | None = None
+        #: File size above which a put triggers a compaction (None: never, no capacity known).
+        self.compact_above_bytes: int | None = (
+            None if capacity_bytes is None
+            else int(COMPACT_RATIO * capacity_bytes) + COMPACT_SLACK_BYTES)
+        self.compactions = 0
+        self._broken: str | None = None
+        self._identity: tuple[int, int] | None = None
+        self._open_env()
+        assert self._env is not None
         self._max_key = self._env.max_key_size()
         self._guard = _RemapGuard()
         self._close_lock = threading.Lock()
+
+    def _open_env(self) -> None:
+        """Open (or reopen) the environment at :attr:`path`; free dead readers' slots."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(self.path / _COMPACT_DIR, ignore_errors=True)  # crashed compaction
+            env = lmdb.open(
+                str(self.path), map_size=self._map_size_bytes, subdir=True, max_dbs=2,
+                lock=True, sync=self._sync, metasync=False, readahead=True, mode=0o644,
+                max_spare_txns=16)
+            try:
+                self._hdr = env.open_db(b"hdr")
+                self._data = env.open_db(b"data")
+                env.reader_check()
+                st = os.stat(self.path / "data.mdb")
+            except BaseException:
+                env.close()
+                raise
+        except (OSError, lmdb.Error) as exc:
+            raise StoreError(f"lmdb store {self.path}: cannot open ({exc}); check the path "
+                             "is a writable directory not opened twice in this process") from exc
+        self._identity = (st.st_dev, st.st_ino)
+        self._broken = None
+        self._env = env
 
     # -- keys -----------------------------------------------------------------
 
@@ -190,6 +241,8 @@ class LmdbStore(Store):
                     raise StoreError(f"lmdb store {self.path}: map full on a read") from None
                 need = grow_for
             except lmdb.Error as exc:
+                if isinstance(exc, lmdb.PanicError | lmdb.CorruptedError):
+                    self._broken = f"environment unusable ({exc})"
                 raise StoreError(f"lmdb store {self.path}: {exc}") from exc
             finally:
                 self._guard.release_shared()
@@ -215,6 +268,10 @@ class LmdbStore(Store):
 
     # -- Store API --------------------------------------------------------------
 
+    def check(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
+        """:meth:`get` that always verifies the payload (``verify`` ignored)."""
+        return self._get(key, out, True)
+
     def get(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
         """Return the shard under ``key`` (into ``out`` if given) or ``None``.
 
@@ -222,9 +279,11 @@ class LmdbStore(Store):
         the caller. O(n) for an n-byte payload (one copy, hashed on the fly).
         Thread-safe; concurrent reads run in parallel.
         """
+        return self._get(key, out, self.verify == "always")
+
+    def _get(self, key: str, out: np.ndarray | None, expect: bool) -> np.ndarray | None:
         db_key, _digest = self._db_key(key)
         where = self._where(key)
-        expect = self.verify == "always"
 
         def op(env: lmdb.Environment) -> np.ndarray | None:
             with env.begin(buffers=True) as txn:
@@ -260,6 +319,7 @@ class LmdbStore(Store):
                 txn.put(db_key, payload, db=self._data)
 
         self._run(op, grow_for=len(header) + payload.nbytes)
+        self._maybe_compact()
         return codec.stored_nbytes(array)
 
     def delete(self, key: str) -> bool:
@@ -334,6 +394,95 @@ class LmdbStore(Store):
         codec.check_storable(array)
         return codec.stored_nbytes(array)
 
+    # -- health, reopening, compaction ---------------------------------------------------
+
+    def check_health(self) -> str | None:
+        """Why the environment is unusable, or ``None``. One ``stat`` of ``data.mdb``.
+
+        Reports a removed folder or a replaced ``data.mdb`` (lmdb would go on
+        working on the unlinked file, whose contents vanish at close), a
+        panicked environment, or a closed store.
+        """
+        if self._env is None:
+            return f"lmdb store {self.path} is closed"
+        if self._broken is not None:
+            return self._broken
+        try:
+            st = os.stat(self.path / "data.mdb")
+        except FileNotFoundError:
+            return f"{self.path / 'data.mdb'} was removed (folder deleted?)"
+        except OSError as exc:
+            return f"cannot stat {self.path / 'data.mdb'} ({exc})"
+        if (st.st_dev, st.st_ino) != self._identity:
+            return f"{self.path / 'data.mdb'} was replaced by another file"
+        return None
+
+    def reopen(self) -> None:
+        """Close the environment and open the one now at :attr:`path` (created if
+        missing). Waits for in-flight operations. Raises StoreError on failure."""
+        self._guard.acquire_exclusive()
+        try:
+            env, self._env = self._env, None
+            if env is not None:
+                with contextlib.suppress(lmdb.Error):
+                    env.close()
+            self._open_env()
+        finally:
+            self._guard.release_exclusive()
+
+    def file_nbytes(self) -> int:
+        """Bytes of ``data.mdb`` up to lmdb's high-water page (what ``du`` sees). O(1)."""
+        info = self._run(lambda env: env.info())
+        return (int(info["last_pgno"]) + 1) * codec.PAGE_BYTES
+
+    def _maybe_compact(self) -> None:
+        limit = self.compact_above_bytes
+        if limit is not None and self.file_nbytes() > limit:
+            self.compact()
+
+    def compact(self) -> int:
+        """Rewrite ``data.mdb`` without its free pages; return the new size in bytes.
+
+        Copies the live pages (``env.copy(compact=True)``) into a folder beside
+        the file, fsyncs the copy, closes the environment, renames the copy over
+        ``data.mdb`` and reopens. O(live bytes); every other operation on this
+        store waits meanwhile. Only for a store no other process has open.
+        Raises :class:`~tiercache.errors.StoreError` on failure (the old file
+        then stays in use).
+        """
+        self._guard.acquire_exclusive()
+        try:
+            env = self._env_or_raise()
+            before = (int(env.info()["last_pgno"]) + 1) * codec.PAGE_BYTES
+            tmp = self.path / _COMPACT_DIR
+            try:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+                env.copy(str(tmp), compact=True)
+                _fsync_path(tmp / "data.mdb")
+            except (OSError, lmdb.Error) as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise StoreError(f"lmdb store {self.path}: compaction failed ({exc}); the "
+                                 "uncompacted file stays in use") from exc
+            self._env = None
+            env.close()
+            try:
+                os.replace(tmp / "data.mdb", self.path / "data.mdb")
+                _fsync_path(self.path)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+                self._open_env()
+            assert self._env is not None
+            after = (int(self._env.info()["last_pgno"]) + 1) * codec.PAGE_BYTES
+        finally:
+            self._guard.release_exclusive()
+        self.compactions += 1
+        if self.compact_above_bytes is not None:  # hysteresis: many live pages, no thrash
+            self.compact_above_bytes = max(self.compact_above_bytes,
+                                           int(COMPACT_RATIO * after) + COMPACT_SLACK_BYTES)
+        log.info("lmdb store %s compacted: %d -> %d bytes", self.path, before, after)
+        return after
+
     def close(self) -> None:
         """Close the environment (waits for in-flight operations). Idempotent."""
         with self._close_lock:
@@ -345,6 +494,15 @@ class LmdbStore(Store):
                 env.close()
             finally:
                 self._guard.release_exclusive()
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a folder (its entries) by path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _round_up(value: int, multiple: int) -> int:
