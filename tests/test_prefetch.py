@@ -131,9 +131,18 @@ def test_schedule_hooks_reach_policies(tmp_path: Path) -> None:
         _REGISTRY.pop("schedule-spy", None)
 
 
-def test_duplicate_schedule_keys_are_rejected(tmp_path: Path) -> None:
-    with tiercache.open(loop_config(tmp_path)) as cache, pytest.raises(ValueError):
-        cache.declare_schedule(["a", "b", "a"])
+def test_a_key_listed_twice_moves_the_cursor_to_its_next_occurrence(tmp_path: Path) -> None:
+    with tiercache.open(loop_config(tmp_path)) as cache:
+        fill(cache)
+        schedule = [LAYERS[0], LAYERS[1], LAYERS[2], LAYERS[0]]  # tied embeddings: first, last
+        cache.declare_schedule(schedule)
+        seen = []
+        for key in schedule * 2:
+            cache.get(key)
+            seen.append(cache._cursor)
+        assert seen == [0, 1, 2, 3, 0, 1, 2, 3]
+        with pytest.raises(ValueError):
+            cache.declare_schedule([])
 
 
 def test_close_stops_the_prefetcher(tmp_path: Path) -> None:

@@ -92,7 +92,7 @@ class TieredCache:
         self._closed = False
         # model serving: the declared schedule, the loop's cursor, in-flight prefetches
         self.schedule: tuple[str, ...] = ()
-        self._schedule_index: dict[str, int] = {}
+        self._schedule_index: dict[str, int | tuple[int, ...]] = {}
         self._cursor = -1
         self._inflight: dict[str, threading.Event] = {}
         self._prefetcher: Prefetcher | None = None
@@ -101,8 +101,8 @@ class TieredCache:
         self._recorder = TraceRecorder(record_trace) if record_trace is not None else None
         #: (tier, key) pairs whose corrupt copy was already logged (log once, not per read).
         self._reported_corrupt: set[tuple[str, str]] = set()
-        if not self.inclusive:
-            self._drop_duplicates()
+        #: Duplicate copies removed on open (exclusive mode; see :meth:`_drop_duplicates`).
+        self.duplicates_dropped = 0 if self.inclusive else self._drop_duplicates()
 
     def _drop_duplicates(self) -> int:
         """Exclusive mode: keep only the fastest copy of a key found in several tiers.
@@ -188,10 +188,14 @@ class TieredCache:
             recorder.record(key, value.nbytes)
         return value
 
-    def _get_scheduled(self, key: str, position: int, default: Any,
+    def _get_scheduled(self, key: str, where: int | tuple[int, ...], default: Any,
                        out: np.ndarray | None) -> Any:
         """A get by the loop of a key in the declared schedule: move the cursor, wake the
         prefetcher and account stall time (time spent on a shard not in the top tier)."""
+        if isinstance(where, int):
+            position = where
+        else:  # a key read several times per pass: its next occurrence after the cursor
+            position = next((p for p in where if p > self._cursor), where[0])
         self._cursor = position
         for tier in self._tiers:
             hook = getattr(tier.policy, "on_cursor", None)
@@ -354,16 +358,21 @@ class TieredCache:
     def declare_schedule(self, keys: list[str] | tuple[str, ...]) -> None:
         """Declare the order in which a loop reads its shards, repeated pass after pass.
 
-        Every later ``get`` of a listed key moves the cursor to its position; a
-        running prefetcher fetches the shards after it, and policies that know
-        schedules (``set_schedule`` / ``on_cursor`` hooks, e.g. ``opt``) use it to
-        evict the shard needed furthest in the future. A key may appear once.
-        O(len(keys)).
+        Every later ``get`` of a listed key moves the cursor to its position (for
+        a key listed several times, e.g. tied embeddings read first and last, its
+        next occurrence after the cursor); a running prefetcher fetches the
+        shards after it, and policies that know schedules (``set_schedule`` /
+        ``on_cursor`` hooks, e.g. ``opt``) use it to evict the shard needed
+        furthest in the future. O(len(keys)).
         """
         keys = tuple(keys)
-        index = {k: i for i, k in enumerate(keys)}
-        if len(index) != len(keys):
-            raise ValueError("a schedule lists each key once")
+        if not keys:
+            raise ValueError("a schedule needs at least one key")
+        positions: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            positions.setdefault(k, []).append(i)
+        index: dict[str, int | tuple[int, ...]] = {
+            k: p[0] if len(p) == 1 else tuple(p) for k, p in positions.items()}
         with self._lock:
             self.schedule = keys
             self._schedule_index = index
@@ -519,17 +528,27 @@ class TieredCache:
 
     def _bump(self, key: str) -> None:
         self._versions[key] = self._versions.get(key, 0) + 1
+        if self._reported_corrupt:  # a new value: a new corrupt copy deserves a new log line
+            for tier in self._tiers:
+                self._reported_corrupt.discard((tier.name, key))
 
     def _admit_from(self, start: int, key: str, array: np.ndarray, *, adopt: bool) -> bool:
-        """Admit into the first tier at or below ``start`` that accepts it. Lock held."""
-        for index in range(start, len(self._tiers)):
-            tier = self._tiers[index]
-            try:
-                if tier.admit(key, array, self._demoter(index), adopt=adopt and tier.is_memory):
-                    return True
-            except StoreError as exc:  # e.g. Redis is down: try the tiers below
-                tier.stats.errors += 1
-                log.warning("tier %s failed to take %r: %s", tier.name, key, exc)
+        """Admit into the first tier at or below ``start`` that accepts it. Lock held.
+
+        If none does, degraded tiers waiting for their retry time are tried once
+        more (a last resort: a put fails only if no tier can take it right now)."""
+        for force in (False, True):
+            for index in range(start, len(self._tiers)):
+                tier = self._tiers[index]
+                if force and not tier.degraded:
+                    continue
+                try:
+                    if tier.admit(key, array, self._demoter(index),
+                                  adopt=adopt and tier.is_memory, force=force):
+                        return True
+                except StoreError as exc:  # e.g. Redis is down: try the tiers below
+                    tier.stats.errors += 1
+                    log.warning("tier %s failed to take %r: %s", tier.name, key, exc)
         return False
 
     def _demoter(self, index: int) -> Any:
@@ -562,15 +581,19 @@ class TieredCache:
             raise DemotionFailed(key) from exc
         if array is None:
             return
-        for offset, target in enumerate(below, start=index + 1):
-            try:
-                if target.admit(key, array, self._demoter(offset), adopt=False):
-                    source.stats.demotions_out += 1
-                    target.stats.demotions_in += 1
-                    return
-            except StoreError as exc:
-                target.stats.errors += 1
-                log.warning("tier %s failed to take demoted %r: %s", target.name, key, exc)
+        for force in (False, True):  # last resort: retry degraded tiers before giving up
+            for offset, target in enumerate(below, start=index + 1):
+                if force and not target.degraded:
+                    continue
+                try:
+                    if target.admit(key, array, self._demoter(offset), adopt=False,
+                                    force=force):
+                        source.stats.demotions_out += 1
+                        target.stats.demotions_in += 1
+                        return
+                except StoreError as exc:
+                    target.stats.errors += 1
+                    log.warning("tier %s failed to take demoted %r: %s", target.name, key, exc)
         raise DemotionFailed(key)
 
     def _read_for_move(self, index: int, key: str) -> np.ndarray | None:
@@ -624,7 +647,9 @@ class TieredCache:
                 tier.remove(key)
         self._report_corrupt(tier, key, exc)
 
-    def _report_corrupt(self, tier: Tier, key: str, exc: Exception) -> None:
+    def _report_corrupt(self, tier: Tier, key: str, exc: Exception,
+                        what: str = "dropped corrupt copy of %r (%s); reading from the next "
+                                    "tier") -> None:
         """Log a corrupt copy once per (tier, key), however often it is read. O(1)."""
         seen = self._reported_corrupt
         if (tier.name, key) in seen:
@@ -632,13 +657,12 @@ class TieredCache:
         if len(seen) >= 65536:  # bounded: forget old reports rather than grow forever
             seen.clear()
         seen.add((tier.name, key))
-        log.warning("tier %s: dropped corrupt copy of %r (%s); reading from the next tier",
-                    tier.name, key, exc)
+        log.warning("tier %s: " + what, tier.name, key, exc)
 
     def _forget_lost(self, tier: Tier, key: str, version: int) -> None:
         """A read of ``key`` from ``tier`` found nothing. If the index still lists it and the
-        medium confirms it is gone (Redis evicted it), drop the entry, so the tier's
-        accounting stays honest and the next lookup goes below. Counted in ``dropped``."""
+        medium confirms it is gone (Redis evicted it), forget the entry, so the tier's
+        accounting stays honest and the next lookup goes below. Counted in ``lost``."""
         with self._lock:
             if self._versions.get(key, 0) != version or key not in tier:
                 return  # replaced or moved meanwhile
@@ -647,10 +671,9 @@ class TieredCache:
             try:
                 if key in tier.store:
                     return  # moved away and back meanwhile: the copy is there
-                tier.remove(key)
             except StoreError:
                 return  # cannot tell now; the next read tries again
-            tier.stats.dropped += 1
+            tier.forget_lost(key)
         log.info("tier %s: %r was gone from the medium; dropped from its index", tier.name, key)
 
     @staticmethod
@@ -766,7 +789,8 @@ class TieredCache:
                 return "ok"
             except CorruptShardError as exc:
                 tier.stats.corrupt += 1
-                self._report_corrupt(tier, key, exc)
+                self._report_corrupt(tier, key, exc, "removed corrupt copy of %r (%s)" if repair
+                                     else "found corrupt copy of %r (%s)")
                 if repair:
                     if key in tier:
                         tier.remove(key)

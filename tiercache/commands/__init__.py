@@ -11,6 +11,7 @@ from __future__ import annotations
 COMMAND_MODULES: tuple[str, ...] = (
     "tiercache.commands.stats",
     "tiercache.commands.policies",
+    "tiercache.commands.verify",
     "tiercache.commands.simulate",
     "tiercache.commands.import_model",
     "tiercache.commands.generate",
