@@ -41,7 +41,9 @@ _TOP_KEYS = {"mode", "tiers", "origin", "flush_on_close", "record_trace"}
 #: Keys only a redis tier takes (checked against tiercache.stores.redis_store by the tests).
 _REDIS_KEYS = {"url", "cluster_nodes", "namespace", "timeout", "chunk_size"}
 _TIER_KEYS = {"name", "backend", "capacity", "policy", "policy_options", "path",
-              "promote_after", "verify"} | _REDIS_KEYS
+              "promote_after", "verify", "zero_copy"} | _REDIS_KEYS
+#: Backends whose store serves zero-copy views (``zero_copy = true``).
+VIEW_BACKENDS = frozenset({"diskcache"})
 _REDIS_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
 _REDIS_CHUNK_RANGE = (1 << 10, 256 << 20)
 _REDIS_DEFAULT_CHUNK = 8 << 20
@@ -61,6 +63,7 @@ class TierConfig:
     path: Path | None = None
     promote_after: int | None = DEFAULT_PROMOTE_AFTER
     verify: VerifyMode = "always"
+    zero_copy: bool = False
     policy_options: Mapping[str, Any] = field(default_factory=dict)
     #: Keyword arguments for a shared store (redis: ``url`` or ``cluster_nodes``,
     #: ``namespace``, ``timeout_s``, ``chunk_bytes``); empty for the other backends.
@@ -97,6 +100,9 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any], *,
     """
     if isinstance(source, Mapping):
         return _Validator("<dict>", Path(base_dir) if base_dir else Path.cwd()).config(source)
+    if not isinstance(source, str | os.PathLike):
+        raise ConfigError(f"expected a TOML file path or a table (dict), got "
+                          f"{type(source).__name__}", file="<dict>")
     path = Path(source)
     try:
         with path.open("rb") as fh:
@@ -150,6 +156,8 @@ class _Validator:
         tiers = tuple(self.tier(i, t) for i, t in enumerate(raw_tiers))
         self.check_distinct(tiers)
         origin = self.origin(data["origin"]) if "origin" in data else None
+        if origin is not None:
+            self.check_origin_apart(origin, tiers)
         tiers = tuple(self.default_namespace(t, origin) for t in tiers)
         self.check_distinct_remotes(tiers)
         record_trace = (self.record_trace(data["record_trace"], tiers)
@@ -162,6 +170,8 @@ class _Validator:
         key = "record_trace"
         if not isinstance(value, str) or not value.strip():
             raise self.error(key, f"must be the path of a CSV file to write, got {value!r}")
+        if "\x00" in value:
+            raise self.error(key, "a path cannot contain a NUL character")
         path = Path(os.path.expanduser(value))
         if not path.is_absolute():
             path = self.base_dir / path
@@ -204,6 +214,11 @@ class _Validator:
         options = t.get("policy_options", {})
         if not isinstance(options, Mapping):
             raise self.error(f"{where}.policy_options", "must be a table")
+        try:  # policies hold metadata only: building one is cheap and touches no disk
+            get_policy_class(policy)(capacity, **dict(options))
+        except Exception as exc:
+            raise self.error(f"{where}.policy_options",
+                             f"policy {policy!r} refuses these options: {exc}") from None
         path = self.tier_path(where, t.get("path"), backend)
         store_options = self.redis_options(where, t, backend)
         promote_after = self.promote_after(f"{where}.promote_after",
@@ -211,8 +226,15 @@ class _Validator:
         verify = t.get("verify", "always")
         if verify not in ("always", "never"):
             raise self.error(f"{where}.verify", f"must be \"always\" or \"never\", got {verify!r}")
+        zero_copy = t.get("zero_copy", False)
+        if not isinstance(zero_copy, bool):
+            raise self.error(f"{where}.zero_copy", f"must be true or false, got {zero_copy!r}")
+        if zero_copy and backend not in VIEW_BACKENDS:
+            raise self.error(f"{where}.zero_copy", f"the {backend} backend cannot serve "
+                             f"zero-copy views (backends that can: {', '.join(VIEW_BACKENDS)})")
         return TierConfig(name=name, backend=backend, capacity_bytes=capacity, policy=policy,
                           path=path, promote_after=promote_after, verify=verify,
+                          zero_copy=zero_copy,
                           policy_options=dict(options), options=store_options)
 
     def redis_options(self, where: str, t: Mapping[str, Any], backend: str) -> dict[str, Any]:
@@ -357,10 +379,15 @@ class _Validator:
             raise self.error(key, f"required for a {backend} tier: the folder that holds it")
         if not isinstance(value, str) or not value.strip():
             raise self.error(key, f"must be a folder path, got {value!r}")
+        if "\x00" in value:
+            raise self.error(key, "a path cannot contain a NUL character")
         path = Path(os.path.expanduser(value))
         if not path.is_absolute():
             path = self.base_dir / path
         path = Path(os.path.normpath(path))
+        if path.parent == path:
+            raise self.error(key, f"{path} is the root of the file system; give the tier a "
+                             "folder of its own")
         if path.exists() and not path.is_dir():
             raise self.error(key, f"{path} exists and is not a folder")
         probe = path
@@ -390,9 +417,17 @@ class _Validator:
         if not isinstance(kind, str) or (kind not in ORIGIN_KINDS and ":" not in kind):
             raise self.error("origin.kind", f"unknown origin kind {kind!r} (known: "
                              f"{', '.join(ORIGIN_KINDS)}, or 'package.module:ClassName')")
+        if kind not in ORIGIN_KINDS:
+            from .origins import load_origin_class  # runs the module: trusted configs only
+            try:
+                load_origin_class(kind)
+            except LookupError as exc:
+                raise self.error("origin.kind", str(exc).strip("'\"")) from None
         raw = value.get("path")
         if not isinstance(raw, str) or not raw.strip():
             raise self.error("origin.path", f"required: the origin's file or folder, got {raw!r}")
+        if "\x00" in raw:
+            raise self.error("origin.path", "a path cannot contain a NUL character")
         path = Path(os.path.expanduser(raw))
         if not path.is_absolute():
             path = self.base_dir / path
@@ -404,6 +439,20 @@ class _Validator:
             raise self.error("origin.path", f"{path} must be a .safetensors file")
         return OriginConfig(kind=kind, path=path)
 
+    def check_origin_apart(self, origin: OriginConfig, tiers: tuple[TierConfig, ...]) -> None:
+        """The origin may not live inside a tier's folder: the tier owns that folder and
+        may delete or replace what it finds there (a tier folder inside an origin
+        folder is fine: origins read only their own files)."""
+        real = Path(os.path.realpath(origin.path))
+        for i, t in enumerate(tiers):
+            if t.path is None:
+                continue
+            tier_real = Path(os.path.realpath(t.path))
+            if real.is_relative_to(tier_real):
+                raise self.error("origin.path",
+                                 f"{origin.path} is inside the folder of tiers[{i}] ({t.name}), "
+                                 "which the tier owns; keep the source of truth elsewhere")
+
     def check_distinct(self, tiers: tuple[TierConfig, ...]) -> None:
         seen_names: dict[str, int] = {}
         seen_paths: dict[Path, int] = {}
@@ -414,9 +463,10 @@ class _Validator:
             seen_names[t.name] = i
             if t.path is None:
                 continue
+            real = Path(os.path.realpath(t.path))  # symlinks cannot make two tiers share
             for other, j in seen_paths.items():
-                if t.path == other or t.path.is_relative_to(other) or other.is_relative_to(t.path):
+                if real == other or real.is_relative_to(other) or other.is_relative_to(real):
                     raise self.error(f"tiers[{i}] ({t.name}).path",
                                      f"{t.path} overlaps the path of tiers[{j}] "
                                      f"({tiers[j].name}); each tier needs its own folder")
-            seen_paths[t.path] = i
+            seen_paths[real] = i

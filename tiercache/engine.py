@@ -21,6 +21,7 @@ a stale value is never promoted or returned after the write completed.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import threading
 import time
@@ -60,6 +61,7 @@ def build_tier(cfg: TierConfig, *, drop_corrupt: bool = True) -> Tier:
                        options=cfg.options)
     policy = get_policy_class(cfg.policy)(cfg.capacity_bytes, **dict(cfg.policy_options))
     tier = Tier(cfg.name, store, policy, cfg.capacity_bytes, PromotionRule(cfg.promote_after))
+    tier.zero_copy = cfg.zero_copy
     if store.persistent:
         tier.load_existing(drop_corrupt=drop_corrupt)
     return tier
@@ -269,7 +271,7 @@ class TieredCache:
                     continue
                 due = tier.record_hit(key, array.nbytes, time.perf_counter() - started)
                 if due and index > 0:
-                    self._promote(index, key, array, private=out is None)
+                    self._promote(index, key, array, private=out is None and not tier.zero_copy)
             return array
         shared = self._get_shared(key, out, started)
         if shared is not None:
@@ -415,6 +417,19 @@ class TieredCache:
             if found is None:
                 array = self.origin.get(key) if self.origin is not None else None
                 private = self.origin is not None and self.origin.fresh_arrays
+            elif found[1].zero_copy:
+                # a view-serving tier: warm the page cache (the first view of a file
+                # also verifies it) instead of copying the shard into RAM
+                view = found[1].read(key)
+                if view is None:
+                    return 0
+                base = view.base
+                if isinstance(base, mmap.mmap):
+                    base.madvise(mmap.MADV_WILLNEED)
+                with self._lock:
+                    self.loop_stats.prefetched += 1
+                    self.loop_stats.prefetched_bytes += view.nbytes
+                return int(view.nbytes)
             else:
                 array = found[1].read(key)
                 private = not found[1].is_memory

@@ -92,6 +92,8 @@ class Tier:
         self._sizes: dict[str, int] = {}
         self._hits_here: dict[str, int] = {}
         self.is_memory = not store.persistent and store.backend == "memory"
+        #: Serve plain reads as zero-copy views of the medium (``zero_copy = true``).
+        self.zero_copy = False
         #: Why the tier is degraded (its medium failed), or ``None`` while healthy.
         self.degraded_reason: str | None = None
         #: Seconds before the first retry of a degraded tier (doubles per failure).
@@ -197,8 +199,11 @@ class Tier:
     # --- reads ------------------------------------------------------------------------
     def read(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
         """Read ``key``'s bytes from the store (no bookkeeping). May raise StoreError
-        (an :class:`OSError` from the store is converted to one)."""
+        (an :class:`OSError` from the store is converted to one). On a ``zero_copy``
+        tier a read without ``out`` returns a read-only view of the medium."""
         try:
+            if self.zero_copy and out is None:
+                return self.store.get_view(key)
             return self.store.get(key, out)
         except OSError as exc:
             raise StoreError(f"tier {self.name}: reading {key!r} failed ({exc})") from exc
@@ -285,12 +290,14 @@ class Tier:
         self.degraded_reason = f"medium lost: {reason} ({lost} entries forgotten)"
         return False
 
-    def writable(self) -> bool:
+    def writable(self, *, force: bool = False) -> bool:
         """Whether a write may be tried now: healthy, or degraded and due for a retry
-        (a lost medium is reopened first, and what it holds indexed). Engine lock held."""
+        (a lost medium is reopened first, and what it holds indexed). ``force``
+        ignores the retry time: the engine's last resort before failing a put.
+        Engine lock held."""
         if self.degraded_reason is None:
             return True
-        if time.monotonic() < self._retry_at:
+        if not force and time.monotonic() < self._retry_at:
             return False
         if self._needs_reopen:
             try:
@@ -337,21 +344,23 @@ class Tier:
     def fits(self, nbytes: int) -> bool:
         return nbytes <= self.capacity_bytes
 
-    def admit(self, key: str, array: np.ndarray, demote: DemoteFn, *, adopt: bool = False) -> bool:
+    def admit(self, key: str, array: np.ndarray, demote: DemoteFn, *, adopt: bool = False,
+              force: bool = False) -> bool:
         """Make room (evicting through ``demote``) and store ``array`` under ``key``.
 
         Returns ``False``, leaving the tier unchanged apart from victims already
         moved down, when the shard exceeds the capacity or a victim could not be
         demoted. ``adopt`` lets a memory store keep ``array`` itself (no copy).
-        Also ``False`` while the tier is degraded and not yet due for a retry,
-        or when the put fails (the tier then degrades; never raises for I/O).
+        Also ``False`` while the tier is degraded and not yet due for a retry
+        (``force`` tries anyway), or when the put fails (the tier then degrades;
+        never raises for I/O).
         O(victims) policy calls plus the I/O of the victims and the put.
         """
         size = self.store.stored_size(array)
         if size > self.capacity_bytes:
             self.stats.skipped_too_large += 1
             return False
-        if not self.writable() or not self.check_medium():
+        if not self.writable(force=force) or not self.check_medium():
             self.stats.skipped_degraded += 1
             return False
         if key in self._sizes:

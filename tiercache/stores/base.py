@@ -39,6 +39,8 @@ class Store(ABC):
     backend: ClassVar[str] = ""
     #: Whether contents survive :meth:`close` and a process restart.
     persistent: ClassVar[bool] = False
+    #: Whether :meth:`get_view` serves zero-copy views of the medium.
+    supports_views: ClassVar[bool] = False
     #: Whether other processes may add, replace and delete shards at any time (a server
     #: shared by many workers, such as Redis). Such a store is located by backend options
     #: (a URL) rather than a path; the engine looks there for keys its index lacks, and
@@ -65,6 +67,12 @@ class Store(ABC):
         of the array. Atomic: a concurrent or later reader sees the old value,
         the new one or nothing, never a mix.
         """
+
+    def get_view(self, key: str) -> np.ndarray | None:
+        """A read-only, zero-copy array over the stored bytes (e.g. a memory map), or
+        ``None`` if absent. Valid for as long as it is referenced, even if the key is
+        overwritten or evicted meanwhile. Only stores with :attr:`supports_views`."""
+        raise NotImplementedError(f"the {self.backend} store does not serve zero-copy views")
 
     def adopt(self, key: str, array: np.ndarray) -> int:
         """Like :meth:`put`, but a store that keeps arrays in memory may keep ``array``

@@ -50,6 +50,7 @@ calling thread's connection; the others close when the store is collected.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import sqlite3
 import threading
@@ -168,6 +169,7 @@ class DiskcacheStore(Store):
 
     backend = "diskcache"
     persistent = True
+    supports_views = True
 
     def __init__(self, path: str | os.PathLike[str], *, verify: VerifyMode = "always",
                  capacity_bytes: int | None = None) -> None:
@@ -177,6 +179,8 @@ class DiskcacheStore(Store):
         self.verify: VerifyMode = verify
         self._cache: diskcache.Cache | None = None
         self._identity: tuple[int, int] | None = None
+        #: Value files whose payload checksum was verified by get_view (by identity).
+        self._verified_files: dict[tuple[int, int, int, int], None] = {}
         self._open_cache()
         self._close_lock = threading.Lock()
 
@@ -241,6 +245,55 @@ class DiskcacheStore(Store):
                 return result
         except OSError as exc:
             raise StoreError(f"{where}: read failed ({exc})") from exc
+
+    def get_view(self, key: str) -> np.ndarray | None:
+        """A zero-copy, read-only view of ``key``'s payload, memory-mapped from its file.
+
+        diskcache never rewrites a value file in place (a new value goes to a new
+        file, the old one is unlinked), so the mapping is an immutable snapshot,
+        valid as long as the array is referenced. The address is page-aligned
+        plus the 64-byte-multiple header, so frameworks needing 64-byte alignment
+        can wrap it without a copy. With ``verify="always"`` the payload checksum
+        is verified the first time each value file is mapped in this process
+        (that first pass also pulls the file into the page cache); later views of
+        the same file are not re-hashed. The mapping is private copy-on-write:
+        the array is returned read-only, and a caller that re-enables writing
+        can never change the file. Inline (small) values are decoded into a copy.
+        O(n) the first time a file is seen, O(1) (plus page faults) afterwards.
+        Thread-safe.
+        """
+        value = self._fetch(key)
+        if value is None:
+            return None
+        where = self._where(key)
+        verify = self.verify == "always"
+        if isinstance(value, bytes):
+            array = codec.decode(value, key, None, verify=verify, where=where)
+            array.flags.writeable = False
+            return array
+        try:
+            with value:
+                header = self._read_header(value, key, where)
+                st = os.fstat(value.fileno())
+                identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                mapped = mmap.mmap(value.fileno(), 0, access=mmap.ACCESS_COPY)
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{where}: cannot map the value file ({exc})") from exc
+        if verify and identity not in self._verified_files:
+            start = header.header_nbytes
+            payload = memoryview(mapped)[start:start + header.payload_nbytes]
+            try:
+                if codec.payload_checksum(payload) != header.payload_checksum:
+                    raise CorruptShardError(f"{where}: payload checksum mismatch")
+            finally:
+                payload.release()
+            if len(self._verified_files) >= 1 << 16:
+                self._verified_files.clear()
+            self._verified_files[identity] = None
+        view: np.ndarray = np.ndarray(header.shape, dtype=header.dtype, buffer=mapped,
+                                      offset=header.header_nbytes)
+        view.flags.writeable = False
+        return view
 
     def _read_header(self, fileobj: Any, key: str | None, where: str) -> codec.ShardHeader:
         """Read and check the header of an open value file; leave it at the payload."""
