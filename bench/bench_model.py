@@ -38,11 +38,14 @@ PROMPT = "The capital of France is"
 
 
 def config(root: Path, ram_bytes: int, policy: str,
-           promote_after: int | str = 1) -> dict[str, Any]:
-    return {"tiers": [
-        {"name": "ram", "backend": "memory", "capacity": ram_bytes, "policy": policy},
-        {"name": "ssd", "backend": "lmdb", "path": str(root / "ssd"), "capacity": "1GiB",
-         "policy": "lru", "promote_after": promote_after}]}
+           promote_after: int | str = 1, backend: str = "lmdb",
+           zero_copy: bool = False) -> dict[str, Any]:
+    ssd: dict[str, Any] = {"name": "ssd", "backend": backend, "path": str(root / backend),
+                           "capacity": "1GiB", "policy": "lru", "promote_after": promote_after}
+    if zero_copy:
+        ssd["zero_copy"] = True
+    return {"mode": "inclusive", "tiers": [
+        {"name": "ram", "backend": "memory", "capacity": ram_bytes, "policy": policy}, ssd]}
 
 
 def run(root: Path, manifest: ModelManifest, fraction: float, args: argparse.Namespace) -> None:
@@ -52,7 +55,8 @@ def run(root: Path, manifest: ModelManifest, fraction: float, args: argparse.Nam
     ids = tokenizer.encode(PROMPT)
     ram = int(manifest.total_bytes * fraction)
     promote = int(args.promote_after) if args.promote_after.isdigit() else args.promote_after
-    with tiercache.open(config(root, ram, args.policy, promote)) as cache:
+    with tiercache.open(config(root, ram, args.policy, promote, args.ssd_backend,
+                               args.zero_copy)) as cache:
         model = LlamaModel.from_manifest(cache, manifest)
         if args.prefetch:
             cache.declare_schedule(model.schedule())
@@ -66,6 +70,7 @@ def run(root: Path, manifest: ModelManifest, fraction: float, args: argparse.Nam
         t = model.timings.as_dict()
         ram_stats = cache.stats()["tiers"]["ram"]
     print(f"ram {fraction:5.2f} x model ({ram / 2**20:6.1f} MiB, {args.policy}, "
+          f"ssd {args.ssd_backend}{' zero-copy' if args.zero_copy else ''}, "
           f"promote_after {args.promote_after}"
           f"{', prefetch ' + str(args.prefetch) if args.prefetch else ''}): "
           f"decode {t['decode_tokens_per_s']:5.2f} tok/s, {wall:5.2f} s for {len(tokens)} "
@@ -107,6 +112,9 @@ def main() -> None:
     parser.add_argument("--ram", default="1.1,0.25",
                         help="RAM-tier sizes as fractions of the model (default 1.1,0.25)")
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--ssd-backend", default="lmdb", choices=["lmdb", "diskcache"])
+    parser.add_argument("--zero-copy", action="store_true",
+                        help="serve SSD-tier reads as memory-mapped views (diskcache only)")
     parser.add_argument("--policy", default="lru")
     parser.add_argument("--prefetch", type=int, default=0, help="prefetch depth (0: off)")
     parser.add_argument("--promote-after", default="1",
@@ -115,7 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tiercache-bench-model-") as tmp:
         root = Path(tmp)
-        with tiercache.open(config(root, 1 << 20, "lru")) as cache:
+        with tiercache.open(config(root, 1 << 20, "lru", backend=args.ssd_backend)) as cache:
             started = time.perf_counter()
             manifest = import_model("smollm2", CacheSink(cache, "ssd"), progress=False)
             print(f"import: {len(manifest.tensors)} shards, {manifest.total_bytes / 2**20:.1f} "

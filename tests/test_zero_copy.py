@@ -127,3 +127,21 @@ def test_zero_copy_needs_a_backend_that_can(tmp_path: Path) -> None:
     cfg["tiers"][1]["zero_copy"] = "yes"
     with pytest.raises(ConfigError, match="true or false"):
         tiercache.load_config(cfg)
+
+
+def test_cached_views_notice_rewrites_and_deletes(tmp_path: Path) -> None:
+    store = DiskcacheStore(tmp_path / "hdd")
+    a, b = shard(8, nbytes=128 * KiB), shard(9, nbytes=128 * KiB)
+    store.put("w", a)
+    first = store.get_view("w")
+    assert store.get_view("w") is first  # cached: no new mapping
+    store.put("w", b)
+    np.testing.assert_array_equal(store.get_view("w"), b)
+    other = DiskcacheStore(tmp_path / "hdd")  # another writer (as another process would be)
+    other.put("w", a)
+    np.testing.assert_array_equal(store.get_view("w"), a)  # the old file is gone: re-read
+    other.delete("w")
+    assert store.get_view("w") is None
+    np.testing.assert_array_equal(first, a)  # old views stay valid snapshots
+    other.close()
+    store.close()

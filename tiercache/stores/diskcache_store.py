@@ -181,6 +181,8 @@ class DiskcacheStore(Store):
         self._identity: tuple[int, int] | None = None
         #: Value files whose payload checksum was verified by get_view (by identity).
         self._verified_files: dict[tuple[int, int, int, int], None] = {}
+        #: key -> (value file, view): repeated get_view of an unchanged file is O(1)
+        self._views: dict[str, tuple[str, np.ndarray]] = {}
         self._open_cache()
         self._close_lock = threading.Lock()
 
@@ -259,9 +261,19 @@ class DiskcacheStore(Store):
         the same file are not re-hashed. The mapping is private copy-on-write:
         the array is returned read-only, and a caller that re-enables writing
         can never change the file. Inline (small) values are decoded into a copy.
-        O(n) the first time a file is seen, O(1) (plus page faults) afterwards.
-        Thread-safe.
+        Views are cached per key: a repeated call costs one ``stat`` of the value
+        file (which notices a rewrite by another process, since diskcache always
+        writes a new file and unlinks the old one) instead of a sqlite query and
+        a new mapping. O(n) the first time a file is seen, O(1) (plus page
+        faults) afterwards. Thread-safe.
         """
+        cached = self._views.get(key)
+        if cached is not None:
+            try:
+                os.stat(cached[0])
+                return cached[1]
+            except OSError:
+                self._views.pop(key, None)
         value = self._fetch(key)
         if value is None:
             return None
@@ -293,6 +305,7 @@ class DiskcacheStore(Store):
         view: np.ndarray = np.ndarray(header.shape, dtype=header.dtype, buffer=mapped,
                                       offset=header.header_nbytes)
         view.flags.writeable = False
+        self._views[key] = (value.name, view)
         return view
 
     def _read_header(self, fileobj: Any, key: str | None, where: str) -> codec.ShardHeader:
@@ -316,6 +329,7 @@ class DiskcacheStore(Store):
         payload = codec.contiguous_payload(array)
         header = codec.encode_header(key, array, codec.payload_checksum(payload))
         try:
+            self._views.pop(key, None)
             self._cache_or_raise().set(codec.key_bytes(key), _Encoded(header, payload),
                                        retry=True)
         except (OSError, sqlite3.Error) as exc:
@@ -326,6 +340,7 @@ class DiskcacheStore(Store):
     def delete(self, key: str) -> bool:
         """Remove ``key`` (row and file); return whether it was present. O(log n)."""
         try:
+            self._views.pop(key, None)
             return bool(self._cache_or_raise().delete(codec.key_bytes(key), retry=True))
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"{self._where(key)}: delete failed ({exc})") from exc
@@ -437,6 +452,7 @@ class DiskcacheStore(Store):
         """Close the store; later calls raise :class:`StoreError`. Idempotent."""
         with self._close_lock:
             cache, self._cache = self._cache, None
+        self._views.clear()
         if cache is not None:
             cache.close()
 
