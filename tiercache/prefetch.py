@@ -54,6 +54,7 @@ class Prefetcher:
         self._cond = threading.Condition()
         self._cursor = -1
         self._seen = -1
+        self._fetched: set[int] = set()  # schedule positions of the window already fetched
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="tiercache-prefetch",
                                         daemon=True)
@@ -93,13 +94,19 @@ class Prefetcher:
         schedule = self.cache.schedule
         if not schedule:
             return
+        period = len(schedule)
+        window = [(cursor + step) % period for step in range(1, min(self.depth, period) + 1)]
+        # only positions entering the window are fetched: those fetched for the previous
+        # cursor position are still on their way up (or already there)
+        self._fetched &= set(window)
         budget = self.max_bytes
-        for step in range(1, self.depth + 1):
+        for position in window:
+            if position in self._fetched:
+                continue
             with self._cond:
                 if self._stopped or self._cursor != cursor:
                     return  # the loop moved on: start again from its new position
-            key = schedule[(cursor + step) % len(schedule)]
-            nbytes = self.cache.prefetch(key)
-            budget -= nbytes
+            budget -= self.cache.prefetch(schedule[position])
+            self._fetched.add(position)
             if budget <= 0:
                 return
