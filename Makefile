@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL := 1
 
-.PHONY: venv demo test lint typecheck pytest bench clean redis-server-installed
+.PHONY: venv demo demo-numpy test lint typecheck pytest bench clean redis-server-installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: venv
-	$(PY) examples/demo.py
+	$(PY) examples/demo_model.py
+
+demo-numpy: venv
+	$(PY) examples/demo_numpy.py
 
 lint: venv
 	$(PY) -m ruff check tiercache policies tests bench examples
@@ -31,7 +34,7 @@ typecheck: venv
 # The Redis tier is tested against a real server (CI: root on a fresh Debian machine).
 redis-server-installed:
 	command -v redis-server >/dev/null && command -v redis-cli >/dev/null || \
-		(apt-get update && apt-get install -y redis-server)
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server)
 
 pytest: venv redis-server-installed
 	$(PY) -m pytest -q

@@ -58,8 +58,8 @@ def run(root: Path, manifest: ModelManifest, fraction: float, args: argparse.Nam
     with tiercache.open(config(root, ram, args.policy, promote, args.ssd_backend,
                                args.zero_copy)) as cache:
         model = LlamaModel.from_manifest(cache, manifest)
+        cache.declare_schedule(model.schedule())  # as `tiercache generate` does
         if args.prefetch:
-            cache.declare_schedule(model.schedule())
             cache.start_prefetcher(depth=args.prefetch)
         model.generate(ids, 3)  # warm-up: tracing, RAM tier filled
         model.timings.reset()

@@ -82,6 +82,13 @@ class Policy(ABC):
         """Resident keys, in no guaranteed order."""
 
     # --- hooks -------------------------------------------------------------------
+    def admits(self, key: Key, size: int, free: int) -> bool:
+        """Optional admission test for a shard that *may* move into this cache (a
+        promotion or a prefetch, never an explicit put): return ``False`` to leave
+        it where it is. ``free`` is the room left without evicting. Default: admit.
+        Pure; O(1) for the built-ins."""
+        return True
+
     def on_miss(self, key: Key, size: int) -> None:  # noqa: B027 - optional hook
         """``key`` (not resident) is about to be admitted. Adaptive policies learn here."""
 

@@ -275,6 +275,7 @@ class OPTPolicy(Policy):
         self._oracle: _Oracle | None = None
         self._next: dict[Key, int] = {}  # resident key -> next use
         self._stamp: dict[Key, int] = {}  # resident key -> its last access, a unique stamp
+        self._size: dict[Key, int] = {}  # resident key -> size (for the admission test)
         self._heap: list[tuple[int, int, Key]] = []  # (-next use, stamp, key), lazily cleaned
         self._clock = 0
         self._cursor_driven = False  # set by the first on_cursor (see there)
@@ -419,6 +420,7 @@ class OPTPolicy(Policy):
     def on_insert(self, key: Key, size: int) -> None:
         """Rank ``key`` by its next use after :attr:`time`. O(log n) amortised."""
         self._clock += 1
+        self._size[key] = size
         self._set(key, self.next_use(key), self._clock)
         self._clean()
 
@@ -426,7 +428,30 @@ class OPTPolicy(Policy):
         """Forget ``key``. O(log n) amortised."""
         del self._next[key]
         del self._stamp[key]
+        self._size.pop(key, None)
         self._clean()
+
+    def admits(self, key: Key, size: int, free: int) -> bool:
+        """Belady with bypass: an optional move (promotion, prefetch) of ``key`` is
+        admitted only if the residents it would evict -- furthest next use first,
+        until ``size`` fits -- are all needed later than ``key``. Without knowledge
+        of the future, admit. O(n log n) in resident keys when the cache is full."""
+        if self._oracle is None or size <= free:
+            return True
+        incoming = self.next_use(key)
+        oracle = self._oracle
+        if isinstance(oracle, _ScheduleOracle) and incoming == oracle.time + 1:
+            # `key` is the request being served right now: what matters is its use
+            # after this one
+            incoming = oracle._after(oracle._occ[key], incoming)
+        need = size - free
+        for resident, nxt in sorted(self._next.items(), key=lambda item: -item[1]):
+            if nxt <= incoming:
+                return False  # it would push out a shard needed before `key`
+            need -= self._size.get(resident, 1)
+            if need <= 0:
+                return True
+        return False
 
     def on_cursor(self, position: int) -> None:
         """The engine's loop is about to request schedule position ``position``.

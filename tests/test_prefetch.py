@@ -181,3 +181,19 @@ def test_opt_with_prefetcher_is_not_fooled_by_prefetch_admissions(tmp_path: Path
     # prefetched shards are ranked by their distance from the loop's cursor: the
     # shard the loop needs next is never evicted to make room for one further ahead
     assert opt["stalls"] <= 2, opt
+
+
+def test_opt_bypasses_promotions_that_would_push_out_nearer_shards(tmp_path: Path) -> None:
+    cfg = three_tier_config(tmp_path, mode="inclusive", ram="64KiB", ssd="2MiB", hdd="4MiB",
+                            ram_policy="opt", promote_after="always")
+    with tiercache.open(cfg) as cache:  # RAM holds 4 of the 12 shards
+        fill(cache)
+        cache.declare_schedule(LAYERS)
+        run_passes(cache, passes=2, compute_s=0.0)
+        before = cache.stats()["tiers"]["ram"]
+        run_passes(cache, passes=3, compute_s=0.0)
+        after = cache.stats()["tiers"]["ram"]
+    # steady state: Belady keeps 3 shards per pass and refuses to churn the rest
+    assert after["hits"] - before["hits"] >= 3 * 3
+    assert after["promotions_in"] - before["promotions_in"] <= 3 * 2
+    assert after["bypassed"] - before["bypassed"] >= 3 * 6

@@ -289,7 +289,7 @@ class TieredCache:
                 version = self._versions.get(key, 0)
             try:
                 array = tier.read(key, out)
-            except StoreError as exc:  # corrupt copies are dropped by the next indexed read
+            except StoreError as exc:  # a corrupt copy is overwritten by the next admission
                 with self._lock:
                     tier.stats.errors += 1
                 log.warning("tier %s failed to read %r: %s", tier.name, key, exc)
@@ -636,7 +636,7 @@ class TieredCache:
         targets = range(0, index) if to_top else range(index - 1, -1, -1)
         for target_index in targets:
             target = self._tiers[target_index]
-            if not target.fits(target.store.stored_size(array)):
+            if not target.wants(key, target.store.stored_size(array)):
                 continue
             if not self.inclusive:
                 source.remove(key)  # the bytes are in `array`; re-admitted below on failure

@@ -53,6 +53,7 @@ class TierStats:
     corrupt: int = 0
     errors: int = 0
     skipped_too_large: int = 0
+    bypassed: int = 0
     #: Admissions skipped because the tier was degraded and not yet due for a retry.
     skipped_degraded: int = 0
     #: Times the tier left the degraded state (a retry succeeded).
@@ -71,7 +72,7 @@ class TierStats:
             "promotions_in": self.promotions_in, "promotions_out": self.promotions_out,
             "demotions_in": self.demotions_in, "demotions_out": self.demotions_out,
             "dropped": self.dropped, "corrupt": self.corrupt, "errors": self.errors,
-            "skipped_too_large": self.skipped_too_large,
+            "skipped_too_large": self.skipped_too_large, "bypassed": self.bypassed,
             "skipped_degraded": self.skipped_degraded, "recoveries": self.recoveries,
             "lost": self.lost,
             "get_latency_p50_s": p50, "get_latency_p99_s": p99,

@@ -344,6 +344,16 @@ class Tier:
     def fits(self, nbytes: int) -> bool:
         return nbytes <= self.capacity_bytes
 
+    def wants(self, key: str, nbytes: int) -> bool:
+        """Whether an optional move of ``key`` into this tier (promotion, prefetch) is
+        worth it: it fits and the policy's admission test agrees. Counts refusals."""
+        if nbytes > self.capacity_bytes:
+            return False
+        if self.policy.admits(key, nbytes, self.capacity_bytes - self.used_bytes):
+            return True
+        self.stats.bypassed += 1
+        return False
+
     def admit(self, key: str, array: np.ndarray, demote: DemoteFn, *, adopt: bool = False,
               force: bool = False) -> bool:
         """Make room (evicting through ``demote``) and store ``array`` under ``key``.

@@ -57,13 +57,11 @@ def run(args: argparse.Namespace) -> int:
 
     with TieredCache.from_config(cfg) as cache:
         model = LlamaModel(cache, hparams, key_prefix=manifest.key_prefix)
+        # always declare the loop's order: schedule-aware policies (opt) use it to
+        # evict the shard needed furthest ahead, and the prefetcher follows it
+        cache.declare_schedule(model.schedule())
         if args.prefetch:
-            declare = getattr(cache, "declare_schedule", None)
-            start = getattr(cache, "start_prefetcher", None)
-            if declare is None or start is None:
-                raise ValueError("this tiercache has no prefetcher")
-            declare(model.schedule())
-            start(depth=args.prefetch)
+            cache.start_prefetcher(depth=args.prefetch)
         printed = ""
         generated: list[int] = []
 
@@ -84,9 +82,7 @@ def run(args: argparse.Namespace) -> int:
             token_ids = model.generate(prompt_ids, args.max_new_tokens, eos_id=eos,
                                        on_token=None if args.json else show)
         finally:
-            stop = getattr(cache, "stop_prefetcher", None)
-            if stop is not None:
-                stop()
+            cache.stop_prefetcher()
         stats = cache.stats()
     timing = model.timings.as_dict()
     text = tokenizer.decode(token_ids)
@@ -100,6 +96,13 @@ def run(args: argparse.Namespace) -> int:
           f"fetch {timing['fetch_s']:.2f} s, handoff {timing['handoff_s']:.3f} s, "
           f"compute {timing['compute_s']:.2f} s" if rate is not None else
           f"{len(token_ids)} tokens", file=sys.stderr)
+    if args.stats:
+        from .stats import render_stats
+
+        render_stats(stats)
+        loop = stats["loop"]
+        print(f"loop: {loop['gets']} scheduled gets, {loop['stalls']} not in the top tier "
+              f"({loop['stall_s'] * 1e3:.1f} ms), {loop['prefetched']} prefetched")
     return 0
 
 
@@ -112,6 +115,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--manifest", help="the model manifest (default: <config stem>.model.json "
                    "next to the config)")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence")
+    p.add_argument("--stats", action="store_true",
+                   help="print the per-tier statistics table after the text")
     p.add_argument("--prefetch", type=int, default=0, metavar="DEPTH",
                    help="declare the model's schedule and prefetch DEPTH shards ahead")
     p.set_defaults(func=run)
