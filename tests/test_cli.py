@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from test_config import BAD, _furnish
 
 import tiercache
 from tiercache.cli import main
@@ -69,3 +72,51 @@ def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["stats", str(tmp_path / "none.toml")]) == 2
     err = capsys.readouterr().err
     assert "none.toml" in err and "not found" in err
+
+
+# -- every malformed config through the real command --------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string (\\uXXXX escapes included)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _toml_key(key: str) -> str:
+    return key if key and all(c.isalnum() or c in "_-" for c in key) else json.dumps(key)
+
+
+def to_toml(cfg: dict[str, Any]) -> str:
+    """A TOML document for a config dict (nested tables inline; enough for the BAD cases)."""
+    text = "\n".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in cfg.items()) + "\n"
+    assert tomllib.loads(text) == cfg, text  # the file says exactly what the dict says
+    return text
+
+
+@pytest.mark.parametrize(("cfg", "key", "words"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_every_bad_config_is_one_line_exit_2_and_creates_nothing(
+        tmp_path: Path, cfg: dict[str, Any], key: str, words: str) -> None:
+    _furnish(tmp_path)
+    toml = tmp_path / "bad.toml"
+    toml.write_text(to_toml(cfg))
+    before = sorted(tmp_path.rglob("*"))
+    command = "verify" if len(key) % 2 else "stats"  # both commands, spread over the cases
+    proc = subprocess.run([sys.executable, "-m", "tiercache", command, str(toml)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"tiercache: error: {toml}:"), lines[0]
+    assert key in lines[0] and words.lower() in lines[0].lower(), lines[0]
+    assert sorted(tmp_path.rglob("*")) == before  # nothing created on disk

@@ -127,13 +127,86 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
                              "tiers": _tiers()["tiers"]}, "origin.path", "does not exist"),
     ("origin-unknown-key", {"origin": {"kind": "npy", "path": ".", "x": 1},
                             "tiers": _tiers()["tiers"]}, "origin.x", "unknown key"),
+    # -- more kinds: wrong types everywhere, odd values, unsafe paths ---------------------
+    ("mode-not-string", {"mode": 1, "tiers": _tiers()["tiers"]}, "mode", "exclusive"),
+    ("tiers-of-strings", {"tiers": ["ram", "ssd"]}, "tiers", "array of tables"),
+    ("name-not-string", _tiers(name=3), "name", "short name"),
+    ("name-empty", _tiers(name=""), "name", "short name"),
+    ("name-too-long", _tiers(name="n" * 65), "name", "short name"),
+    ("name-with-slash", _tiers(name="../ssd"), "name", "short name"),
+    ("backend-not-string", _tiers(backend=["lmdb"]), "backend", "unknown backend"),
+    ("capacity-list", _tiers(capacity=[1, 2]), "capacity", "size"),
+    ("capacity-negative-string", _tiers(capacity="-1GiB"), "capacity", "not a size"),
+    ("capacity-nan", _tiers(capacity="nan"), "capacity", "not a size"),
+    ("capacity-exponent", _tiers(capacity="1e400"), "capacity", "not a size"),
+    ("capacity-2**80", _tiers(capacity=2**62), "capacity", "1 PiB"),
+    ("capacity-fraction-of-a-byte", _tiers(capacity="0.5B"), "capacity", "greater than zero"),
+    ("capacity-blank", _tiers(capacity="  "), "capacity", "not a size"),
+    ("capacity-pib", _tiers(capacity="2PiB"), "capacity", "unknown unit"),
+    ("percent-on-diskcache", _tiers(backend="diskcache", capacity="10%"), "capacity",
+     "only allowed for memory"),
+    ("percent-negative", {"tiers": [{"name": "r", "backend": "memory", "capacity": "-5%"}]},
+     "capacity", "not a size"),
+    ("promote-float", _tiers(promote_after=1.5), "promote_after", ">= 1"),
+    ("promote-bool", _tiers(promote_after=True), "promote_after", ">= 1"),
+    ("verify-bool", _tiers(verify=True), "verify", "always"),
+    ("policy-empty", _tiers(policy=""), "policy", "policy name"),
+    ("policy-bare-colon", _tiers(policy=":"), "policy", "package.module:ClassName"),
+    ("policy-options-unknown-kw", _tiers(policy_options={"bogus": 1}), "policy_options",
+     "refuses these options"),
+    ("policy-options-list", _tiers(policy_options=[1]), "policy_options", "table"),
+    ("path-nul-byte", _tiers(path="a\x00b"), "path", "NUL"),
+    ("path-root", _tiers(path="/"), "path", "root of the file system"),
+    ("path-under-a-file", _tiers(path="afile/sub"), "path", "not a folder"),
+    ("path-dotdot-same", {"tiers": [
+        {"name": "a", "backend": "lmdb", "path": "x", "capacity": "1MiB"},
+        {"name": "b", "backend": "diskcache", "path": "y/../x", "capacity": "1MiB"}]},
+     "path", "overlaps"),
+    ("path-symlink-same", {"tiers": [
+        {"name": "a", "backend": "lmdb", "path": "real", "capacity": "1MiB"},
+        {"name": "b", "backend": "diskcache", "path": "link", "capacity": "1MiB"}]},
+     "path", "overlaps"),
+    ("duplicate-names-3", {"tiers": [
+        {"name": "a", "backend": "memory", "capacity": "1MiB"},
+        {"name": "b", "backend": "memory", "capacity": "1MiB"},
+        {"name": "a", "backend": "lmdb", "path": "p", "capacity": "1MiB"}]}, "name", "duplicate"),
+    ("origin-kind-not-string", {"origin": {"kind": 3, "path": "."}, "tiers": _tiers()["tiers"]},
+     "origin.kind", "unknown origin"),
+    ("origin-path-not-string", {"origin": {"kind": "npy", "path": 3},
+                                "tiers": _tiers()["tiers"]}, "origin.path", "required"),
+    ("origin-npy-is-a-file", {"origin": {"kind": "npy", "path": "afile"},
+                              "tiers": _tiers()["tiers"]}, "origin.path", "folder of .npy"),
+    ("origin-safetensors-is-a-folder", {"origin": {"kind": "safetensors", "path": "real"},
+                                        "tiers": _tiers()["tiers"]}, "origin.path",
+     ".safetensors file"),
+    ("origin-class-missing", {"origin": {"kind": "no_such_module_q:Cls", "path": "."},
+                              "tiers": _tiers()["tiers"]}, "origin.kind", "no_such_module_q"),
+    ("origin-class-not-an-origin", {"origin": {"kind": "collections:OrderedDict", "path": "."},
+                                    "tiers": _tiers()["tiers"]}, "origin.kind", "not a"),
+    ("origin-inside-a-tier", {"origin": {"kind": "npy", "path": "real/weights"},
+                              "tiers": _tiers(path="real")["tiers"]}, "origin.path",
+     "inside the folder"),
+    ("record-trace-not-string", {"record_trace": 5, "tiers": _tiers()["tiers"]},
+     "record_trace", "CSV file"),
+    ("record-trace-is-a-folder", {"record_trace": "real", "tiers": _tiers()["tiers"]},
+     "record_trace", "is a folder"),
+    ("flush-not-bool-int", {"flush_on_close": 1, "tiers": _tiers()["tiers"]},
+     "flush_on_close", "true or false"),
 ]
+
+
+def _furnish(root: Path) -> None:
+    """What some BAD cases refer to: a file, a folder, a symlink to it, an origin in it."""
+    (root / "afile").write_text("x")
+    (root / "real" / "weights").mkdir(parents=True)
+    (root / "link").symlink_to(root / "real")
 
 
 @pytest.mark.parametrize(("cfg", "key", "words"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_config_is_one_clear_error(tmp_path: Path, cfg: dict[str, Any], key: str,
                                        words: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    _furnish(tmp_path)
     before = sorted(tmp_path.rglob("*"))
     with pytest.raises(ConfigError) as info:
         load_config(cfg, base_dir=tmp_path)

@@ -69,8 +69,9 @@ class NpyDirOrigin(Origin):
             array = np.load(file, allow_pickle=False)
         except FileNotFoundError:
             return None
-        except (ValueError, OSError, EOFError) as exc:
-            raise StoreError(f"origin file {file} for key {key!r} is unreadable: {exc}") from exc
+        except Exception as exc:  # numpy's header parser raises SyntaxError, TokenError, ...
+            raise StoreError(f"origin file {file} for key {key!r} is unreadable: "
+                             f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(array, np.ndarray):
             raise StoreError(f"origin file {file} is not a single .npy array")
         return np.ascontiguousarray(array)
@@ -101,13 +102,21 @@ class SafetensorsOrigin(Origin):
             raise StoreError("the safetensors origin needs `pip install safetensors`") from exc
         self.path = Path(path)
         opener: Any = safe_open  # the package ships no usable type hints
-        self._file: Any = opener(str(self.path), framework="numpy")
-        self._keys = set(self._file.keys())
+        try:  # the rust reader raises its own SafetensorError (and OSError) on a bad file
+            self._file: Any = opener(str(self.path), framework="numpy")
+            self._keys = set(self._file.keys())
+        except Exception as exc:
+            raise StoreError(f"origin file {self.path} is not a readable safetensors file: "
+                             f"{exc}") from exc
 
     def get(self, key: str) -> np.ndarray | None:
         if key not in self._keys:
             return None
-        return np.ascontiguousarray(self._file.get_tensor(key))
+        try:
+            return np.ascontiguousarray(self._file.get_tensor(key))
+        except Exception as exc:
+            raise StoreError(f"origin file {self.path}: tensor {key!r} is unreadable: "
+                             f"{exc}") from exc
 
     def __contains__(self, key: object) -> bool:
         return key in self._keys
@@ -116,19 +125,33 @@ class SafetensorsOrigin(Origin):
         return iter(sorted(self._keys))
 
 
+def load_origin_class(kind: str) -> type[Origin]:
+    """Import the ``"package.module:ClassName"`` origin class and check it subclasses
+    :class:`Origin`. Runs the module's code (trusted configs only). Raises
+    :class:`LookupError` with the reason."""
+    module_name, _, attr = kind.partition(":")
+    if not module_name or not attr:
+        raise LookupError(f"origin kind {kind!r} must look like 'package.module:ClassName'")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise LookupError(f"cannot load origin class {kind!r}: {exc}") from None
+    if not isinstance(cls, type) or not issubclass(cls, Origin):
+        raise LookupError(f"{kind!r} is not a tiercache.origins.Origin subclass")
+    return cls
+
+
 def open_origin(kind: str, path: Path, *, source: str = "<dict>") -> Origin:
     """Build the origin named in a config (``npy``, ``safetensors`` or ``module:Class``)."""
     if kind == "npy":
         return NpyDirOrigin(path)
     if kind == "safetensors":
         return SafetensorsOrigin(path)
-    module_name, _, attr = kind.partition(":")
     try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot load origin class {kind!r}: {exc}", file=source,
-                          key="origin.kind") from None
-    origin = cls(path)
+        cls = load_origin_class(kind)
+    except LookupError as exc:
+        raise ConfigError(str(exc).strip("'\""), file=source, key="origin.kind") from None
+    origin = cls(path)  # type: ignore[call-arg]  # module:Class origins take the path
     if not isinstance(origin, Origin):
         raise ConfigError(f"{kind!r} is not a tiercache.origins.Origin subclass", file=source,
                           key="origin.kind")

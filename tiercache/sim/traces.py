@@ -66,6 +66,9 @@ KEY_COLUMNS = ("key", "obj_id")
 SIZE_COLUMNS = ("size", "obj_size")
 _READ_CHUNK_BYTES = 1 << 20
 _INT64_MAX = np.iinfo(np.int64).max
+#: Most requests an ARC .lis trace may expand to (its n_blocks summed): 2**28 requests take
+#: 2 GiB of keys already; a damaged n_blocks field must not ask for terabytes.
+MAX_LIS_REQUESTS = 1 << 28
 
 
 @dataclass(frozen=True, eq=False)
@@ -472,6 +475,12 @@ def _read_lis(path: Path, compression: Compression | None) -> Trace:
         row = int(np.argmax(count < 1))
         raise TraceError(f"n_blocks must be >= 1, got {int(count[row])}", file=path,
                          line=_lis_line_of_row(data, row))
+    if int(count.max()) > MAX_LIS_REQUESTS or \
+            int(count.astype(np.float64).sum()) > MAX_LIS_REQUESTS:
+        row = int(np.argmax(count))
+        raise TraceError(f"n_blocks {int(count[row])} makes the trace expand to more than "
+                         f"{MAX_LIS_REQUESTS} requests (a damaged file?)", file=path,
+                         line=_lis_line_of_row(data, row))
     if int(count.max()) == 1:
         keys = start.copy()
     else:
@@ -507,8 +516,9 @@ def _read_npy(path: Path, compression: Compression | None) -> Trace:
         raise
     except FileNotFoundError:
         raise TraceError("file not found", file=path) from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise TraceError(f"not a readable .npy array: {exc}", file=path) from None
+    except Exception as exc:  # numpy's header parser also raises SyntaxError, TokenError...
+        raise TraceError(f"not a readable .npy array: {type(exc).__name__}: {exc}",
+                         file=path) from None
     if not isinstance(loaded, np.ndarray):
         raise TraceError("expected a single .npy array, got an .npz archive", file=path)
     arr = loaded

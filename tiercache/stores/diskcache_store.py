@@ -99,6 +99,9 @@ class _ShardDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no ty
         if not raw:
             raise CorruptShardError(f"diskcache store {self._directory}: a key is stored "
                                     "pickled; tiercache never writes those (delete the tier)")
+        if not isinstance(key, bytes | memoryview):  # a TEXT or number key: not written by us
+            raise CorruptShardError(f"diskcache store {self._directory}: a key of type "
+                                    f"{type(key).__name__}; tiercache writes only bytes keys")
         return bytes(key)
 
     def store(self, value: object, read: bool, key: Any = _UNKNOWN) -> tuple[int, int, Any, Any]:

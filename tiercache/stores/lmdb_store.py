@@ -58,6 +58,14 @@ Thread-safety: one :class:`lmdb.Environment` is shared by all threads (opened
 with ``lock=True``); lmdb runs one write transaction at a time and any number
 of concurrent readers. Reads do not block each other; the copy and hash
 release the GIL.
+
+Processes: several processes may open the same environment (readers beside
+one writer; lmdb's lock file coordinates them) -- each through its own
+store, opened *after* any ``fork()``: a store used in a process other than
+the one that opened it raises :class:`~tiercache.errors.StoreError` instead
+of corrupting lmdb's lock table. py-lmdb refuses to open one environment
+twice in a process. A store given a ``capacity_bytes`` compacts (replaces
+its file), so only stores without one may be shared.
 """
 
 from __future__ import annotations
@@ -178,11 +186,11 @@ class LmdbStore(Store):
         self.compactions = 0
         self._broken: str | None = None
         self._identity: tuple[int, int] | None = None
-        self._open_env()
-        assert self._env is not None
-        self._max_key = self._env.max_key_size()
+        self._pid = os.getpid()
         self._guard = _RemapGuard()
         self._close_lock = threading.Lock()
+        self._open_env()
+        self._max_key: int = self._env_or_raise().max_key_size()
 
     def _open_env(self) -> None:
         """Open (or reopen) the environment at :attr:`path`; free dead readers' slots."""
@@ -206,6 +214,7 @@ class LmdbStore(Store):
                              "is a writable directory not opened twice in this process") from exc
         self._identity = (st.st_dev, st.st_ino)
         self._broken = None
+        self._pid = os.getpid()
         self._env = env
 
     # -- keys -----------------------------------------------------------------
@@ -226,6 +235,10 @@ class LmdbStore(Store):
         env = self._env
         if env is None:
             raise StoreError(f"lmdb store {self.path} is closed")
+        if self._pid != os.getpid():
+            raise StoreError(f"lmdb store {self.path} was opened by process {self._pid}: an lmdb "
+                             "environment must not be used across fork(); open the store (or "
+                             "the cache) in the child process")
         return env
 
     def _run(self, op: Callable[[lmdb.Environment], _T], grow_for: int = 0) -> _T:
@@ -472,8 +485,7 @@ class LmdbStore(Store):
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
                 self._open_env()
-            assert self._env is not None
-            after = (int(self._env.info()["last_pgno"]) + 1) * codec.PAGE_BYTES
+            after = (int(self._env_or_raise().info()["last_pgno"]) + 1) * codec.PAGE_BYTES
         finally:
             self._guard.release_exclusive()
         self.compactions += 1
@@ -491,7 +503,8 @@ class LmdbStore(Store):
             self._guard.acquire_exclusive()
             try:
                 env, self._env = self._env, None
-                env.close()
+                if self._pid == os.getpid():  # a forked child must not touch the parent's env
+                    env.close()
             finally:
                 self._guard.release_exclusive()
 

@@ -1,0 +1,342 @@
+"""Bad input: fuzz every parser of untrusted bytes with hypothesis.
+
+Each reader must either succeed or raise its one documented error -- never
+anything else (no IndexError, struct.error, MemoryError, UnicodeDecodeError...):
+
+- the shard codec (``decode_header``, ``decode``) and the disk stores' read paths:
+  :class:`~tiercache.errors.CorruptShardError`;
+- trace files (CSV, ARC ``.lis``, ``.npy``, plain or ``.gz`` / ``.zst``):
+  :class:`~tiercache.errors.TraceError`;
+- model files (safetensors, GGUF importers in ``tiercache.sources``):
+  :class:`~tiercache.sources.base.ModelFormatError`;
+- origins (``.npy`` folder, safetensors file): :class:`~tiercache.errors.StoreError`.
+
+Inputs are random bytes and, more usefully, valid files with bytes flipped,
+overwritten, inserted, cut or appended. ``TIERCACHE_FUZZ_EXAMPLES`` scales the
+number of examples (default 1 = the committed budget: 300 per test, about 8 s).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tiercache import codec
+from tiercache.errors import CorruptShardError, StoreError, TraceError
+from tiercache.origins import NpyDirOrigin, SafetensorsOrigin, npy_filename
+from tiercache.sim.traces import Trace, read_trace, write_trace_csv
+from tiercache.sources.base import DictSink, ModelFormatError
+from tiercache.sources.gguf import import_gguf
+from tiercache.sources.safetensors import import_safetensors
+from tiercache.stores.diskcache_store import DiskcacheStore
+
+SCALE = int(os.environ.get("TIERCACHE_FUZZ_EXAMPLES", "1"))
+FUZZ = settings(deadline=None, max_examples=300 * SCALE, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.function_scoped_fixture])
+#: Counts of inputs tried per parser (reported in docs/reliability.md).
+TRIED: dict[str, int] = {}
+
+
+def _count(name: str) -> None:
+    TRIED[name] = TRIED.get(name, 0) + 1
+
+
+# -- mutations of a valid file -------------------------------------------------------------
+
+Mutation = tuple[str, int, bytes]
+MUTATIONS = st.lists(st.tuples(st.sampled_from(["flip", "set", "insert", "cut", "append",
+                                                 "truncate"]),
+                               st.integers(0, 1 << 20), st.binary(min_size=1, max_size=8)),
+                     min_size=1, max_size=4)
+
+
+def mutate(data: bytes, mutations: list[Mutation]) -> bytes:
+    """Apply byte-level damage; positions wrap around the current length."""
+    out = bytearray(data)
+    for kind, pos, payload in mutations:
+        n = len(out)
+        i = pos % n if n else 0
+        if kind == "flip" and n:
+            out[i] ^= payload[0] or 1
+        elif kind == "set" and n:
+            out[i:i + len(payload)] = payload
+        elif kind == "insert":
+            out[i:i] = payload
+        elif kind == "cut" and n:
+            del out[i:i + len(payload) * 17]
+        elif kind == "append":
+            out += payload * (pos % 64 + 1)
+        elif kind == "truncate":
+            del out[i:]
+    return bytes(out)
+
+
+def _only(expected: type[BaseException] | tuple[type[BaseException], ...], name: str,
+          call: Callable[[], Any]) -> Any:
+    """Run ``call``; let ``expected`` pass (it is the documented failure), fail on any other."""
+    _count(name)
+    try:
+        return call()
+    except expected:
+        return None
+
+
+# -- the shard codec -----------------------------------------------------------------------
+
+ARRAY = np.arange(300, dtype=np.float32).reshape(20, 15)
+ENCODED = codec.encode("blk.0.w", ARRAY)
+ENCODED_WITH_KEY = codec.encode("x" * 600, ARRAY[:2], store_key=True)
+
+
+@FUZZ
+@given(data=st.binary(max_size=700))
+def test_decode_header_random_bytes_only_corrupt_shard_error(data: bytes) -> None:
+    _only(CorruptShardError, "codec.decode_header random", lambda: codec.decode_header(data))
+    _only(CorruptShardError, "codec.decode random", lambda: codec.decode(data, "k"))
+
+
+@FUZZ
+@given(body=st.binary(min_size=56, max_size=400), length=st.integers(0, 2**32 - 1))
+def test_decode_header_with_a_plausible_prefix(body: bytes, length: int) -> None:
+    """Magic and version right, everything else random: still only CorruptShardError."""
+    data = codec.MAGIC + (1).to_bytes(2, "little") + body[:2] + \
+        (length - length % 64).to_bytes(4, "little") + body[2:]
+    _only(CorruptShardError, "codec.decode_header prefix", lambda: codec.decode_header(data))
+
+
+@FUZZ
+@given(mutations=MUTATIONS, which=st.booleans())
+def test_damaged_shards_never_decode_to_wrong_bytes(mutations: list[Mutation],
+                                                    which: bool) -> None:
+    source, key = (ENCODED, "blk.0.w") if which else (ENCODED_WITH_KEY, "x" * 600)
+    damaged = mutate(source, mutations)
+    _count("codec.decode mutated")
+    try:
+        got = codec.decode(damaged, key)
+    except CorruptShardError:
+        return
+    assert damaged == source, "damaged bytes decoded without an error"
+    np.testing.assert_array_equal(got, ARRAY if which else ARRAY[:2])
+
+
+@pytest.fixture(scope="module")
+def dc_store() -> Iterator[DiskcacheStore]:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = DiskcacheStore(Path(tmp))
+        with store:
+            yield store
+
+
+@FUZZ
+@given(mutations=MUTATIONS, big=st.booleans())
+def test_diskcache_store_reads_damaged_values_as_corrupt(dc_store: DiskcacheStore,
+                                                         mutations: list[Mutation],
+                                                         big: bool) -> None:
+    """The store's own read path (a file header read, fstat, readinto) on damaged values."""
+    array = np.arange(20_000 if big else 200, dtype=np.float32)  # a value file or inline
+    dc_store.put("k", array)
+    filename = dc_store._cache_or_raise()._sql(
+        "SELECT filename FROM Cache WHERE key = ?", (codec.key_bytes("k"),)).fetchone()[0]
+    original = (dc_store.path / filename).read_bytes() if filename else codec.encode("k", array)
+    damaged = mutate(original, mutations)
+    if filename:
+        (dc_store.path / filename).write_bytes(damaged)
+    else:
+        dc_store._cache_or_raise()._sql("UPDATE Cache SET value = ?", (damaged,))
+    _count("diskcache store get")
+    try:
+        got = dc_store.get("k")
+    except CorruptShardError:
+        return
+    assert damaged == original
+    np.testing.assert_array_equal(got, array)
+
+
+# -- trace files ---------------------------------------------------------------------------
+
+
+def _valid_traces(folder: Path) -> dict[str, bytes]:
+    trace = Trace.from_keys([f"k{i % 7}" for i in range(40)], sizes=[100 + i for i in range(40)])
+    write_trace_csv(trace, folder / "t.csv")
+    csv = (folder / "t.csv").read_bytes()
+    lis = "".join(f"{i * 8} {1 + i % 3} 0 {i}\n" for i in range(30)).encode()
+    buf = io.BytesIO()
+    np.save(buf, np.array([[i % 9, 64 + i] for i in range(30)], dtype=np.int64))
+    return {".csv": csv, ".lis": lis, ".npy": buf.getvalue()}
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    return _valid_traces(tmp_path_factory.mktemp("traces"))
+
+
+def _compress(data: bytes, kind: str) -> bytes:
+    if kind == ".gz":
+        return gzip.compress(data)
+    if kind == ".zst":
+        zstandard = pytest.importorskip("zstandard")
+        return bytes(zstandard.ZstdCompressor().compress(data))
+    return data
+
+
+@FUZZ
+@given(ext=st.sampled_from([".csv", ".lis", ".npy"]), comp=st.sampled_from(["", ".gz", ".zst"]),
+       mutations=MUTATIONS, damage_compressed=st.booleans(), random=st.booleans(),
+       noise=st.binary(max_size=300))
+def test_trace_readers_only_raise_trace_error(traces: dict[str, bytes], tmp_path: Path,
+                                              ext: str, comp: str, mutations: list[Mutation],
+                                              damage_compressed: bool, random: bool,
+                                              noise: bytes) -> None:
+    if random:
+        data = noise
+    elif damage_compressed:
+        data = mutate(_compress(traces[ext], comp), mutations)
+    else:
+        data = _compress(mutate(traces[ext], mutations), comp)
+    path = tmp_path / f"fuzz{ext}{comp}"
+    path.write_bytes(data)
+    got = _only(TraceError, f"trace {ext}{comp}", lambda: read_trace(path))
+    if got is not None:
+        assert isinstance(got, Trace) and len(got) > 0
+
+
+# -- model files (tiercache.sources) ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def safetensors_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    from safetensors.numpy import save_file
+
+    path = tmp_path_factory.mktemp("st") / "m.safetensors"
+    save_file({"emb": np.arange(64, dtype=np.float32).reshape(8, 8),
+               "bias": np.arange(8, dtype=np.float16), "ids": np.arange(5, dtype=np.int64)},
+              str(path), metadata={"format": "np"})
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def gguf_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    from test_sources import write_tiny_gguf
+
+    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+    write_tiny_gguf(path, layers=1, dim=32, ffn=64)
+    return path.read_bytes()
+
+
+@FUZZ
+@given(mutations=MUTATIONS, random=st.booleans(), noise=st.binary(max_size=400))
+def test_safetensors_importer_only_raises_model_format_error(
+        safetensors_bytes: bytes, tmp_path: Path, mutations: list[Mutation], random: bool,
+        noise: bytes) -> None:
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(noise if random else mutate(safetensors_bytes, mutations))
+    _only(ModelFormatError, "safetensors import",
+          lambda: import_safetensors(path, DictSink(), progress=False))
+
+
+@FUZZ
+@given(mutations=MUTATIONS, random=st.booleans(), noise=st.binary(max_size=400))
+def test_gguf_importer_only_raises_model_format_error(
+        gguf_bytes: bytes, tmp_path: Path, mutations: list[Mutation], random: bool,
+        noise: bytes) -> None:
+    path = tmp_path / "m.gguf"
+    path.write_bytes(noise if random else mutate(gguf_bytes, mutations))
+    _only(ModelFormatError, "gguf import", lambda: import_gguf(path, DictSink(), progress=False))
+
+
+# -- origins -------------------------------------------------------------------------------
+
+
+@FUZZ
+@given(mutations=MUTATIONS, random=st.booleans(), noise=st.binary(max_size=300))
+def test_npy_origin_only_raises_store_error(tmp_path: Path, mutations: list[Mutation],
+                                            random: bool, noise: bytes) -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.arange(50, dtype=np.float32).reshape(5, 10))
+    (tmp_path / npy_filename("w")).write_bytes(noise if random else mutate(buf.getvalue(),
+                                                                            mutations))
+    got = _only(StoreError, "npy origin", lambda: NpyDirOrigin(tmp_path).get("w"))
+    assert got is None or isinstance(got, np.ndarray)
+
+
+@FUZZ
+@given(mutations=MUTATIONS, random=st.booleans(), noise=st.binary(max_size=400))
+def test_safetensors_origin_only_raises_store_error(
+        safetensors_bytes: bytes, tmp_path: Path, mutations: list[Mutation], random: bool,
+        noise: bytes) -> None:
+    path = tmp_path / "o.safetensors"
+    path.write_bytes(noise if random else mutate(safetensors_bytes, mutations))
+
+    def read() -> None:
+        origin = SafetensorsOrigin(path)
+        for key in origin.keys():
+            origin.get(key)
+
+    _only(StoreError, "safetensors origin", read)
+
+
+def test_zz_report_inputs_tried() -> None:
+    """Print how many inputs each parser saw (for docs/reliability.md)."""
+    print("fuzz inputs tried:", TRIED, "total", sum(TRIED.values()))
+
+
+# -- regressions the fuzzer found ------------------------------------------------------------
+
+
+def test_a_damaged_lis_n_blocks_is_an_error_not_an_allocation_of_terabytes(tmp_path: Path) -> None:
+    """One flipped digit in n_blocks once made read_trace ask numpy for ~23 GB (OOM kill)."""
+    path = tmp_path / "bomb.lis"
+    path.write_text("0 1 0 0\n8 99999999999 0 1\n16 1 0 2\n")
+    with pytest.raises(TraceError, match=r"bomb\.lis:2: n_blocks 99999999999"):
+        read_trace(path)
+
+
+def test_a_damaged_npy_trace_header_is_a_trace_error(tmp_path: Path) -> None:
+    """numpy's header parser raised tokenize.TokenError, which escaped the reader."""
+    buf = io.BytesIO()
+    np.save(buf, np.arange(10, dtype=np.int64))
+    data = bytearray(buf.getvalue())
+    data[data.index(b"}")] = ord("(")  # unbalanced header dict
+    (tmp_path / "t.npy").write_bytes(bytes(data))
+    with pytest.raises(TraceError, match=r"not a readable \.npy array"):
+        read_trace(tmp_path / "t.npy")
+    (tmp_path / "origin").mkdir()
+    (tmp_path / "origin" / npy_filename("w")).write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="unreadable"):
+        NpyDirOrigin(tmp_path / "origin").get("w")
+
+
+def test_a_text_key_row_in_a_diskcache_tier_is_corrupt_not_a_type_error(tmp_path: Path) -> None:
+    import diskcache
+
+    with DiskcacheStore(tmp_path / "d") as store:
+        store.put("k", np.arange(4, dtype=np.int8))
+    foreign = diskcache.Cache(str(tmp_path / "d"))
+    foreign.set("text-key", b"raw")  # stored raw, but as a TEXT key
+    foreign.close()
+    with DiskcacheStore(tmp_path / "d") as store, pytest.raises(CorruptShardError):
+        list(store.keys())
+
+
+def test_a_damaged_gguf_block_count_is_an_error_not_gigabytes(gguf_bytes: bytes,
+                                                               tmp_path: Path) -> None:
+    """One flipped bit made llama.block_count 16,777,217: the importer built a shape table
+    for every layer until memory ran out."""
+    data = bytearray(gguf_bytes)
+    at = data.index(b"llama.block_count") + len(b"llama.block_count") + 4  # after the type
+    data[at:at + 4] = (0x01000001).to_bytes(4, "little")
+    path = tmp_path / "m.gguf"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFormatError, match="block_count says 16777217 layers"):
+        import_gguf(path, DictSink(), progress=False)
