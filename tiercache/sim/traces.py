@@ -37,6 +37,7 @@ import csv
 import gzip
 import io
 import os
+import warnings
 import zlib
 from array import array
 from collections.abc import Iterator, Sequence
@@ -461,7 +462,9 @@ def _read_lis(path: Path, compression: Compression | None) -> Trace:
     if not data.strip():
         return Trace(np.empty(0, np.int64), source=str(path))
     try:
-        table = np.loadtxt(io.BytesIO(data), dtype=np.int64, ndmin=2, comments=None)
+        with warnings.catch_warnings():  # "input contained no data": handled below
+            warnings.simplefilter("ignore", UserWarning)
+            table = np.loadtxt(io.BytesIO(data), dtype=np.int64, ndmin=2, comments=None)
     except ValueError as exc:
         bad = _lis_bad_line(data)
         if bad is None:
