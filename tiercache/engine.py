@@ -49,19 +49,6 @@ _MISSING: Any = object()
 _MAX_RETRIES = 8
 #: Longest a get waits for a prefetch of the same shard before reading it itself.
 PREFETCH_WAIT_TIMEOUT_S = 30.0
-#: Prefetching from a view-serving tier asks the kernel to read the shard's file
-#: ahead (``madvise(MADV_WILLNEED)``). Linux reads at most one readahead window per
-#: call (``max(read_ahead_kb, max_sectors_kb)``, often 128 KiB-8 MiB) and silently
-#: ignores the rest, so mappings are advised in chunks of this size (0: one call).
-WILLNEED_CHUNK_BYTES = 1 << 20
-
-
-def _advise_willneed(mapped: mmap.mmap) -> None:
-    """Ask the kernel to read all of ``mapped`` ahead. O(size / chunk) syscalls."""
-    size = len(mapped)
-    chunk = WILLNEED_CHUNK_BYTES or size
-    for start in range(0, size, chunk):
-        mapped.madvise(mmap.MADV_WILLNEED, start, min(chunk, size - start))
 
 
 def build_tier(cfg: TierConfig, *, drop_corrupt: bool = True) -> Tier:
@@ -438,7 +425,7 @@ class TieredCache:
                     return 0
                 base = view.base
                 if isinstance(base, mmap.mmap):
-                    _advise_willneed(base)
+                    base.madvise(mmap.MADV_WILLNEED)
                 with self._lock:
                     self.loop_stats.prefetched += 1
                     self.loop_stats.prefetched_bytes += view.nbytes
