@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Hashable, Iterable
+from itertools import accumulate
 from typing import Any
 
 import hypothesis.strategies as st
@@ -500,3 +501,30 @@ class PolicyContract:
 
     def extra_invariants(self, policy: Policy) -> None:
         """Policy-specific invariants checked after every state-machine step (hook)."""
+
+
+def make_trace(kind: str, seed: int, n: int, *, salt: str = "") -> list[int]:
+    """A reproducible trace of object ids.
+
+    ``uniform``: 150 objects, equally likely. ``zipf``: 1000 objects, Zipf(0.9).
+    ``phases``: alternating phases of looping scans longer than most caches and
+    of a skewed hot set, which pushes ARC's ``p`` both ways. ``salt`` varies the
+    stream between test files.
+    """
+    rng = random.Random(f"{salt}{kind}-{seed}")
+    if kind == "uniform":
+        return [rng.randrange(150) for _ in range(n)]
+    if kind == "zipf":
+        cum = list(accumulate(1.0 / (i + 1) ** 0.9 for i in range(1000)))
+        return rng.choices(range(1000), cum_weights=cum, k=n)
+    out: list[int] = []
+    while len(out) < n:
+        if rng.random() < 0.5:
+            start, length = rng.randrange(0, 400), rng.randrange(20, 160)
+            out.extend(start + i for i in range(length))
+            if rng.random() < 0.5:  # the same scan again: recency pays
+                out.extend(start + i for i in range(length))
+        else:
+            hot = rng.sample(range(400), rng.randrange(3, 40))
+            out.extend(rng.choice(hot) for _ in range(rng.randrange(50, 300)))
+    return out[:n]

@@ -22,13 +22,13 @@ import textwrap
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from itertools import accumulate
 from pathlib import Path
 from typing import Protocol
 
 import libcachesim
 import pytest
 from policy_contract import PolicyContract, ProtocolDriver, apply_op, random_ops
+from policy_contract import make_trace as shared_make_trace
 from reference_arc import ReferenceARC
 
 import tiercache.policies as policies_module
@@ -153,29 +153,7 @@ TRACE_KINDS = ("uniform", "zipf", "phases")
 
 
 def make_trace(kind: str, seed: int, n: int = TRACE_LEN) -> list[int]:
-    """A reproducible trace of object ids.
-
-    ``uniform``: 150 objects, equally likely. ``zipf``: 1000 objects, Zipf(0.9).
-    ``phases``: alternating phases of looping scans longer than most caches and
-    of a skewed hot set, which pushes ARC's ``p`` both ways.
-    """
-    rng = random.Random(f"{kind}-{seed}")
-    if kind == "uniform":
-        return [rng.randrange(150) for _ in range(n)]
-    if kind == "zipf":
-        cum = list(accumulate(1.0 / (i + 1) ** 0.9 for i in range(1000)))
-        return rng.choices(range(1000), cum_weights=cum, k=n)
-    out: list[int] = []
-    while len(out) < n:
-        if rng.random() < 0.5:
-            start, length = rng.randrange(0, 400), rng.randrange(20, 160)
-            out.extend(start + i for i in range(length))
-            if rng.random() < 0.5:  # the same scan again: recency pays
-                out.extend(start + i for i in range(length))
-        else:
-            hot = rng.sample(range(400), rng.randrange(3, 40))
-            out.extend(rng.choice(hot) for _ in range(rng.randrange(50, 300)))
-    return out[:n]
+    return shared_make_trace(kind, seed, n)
 
 
 def tiercache_hits(name: str, capacity: int, trace: list[int]) -> list[bool]:

@@ -40,6 +40,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis.stateful import run_state_machine_as_test
 from policy_contract import ProtocolDriver, make_policy_machine
+from policy_contract import make_trace as shared_make_trace
 
 from tiercache.policies import (
     ARCPolicy,
@@ -70,25 +71,8 @@ INT64_MAX = 2**63 - 1
 
 
 def make_trace(kind: str, seed: int, n: int = 3000) -> list[int]:
-    """``uniform``: 150 keys. ``zipf``: 1000 keys, Zipf(0.9). ``phases``: looping
-    scans (sometimes repeated) alternating with skewed hot sets."""
-    rng = random.Random(f"more-{kind}-{seed}")
-    if kind == "uniform":
-        return [rng.randrange(150) for _ in range(n)]
-    if kind == "zipf":
-        cum = list(accumulate(1.0 / (i + 1) ** 0.9 for i in range(1000)))
-        return rng.choices(range(1000), cum_weights=cum, k=n)
-    out: list[int] = []
-    while len(out) < n:
-        if rng.random() < 0.5:
-            start, length = rng.randrange(0, 400), rng.randrange(20, 160)
-            out.extend(start + i for i in range(length))
-            if rng.random() < 0.5:
-                out.extend(start + i for i in range(length))
-        else:
-            hot = rng.sample(range(400), rng.randrange(3, 40))
-            out.extend(rng.choice(hot) for _ in range(rng.randrange(50, 300)))
-    return out[:n]
+    """The shared uniform / zipf / phases traces, salted for this file."""
+    return shared_make_trace(kind, seed, n, salt="more-")
 
 
 def zipf_trace(seed: int, n: int, universe: int, alpha: float) -> list[int]:

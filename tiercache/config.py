@@ -165,6 +165,13 @@ class _Validator:
         return CacheConfig(tiers=tiers, mode=mode, origin=origin, flush_on_close=flush,
                            source=self.file, record_trace=record_trace)
 
+    def resolve(self, value: str) -> Path:
+        """``value`` with ``~`` expanded, made absolute against the config's folder."""
+        path = Path(os.path.expanduser(value))
+        if not path.is_absolute():
+            path = self.base_dir / path
+        return Path(os.path.normpath(path))
+
     def record_trace(self, value: Any, tiers: tuple[TierConfig, ...]) -> Path:
         """The trace file to write: a file path whose folder exists or can be created."""
         key = "record_trace"
@@ -172,10 +179,7 @@ class _Validator:
             raise self.error(key, f"must be the path of a CSV file to write, got {value!r}")
         if "\x00" in value:
             raise self.error(key, "a path cannot contain a NUL character")
-        path = Path(os.path.expanduser(value))
-        if not path.is_absolute():
-            path = self.base_dir / path
-        path = Path(os.path.normpath(path))
+        path = self.resolve(value)
         if path.is_dir():
             raise self.error(key, f"{path} is a folder; name a file such as trace.csv")
         for t in tiers:
@@ -381,10 +385,7 @@ class _Validator:
             raise self.error(key, f"must be a folder path, got {value!r}")
         if "\x00" in value:
             raise self.error(key, "a path cannot contain a NUL character")
-        path = Path(os.path.expanduser(value))
-        if not path.is_absolute():
-            path = self.base_dir / path
-        path = Path(os.path.normpath(path))
+        path = self.resolve(value)
         if path.parent == path:
             raise self.error(key, f"{path} is the root of the file system; give the tier a "
                              "folder of its own")
@@ -428,9 +429,7 @@ class _Validator:
             raise self.error("origin.path", f"required: the origin's file or folder, got {raw!r}")
         if "\x00" in raw:
             raise self.error("origin.path", "a path cannot contain a NUL character")
-        path = Path(os.path.expanduser(raw))
-        if not path.is_absolute():
-            path = self.base_dir / path
+        path = self.resolve(raw)
         if not path.exists():
             raise self.error("origin.path", f"{path} does not exist")
         if kind == "npy" and not path.is_dir():
