@@ -94,6 +94,9 @@ from tiercache.sources import (
 )
 
 PROMPT = "The capital of France is"
+#: --ssd names -> tier backend (zc and pk serve zero-copy views)
+SSD_BACKENDS = {"lmdb": "lmdb", "zc": "diskcache", "pk": "packed", "diskcache": "diskcache",
+                "packed": "packed"}
 ALIGN = 64
 PAGE = 4096
 MIB = 1 << 20
@@ -361,17 +364,17 @@ class Prepared:
         return self.root / "npy"
 
     def ssd_path(self, ssd: str) -> Path:
-        return self.root / ("lmdb" if ssd == "lmdb" else "diskcache")
+        return self.root / SSD_BACKENDS[ssd]
 
     def manifest(self) -> ModelManifest:
         return load_manifest(self.manifest_path)
 
 
 def ssd_tier(prep: Prepared, ssd: str, promote: int | str = 1) -> dict[str, Any]:
-    tier: dict[str, Any] = {"name": "ssd", "backend": "lmdb" if ssd == "lmdb" else "diskcache",
+    tier: dict[str, Any] = {"name": "ssd", "backend": SSD_BACKENDS[ssd],
                             "path": str(prep.ssd_path(ssd)), "capacity": prep.ssd_capacity,
                             "policy": "lru", "promote_after": promote}
-    if ssd == "zc":
+    if ssd in ("zc", "pk"):
         tier["zero_copy"] = True
     return tier
 
@@ -404,11 +407,13 @@ def prepare(name: str, root: Path, args: argparse.Namespace, redis_client: Any,
     if "npy" in want:
         prep.npy_dir.mkdir()
     dc_config = {"tiers": [ssd_tier(prep, "diskcache")]}
+    pk_config = {"tiers": [ssd_tier(prep, "packed")]}
     offset = 0
     arena = Arena(manifest.total_bytes + ALIGN * len(manifest.tensors)) if "dict" in want \
         else None
     with tiercache.open({"tiers": [ssd_tier(prep, "lmdb")]}) as src, \
-            tiercache.open(dc_config) as dc, prep.memmap_path.open("wb") as weights:
+            tiercache.open(dc_config) as dc, tiercache.open(pk_config) as pk, \
+            prep.memmap_path.open("wb") as weights:
         # the weights file in schedule order (as a GGUF file is laid out), 64-byte aligned
         hp = manifest.llama_hparams()
         from tiercache.sources import llama_schedule
@@ -418,6 +423,7 @@ def prepare(name: str, root: Path, args: argparse.Namespace, redis_client: Any,
         for key in order:
             array = src.get(key)
             dc.put(key, array)
+            pk.put(key, array)  # appended in schedule order: the packed file is in reading order
             if arena is not None:
                 arrays[key] = arena.copy(array)
             if "npy" in want:
@@ -454,7 +460,8 @@ class Spec:
         if self.kind != "tiered":
             return {"dict": "all-in-RAM (dict of arrays)", "npy": "npy reload (np.load per use)",
                     "memmap": "memmap of one weights file", "redis": "redis GET per use"}[self.kind]
-        ssd = "lmdb (copy)" if self.ssd == "lmdb" else "diskcache zero-copy"
+        ssd = {"lmdb": "lmdb (copy)", "zc": "diskcache zero-copy",
+               "pk": "packed zero-copy"}[self.ssd]
         promote = "" if self.promote == "1" else f", promote {self.promote}"
         prefetch = f", prefetch {self.prefetch}" if self.prefetch else ""
         return f"RAM {self.fraction:.0%} {self.policy} + {ssd}{promote}{prefetch}"
@@ -767,11 +774,12 @@ def cold_specs(args: argparse.Namespace) -> list[Spec]:
     depth = max(int(p) for p in args.prefetch.split(","))
     fraction = args.cold_budget or 0.25
     specs = [Spec("memmap", key=True)]
-    if "zc" in args.ssd:
-        specs += [Spec("tiered", fraction, "opt", "zc", "1", depth, key=True),
-                  Spec("tiered", fraction, "opt", "zc", "1", 0, key=True),
-                  Spec("tiered", fraction, "lru", "zc", "never", depth, key=True),
-                  Spec("tiered", fraction, "lru", "zc", "never", 0)]
+    for ssd in ("pk", "zc"):
+        if ssd in args.ssd:
+            specs += [Spec("tiered", fraction, "opt", ssd, "1", depth, key=True),
+                      Spec("tiered", fraction, "opt", ssd, "1", 0, key=True),
+                      Spec("tiered", fraction, "lru", ssd, "never", depth, key=True),
+                      Spec("tiered", fraction, "lru", ssd, "never", 0)]
     if "lmdb" in args.ssd:
         specs += [Spec("tiered", fraction, "opt", "lmdb", "1", depth),
                   Spec("tiered", fraction, "opt", "lmdb", "1", 0)]
@@ -793,7 +801,7 @@ def main() -> None:
     parser.add_argument("--policies", default="lru,arc,opt")
     parser.add_argument("--prefetch", default="0,9", help="prefetch depths (0: off)")
     parser.add_argument("--ssd", default="lmdb,zc", help="SSD tiers: lmdb (copy), zc (diskcache "
-                        "zero-copy)")
+                        "zero-copy), pk (packed zero-copy)")
     parser.add_argument("--baselines", default="dict,npy,memmap,redis")
     parser.add_argument("--config-seconds", type=float, default=8.0,
                         help="slow configurations decode fewer tokens to stay under this")

@@ -14,7 +14,13 @@ DLPack -- holds a reference too).
 Buffers below :data:`MIN_POOLED_BYTES` are not pooled (allocation is cheap).
 The pool tracks at most ``max_bytes`` of raw memory (in use or free); free
 buffers beyond that are released on the next acquire, and when the budget
-is full of buffers still in use, new buffers are simply not tracked.
+is full of buffers still in use, new buffers are simply not tracked. Free
+buffers are memory nobody uses, so the pool also keeps at most
+``max_free_bytes`` of them: whenever it has to allocate, it first releases
+free buffers beyond that bound (largest first). Without that bound a burst
+of one size class (a 100 MiB shard read once) would stay allocated for good,
+which under a memory limit that counts the page cache (a cgroup) squeezes
+the page cache.
 
 Complexity: ``acquire`` is O(buffers of the same size class) (a refcount check
 each). Thread-safety: safe from any thread (one lock).
@@ -34,6 +40,8 @@ MIN_POOLED_BYTES = 256 * 1024
 #: Size classes are multiples of this.
 CLASS_GRANULE_BYTES = 64 * 1024
 DEFAULT_MAX_BYTES = 1 << 30
+#: Free (recyclable) buffers the pool keeps at most.
+DEFAULT_MAX_FREE_BYTES = 64 << 20
 
 
 def _allocate(nbytes: int) -> tuple[npt.NDArray[np.uint8], int]:
@@ -56,8 +64,10 @@ class _Slot:
 class BufferPool:
     """Recycles page-aligned uint8 buffers by size class. See the module docstring."""
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_free_bytes: int = DEFAULT_MAX_FREE_BYTES) -> None:
         self.max_bytes = max_bytes
+        self.max_free_bytes = max_free_bytes
         self._classes: dict[int, list[_Slot]] = {}
         self._tracked_bytes = 0
         self._lock = threading.Lock()
@@ -84,13 +94,20 @@ class BufferPool:
                     self.reused += 1
                     return slot.raw[slot.offset:slot.offset + nbytes]
             self.allocated += 1
+            free = self._free_bytes()
+            if free > self.max_free_bytes:
+                self._release_free(free - self.max_free_bytes)
             raw, offset = _allocate(cls)
             if self._tracked_bytes + cls > self.max_bytes:
                 self._release_free(self._tracked_bytes + cls - self.max_bytes)
-            if self._tracked_bytes + cls <= self.max_bytes:
+            if self._tracked_bytes + cls <= self.max_bytes and cls <= self.max_free_bytes:
                 slots.append(_Slot(raw, offset))
                 self._tracked_bytes += cls
             return raw[offset:offset + nbytes]
+
+    def _free_bytes(self) -> int:
+        """Bytes of tracked buffers nobody references. O(tracked buffers). Lock held."""
+        return sum(cls for cls, slots in self._classes.items() for s in slots if s.is_free())
 
     def _release_free(self, want_bytes: int) -> None:
         """Stop tracking free buffers (largest classes first) until ``want_bytes`` are freed."""
@@ -115,7 +132,7 @@ class BufferPool:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            free = sum(cls for cls, slots in self._classes.items() for s in slots if s.is_free())
+            free = self._free_bytes()
             return {"tracked_bytes": self._tracked_bytes, "free_bytes": free,
                     "reused": self.reused, "allocated": self.allocated}
 

@@ -30,7 +30,7 @@ from .units import parse_percent, parse_size
 Mode = Literal["exclusive", "inclusive"]
 
 MEMORY_BACKENDS = frozenset({"memory"})
-DISK_BACKENDS = frozenset({"lmdb", "diskcache"})
+DISK_BACKENDS = frozenset({"lmdb", "diskcache", "packed"})
 #: Backends on a server shared by many processes: no path, located by url / cluster_nodes.
 REMOTE_BACKENDS = frozenset({"redis"})
 KNOWN_BACKENDS = MEMORY_BACKENDS | DISK_BACKENDS | REMOTE_BACKENDS
@@ -43,7 +43,7 @@ _REDIS_KEYS = {"url", "cluster_nodes", "namespace", "timeout", "chunk_size"}
 _TIER_KEYS = {"name", "backend", "capacity", "policy", "policy_options", "path",
               "promote_after", "verify", "zero_copy"} | _REDIS_KEYS
 #: Backends whose store serves zero-copy views (``zero_copy = true``).
-VIEW_BACKENDS = frozenset({"diskcache"})
+VIEW_BACKENDS = frozenset({"diskcache", "packed"})
 _REDIS_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
 _REDIS_CHUNK_RANGE = (1 << 10, 256 << 20)
 _REDIS_DEFAULT_CHUNK = 8 << 20
@@ -234,8 +234,9 @@ class _Validator:
         if not isinstance(zero_copy, bool):
             raise self.error(f"{where}.zero_copy", f"must be true or false, got {zero_copy!r}")
         if zero_copy and backend not in VIEW_BACKENDS:
+            can = ", ".join(sorted(VIEW_BACKENDS))
             raise self.error(f"{where}.zero_copy", f"the {backend} backend cannot serve "
-                             f"zero-copy views (backends that can: {', '.join(VIEW_BACKENDS)})")
+                             f"zero-copy views (backends that can: {can})")
         return TierConfig(name=name, backend=backend, capacity_bytes=capacity, policy=policy,
                           path=path, promote_after=promote_after, verify=verify,
                           zero_copy=zero_copy,

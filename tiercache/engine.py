@@ -21,7 +21,6 @@ a stale value is never promoted or returned after the write completed.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import threading
 import time
@@ -98,6 +97,11 @@ class TieredCache:
         self._cursor = -1
         self._inflight: dict[str, threading.Event] = {}
         self._prefetcher: Prefetcher | None = None
+        # shards the prefetcher read that the top tier did not admit (OPT bypasses a
+        # shard whose next use after this one is far): held until the loop reads them
+        self._staged: dict[str, tuple[int, int, np.ndarray]] = {}  # key -> index, version, array
+        self._staged_bytes = 0
+        self._staging_max_bytes = 0
         self.loop_stats = LoopStats()
         #: Writes ``key,size`` for every get that returns a shard (``record_trace``).
         self._recorder = TraceRecorder(record_trace) if record_trace is not None else None
@@ -208,7 +212,7 @@ class TieredCache:
             prefetcher.notify(position)
         stats = self.loop_stats
         stats.gets += 1
-        if key in self._tiers[0]:
+        if key in self._tiers[0] or key in self._staged:
             return self._get(key, default, out)
         started = time.perf_counter()
         try:
@@ -232,6 +236,7 @@ class TieredCache:
                     for above in self._tiers[:index]:
                         above.stats.misses += 1
                     version = self._versions.get(key, 0)
+                    staged = self._take_staged(key, index, version) if self._staged else None
                     if tier.is_memory:
                         array = tier.store.get(key)
                         if array is None:  # index and store disagree: repair and retry
@@ -247,9 +252,12 @@ class TieredCache:
                 pending.wait(PREFETCH_WAIT_TIMEOUT_S)
                 self.loop_stats.prefetch_wait_s += time.perf_counter() - waited
                 continue
-            # disk tier: read outside the lock
+            # disk tier: read outside the lock (unless the prefetcher staged a copy)
             try:
-                array = tier.read(key, out)
+                if staged is not None:
+                    array = staged if out is None else self._copy_out(key, staged, out)
+                else:
+                    array = tier.read(key, out)
             except CorruptShardError as exc:
                 self._drop_corrupt(tier, key, exc, version)
                 continue
@@ -271,7 +279,8 @@ class TieredCache:
                     continue
                 due = tier.record_hit(key, array.nbytes, time.perf_counter() - started)
                 if due and index > 0:
-                    self._promote(index, key, array, private=out is None and not tier.zero_copy)
+                    private = out is None and (staged is not None or not tier.zero_copy)
+                    self._promote(index, key, array, private=private)
             return array
         shared = self._get_shared(key, out, started)
         if shared is not None:
@@ -384,17 +393,57 @@ class TieredCache:
                 if setter is not None:
                     setter(list(keys))
 
-    def start_prefetcher(self, *, depth: int = 8, max_bytes: int | None = None) -> Prefetcher:
-        """Start (or restart) the background prefetcher along the declared schedule."""
+    def start_prefetcher(self, *, depth: int = 8, max_bytes: int | None = None,
+                         workers: int = 2) -> Prefetcher:
+        """Start (or restart) the background prefetcher along the declared schedule
+        (see :class:`~tiercache.prefetch.Prefetcher` for the parameters)."""
         self.stop_prefetcher()
-        self._prefetcher = Prefetcher(self, depth=depth, max_bytes=max_bytes).start()
-        return self._prefetcher
+        prefetcher = Prefetcher(self, depth=depth, max_bytes=max_bytes, workers=workers)
+        with self._lock:
+            self._staging_max_bytes = prefetcher.max_bytes
+        self._prefetcher = prefetcher.start()
+        return prefetcher
 
     def stop_prefetcher(self) -> None:
         """Stop the background prefetcher, if any. Idempotent."""
         prefetcher, self._prefetcher = self._prefetcher, None
         if prefetcher is not None:
             prefetcher.stop()
+        with self._lock:
+            self._staged.clear()
+            self._staged_bytes = 0
+            self._staging_max_bytes = 0
+
+    def advise(self, key: str) -> int | None:
+        """Start reading ``key`` ahead of use if that needs no copy: when its fastest
+        copy is on a ``zero_copy`` tier, ask that store to read it into the page cache
+        asynchronously (:meth:`Store.willneed`) and return the bytes advised. Returns 0
+        when there is nothing to do (already in a memory top tier, or nowhere), and
+        ``None`` when bringing it up means a copy (:meth:`prefetch`'s job). Cheap
+        enough for the loop's thread: one lock, one index lookup, a system call or two
+        (the first advice of a shard not yet verified in this process also checks
+        its checksum)."""
+        with self._lock:
+            if self._closed:
+                return 0
+            found = self._locate(key)
+            if found is None:
+                return None if self.origin is not None else 0
+            index, tier = found
+            if not tier.zero_copy:
+                return None if index > 0 else 0
+        try:
+            advised = tier.willneed(key)
+        except StoreError as exc:
+            log.debug("read-ahead of %r on tier %s failed: %s", key, tier.name, exc)
+            return 0
+        if not advised and index > 0:
+            return None  # the store would rather have it copied up (memory is short)
+        if advised:
+            with self._lock:
+                self.loop_stats.prefetched += 1
+                self.loop_stats.prefetched_bytes += advised
+        return advised
 
     def prefetch(self, key: str) -> int:
         """Bring ``key`` into the top tier ahead of use, from a lower tier or the origin.
@@ -406,7 +455,7 @@ class TieredCache:
         """
         top = self._tiers[0]
         with self._lock:
-            if self._closed or key in top or key in self._inflight:
+            if self._closed or key in top or key in self._inflight or key in self._staged:
                 return 0
             found = self._locate(key)
             if found is None and self.origin is None:
@@ -417,21 +466,20 @@ class TieredCache:
             if found is None:
                 array = self.origin.get(key) if self.origin is not None else None
                 private = self.origin is not None and self.origin.fresh_arrays
-            elif found[1].zero_copy:
-                # a view-serving tier: warm the page cache (the first view of a file
-                # also verifies it) instead of copying the shard into RAM
-                view = found[1].read(key)
-                if view is None:
-                    return 0
-                base = view.base
-                if isinstance(base, mmap.mmap):
-                    base.madvise(mmap.MADV_WILLNEED)
-                with self._lock:
-                    self.loop_stats.prefetched += 1
-                    self.loop_stats.prefetched_bytes += view.nbytes
-                return int(view.nbytes)
             else:
-                array = found[1].read(key)
+                if found[1].zero_copy:
+                    # a view-serving tier: start the page cache filling (and verify a
+                    # shard not yet verified) instead of copying the shard into RAM --
+                    # unless the store says a view would be slow (memory is short)
+                    advised = found[1].willneed(key)
+                    if advised:
+                        with self._lock:
+                            self.loop_stats.prefetched += 1
+                            self.loop_stats.prefetched_bytes += advised
+                        return advised
+                    array = found[1].read(key, copy=True)
+                else:
+                    array = found[1].read(key)
                 private = not found[1].is_memory
             if array is None:
                 return 0
@@ -449,7 +497,14 @@ class TieredCache:
                     if key not in tier:
                         return 0
                     tier.stats.bytes_read += array.nbytes
-                    self._promote(index, key, array, private=private, to_top=True)
+                    if private and self._staging_max_bytes:
+                        # the prefetcher's copy waits for the loop's get, which then
+                        # applies the top tier's promotion rule and policy (OPT keeps
+                        # what is worth keeping; a streamed shard just passes through)
+                        if not self._stage(index, key, version, array):
+                            return 0
+                    elif not self._promote(index, key, array, private=private, to_top=True):
+                        return 0
                 self.loop_stats.prefetched += 1
                 self.loop_stats.prefetched_bytes += array.nbytes
                 return int(array.nbytes)
@@ -543,6 +598,8 @@ class TieredCache:
 
     def _bump(self, key: str) -> None:
         self._versions[key] = self._versions.get(key, 0) + 1
+        if key in self._staged:
+            self._staged_bytes -= self._staged.pop(key)[2].nbytes
         if self._reported_corrupt:  # a new value: a new corrupt copy deserves a new log line
             for tier in self._tiers:
                 self._reported_corrupt.discard((tier.name, key))
@@ -629,9 +686,9 @@ class TieredCache:
         return array
 
     def _promote(self, index: int, key: str, array: np.ndarray, *, private: bool,
-                 to_top: bool = False) -> None:
+                 to_top: bool = False) -> bool:
         """Move ``key`` from tier ``index`` up to the nearest tier above that can hold it
-        (with ``to_top``, the highest one that can). Lock held."""
+        (with ``to_top``, the highest one that can); return whether it moved. Lock held."""
         source = self._tiers[index]
         targets = range(0, index) if to_top else range(index - 1, -1, -1)
         for target_index in targets:
@@ -653,7 +710,34 @@ class TieredCache:
             elif not self.inclusive and not self._admit_from(index, key, array, adopt=False):
                 log.warning("shard %r could not be kept after a failed promotion", key)
                 source.stats.dropped += 1
-            return
+            return moved
+        return False
+
+    def _stage(self, index: int, key: str, version: int, array: np.ndarray) -> bool:
+        """Hold a prefetched copy the top tier refused until the loop reads it, within
+        the prefetcher's byte budget (oldest dropped first). Lock held. O(1) amortised."""
+        if array.nbytes > self._staging_max_bytes:
+            return False
+        old = self._staged.pop(key, None)
+        if old is not None:
+            self._staged_bytes -= old[2].nbytes
+        while self._staged and self._staged_bytes + array.nbytes > self._staging_max_bytes:
+            self._staged_bytes -= self._staged.pop(next(iter(self._staged)))[2].nbytes
+        self._staged[key] = (index, version, array)
+        self._staged_bytes += array.nbytes
+        return True
+
+    def _take_staged(self, key: str, index: int, version: int) -> np.ndarray | None:
+        """The staged copy of ``key`` if it is still current (read from tier ``index`` at
+        ``version``), removing it from staging. Lock held. O(1)."""
+        staged = self._staged.pop(key, None)
+        if staged is None:
+            return None
+        self._staged_bytes -= staged[2].nbytes
+        if staged[0] != index or staged[1] != version:
+            return None
+        self.loop_stats.staged_hits += 1
+        return staged[2]
 
     def _drop_corrupt(self, tier: Tier, key: str, exc: Exception, version: int) -> None:
         with self._lock:

@@ -11,15 +11,23 @@ still reading waits for that read instead of issuing its own; that wait, and
 any read the loop has to do itself, is *stall time*, reported in
 ``cache.stats()["loop"]``.
 
+Shards on a ``zero_copy`` tier are not copied up: the prefetcher asks their
+store to start reading them into the page cache (:meth:`TieredCache.advise`),
+and does so on the loop's own thread, since that is an asynchronous system
+call; the background thread wakes only for shards that must be copied.
+
 Thread-safety: one background thread per prefetcher; :meth:`notify` is called
 from the loop's thread (through the cache). The cache's own lock protects its
-state; the prefetcher only calls :meth:`TieredCache.prefetch`.
+state; the prefetcher only calls :meth:`TieredCache.advise` and
+:meth:`TieredCache.prefetch`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,20 +49,30 @@ class Prefetcher:
         Upper bound on the bytes of shards fetched ahead of the cursor; default
         half the top tier's capacity (so prefetching never evicts the shards the
         loop is using right now).
+    workers:
+        Reads in flight at once (threads that copy shards up). One read at a
+        time leaves a fast disk idle between shards; two keep it busy.
     """
 
     def __init__(self, cache: TieredCache, *, depth: int = 8,
-                 max_bytes: int | None = None) -> None:
+                 max_bytes: int | None = None, workers: int = 2) -> None:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.cache = cache
         self.depth = depth
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(max_workers=workers,
+                                        thread_name_prefix="tiercache-prefetch-read")
         self.max_bytes = (max_bytes if max_bytes is not None
                           else cache.tiers[0].capacity_bytes // 2)
         self._cond = threading.Condition()
         self._cursor = -1
         self._seen = -1
         self._fetched: set[int] = set()  # schedule positions of the window already fetched
+        self._inline: set[int] = set()  # positions advised on the loop's thread (zero-copy)
+        self._deferred: set[int] = set()  # positions left to the thread (copied up)
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="tiercache-prefetch",
                                         daemon=True)
@@ -64,10 +82,37 @@ class Prefetcher:
         return self
 
     def notify(self, cursor: int) -> None:
-        """The loop reached schedule position ``cursor``. O(1)."""
-        with self._cond:
-            self._cursor = cursor
-            self._cond.notify()
+        """The loop reached schedule position ``cursor``.
+
+        Shards of the window that live on a zero-copy tier are advised right here,
+        on the loop's thread (:meth:`TieredCache.advise`: an asynchronous read-ahead
+        request, a system call or two); the thread is woken only for shards that
+        must be copied up. Waking a Python thread for every ``get`` would make the
+        two threads trade the GIL hundreds of times per forward pass. O(depth).
+        """
+        schedule = self.cache.schedule
+        wake = True
+        if schedule:
+            period = len(schedule)
+            window = [(cursor + step) % period
+                      for step in range(1, min(self.depth, period) + 1)]
+            keep = set(window)
+            self._inline &= keep
+            self._deferred &= keep
+            wake = False
+            for position in window:
+                if position in self._inline or position in self._deferred:
+                    continue
+                if self.cache.advise(schedule[position]) is None:
+                    self._deferred.add(position)  # needs a copy: the thread's job
+                else:
+                    self._inline.add(position)
+            wake = any(p not in self._inline for p in window)
+
+        if wake:
+            with self._cond:
+                self._cursor = cursor
+                self._cond.notify()
 
     def stop(self) -> None:
         """Stop the thread and wait for its current read to finish. Idempotent."""
@@ -76,6 +121,7 @@ class Prefetcher:
             self._cond.notify()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
+        self._pool.shutdown(wait=True)
 
     def _run(self) -> None:
         while True:
@@ -100,13 +146,18 @@ class Prefetcher:
         # cursor position are still on their way up (or already there)
         self._fetched &= set(window)
         budget = self.max_bytes
+        running: deque[Future[int]] = deque()  # reads in flight, oldest first
         for position in window:
-            if position in self._fetched:
+            if position in self._fetched or position in self._inline:
                 continue
             with self._cond:
                 if self._stopped or self._cursor != cursor:
                     return  # the loop moved on: start again from its new position
-            budget -= self.cache.prefetch(schedule[position])
+            running.append(self._pool.submit(self.cache.prefetch, schedule[position]))
             self._fetched.add(position)
+            while len(running) >= self.workers:
+                budget -= running.popleft().result()
             if budget <= 0:
                 return
+        for future in running:
+            future.result()

@@ -86,6 +86,8 @@ class LoopStats:
     ``stalls`` counts scheduled gets whose shard was not in the top tier when
     asked for, and ``stall_s`` the time the loop spent on them (its own reads and
     waits for in-flight prefetches, the latter also in ``prefetch_wait_s``).
+    ``staged_hits`` counts gets served by a copy the prefetcher read but the top
+    tier did not admit (held until that get, within the prefetcher's byte budget).
     """
 
     gets: int = 0
@@ -94,8 +96,9 @@ class LoopStats:
     prefetch_wait_s: float = 0.0
     prefetched: int = 0
     prefetched_bytes: int = 0
+    staged_hits: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"gets": self.gets, "stalls": self.stalls, "stall_s": self.stall_s,
                 "prefetch_wait_s": self.prefetch_wait_s, "prefetched": self.prefetched,
-                "prefetched_bytes": self.prefetched_bytes}
+                "prefetched_bytes": self.prefetched_bytes, "staged_hits": self.staged_hits}

@@ -197,16 +197,26 @@ class Tier:
         return True
 
     # --- reads ------------------------------------------------------------------------
-    def read(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
+    def read(self, key: str, out: np.ndarray | None = None, *,
+             copy: bool = False) -> np.ndarray | None:
         """Read ``key``'s bytes from the store (no bookkeeping). May raise StoreError
         (an :class:`OSError` from the store is converted to one). On a ``zero_copy``
-        tier a read without ``out`` returns a read-only view of the medium."""
+        tier a read without ``out`` returns a read-only view of the medium, unless
+        ``copy``."""
         try:
-            if self.zero_copy and out is None:
+            if self.zero_copy and out is None and not copy:
                 return self.store.get_view(key)
             return self.store.get(key, out)
         except OSError as exc:
             raise StoreError(f"tier {self.name}: reading {key!r} failed ({exc})") from exc
+
+    def willneed(self, key: str) -> int:
+        """Ask the store to start reading ``key`` ahead of use (see
+        :meth:`Store.willneed`); the bytes advised. May raise StoreError."""
+        try:
+            return self.store.willneed(key)
+        except OSError as exc:
+            raise StoreError(f"tier {self.name}: read-ahead of {key!r} failed ({exc})") from exc
 
     def record_hit(self, key: str, nbytes: int, latency_s: float) -> bool:
         """Account a hit on ``key``; return whether it is now due for promotion."""

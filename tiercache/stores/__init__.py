@@ -28,6 +28,7 @@ _LOCATIONS: dict[str, str] = {
     "memory": ".memory:MemoryStore",
     "lmdb": ".lmdb_store:LmdbStore",
     "diskcache": ".diskcache_store:DiskcacheStore",
+    "packed": ".packed_store:PackedStore",
     "redis": ".redis_store:RedisStore",
 }
 _loaded: dict[str, type[Store]] = {"memory": MemoryStore}

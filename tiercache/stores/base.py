@@ -74,6 +74,13 @@ class Store(ABC):
         overwritten or evicted meanwhile. Only stores with :attr:`supports_views`."""
         raise NotImplementedError(f"the {self.backend} store does not serve zero-copy views")
 
+    def willneed(self, key: str) -> int:
+        """Start bringing ``key``'s bytes closer (e.g. into the page cache) without
+        waiting for them, ahead of a :meth:`get_view`; return the bytes advised (0 if
+        absent or if the store has nothing to do). Called by the prefetcher on
+        zero-copy tiers. Default: nothing, 0."""
+        return 0
+
     def adopt(self, key: str, array: np.ndarray) -> int:
         """Like :meth:`put`, but a store that keeps arrays in memory may keep ``array``
         itself instead of a copy. The caller hands the array over and must not
