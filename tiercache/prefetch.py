@@ -109,6 +109,7 @@ class Prefetcher:
                     self._inline.add(position)
             wake = any(p not in self._inline for p in window)
 
+
         if wake:
             with self._cond:
                 self._cursor = cursor

@@ -155,6 +155,18 @@ class PlannedShard(NamedTuple):
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
+def in_reading_order(plan: Sequence[PlannedShard], schedule: Sequence[str]) -> list[PlannedShard]:
+    """``plan`` sorted by first position in ``schedule`` (a model's forward-pass order);
+    shards it does not list keep their order, after the others. Writing in this
+    order lays a model out in an append-only store (``packed``) the way a pass
+    reads it, so a cold pass reads the disk front to back. O(n log n)."""
+    first: dict[str, int] = {}
+    for position, key in enumerate(schedule):
+        first.setdefault(key, position)
+    unlisted = len(first)
+    return sorted(plan, key=lambda shard: first.get(shard.key, unlisted))
+
+
 def write_shards(sink: ShardSink, plan: Sequence[PlannedShard], *, progress: bool = True,
                  description: str = "importing", file: str | os.PathLike[str] | None = None,
                  ) -> dict[str, TensorInfo]:

