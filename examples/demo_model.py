@@ -34,10 +34,10 @@ policy = "opt"             # schedule-aware: evicts the shard the loop needs fur
 
 [[tiers]]
 name = "ssd"
-backend = "diskcache"
+backend = "packed"         # one file, shards in the order a forward pass reads them
 path = "ssd"
 capacity = "1GiB"
-zero_copy = true           # serve shards as memory maps of their files: no copy per use
+zero_copy = true           # serve shards as memory maps of that file: no copy per use
 promote_after = 1
 """
 

@@ -145,6 +145,17 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("capacity-pib", _tiers(capacity="2PiB"), "capacity", "unknown unit"),
     ("percent-on-diskcache", _tiers(backend="diskcache", capacity="10%"), "capacity",
      "only allowed for memory"),
+    ("percent-on-packed", _tiers(backend="packed", capacity="10%"), "capacity",
+     "only allowed for memory"),
+    ("packed-without-path", {"tiers": [{"name": "p", "backend": "packed", "capacity": "1MiB"}]},
+     "path", "required"),
+    ("packed-zero-copy-not-bool", _tiers(backend="packed", zero_copy=1), "zero_copy",
+     "true or false"),
+    ("packed-shares-a-path", {"tiers": [
+        {"name": "a", "backend": "packed", "path": "same", "capacity": "1MiB"},
+        {"name": "b", "backend": "diskcache", "path": "same", "capacity": "1MiB"}]},
+     "path", "overlaps"),
+    ("zero-copy-on-lmdb-names-packed", _tiers(zero_copy=True), "zero_copy", "diskcache, packed"),
     ("percent-negative", {"tiers": [{"name": "r", "backend": "memory", "capacity": "-5%"}]},
      "capacity", "not a size"),
     ("promote-float", _tiers(promote_after=1.5), "promote_after", ">= 1"),
@@ -263,3 +274,18 @@ def test_relative_paths_resolve_against_the_toml_folder(tmp_path: Path,
                  'capacity = "1MiB"\n')
     monkeypatch.chdir(tmp_path)
     assert load_config(f).tiers[0].path == sub / "data" / "ssd"
+
+
+def test_packed_is_a_disk_backend_that_serves_views(tmp_path: Path) -> None:
+    cfg = load_config({"tiers": [
+        {"name": "ram", "backend": "memory", "capacity": "1MiB"},
+        {"name": "ssd", "backend": "packed", "path": "ssd", "capacity": "8MiB",
+         "zero_copy": True, "verify": "never"}]}, base_dir=tmp_path)
+    ssd = cfg.tiers[1]
+    assert (ssd.backend, ssd.zero_copy, ssd.verify) == ("packed", True, "never")
+    assert ssd.path == tmp_path / "ssd" and ssd.capacity_bytes == 8 << 20
+    assert not ssd.path.exists()  # validation creates nothing
+    with tiercache.TieredCache.from_config(cfg) as cache:
+        assert cache.tier("ssd").store.backend == "packed"
+        assert cache.tier("ssd").zero_copy
+    assert (tmp_path / "ssd" / "index.sqlite").is_file()

@@ -25,8 +25,9 @@ from tiercache.stores.base import Store, VerifyMode
 from tiercache.stores.diskcache_store import DiskcacheStore
 from tiercache.stores.lmdb_store import LmdbStore
 from tiercache.stores.memory import MemoryStore
+from tiercache.stores.packed_store import PackedStore
 
-BACKENDS = ["memory", "lmdb", "diskcache"]
+BACKENDS = ["memory", "lmdb", "diskcache", "packed"]
 
 
 def _opener(backend: str, directory: Path, **options: object) -> Callable[..., Store]:
@@ -35,6 +36,8 @@ def _opener(backend: str, directory: Path, **options: object) -> Callable[..., S
             return MemoryStore()
         if backend == "lmdb":
             return LmdbStore(directory, verify=verify, **options)  # type: ignore[arg-type]
+        if backend == "packed":
+            return PackedStore(directory, verify=verify)
         return DiskcacheStore(directory, verify=verify)
     return make
 
@@ -276,6 +279,139 @@ class TestDiskcacheCorruption:
 
     def test_values_are_raw_never_pickled(self, path: Path) -> None:
         raw = DiskcacheRaw(path)
+        for key, array in (("k", PAYLOAD), ("small", SMALL)):
+            data = raw.read(key)
+            assert data.startswith(codec.MAGIC)
+            assert data.endswith(array.tobytes())
+
+
+
+class PackedRaw:
+    """Edit a packed store's index rows and data file bytes while the store is closed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _sql(self, statement: str, *args: object) -> list[tuple[object, ...]]:
+        with sqlite3.connect(self.path / "index.sqlite") as con:
+            return con.execute(statement, args).fetchall()
+
+    def row(self, key: str) -> tuple[int, int]:
+        ((offset, length),) = self._sql("SELECT offset, length FROM shards WHERE key = ?",
+                                        codec.key_bytes(key))
+        return int(str(offset)), int(str(length))
+
+    def set_row(self, key: str, offset: int, length: int) -> None:
+        self._sql("UPDATE shards SET offset = ?, length = ? WHERE key = ?", offset, length,
+                  codec.key_bytes(key))
+
+    def data_file(self) -> Path:
+        ((generation,),) = self._sql("SELECT value FROM meta WHERE name = 'generation'")
+        return self.path / f"data.{generation}.bin"
+
+    def read(self, key: str) -> bytes:
+        offset, length = self.row(key)
+        with open(self.data_file(), "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def write(self, key: str, data: bytes) -> None:
+        """Overwrite ``key``'s bytes in place (same offset)."""
+        offset, _length = self.row(key)
+        with open(self.data_file(), "r+b") as f:
+            f.seek(offset)
+            f.write(data)
+
+
+class TestPackedCorruption:
+    @pytest.fixture
+    def path(self, tmp_path: Path) -> Path:
+        path = tmp_path / "tier"
+        with PackedStore(path) as store:
+            store.put("k", PAYLOAD)
+            store.put("other", PAYLOAD * 2)
+            store.put("small", SMALL)
+            store.put("small2", SMALL * 2)
+        return path
+
+    def _assert_corrupt(self, path: Path, key: str) -> None:
+        array = SMALL if key.startswith("small") else PAYLOAD
+        with PackedStore(path) as store:
+            with pytest.raises(CorruptShardError):
+                store.get(key)
+            with pytest.raises(CorruptShardError):
+                store.get(key, out=np.empty_like(array))
+            with pytest.raises(CorruptShardError):
+                store.get_view(key)
+            assert key in store  # the store leaves the entry for the tier to delete
+            assert store.delete(key)
+            other = "other" if key == "k" else "small2" if key == "small" else "k"
+            assert store.get(other) is not None  # the neighbours are untouched
+
+    @pytest.mark.parametrize("key", ["k", "small"])
+    @pytest.mark.parametrize("where", ["first", "middle", "last"])
+    def test_payload_flip(self, path: Path, key: str, where: str) -> None:
+        raw = PackedRaw(path)
+        data = raw.read(key)
+        index = {"first": 128, "middle": len(data) // 2 + 64, "last": len(data) - 1}[where]
+        raw.write(key, _flip(data, index))
+        self._assert_corrupt(path, key)
+
+    @pytest.mark.parametrize("key", ["k", "small"])
+    @pytest.mark.parametrize("field", list(HEADER_OFFSETS))
+    def test_header_flip(self, path: Path, key: str, field: str) -> None:
+        raw = PackedRaw(path)
+        raw.write(key, _flip(raw.read(key), HEADER_OFFSETS[field]))
+        self._assert_corrupt(path, key)
+        with PackedStore(path) as store:
+            store.put(key, SMALL if key == "small" else PAYLOAD)
+        raw.write(key, _flip(raw.read(key), HEADER_OFFSETS[field]))
+        with PackedStore(path) as store, pytest.raises(CorruptShardError):
+            store.info(key)
+
+    def test_data_file_cut_short(self, path: Path) -> None:
+        raw = PackedRaw(path)
+        offset, length = raw.row("other")  # the last large shard; cut into it
+        assert offset > raw.row("k")[0]
+        with open(raw.data_file(), "r+b") as f:
+            f.truncate(offset + length - 1)
+        with PackedStore(path) as store:
+            assert_same(store.get("k"), PAYLOAD)
+        raw.set_row("small", offset, length)  # a row past the end
+        self._assert_corrupt(path, "other")
+
+    @pytest.mark.parametrize("delta", [-64, 64])
+    def test_row_length_disagrees_with_header(self, path: Path, delta: int) -> None:
+        raw = PackedRaw(path)
+        offset, length = raw.row("k")
+        raw.set_row("k", offset, length + delta)
+        self._assert_corrupt(path, "k")
+
+    @pytest.mark.parametrize("pair", [("k", "other"), ("small", "small2")])
+    def test_shard_under_wrong_key(self, path: Path, pair: tuple[str, str]) -> None:
+        raw = PackedRaw(path)
+        raw.set_row(pair[0], *raw.row(pair[1]))
+        self._assert_corrupt(path, pair[0])
+
+    def test_verify_never_returns_damaged_payload_but_checks_header(self, path: Path) -> None:
+        raw = PackedRaw(path)
+        data = raw.read("k")
+        raw.write("k", _flip(data, len(data) - 1))
+        with PackedStore(path, verify="never") as store:
+            damaged = store.get("k")
+            assert damaged is not None
+            diff = np.flatnonzero(damaged.view(np.uint8) != PAYLOAD.view(np.uint8))
+            assert diff.tolist() == [PAYLOAD.nbytes - 1]
+            view = store.get_view("k")
+            assert view is not None
+            assert np.flatnonzero(view.view(np.uint8) != PAYLOAD.view(np.uint8)).tolist() == \
+                [PAYLOAD.nbytes - 1]
+        raw.write("k", _flip(raw.read("k"), HEADER_OFFSETS["shape"]))
+        with PackedStore(path, verify="never") as store, pytest.raises(CorruptShardError):
+            store.get("k")
+
+    def test_values_are_raw_never_pickled(self, path: Path) -> None:
+        raw = PackedRaw(path)
         for key, array in (("k", PAYLOAD), ("small", SMALL)):
             data = raw.read(key)
             assert data.startswith(codec.MAGIC)
@@ -535,12 +671,18 @@ class DiskcacheModel(StoreModel):
     backend = "diskcache"
 
 
+class PackedModel(StoreModel):
+    backend = "packed"
+
+
 _model_settings = settings(max_examples=25, stateful_step_count=30, deadline=None,
                            suppress_health_check=[HealthCheck.too_slow])
 TestLmdbModel = StoreModel.TestCase
 TestLmdbModel.settings = _model_settings
 TestDiskcacheModel = DiskcacheModel.TestCase
 TestDiskcacheModel.settings = _model_settings
+TestPackedModel = PackedModel.TestCase
+TestPackedModel.settings = _model_settings
 
 
 # -- registry ---------------------------------------------------------------------------
@@ -549,23 +691,24 @@ TestDiskcacheModel.settings = _model_settings
 def test_registry(tmp_path: Path) -> None:
     from tiercache.stores.redis_store import RedisStore  # the redis extra is a test dependency
 
-    assert available_backends() == ["diskcache", "lmdb", "memory", "redis"]
+    assert available_backends() == ["diskcache", "lmdb", "memory", "packed", "redis"]
     backends = stores_pkg.STORE_BACKENDS
     assert backends == {"memory": MemoryStore, "lmdb": LmdbStore, "diskcache": DiskcacheStore,
-                        "redis": RedisStore}
+                        "packed": PackedStore, "redis": RedisStore}
     assert isinstance(open_store("memory", None), MemoryStore)
-    for backend, cls in (("lmdb", LmdbStore), ("diskcache", DiskcacheStore)):
+    for backend, cls in (("lmdb", LmdbStore), ("diskcache", DiskcacheStore),
+                         ("packed", PackedStore)):
         with open_store(backend, tmp_path / backend, verify="never",
                         capacity_bytes=1 << 20) as store:
             assert isinstance(store, cls)
             assert store.verify == "never"  # type: ignore[attr-defined]
         with pytest.raises(ValueError, match="path"):
             open_store(backend, None)
-    with pytest.raises(LookupError, match="diskcache, lmdb, memory, redis"):
+    with pytest.raises(LookupError, match="diskcache, lmdb, memory, packed, redis"):
         open_store("memcached", tmp_path)
 
 
-@pytest.mark.parametrize("cls", [LmdbStore, DiskcacheStore])
+@pytest.mark.parametrize("cls", [LmdbStore, DiskcacheStore, PackedStore])
 def test_unknown_verify_mode_is_refused(cls: type[Store], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="verify"):
         cls(tmp_path / "tier", verify="sometimes")  # type: ignore[call-arg]
@@ -575,7 +718,8 @@ def test_unknown_verify_mode_is_refused(cls: type[Store], tmp_path: Path) -> Non
 def test_closed_store_raises(tmp_path: Path) -> None:
     from tiercache.errors import StoreError
 
-    for store in (LmdbStore(tmp_path / "l"), DiskcacheStore(tmp_path / "d")):
+    for store in (LmdbStore(tmp_path / "l"), DiskcacheStore(tmp_path / "d"),
+                  PackedStore(tmp_path / "p")):
         store.close()
         with pytest.raises(StoreError, match="closed"):
             store.get("k")

@@ -1,4 +1,5 @@
-"""Zero-copy serving: diskcache value files memory-mapped into read-only arrays."""
+"""Zero-copy serving: diskcache value files and the packed store's data file memory-mapped
+into read-only arrays."""
 
 from __future__ import annotations
 
@@ -13,13 +14,27 @@ from helpers import shard
 import tiercache
 from tiercache import codec
 from tiercache.errors import ConfigError, CorruptShardError
+from tiercache.stores.base import Store
 from tiercache.stores.diskcache_store import DiskcacheStore
+from tiercache.stores.packed_store import PackedStore
 
 KiB = 1024
+#: The backends whose stores serve views (``zero_copy = true``).
+VIEW_STORES: dict[str, type[Store]] = {"diskcache": DiskcacheStore, "packed": PackedStore}
 
 
-def test_view_is_zero_copy_read_only_and_aligned(tmp_path: Path) -> None:
-    store = DiskcacheStore(tmp_path / "hdd")
+@pytest.fixture(params=sorted(VIEW_STORES))
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store_cls(backend: str) -> type[Store]:
+    return VIEW_STORES[backend]
+
+
+def test_view_is_zero_copy_read_only_and_aligned(tmp_path: Path, store_cls: type[Store]) -> None:
+    store = store_cls(tmp_path / "hdd")  # type: ignore[call-arg]
     a = shard(1, nbytes=256 * KiB)
     store.put("w", a)
     view = store.get_view("w")
@@ -33,19 +48,21 @@ def test_view_is_zero_copy_read_only_and_aligned(tmp_path: Path) -> None:
     store.close()
 
 
-def test_view_survives_overwrite_and_delete(tmp_path: Path) -> None:
-    store = DiskcacheStore(tmp_path / "hdd")
+def test_view_survives_overwrite_and_delete(tmp_path: Path, store_cls: type[Store]) -> None:
+    store = store_cls(tmp_path / "hdd")  # type: ignore[call-arg]
     old, new = shard(2, nbytes=128 * KiB), shard(3, nbytes=128 * KiB)
     store.put("w", old)
     view = store.get_view("w")
     store.put("w", new)
     store.delete("w")
     np.testing.assert_array_equal(view, old)  # an immutable snapshot of the old file
+    assert store.get_view("w") is None
     store.close()
+    np.testing.assert_array_equal(view, old)  # and it outlives the store
 
 
-def test_small_inline_values_are_decoded(tmp_path: Path) -> None:
-    store = DiskcacheStore(tmp_path / "hdd")
+def test_small_inline_values_are_decoded(tmp_path: Path, store_cls: type[Store]) -> None:
+    store = store_cls(tmp_path / "hdd")  # type: ignore[call-arg]
     store.put("s", np.arange(5, dtype=np.int16))
     view = store.get_view("s")
     assert view is not None and not view.flags.writeable
@@ -53,9 +70,9 @@ def test_small_inline_values_are_decoded(tmp_path: Path) -> None:
     store.close()
 
 
-def test_first_view_verifies_later_views_do_not_rehash(tmp_path: Path,
+def test_first_view_verifies_later_views_do_not_rehash(tmp_path: Path, store_cls: type[Store],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    store = DiskcacheStore(tmp_path / "hdd")
+    store = store_cls(tmp_path / "hdd")  # type: ignore[call-arg]
     store.put("w", shard(4, nbytes=256 * KiB))
     calls: list[int] = []
     real = codec.payload_checksum
@@ -71,27 +88,35 @@ def test_first_view_verifies_later_views_do_not_rehash(tmp_path: Path,
     store.close()
 
 
-def test_corrupt_file_is_detected_on_first_view(tmp_path: Path) -> None:
-    store = DiskcacheStore(tmp_path / "hdd")
+def test_corrupt_file_is_detected_on_first_view(tmp_path: Path, backend: str,
+                                                store_cls: type[Store]) -> None:
+    store = store_cls(tmp_path / "hdd")  # type: ignore[call-arg]
     store.put("w", shard(5, nbytes=256 * KiB))
-    (value_file,) = [p for p in (tmp_path / "hdd").rglob("*.val")]
-    data = bytearray(value_file.read_bytes())
-    data[-100] ^= 0x01
-    value_file.write_bytes(bytes(data))
+    if backend == "diskcache":
+        (value_file,) = [p for p in (tmp_path / "hdd").rglob("*.val")]
+    else:
+        (value_file,) = [p for p in (tmp_path / "hdd").glob("data.*.bin")]
+    with open(value_file, "r+b") as f:  # one payload byte, in place
+        f.seek(-100, 2)
+        byte = f.read(1)
+        f.seek(-100, 2)
+        f.write(bytes([byte[0] ^ 0x01]))
     with pytest.raises(CorruptShardError):
         store.get_view("w")
+    with pytest.raises(CorruptShardError):
+        store.get_view("w")  # a failed check is not remembered as verified
     store.close()
 
 
-def _config(root: Path, zero_copy: bool = True) -> dict[str, Any]:
+def _config(root: Path, zero_copy: bool = True, backend: str = "diskcache") -> dict[str, Any]:
     return {"mode": "inclusive", "tiers": [
         {"name": "ram", "backend": "memory", "capacity": "256KiB", "policy": "lru"},
-        {"name": "ssd", "backend": "diskcache", "path": str(root / "ssd"), "capacity": "8MiB",
+        {"name": "ssd", "backend": backend, "path": str(root / "ssd"), "capacity": "8MiB",
          "zero_copy": zero_copy, "promote_after": "never"}]}
 
 
-def test_engine_serves_views_from_a_zero_copy_tier(tmp_path: Path) -> None:
-    with tiercache.open(_config(tmp_path)) as cache:
+def test_engine_serves_views_from_a_zero_copy_tier(tmp_path: Path, backend: str) -> None:
+    with tiercache.open(_config(tmp_path, backend=backend)) as cache:
         a = shard(6, nbytes=512 * KiB)
         cache.put("w", a, tier="ssd")
         got = cache.get("w")
@@ -101,12 +126,15 @@ def test_engine_serves_views_from_a_zero_copy_tier(tmp_path: Path) -> None:
         assert cache.get("w", out=out) is out  # an explicit buffer still gets a copy
         np.testing.assert_array_equal(out, a)
         cache.declare_schedule(["w"])
-        assert cache.prefetch("w") == a.nbytes  # warms the page cache, no copy into RAM
+        # warms the page cache, no copy into RAM (packed counts the bytes it advised: the
+        # stored shard, header included)
+        advised = cache.tier("ssd").store.stored_size(a) if backend == "packed" else a.nbytes
+        assert cache.prefetch("w") == advised
         assert cache.where("w") == ["ssd"]
 
 
-def test_promotion_from_a_view_copies_into_ram(tmp_path: Path) -> None:
-    cfg = _config(tmp_path)
+def test_promotion_from_a_view_copies_into_ram(tmp_path: Path, backend: str) -> None:
+    cfg = _config(tmp_path, backend=backend)
     cfg["tiers"][1]["promote_after"] = 1
     with tiercache.open(cfg) as cache:
         a = shard(7, nbytes=64 * KiB)
@@ -129,15 +157,16 @@ def test_zero_copy_needs_a_backend_that_can(tmp_path: Path) -> None:
         tiercache.load_config(cfg)
 
 
-def test_cached_views_notice_rewrites_and_deletes(tmp_path: Path) -> None:
-    store = DiskcacheStore(tmp_path / "hdd")
+def test_cached_views_notice_rewrites_and_deletes(tmp_path: Path,
+                                                  store_cls: type[Store]) -> None:
+    store = store_cls(tmp_path / "hdd")  # type: ignore[call-arg]
     a, b = shard(8, nbytes=128 * KiB), shard(9, nbytes=128 * KiB)
     store.put("w", a)
     first = store.get_view("w")
     assert store.get_view("w") is first  # cached: no new mapping
     store.put("w", b)
     np.testing.assert_array_equal(store.get_view("w"), b)
-    other = DiskcacheStore(tmp_path / "hdd")  # another writer (as another process would be)
+    other = store_cls(tmp_path / "hdd")  # type: ignore[call-arg]  # another writer (as another process would be)
     other.put("w", a)
     np.testing.assert_array_equal(store.get_view("w"), a)  # the old file is gone: re-read
     other.delete("w")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -73,6 +74,7 @@ class Prefetcher:
         self._fetched: set[int] = set()  # schedule positions of the window already fetched
         self._inline: set[int] = set()  # positions advised on the loop's thread (zero-copy)
         self._deferred: set[int] = set()  # positions left to the thread (copied up)
+        self._notified: tuple[int, int] | None = None  # (cursor, period) of the last notify
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="tiercache-prefetch",
                                         daemon=True)
@@ -88,28 +90,36 @@ class Prefetcher:
         on the loop's thread (:meth:`TieredCache.advise`: an asynchronous read-ahead
         request, a system call or two); the thread is woken only for shards that
         must be copied up. Waking a Python thread for every ``get`` would make the
-        two threads trade the GIL hundreds of times per forward pass. O(depth).
+        two threads trade the GIL hundreds of times per forward pass. O(1) for a
+        step forward, O(depth) after a jump.
         """
         schedule = self.cache.schedule
-        wake = True
         if schedule:
             period = len(schedule)
-            window = [(cursor + step) % period
-                      for step in range(1, min(self.depth, period) + 1)]
-            keep = set(window)
-            self._inline &= keep
-            self._deferred &= keep
-            wake = False
-            for position in window:
+            span = min(self.depth, period)
+            last = self._notified
+            if last is not None and last[1] == period and cursor == (last[0] + 1) % period:
+                # the common case, one step forward: one position leaves the window
+                # (the cursor's own) and one enters it -- O(1)
+                self._inline.discard(cursor)
+                self._deferred.discard(cursor)
+                entering: Iterable[int] = ((cursor + span) % period,)
+            else:  # a jump (first call, a skipped or repeated key): rebuild the window
+                window = {(cursor + step) % period for step in range(1, span + 1)}
+                self._inline &= window
+                self._deferred &= window
+                entering = sorted(window, key=lambda p: (p - cursor) % period)
+            self._notified = (cursor, period)
+            for position in entering:
                 if position in self._inline or position in self._deferred:
                     continue
                 if self.cache.advise(schedule[position]) is None:
                     self._deferred.add(position)  # needs a copy: the thread's job
                 else:
                     self._inline.add(position)
-            wake = any(p not in self._inline for p in window)
-
-
+            wake = bool(self._deferred)
+        else:
+            wake = True
         if wake:
             with self._cond:
                 self._cursor = cursor

@@ -309,7 +309,11 @@ class PackedStore(Store):
 
     def _sync_epoch(self) -> None:
         """Forget cached views if any process changed the store since we last looked."""
-        now = self._epoch[0]
+        try:
+            now = self._epoch[0]
+        except ValueError:  # close() released the counter: a StoreError, as every store
+            self._check_open()
+            raise
         if now != self._epoch_seen:
             with self._lock:
                 self._entries = {}
