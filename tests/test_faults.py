@@ -350,7 +350,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-@pytest.mark.parametrize("backend", ["lmdb", "diskcache"])
+@pytest.mark.parametrize("backend", ["lmdb", "diskcache", "packed"])
 def test_real_enospc_on_a_full_filesystem(small_fs: Path, tmp_path: Path, backend: str) -> None:
     cfg = {"tiers": [
         {"name": "ram", "backend": "memory", "capacity": "32KiB"},

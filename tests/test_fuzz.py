@@ -3,7 +3,8 @@
 Each reader must either succeed or raise its one documented error -- never
 anything else (no IndexError, struct.error, MemoryError, UnicodeDecodeError...):
 
-- the shard codec (``decode_header``, ``decode``) and the disk stores' read paths:
+- the shard codec (``decode_header``, ``decode``) and the disk stores' read paths
+  (diskcache value files, the packed store's data file):
   :class:`~tiercache.errors.CorruptShardError`;
 - trace files (CSV, ARC ``.lis``, ``.npy``, plain or ``.gz`` / ``.zst``):
   :class:`~tiercache.errors.TraceError`;
@@ -39,6 +40,7 @@ from tiercache.sources.base import DictSink, ModelFormatError
 from tiercache.sources.gguf import import_gguf
 from tiercache.sources.safetensors import import_safetensors
 from tiercache.stores.diskcache_store import DiskcacheStore
+from tiercache.stores.packed_store import PackedStore
 
 SCALE = int(os.environ.get("TIERCACHE_FUZZ_EXAMPLES", "1"))
 FUZZ = settings(deadline=None, max_examples=300 * SCALE, database=None,
@@ -161,6 +163,43 @@ def test_diskcache_store_reads_damaged_values_as_corrupt(dc_store: DiskcacheStor
         return
     assert damaged == original
     np.testing.assert_array_equal(got, array)
+
+
+@pytest.fixture(scope="module")
+def packed() -> Iterator[PackedStore]:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = PackedStore(Path(tmp))
+        with store:
+            yield store
+
+
+@FUZZ
+@given(mutations=MUTATIONS, big=st.booleans())
+def test_packed_store_reads_damaged_bytes_as_corrupt(packed: PackedStore,
+                                                      mutations: list[Mutation],
+                                                      big: bool) -> None:
+    """The packed store's read paths (header parse, length checks, copy and view) on damaged
+    bytes of its data file: a shard's bytes rewritten in place, possibly cut short (the
+    index row then points past the end) or longer (the row's length is what counts)."""
+    array = np.arange(20_000 if big else 200, dtype=np.float32)  # page or 64-byte aligned
+    packed.put("k", array)  # appended: a fresh entry at a fresh offset
+    ((_key, offset, length),) = [row for row in packed.layout() if row[0] == "k"]
+    data_path = packed.path / f"data.{packed._data.generation}.bin"
+    with open(data_path, "r+b") as f:
+        f.seek(offset)
+        original = f.read(length)
+        damaged = mutate(original, mutations)
+        f.truncate(offset)  # never below bytes this process mapped for an earlier shard
+        f.seek(offset)
+        f.write(damaged)
+    _count("packed store get")
+    for read in (packed.get, packed.get_view):
+        try:
+            got = read("k")
+        except CorruptShardError:
+            continue
+        assert damaged[:length] == original, "damaged bytes read without an error"
+        np.testing.assert_array_equal(got, array)
 
 
 # -- trace files ---------------------------------------------------------------------------

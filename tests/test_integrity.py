@@ -28,6 +28,7 @@ from tiercache.cli import main
 from tiercache.origins import NpyDirOrigin
 from tiercache.stores.diskcache_store import DiskcacheStore
 from tiercache.stores.lmdb_store import LmdbStore
+from tiercache.stores.packed_store import PackedStore
 
 KiB = 1024
 
@@ -46,6 +47,15 @@ def corrupt(cache: TieredCache, tier: str, key: str, *, where: str = "payload") 
             data = bytearray(raw)
             data[len(data) // 2 if where == "payload" else 20] ^= 0x40
             txn.put(kb, bytes(data), db=db)
+        return
+    if isinstance(store, PackedStore):
+        ((offset, length),) = [(o, n) for k, o, n in store.layout() if k == key]
+        data_file = store.path / f"data.{store._data.generation}.bin"
+        with open(data_file, "r+b") as f:
+            f.seek(offset + (length - 1 if where == "payload" else 20))
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0x40]))
         return
     assert isinstance(store, DiskcacheStore)
     with sqlite3.connect(store.path / "cache.db") as con:
@@ -67,8 +77,10 @@ def origin(tmp_path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _cfg(tmp_path: Path, **kw: Any) -> dict[str, Any]:
-    return three_tier_config(tmp_path, origin=tmp_path / "origin", **kw)
+def _cfg(tmp_path: Path, hdd_backend: str = "diskcache", **kw: Any) -> dict[str, Any]:
+    cfg = three_tier_config(tmp_path, origin=tmp_path / "origin", **kw)
+    cfg["tiers"][2]["backend"] = hdd_backend
+    return cfg
 
 
 def _corrupt_logs(caplog: pytest.LogCaptureFixture, key: str) -> list[str]:
@@ -76,12 +88,14 @@ def _corrupt_logs(caplog: pytest.LogCaptureFixture, key: str) -> list[str]:
             if "corrupt" in r.getMessage() and repr(key) in r.getMessage()]
 
 
-@pytest.mark.parametrize(("tier", "key"), [("ssd", "w1"), ("hdd", "w1"), ("hdd", "big")])
+@pytest.mark.parametrize(("tier", "key", "hdd_backend"), [
+    ("ssd", "w1", "diskcache"), ("hdd", "w1", "diskcache"), ("hdd", "big", "diskcache"),
+    ("hdd", "w1", "packed"), ("hdd", "big", "packed")])
 @pytest.mark.parametrize("where", ["payload", "header"])
 def test_get_drops_a_corrupt_copy_and_serves_the_origin(
         tmp_path: Path, origin: dict[str, np.ndarray], caplog: pytest.LogCaptureFixture,
-        tier: str, key: str, where: str) -> None:
-    with tiercache.open(_cfg(tmp_path)) as cache:
+        tier: str, key: str, hdd_backend: str, where: str) -> None:
+    with tiercache.open(_cfg(tmp_path, hdd_backend)) as cache:
         cache.put(key, origin[key], tier=tier)
         corrupt(cache, tier, key, where=where)
         with caplog.at_level(logging.WARNING, logger="tiercache"):
@@ -146,14 +160,15 @@ def test_prefetch_drops_a_corrupt_copy(tmp_path: Path, origin: dict[str, np.ndar
         assert cache.prefetch("w5") == origin["w5"].nbytes  # from the origin: fine
 
 
-def test_damaged_header_found_on_open_is_dropped(tmp_path: Path,
-                                                 origin: dict[str, np.ndarray]) -> None:
-    with tiercache.open(_cfg(tmp_path)) as cache:
+@pytest.mark.parametrize("hdd_backend", ["diskcache", "packed"])
+def test_damaged_header_found_on_open_is_dropped(tmp_path: Path, origin: dict[str, np.ndarray],
+                                                 hdd_backend: str) -> None:
+    with tiercache.open(_cfg(tmp_path, hdd_backend)) as cache:
         cache.put("w6", origin["w6"], tier="ssd")
         cache.put("w7", origin["w7"], tier="hdd")
         corrupt(cache, "ssd", "w6", where="header")
         corrupt(cache, "hdd", "w7", where="header")
-    with tiercache.open(_cfg(tmp_path)) as cache:  # opening never fails on damaged entries
+    with tiercache.open(_cfg(tmp_path, hdd_backend)) as cache:  # opening never fails on damage
         s = cache.stats()["tiers"]
         assert s["ssd"]["corrupt"] == 1 and s["hdd"]["corrupt"] == 1
         assert cache.where("w6") == [] and cache.where("w7") == []

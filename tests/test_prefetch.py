@@ -13,6 +13,7 @@ from helpers import shard, three_tier_config
 
 import tiercache
 from tiercache.origins import NpyDirOrigin
+from tiercache.prefetch import Prefetcher
 
 KiB = 1024
 LAYERS = [f"blk.{i}.weight" for i in range(12)]
@@ -143,6 +144,48 @@ def test_a_key_listed_twice_moves_the_cursor_to_its_next_occurrence(tmp_path: Pa
         assert seen == [0, 1, 2, 3, 0, 1, 2, 3]
         with pytest.raises(ValueError):
             cache.declare_schedule([])
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_prefetcher_keeps_up_to_workers_reads_in_flight(tmp_path: Path, workers: int) -> None:
+    with tiercache.open(loop_config(tmp_path, ram="512KiB")) as cache:
+        fill(cache)
+        ssd = cache.tier("ssd")
+        real_read = ssd.read
+        lock = threading.Lock()
+        active = peak = 0
+        read: list[str] = []
+
+        def slow_read(key: str, out: np.ndarray | None = None, *,
+                      copy: bool = False) -> np.ndarray | None:
+            nonlocal active, peak
+            if not threading.current_thread().name.startswith("tiercache-prefetch-read"):
+                return real_read(key, out, copy=copy)  # the loop's own read
+            with lock:
+                active += 1
+                peak = max(peak, active)
+                read.append(key)
+            try:
+                time.sleep(0.05)
+                return real_read(key, out, copy=copy)
+            finally:
+                with lock:
+                    active -= 1
+
+        ssd.read = slow_read  # type: ignore[method-assign]
+        cache.declare_schedule(LAYERS)
+        prefetcher = cache.start_prefetcher(depth=6, workers=workers)
+        assert prefetcher.workers == workers
+        np.testing.assert_array_equal(cache.get(LAYERS[0]), shard(0))
+        deadline = time.monotonic() + 10
+        while len(read) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(read) == sorted(LAYERS[1:7])
+        assert peak == workers
+        for i in range(1, 7):
+            np.testing.assert_array_equal(cache.get(LAYERS[i]), shard(i))
+    with pytest.raises(ValueError, match="workers"):
+        Prefetcher(cache, workers=0)
 
 
 def test_close_stops_the_prefetcher(tmp_path: Path) -> None:

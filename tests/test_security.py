@@ -1,5 +1,5 @@
 """Security: no pickle in the data path, and no key -- however crafted -- reads or writes
-outside its tier's folder (lmdb, diskcache, the .npy origin, the whole cache).
+outside its tier's folder (lmdb, diskcache, packed, the .npy origin, the whole cache).
 
 The trust model these tests back is written down in docs/reliability.md.
 """
@@ -26,6 +26,7 @@ from tiercache.origins import NpyDirOrigin, npy_filename
 from tiercache.stores.base import Store
 from tiercache.stores.diskcache_store import DiskcacheStore
 from tiercache.stores.lmdb_store import LmdbStore
+from tiercache.stores.packed_store import PackedStore
 
 PACKAGE_DIRS = [Path(tiercache.__file__).parent,
                 Path(tiercache.__file__).parent.parent / "policies"]
@@ -152,7 +153,8 @@ def sandbox() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def stores(sandbox: Path) -> Iterator[dict[str, Store]]:
     opened: dict[str, Store] = {"lmdb": LmdbStore(sandbox / "lmdb"),
-                                "diskcache": DiskcacheStore(sandbox / "dc")}
+                                "diskcache": DiskcacheStore(sandbox / "dc"),
+                                "packed": PackedStore(sandbox / "packed")}
     yield opened
     for store in opened.values():
         store.close()
@@ -162,14 +164,14 @@ def stores(sandbox: Path) -> Iterator[dict[str, Store]]:
 @given(key=KEYS)
 def test_stores_keep_any_key_inside_their_folder(sandbox: Path, stores: dict[str, Store],
                                                  key: str) -> None:
-    outside_before = {p for p in _tree(sandbox) if not p.startswith(("lmdb", "dc"))}
+    outside_before = {p for p in _tree(sandbox) if not p.startswith(("lmdb", "dc", "packed"))}
     array = np.frombuffer(key.encode("utf-8", "surrogatepass")[:64].ljust(4, b"\x00"),
                           np.uint8).copy()
     for store in stores.values():
         store.put(key, array)
         np.testing.assert_array_equal(store.get(key), array)
         assert key in list(store.keys())
-    outside_after = {p for p in _tree(sandbox) if not p.startswith(("lmdb", "dc"))}
+    outside_after = {p for p in _tree(sandbox) if not p.startswith(("lmdb", "dc", "packed"))}
     assert outside_after == outside_before
     assert (sandbox / "bait" / "passwd.npy").read_bytes() == b"do not touch"
     for store in stores.values():

@@ -163,7 +163,7 @@ def in_reading_order(plan: Sequence[PlannedShard], schedule: Sequence[str]) -> l
     first: dict[str, int] = {}
     for position, key in enumerate(schedule):
         first.setdefault(key, position)
-    unlisted = len(first)
+    unlisted = len(schedule)
     return sorted(plan, key=lambda shard: first.get(shard.key, unlisted))
 
 

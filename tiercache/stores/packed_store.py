@@ -203,7 +203,18 @@ class PackedStore(Store):
 
     # -- opening and closing ---------------------------------------------------------
     def _open(self) -> None:
-        """Open (creating if needed) the directory, index, epoch counter and data file."""
+        """Open (creating if needed) the directory, index, epoch counter and data file.
+        A failed open closes the lock file again (the tier retries opens)."""
+        self._lock_fd = -1
+        try:
+            self._open_files()
+        except BaseException:
+            if self._lock_fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(self._lock_fd)
+            raise
+
+    def _open_files(self) -> None:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
@@ -706,29 +717,31 @@ class PackedStore(Store):
     def sweep_orphans(self, *, remove: bool = False, min_age_s: float = 60.0) -> int:
         """Count (with ``remove``: delete) data files of other generations than the
         current one -- left by a compaction interrupted by a crash -- older than
-        ``min_age_s``. O(files in the folder)."""
+        ``min_age_s``. Holds the writers' lock, so no compaction can finish meanwhile.
+        O(files in the folder)."""
         with self._lock:
             self._check_open()
-            try:
-                current = self._meta(self._conn, "generation")
-            except sqlite3.Error as exc:
-                raise StoreError(f"packed store {self.path}: index read failed "
-                                 f"({exc})") from exc
-        found = 0
-        now = time.time()
-        for child in self.path.iterdir():
-            match = _DATA_RE.match(child.name)
-            if match is None or int(match.group(1)) == current:
-                continue
-            try:
-                if now - child.stat().st_mtime < min_age_s:
-                    continue
-                found += 1
-                if remove:
-                    child.unlink()
-            except OSError:
-                continue
-        return found
+            with self._flocked():
+                try:
+                    current = self._meta(self._conn, "generation")
+                except sqlite3.Error as exc:
+                    raise StoreError(f"packed store {self.path}: index read failed "
+                                     f"({exc})") from exc
+                found = 0
+                now = time.time()
+                for child in self.path.iterdir():
+                    match = _DATA_RE.match(child.name)
+                    if match is None or int(match.group(1)) == current:
+                        continue
+                    try:
+                        if now - child.stat().st_mtime < min_age_s:
+                            continue
+                        found += 1
+                        if remove:
+                            child.unlink()
+                    except OSError:
+                        continue
+                return found
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
