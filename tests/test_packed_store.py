@@ -711,6 +711,9 @@ def test_in_reading_order_sorts_by_first_schedule_position() -> None:
     assert ordered[0] is plan[2]  # the planned shards themselves, loaders included
     assert [p.key for p in in_reading_order(plan, [])] == [p.key for p in plan]
     assert in_reading_order([], schedule) == []
+    # a key repeated early must not push a later listed key among the unlisted ones
+    early = in_reading_order(_plan(["z", "d", "a"]), ["a", "b", "a", "d"])
+    assert [p.key for p in early] == ["a", "d", "z"]
 
 
 def _first_appearance(keys: list[str]) -> list[str]:
