@@ -22,6 +22,7 @@ tiered
     off or on (``cache.start_prefetcher(depth=...)``), over an SSD tier that
     is lmdb (copying reads), diskcache or packed with ``zero_copy = true``
     (memory-mapped views; packed keeps every shard in one file, in reading order),
+    ``promote_after = 1`` unless the label says "never".
 
 Every configuration runs a warm-up generation (which also fills the RAM
 tier), then a timed one; time per token is decode time over decoded tokens
