@@ -57,10 +57,12 @@ Reads
     cached per key: a repeated call costs a dict lookup and a read of the
     epoch counter. :meth:`PackedStore.get` copies from the mapping into the
     destination and checks the checksum in the same pass.
-    :meth:`PackedStore.willneed` starts reading a shard into the page cache
-    without waiting (``posix_fadvise(WILLNEED)`` in read-ahead-window sized
-    pieces, the most Linux reads per call), which is what the prefetcher calls
-    on a zero-copy tier.
+    :meth:`PackedStore.willneed` (what the prefetcher calls on a zero-copy
+    tier) starts reading a shard this process has not read before into the
+    page cache without waiting (``posix_fadvise(WILLNEED)`` in
+    read-ahead-window sized pieces, the most Linux reads per call); later
+    passes are left to the kernel's read-ahead over the file, which reads it
+    front to back since the shards are in reading order.
 
 Thread-safety: all methods may be called from any thread. Index and file state
 are guarded by one lock; the view cache is read without it (GIL-atomic dict
@@ -482,7 +484,7 @@ class PackedStore(Store):
           inactive list and are the first the kernel reclaims -- before the loop gets
           to them, while the pages it already used stay, protected by their accessed
           bits. Measured (docs/performance.md): advising under a memory cap read
-          15 % more and ran slower than leaving it to the page-fault read-ahead,
+          7-15 % more and ran slower than leaving it to the page-fault read-ahead,
           which reads the file sequentially since shards are laid out in order.
 
         With ``verify="always"``, a shard not yet verified in this process is checked
