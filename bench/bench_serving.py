@@ -43,7 +43,8 @@ measured in the same run (also: the bandwidth of reading the diskcache tier's
 value files, and an ideal bound with only the weights beyond the budget read).
 
 A synthetic Llama-shaped model (unless ``--no-synthetic``; default 10 x 2048,
-ffn 5632, vocab 32000: 2.07 GB float32) repeats the main configurations.
+ffn 5632, vocab 32000: 2.07 GB float32) repeats the main configurations,
+and with ``--cold-synthetic`` the cold ones too.
 
 The machine is shared: the script first waits (up to ``--max-wait`` seconds)
 until the 1-minute load average is under ``--max-load``.
@@ -820,6 +821,8 @@ def main() -> None:
     parser.add_argument("--no-warm", action="store_true",
                         help="skip the warm-cache runs (cold runs only)")
     parser.add_argument("--no-cold", action="store_true")
+    parser.add_argument("--cold-synthetic", action="store_true",
+                        help="also run the cold (capped) configurations on the synthetic model")
     parser.add_argument("--cold-budget", type=float, default=0.25,
                         help="cold runs: cap RAM (page cache included) at the process's needs "
                              "without weights + this fraction of the model (0: no cap)")
@@ -891,9 +894,9 @@ def main() -> None:
                     markdown.append(head + "\n" + table)
                     report[name]["warm"] = [{"spec": asdict(s), "label": s.label, "runs": runs}
                                             for s, runs in results.items()]
-                if smol and cold_ok:
+                if cold_ok and (smol or args.cold_synthetic):
                     # the compute bound: all-in-RAM time per token (and prompt pass), this run
-                    ref = replace_ns(args, repeat=1, repeat_all=False)
+                    ref = replace_ns(run_args, repeat=1, repeat_all=False)
                     dict_runs = run_rounds(name, model, prep, [Spec("dict", key=True)], arrays,
                                            rc, ids, ref)[Spec("dict", key=True)]
                     if not args.no_warm:
@@ -906,7 +909,7 @@ def main() -> None:
                     bw = disk_bandwidth(prep.memmap_path)
                     bw_gbps = max(bw["direct_gbps"], bw["buffered_gbps"])
                     bw["diskcache_files_gbps"] = diskcache_layout_bandwidth(prep)
-                    cold = run_cold(prep, cold_specs(args), args, bw)
+                    cold = run_cold(prep, cold_specs(args), run_args, bw)
                     budget = args.cold_budget or 0.25
                     ideal_ms = max(compute_ms, (1 - budget) * prep.total_bytes / 1e6 / bw_gbps)
                     head = (f"\n### {name} cold: disk {bw['direct_gbps']:.2f} GB/s O_DIRECT, "
