@@ -179,10 +179,15 @@ def test_willneed_returns_the_stored_length(store: PackedStore,
     counter = ChecksumCounter(monkeypatch)
     store.put("fresh", shard(3, BIG))
     calls = counter.calls
+    assert store.needs_check("fresh")
     assert store.willneed("fresh") == store.stored_size(shard(3, BIG))
-    assert counter.calls == calls + 1  # read-ahead verifies a shard not yet verified...
+    assert counter.calls == calls  # read-ahead never waits for the bytes (no hashing)...
+    assert store.needs_check("fresh")
     assert_same(store.get_view("fresh"), shard(3, BIG))
-    assert counter.calls == calls + 1  # ...so the view that follows does not hash it again
+    assert counter.calls == calls + 1  # ...the first view verifies
+    assert not store.needs_check("fresh")
+    assert_same(store.get_view("fresh"), shard(3, BIG))
+    assert counter.calls == calls + 1
 
 
 # -- compaction ----------------------------------------------------------------------------
@@ -476,10 +481,10 @@ def test_a_flipped_payload_byte_is_corrupt_for_get_and_view(tmp_path: Path) -> N
             store.get_view("a")
         with pytest.raises(CorruptShardError, match="checksum"):
             store.get("a")
+        assert store.willneed("a") > 0  # read-ahead does not verify...
+        assert store.needs_check("a")  # ...and a failed check is never cached as verified
         with pytest.raises(CorruptShardError):
-            store.willneed("a")
-        with pytest.raises(CorruptShardError):
-            store.get_view("a")  # a failed check is never cached as verified
+            store.get_view("a")
         assert_same(store.get_view("b"), shard(2, SMALL))
     with PackedStore(folder, verify="never") as store:  # only the payload check is skipped
         damaged = store.get_view("a")
@@ -798,6 +803,9 @@ def test_advise_depends_on_where_the_fastest_copy_is(tmp_path: Path) -> None:
         assert cache.advise("on-lmdb") is None  # a copy is needed: prefetch's job
         assert cache.advise("in-ram") == 0  # already at the top
         assert cache.advise("nowhere") == 0  # nothing to do without an origin
+        # not verified yet: reading it whole to check it is the prefetch thread's job
+        assert cache.advise("on-packed") is None
+        assert_same(cache.get("on-packed"), shard(3, BIG))  # the first view verifies it
         advised = cache.advise("on-packed")
         assert isinstance(advised, int)
         assert advised == cache.tier("hdd").store.stored_size(shard(3, BIG))

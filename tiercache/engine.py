@@ -419,10 +419,10 @@ class TieredCache:
         copy is on a ``zero_copy`` tier, ask that store to read it into the page cache
         asynchronously (:meth:`Store.willneed`) and return the bytes advised. Returns 0
         when there is nothing to do (already in a memory top tier, or nowhere), and
-        ``None`` when bringing it up means a copy (:meth:`prefetch`'s job). Cheap
-        enough for the loop's thread: one lock, one index lookup, a system call or two
-        (the first advice of a shard not yet verified in this process also checks
-        its checksum)."""
+        ``None`` when bringing it up means a copy or reading it whole to verify its
+        checksum first (:meth:`prefetch`'s job, on the prefetcher's threads). Cheap
+        enough for the loop's thread: one lock, one index lookup, a system call or
+        two."""
         with self._lock:
             if self._closed:
                 return 0
@@ -432,6 +432,8 @@ class TieredCache:
             index, tier = found
             if not tier.zero_copy:
                 return None if index > 0 else 0
+            if tier.store.needs_check(key):
+                return None
         try:
             advised = tier.willneed(key)
         except StoreError as exc:
@@ -468,10 +470,12 @@ class TieredCache:
                 private = self.origin is not None and self.origin.fresh_arrays
             else:
                 if found[1].zero_copy:
-                    # a view-serving tier: start the page cache filling (and verify a
-                    # shard not yet verified) instead of copying the shard into RAM --
-                    # unless the store says a view would be slow (memory is short)
+                    # a view-serving tier: start the page cache filling and, here on the
+                    # prefetcher's thread, verify a shard not verified yet (its first
+                    # view reads it whole) instead of copying the shard into RAM
                     advised = found[1].willneed(key)
+                    if advised and found[1].store.needs_check(key):
+                        found[1].read(key)
                     if advised:
                         with self._lock:
                             self.loop_stats.prefetched += 1

@@ -77,9 +77,16 @@ class Store(ABC):
     def willneed(self, key: str) -> int:
         """Start bringing ``key``'s bytes closer (e.g. into the page cache) without
         waiting for them, ahead of a :meth:`get_view`; return the bytes advised (0 if
-        absent or if the store has nothing to do). Called by the prefetcher on
-        zero-copy tiers. Default: nothing, 0."""
+        absent or if the store has nothing to do). Must not block on I/O: the
+        prefetcher calls it on the loop's thread for zero-copy tiers. Default:
+        nothing, 0."""
         return 0
+
+    def needs_check(self, key: str) -> bool:
+        """Whether the next :meth:`get_view` of ``key`` would first verify its checksum
+        (read the whole shard): the prefetcher then does that on its own thread
+        instead of on the loop's. O(1). Default: ``False``."""
+        return False
 
     def adopt(self, key: str, array: np.ndarray) -> int:
         """Like :meth:`put`, but a store that keeps arrays in memory may keep ``array``

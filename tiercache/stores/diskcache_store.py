@@ -311,10 +311,16 @@ class DiskcacheStore(Store):
         self._views[key] = (value.name, view)
         return view
 
+    def needs_check(self, key: str) -> bool:
+        """Whether :meth:`get_view` would map (and with ``verify="always"`` verify)
+        ``key``'s file first: not viewed yet in this process. O(1)."""
+        return key not in self._views
+
     def willneed(self, key: str) -> int:
-        """Map ``key``'s value file (verifying it the first time, which reads it) and
-        advise the kernel to read it ahead (``madvise(WILLNEED)``: one read-ahead
-        window). Returns the payload bytes, 0 if absent. Thread-safe."""
+        """Advise the kernel to read ``key``'s value file ahead (``madvise(WILLNEED)``:
+        one read-ahead window). Maps the file first if needed, which verifies it the
+        first time (the prefetcher does that on its own thread: :meth:`needs_check`).
+        Returns the payload bytes, 0 if absent. Thread-safe."""
         view = self.get_view(key)
         if view is None:
             return 0

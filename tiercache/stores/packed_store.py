@@ -487,9 +487,9 @@ class PackedStore(Store):
           7-15 % more and ran slower than leaving it to the page-fault read-ahead,
           which reads the file sequentially since shards are laid out in order.
 
-        With ``verify="always"``, a shard not yet verified in this process is checked
-        here (off the loop's thread when the prefetcher calls). O(pages / 4096) plus
-        system calls that release the GIL. Thread-safe."""
+        Never waits for I/O (verification is :meth:`get_view`'s, see
+        :meth:`needs_check`). O(pages / 4096) plus system calls that release the
+        GIL. Thread-safe."""
         entry = self._entry(key)
         if entry is None:
             return 0
@@ -503,9 +503,15 @@ class PackedStore(Store):
                     os.posix_fadvise(data.fd, start, min(step, end - start),
                                      os.POSIX_FADV_WILLNEED)
         entry.seen = True
-        if self.verify == "always" and not entry.verified:
-            self._verify(entry, key)
         return entry.length
+
+    def needs_check(self, key: str) -> bool:
+        """Whether :meth:`get_view` would verify ``key`` first (``verify="always"`` and
+        not yet verified in this process, or not looked up yet). O(1)."""
+        if self.verify != "always":
+            return False
+        entry = self._entries.get(key)
+        return entry is None or not entry.verified
 
     def info(self, key: str) -> ShardInfo | None:
         """Dtype, shape and stored size of ``key`` (header only). O(1) once cached."""
