@@ -12,15 +12,38 @@ store serialises what its medium needs serialised.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Literal
 
 import numpy as np
 
 VerifyMode = Literal["always", "never"]
+
+
+def check_verify_mode(verify: str) -> None:
+    """Raise :class:`ValueError` unless ``verify`` is ``"always"`` or ``"never"``."""
+    if verify not in ("always", "never"):
+        raise ValueError(f"verify must be 'always' or 'never', got {verify!r}")
+
+
+def file_identity_problem(path: Path, identity: tuple[int, int] | None) -> str | None:
+    """Why the file a store opened at ``path`` (``(st_dev, st_ino)`` = ``identity``) is
+    no longer usable -- removed, unreadable, or replaced by another file -- or
+    ``None``. One ``stat``; what :meth:`Store.check_health` of a disk store reports."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"{path} was removed (folder deleted?)"
+    except OSError as exc:
+        return f"cannot stat {path} ({exc})"
+    if (st.st_dev, st.st_ino) != identity:
+        return f"{path} was replaced by another file"
+    return None
 
 
 @dataclass(frozen=True)

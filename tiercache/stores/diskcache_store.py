@@ -64,7 +64,7 @@ import numpy as np
 
 from .. import codec
 from ..errors import CorruptShardError, StoreError
-from .base import ShardInfo, Store, VerifyMode
+from .base import ShardInfo, Store, VerifyMode, check_verify_mode, file_identity_problem
 
 _MODE_RAW = diskcache.core.MODE_RAW
 _MODE_BINARY = diskcache.core.MODE_BINARY
@@ -176,8 +176,7 @@ class DiskcacheStore(Store):
 
     def __init__(self, path: str | os.PathLike[str], *, verify: VerifyMode = "always",
                  capacity_bytes: int | None = None) -> None:
-        if verify not in ("always", "never"):
-            raise ValueError(f"verify must be 'always' or 'never', got {verify!r}")
+        check_verify_mode(verify)
         self.path = Path(path)
         self.verify: VerifyMode = verify
         self._cache: diskcache.Cache | None = None
@@ -415,16 +414,7 @@ class DiskcacheStore(Store):
         """
         if self._cache is None:
             return f"diskcache store {self.path} is closed"
-        db = self.path / diskcache.core.DBNAME
-        try:
-            st = os.stat(db)
-        except FileNotFoundError:
-            return f"{db} was removed (folder deleted?)"
-        except OSError as exc:
-            return f"cannot stat {db} ({exc})"
-        if (st.st_dev, st.st_ino) != self._identity:
-            return f"{db} was replaced by another file"
-        return None
+        return file_identity_problem(self.path / diskcache.core.DBNAME, self._identity)
 
     def reopen(self) -> None:
         """Drop the current handle and open the directory now at :attr:`path` (created

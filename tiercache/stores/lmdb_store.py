@@ -85,7 +85,7 @@ import numpy as np
 
 from .. import codec
 from ..errors import CorruptShardError, StoreError
-from .base import ShardInfo, Store, VerifyMode
+from .base import ShardInfo, Store, VerifyMode, check_verify_mode, file_identity_problem
 
 _T = TypeVar("_T")
 
@@ -170,8 +170,7 @@ class LmdbStore(Store):
     def __init__(self, path: str | os.PathLike[str], *, verify: VerifyMode = "always",
                  capacity_bytes: int | None = None, map_size_bytes: int | None = None,
                  sync: bool = True) -> None:
-        if verify not in ("always", "never"):
-            raise ValueError(f"verify must be 'always' or 'never', got {verify!r}")
+        check_verify_mode(verify)
         self.path = Path(path)
         self.verify: VerifyMode = verify
         if map_size_bytes is None:
@@ -420,15 +419,7 @@ class LmdbStore(Store):
             return f"lmdb store {self.path} is closed"
         if self._broken is not None:
             return self._broken
-        try:
-            st = os.stat(self.path / "data.mdb")
-        except FileNotFoundError:
-            return f"{self.path / 'data.mdb'} was removed (folder deleted?)"
-        except OSError as exc:
-            return f"cannot stat {self.path / 'data.mdb'} ({exc})"
-        if (st.st_dev, st.st_ino) != self._identity:
-            return f"{self.path / 'data.mdb'} was replaced by another file"
-        return None
+        return file_identity_problem(self.path / "data.mdb", self._identity)
 
     def reopen(self) -> None:
         """Close the environment and open the one now at :attr:`path` (created if

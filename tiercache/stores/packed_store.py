@@ -91,7 +91,7 @@ import numpy as np
 
 from .. import codec
 from ..errors import CorruptShardError, StoreError
-from .base import ShardInfo, Store, VerifyMode
+from .base import ShardInfo, Store, VerifyMode, check_verify_mode, file_identity_problem
 
 #: Shards of at least this many bytes start on a page boundary.
 LARGE_SHARD_BYTES = 64 * 1024
@@ -194,8 +194,7 @@ class PackedStore(Store):
 
     def __init__(self, path: str | os.PathLike[str], *, verify: VerifyMode = "always",
                  capacity_bytes: int | None = None) -> None:
-        if verify not in ("always", "never"):
-            raise ValueError(f"verify must be 'always' or 'never', got {verify!r}")
+        check_verify_mode(verify)
         self.path = Path(path)
         self.verify: VerifyMode = verify
         self._lock = threading.RLock()
@@ -288,16 +287,7 @@ class PackedStore(Store):
         """Why the store is unusable, or ``None``. One ``stat`` of the index."""
         if self._closed:
             return f"packed store {self.path} is closed"
-        index = self.path / INDEX_NAME
-        try:
-            st = os.stat(index)
-        except FileNotFoundError:
-            return f"{index} was removed (folder deleted?)"
-        except OSError as exc:
-            return f"cannot stat {index} ({exc})"
-        if (st.st_dev, st.st_ino) != self._identity:
-            return f"{index} was replaced by another file"
-        return None
+        return file_identity_problem(self.path / INDEX_NAME, self._identity)
 
     # -- helpers ---------------------------------------------------------------------
     def _where(self, key: str) -> str:

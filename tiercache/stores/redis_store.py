@@ -102,7 +102,7 @@ from redis.retry import Retry
 
 from .. import codec
 from ..errors import CorruptShardError, ShardFormatError, StoreError
-from .base import ShardInfo, Store, VerifyMode
+from .base import ShardInfo, Store, VerifyMode, check_verify_mode
 
 log = logging.getLogger("tiercache")
 
@@ -533,8 +533,7 @@ class RedisStore(Store):
                  namespace: str = DEFAULT_NAMESPACE, timeout_s: float = DEFAULT_TIMEOUT_S,
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, verify: VerifyMode = "always",
                  capacity_bytes: int | None = None, raw_reads: bool = True) -> None:
-        if verify not in ("always", "never"):
-            raise ValueError(f"verify must be 'always' or 'never', got {verify!r}")
+        check_verify_mode(verify)
         if (url is None) == (not cluster_nodes):
             raise ValueError("give exactly one of url and cluster_nodes")
         if not isinstance(namespace, str) or not NAMESPACE_RE.match(namespace):
