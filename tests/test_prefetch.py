@@ -156,18 +156,17 @@ def test_prefetcher_keeps_up_to_workers_reads_in_flight(tmp_path: Path, workers:
         active = peak = 0
         read: list[str] = []
 
-        def slow_read(key: str, out: np.ndarray | None = None, *,
-                      copy: bool = False) -> np.ndarray | None:
+        def slow_read(key: str, out: np.ndarray | None = None) -> np.ndarray | None:
             nonlocal active, peak
             if not threading.current_thread().name.startswith("tiercache-prefetch-read"):
-                return real_read(key, out, copy=copy)  # the loop's own read
+                return real_read(key, out)  # the loop's own read
             with lock:
                 active += 1
                 peak = max(peak, active)
                 read.append(key)
             try:
                 time.sleep(0.05)
-                return real_read(key, out, copy=copy)
+                return real_read(key, out)
             finally:
                 with lock:
                     active -= 1

@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import hypothesis.extra.numpy as hnp
 import lmdb
@@ -207,16 +208,47 @@ class TestLmdbCorruption:
         assert raw.read("k", "data") == PAYLOAD.tobytes()
 
 
-class TestDiskcacheCorruption:
+class ShardBytesCorruption:
+    """Damage shards the stores keep as header + payload bytes (diskcache, packed):
+    the checks both share. A subclass names the store, its raw editor and
+    ``_assert_corrupt``."""
+
+    store_cls: ClassVar[Callable[[Path], Store]]
+    raw_cls: ClassVar[Callable[[Path], Any]]
+
     @pytest.fixture
     def path(self, tmp_path: Path) -> Path:
         path = tmp_path / "tier"
-        with DiskcacheStore(path) as store:
+        with self.store_cls(path) as store:
             store.put("k", PAYLOAD)
             store.put("other", PAYLOAD * 2)
             store.put("small", SMALL)
             store.put("small2", SMALL * 2)
         return path
+
+    def _assert_corrupt(self, path: Path, key: str) -> None:
+        raise NotImplementedError
+
+    @pytest.mark.parametrize("key", ["k", "small"])
+    @pytest.mark.parametrize("where", ["first", "middle", "last"])
+    def test_payload_flip(self, path: Path, key: str, where: str) -> None:
+        raw = self.raw_cls(path)
+        data = raw.read(key)
+        index = {"first": 128, "middle": len(data) // 2 + 64, "last": len(data) - 1}[where]
+        raw.write(key, _flip(data, index))
+        self._assert_corrupt(path, key)
+
+    def test_values_are_raw_never_pickled(self, path: Path) -> None:
+        raw = self.raw_cls(path)
+        for key, array in (("k", PAYLOAD), ("small", SMALL)):
+            data = raw.read(key)
+            assert data.startswith(codec.MAGIC)
+            assert data.endswith(array.tobytes())
+
+
+class TestDiskcacheCorruption(ShardBytesCorruption):
+    store_cls = DiskcacheStore
+    raw_cls = DiskcacheRaw
 
     def _assert_corrupt(self, path: Path, key: str) -> None:
         array = SMALL if key.startswith("small") else PAYLOAD
@@ -227,15 +259,6 @@ class TestDiskcacheCorruption:
                 store.get(key, out=np.empty_like(array))
             assert key in store
             assert store.delete(key)
-
-    @pytest.mark.parametrize("key", ["k", "small"])
-    @pytest.mark.parametrize("where", ["first", "middle", "last"])
-    def test_payload_flip(self, path: Path, key: str, where: str) -> None:
-        raw = DiskcacheRaw(path)
-        data = raw.read(key)
-        index = {"first": 128, "middle": len(data) // 2 + 64, "last": len(data) - 1}[where]
-        raw.write(key, _flip(data, index))
-        self._assert_corrupt(path, key)
 
     @pytest.mark.parametrize("key", ["k", "small"])
     @pytest.mark.parametrize("field", list(HEADER_OFFSETS))
@@ -277,12 +300,6 @@ class TestDiskcacheCorruption:
             diff = np.flatnonzero(damaged.view(np.uint8) != PAYLOAD.view(np.uint8))
             assert diff.tolist() == [PAYLOAD.nbytes - 1]
 
-    def test_values_are_raw_never_pickled(self, path: Path) -> None:
-        raw = DiskcacheRaw(path)
-        for key, array in (("k", PAYLOAD), ("small", SMALL)):
-            data = raw.read(key)
-            assert data.startswith(codec.MAGIC)
-            assert data.endswith(array.tobytes())
 
 
 
@@ -323,16 +340,9 @@ class PackedRaw:
             f.write(data)
 
 
-class TestPackedCorruption:
-    @pytest.fixture
-    def path(self, tmp_path: Path) -> Path:
-        path = tmp_path / "tier"
-        with PackedStore(path) as store:
-            store.put("k", PAYLOAD)
-            store.put("other", PAYLOAD * 2)
-            store.put("small", SMALL)
-            store.put("small2", SMALL * 2)
-        return path
+class TestPackedCorruption(ShardBytesCorruption):
+    store_cls = PackedStore
+    raw_cls = PackedRaw
 
     def _assert_corrupt(self, path: Path, key: str) -> None:
         array = SMALL if key.startswith("small") else PAYLOAD
@@ -347,15 +357,6 @@ class TestPackedCorruption:
             assert store.delete(key)
             other = "other" if key == "k" else "small2" if key == "small" else "k"
             assert store.get(other) is not None  # the neighbours are untouched
-
-    @pytest.mark.parametrize("key", ["k", "small"])
-    @pytest.mark.parametrize("where", ["first", "middle", "last"])
-    def test_payload_flip(self, path: Path, key: str, where: str) -> None:
-        raw = PackedRaw(path)
-        data = raw.read(key)
-        index = {"first": 128, "middle": len(data) // 2 + 64, "last": len(data) - 1}[where]
-        raw.write(key, _flip(data, index))
-        self._assert_corrupt(path, key)
 
     @pytest.mark.parametrize("key", ["k", "small"])
     @pytest.mark.parametrize("field", list(HEADER_OFFSETS))
@@ -410,12 +411,6 @@ class TestPackedCorruption:
         with PackedStore(path, verify="never") as store, pytest.raises(CorruptShardError):
             store.get("k")
 
-    def test_values_are_raw_never_pickled(self, path: Path) -> None:
-        raw = PackedRaw(path)
-        for key, array in (("k", PAYLOAD), ("small", SMALL)):
-            data = raw.read(key)
-            assert data.startswith(codec.MAGIC)
-            assert data.endswith(array.tobytes())
 
 
 # -- codec --------------------------------------------------------------------------

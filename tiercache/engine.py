@@ -439,8 +439,6 @@ class TieredCache:
         except StoreError as exc:
             log.debug("read-ahead of %r on tier %s failed: %s", key, tier.name, exc)
             return 0
-        if not advised and index > 0:
-            return None  # the store would rather have it copied up (memory is short)
         if advised:
             with self._lock:
                 self.loop_stats.prefetched += 1
@@ -468,22 +466,21 @@ class TieredCache:
             if found is None:
                 array = self.origin.get(key) if self.origin is not None else None
                 private = self.origin is not None and self.origin.fresh_arrays
+            elif found[1].zero_copy:
+                # a view-serving tier: start the page cache filling and, here on the
+                # prefetcher's thread, verify a shard not verified yet (its first view
+                # reads it whole) instead of copying the shard into RAM
+                advised = found[1].willneed(key)
+                if not advised:
+                    return 0
+                if found[1].store.needs_check(key):
+                    found[1].read(key)
+                with self._lock:
+                    self.loop_stats.prefetched += 1
+                    self.loop_stats.prefetched_bytes += advised
+                return advised
             else:
-                if found[1].zero_copy:
-                    # a view-serving tier: start the page cache filling and, here on the
-                    # prefetcher's thread, verify a shard not verified yet (its first
-                    # view reads it whole) instead of copying the shard into RAM
-                    advised = found[1].willneed(key)
-                    if advised and found[1].store.needs_check(key):
-                        found[1].read(key)
-                    if advised:
-                        with self._lock:
-                            self.loop_stats.prefetched += 1
-                            self.loop_stats.prefetched_bytes += advised
-                        return advised
-                    array = found[1].read(key, copy=True)
-                else:
-                    array = found[1].read(key)
+                array = found[1].read(key)
                 private = not found[1].is_memory
             if array is None:
                 return 0

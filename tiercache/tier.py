@@ -197,14 +197,12 @@ class Tier:
         return True
 
     # --- reads ------------------------------------------------------------------------
-    def read(self, key: str, out: np.ndarray | None = None, *,
-             copy: bool = False) -> np.ndarray | None:
+    def read(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
         """Read ``key``'s bytes from the store (no bookkeeping). May raise StoreError
         (an :class:`OSError` from the store is converted to one). On a ``zero_copy``
-        tier a read without ``out`` returns a read-only view of the medium, unless
-        ``copy``."""
+        tier a read without ``out`` returns a read-only view of the medium."""
         try:
-            if self.zero_copy and out is None and not copy:
+            if self.zero_copy and out is None:
                 return self.store.get_view(key)
             return self.store.get(key, out)
         except OSError as exc:
