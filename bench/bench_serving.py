@@ -103,6 +103,7 @@ ALIGN = 64
 PAGE = 4096
 MIB = 1 << 20
 DROP_CACHES = "/proc/sys/vm/drop_caches"
+DISK_PROBE_BYTES = 256 * MIB  # cold read around each cold configuration
 CGROUP_MEMORY_ROOT = "/sys/fs/cgroup/memory"
 
 
@@ -582,7 +583,9 @@ def timed_generation(model: Any, source: Any, cache: Any, spec: Spec, ids: list[
             prefetch_wait_ms=(loop["prefetch_wait_s"] - first["loop"]["prefetch_wait_s"]) / n * 1e3,
             stalls_per_token=(loop["stalls"] - first["loop"]["stalls"]) / n,
             ram_hit_ratio=hits / (hits + misses) if hits + misses else 0.0,
-            gets_per_token=gets / n)
+            gets_per_token=gets / n,
+            prefetched_mb_per_token=(loop["prefetched_bytes"]
+                                     - first["loop"]["prefetched_bytes"]) / n / 1e6)
     return result
 
 
@@ -666,6 +669,9 @@ def child_main(job_path: str) -> None:
         (group / "memory.limit_in_bytes").write_text(f"{limit}\n")
         (group / "memory.max_usage_in_bytes").write_text("0\n")  # peak under the cap only
         out.update(anon_mb=anon / MIB, limit_mb=limit / MIB)
+    # the disk's speed drifts (+-20 % within minutes on the benchmark VM): measure it
+    # right before and right after this configuration, for this configuration's bound
+    disk = [disk_bandwidth(prep.memmap_path, DISK_PROBE_BYTES)]
     drop_caches()
     with open_source(prep, spec, {}, None) as (source, cache):
         if group is None:  # uncapped: the timed generation's prompt pass is the cold pass
@@ -688,6 +694,8 @@ def child_main(job_path: str) -> None:
             r = timed_generation(model, source, cache, spec, ids, args)
             r["max_usage_mb"] = int((group / "memory.max_usage_in_bytes").read_text()) / MIB
             r["failcnt"] = int((group / "memory.failcnt").read_text())
+    disk.append(disk_bandwidth(prep.memmap_path, DISK_PROBE_BYTES))
+    r["disk_gbps"] = med([max(d["direct_gbps"], d["buffered_gbps"]) for d in disk])
     r.update(out)
     print("RESULT " + json.dumps(r), flush=True)
 
@@ -738,7 +746,7 @@ def run_cold(prep: Prepared, specs: list[Spec], args: argparse.Namespace,
             results[spec].append(r)
             print(f"  [cold round {round_ + 1}/{args.cold_repeat}] {spec.label:58s} "
                   f"{r['ms_per_token']:7.1f} ms/token, {r['read_mb_per_token']:6.1f} MB read/"
-                  f"token, compute {r['compute_ms']:5.1f} ms, first pass "
+                  f"token, disk {r['disk_gbps']:.2f} GB/s, first pass "
                   f"{r['first_pass_ms']:6.0f} ms ({r['first_pass_read_mb']:.0f} MB read)"
                   + (f", cap {r['limit_mb']:.0f} MiB" if "limit_mb" in r else ""), flush=True)
     return results
@@ -749,31 +757,40 @@ def cold_table(results: dict[Spec, list[dict[str, Any]]], bw_gbps: float,
                ideal_ms: float) -> str:
     """Cold runs against ``max(compute, bytes read / disk bandwidth)``; compute is the
     all-in-RAM time per token of the same run (in a cold run, TF's own time also
-    includes the page faults that read mapped weights). The diskcache rows also get
-    a bound with the bandwidth the disk gives that store's one-file-per-shard layout,
-    and every row the *ideal*: only the weights beyond the RAM budget read once."""
-    lines = ["| configuration | runs | cap MiB | ms/token | MB read/token | bound ms "
-             "| **× bound** | × layout bound | × ideal | first pass ms | MB read "
+    includes the page faults that read mapped weights), the bandwidth that of cold
+    reads right before and after each configuration (``disk_gbps``; ``bw_gbps``,
+    measured once, for runs without it), and ``× bound`` the median of the runs'
+    ratios. The diskcache rows also get a bound with the bandwidth the disk gives
+    that store's one-file-per-shard layout, and every row the *ideal*: only the
+    weights beyond the RAM budget read once."""
+    lines = ["| configuration | runs | cap MiB | ms/token | MB read/token | disk GB/s "
+             "| bound ms | **× bound** | × layout bound | × ideal | first pass ms | MB read "
              "| × first-pass bound |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for spec, all_runs in results.items():
         runs = [r for r in all_runs if not r.get("failed")]
         if not runs:
             if all_runs:
-                lines.append(f"| {spec.label} | 0 | | failed (see log) | | | | | | | | |")
+                lines.append(f"| {spec.label} | 0 | | failed (see log) | | | | | | | | | |")
             continue
         ms = med([r["ms_per_token"] for r in runs])
         read = med([r["read_mb_per_token"] for r in runs])
-        bound = max(compute_ms, read / bw_gbps)  # MB / (GB/s) = ms
+        disk = [r.get("disk_gbps", bw_gbps) for r in runs]
+        bounds = [max(compute_ms, r["read_mb_per_token"] / d)  # MB / (GB/s) = ms
+                  for r, d in zip(runs, disk, strict=True)]
+        ratio = med([r["ms_per_token"] / b for r, b in zip(runs, bounds, strict=True)])
         layout = (f"{ms / max(compute_ms, read / layout_gbps):.2f}" if spec.ssd == "zc"
-                  else f"{ms / bound:.2f}")
+                  else f"{ratio:.2f}")
         first = med([r["first_pass_ms"] for r in runs])
+        first_ratio = med([r["first_pass_ms"] / max(first_compute_ms,
+                                                     r["first_pass_read_mb"] / d)
+                           for r, d in zip(runs, disk, strict=True)])
         first_read = med([r["first_pass_read_mb"] for r in runs])
-        first_bound = max(first_compute_ms, first_read / bw_gbps)
         cap = f"{med([r['limit_mb'] for r in runs]):.0f}" if "limit_mb" in runs[0] else "none"
         lines.append(f"| {spec.label} | {len(runs)} | {cap} | {ms:.0f} | {read:.0f} | "
-                     f"{bound:.0f} | **{ms / bound:.2f}** | {layout} | {ms / ideal_ms:.2f} | "
-                     f"{first:.0f} | {first_read:.0f} | {first / first_bound:.2f} |")
+                     f"{med(disk):.2f} | {med(bounds):.0f} | **{ratio:.2f}** | {layout} | "
+                     f"{ms / ideal_ms:.2f} | {first:.0f} | {first_read:.0f} | "
+                     f"{first_ratio:.2f} |")
     return "\n".join(lines)
 
 
@@ -790,6 +807,13 @@ def cold_specs(args: argparse.Namespace) -> list[Spec]:
     if "lmdb" in args.ssd:
         specs += [Spec("tiered", fraction, "opt", "lmdb", "1", depth),
                   Spec("tiered", fraction, "opt", "lmdb", "1", 0)]
+    if args.cold_only:
+        wanted = [label.strip() for label in args.cold_only.split(";")]
+        unknown = [label for label in wanted if label not in {s.label for s in specs}]
+        if unknown:
+            raise SystemExit(f"--cold-only: no cold configuration is labelled {unknown[0]!r} "
+                             f"(known: {'; '.join(s.label for s in specs)})")
+        specs = [s for s in specs if s.label in wanted]
     return specs
 
 
@@ -828,6 +852,9 @@ def main() -> None:
                              "without weights + this fraction of the model (0: no cap)")
     parser.add_argument("--cold-slack-mib", type=int, default=160,
                         help="cold runs: added to the cap (activations, one shard in flight)")
+    parser.add_argument("--cold-only", default="", metavar="LABEL;LABEL",
+                        help="cold runs: only these configurations (labels as printed, "
+                             "separated by ';')")
     parser.add_argument("--cold-repeat", type=int, default=3,
                         help="cold rounds; rounds after the first run only the key configurations")
     parser.add_argument("--max-load", type=float, default=1.0)
@@ -848,6 +875,8 @@ def main() -> None:
     args.policies = args.policies.split(",")
     args.ssd = args.ssd.split(",")
     args.baselines = args.baselines.split(",")
+    if args.cold_only:
+        cold_specs(args)  # a wrong label fails now, not after the warm runs
     print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB RAM, "
           f"Python {platform.python_version()}, numpy {np.__version__}")
