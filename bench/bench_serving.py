@@ -38,9 +38,12 @@ configurations in child processes, each in a cgroup v1 memory child group
 /proc/sys/vm/drop_caches`` right before the weights are first read; they
 report the cold first pass and the steady-state time per token against
 ``max(compute, bytes read from disk / disk bandwidth)``: compute is the
-all-in-RAM time per token and the disk bandwidth a cold 512 MiB read, both
-measured in the same run (also: the bandwidth of reading the diskcache tier's
-value files, and an ideal bound with only the weights beyond the budget read).
+all-in-RAM time per token of the same run, the disk bandwidth the mean of cold
+256 MiB reads right before and right after that configuration (the disk's
+speed drifts during a run); also reported: a cold 512 MiB read and the
+bandwidth of reading the diskcache tier's value files before the cold runs,
+and an ideal bound with only the weights beyond the budget read.
+``--cold-only "LABEL;LABEL"`` runs only the named cold configurations.
 
 A synthetic Llama-shaped model (unless ``--no-synthetic``; default 10 x 2048,
 ffn 5632, vocab 32000: 2.07 GB float32) repeats the main configurations,
