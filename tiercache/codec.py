@@ -7,7 +7,8 @@ back and how to check them. Layout (all integers little-endian)::
     offset size  field
     0      8     magic            b"TCSHARD\\x00"
     8      2     format version   1
-    10     2     flags            bit 0: the full key follows the dtype
+    10     2     flags            bit 0: the full key follows the dtype;
+                                  bit 1: the write sequence is set
     12     4     header length    total header bytes, a multiple of 64
     16     8     payload length   bytes
     24     8     payload checksum xxh3_64 of the payload
@@ -17,7 +18,7 @@ back and how to check them. Layout (all integers little-endian)::
     49     1     dtype length     bytes of ``dtype.str`` (ASCII)
     50     2     reserved         0
     52     4     key length       bytes of the stored key (0 unless flag bit 0)
-    56     8     reserved         0
+    56     8     write sequence   when flag bit 1: see :func:`next_write_sequence`
     64     8*n   shape            one u64 per dimension
     ..     ..    dtype.str        e.g. ``<f4``, ``>i8``, ``|b1``
     ..     ..    key              optional (stores whose native keys are digests)
@@ -38,6 +39,8 @@ header memo behind :func:`decode_header` relies on GIL-atomic dict operations.
 from __future__ import annotations
 
 import struct
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -68,7 +71,8 @@ CHUNK_BYTES = 256 * 1024
 HASH_SOURCE_FIRST_MAX_BYTES = 32 * 1024 * 1024
 
 FLAG_HAS_KEY = 0x1
-_KNOWN_FLAGS = FLAG_HAS_KEY
+FLAG_HAS_SEQUENCE = 0x2
+_KNOWN_FLAGS = FLAG_HAS_KEY | FLAG_HAS_SEQUENCE
 _FIXED = struct.Struct("<8sHHIQQQQBBHIQ")
 _CHECKSUM_OFFSET = 40
 _STORABLE_KINDS = frozenset("biufc")
@@ -104,6 +108,10 @@ class ShardHeader:
         The full key when the header carries it, else ``None``.
     header_nbytes:
         Length of the header (payload starts at this offset).
+    sequence:
+        When the shard was written (:func:`next_write_sequence`); 0 for shards
+        written before headers carried one. Of two copies of a key with
+        different payloads, the one with the higher sequence is the newer value.
     """
 
     dtype: np.dtype[Any]
@@ -113,6 +121,7 @@ class ShardHeader:
     key_hash: int
     key: str | None
     header_nbytes: int
+    sequence: int = 0
 
     @property
     def total_nbytes(self) -> int:
@@ -166,6 +175,34 @@ def empty_aligned(nbytes: int) -> npt.NDArray[np.uint8]:
     return raw[start:start + max(nbytes, 1)][:nbytes]
 
 
+_sequence_lock = threading.Lock()
+_last_sequence = 0
+
+
+def next_write_sequence() -> int:
+    """A number larger than every one returned before in this process, and larger
+    than the wall clock in nanoseconds: the write sequence stamped in each header.
+
+    Copies of one key left in several tiers by a failure are told apart by it
+    (the newest write wins). Across restarts it keeps growing because it follows
+    the clock, and :func:`observe_write_sequence` raises the floor past every
+    sequence found on open, so a clock set back cannot make a new write look
+    older. O(1). Thread-safe.
+    """
+    global _last_sequence
+    with _sequence_lock:
+        _last_sequence = max(_last_sequence + 1, time.time_ns())
+        return _last_sequence
+
+
+def observe_write_sequence(sequence: int) -> None:
+    """Make every later :func:`next_write_sequence` exceed ``sequence`` (one found on
+    disk). O(1). Thread-safe."""
+    global _last_sequence
+    with _sequence_lock:
+        _last_sequence = max(_last_sequence, int(sequence))
+
+
 def key_bytes(key: str) -> bytes:
     """Encode any str key (lone surrogates included) reversibly to bytes."""
     return key.encode("utf-8", "surrogatepass")
@@ -214,8 +251,10 @@ def contiguous_payload(array: np.ndarray) -> memoryview:
     return flat.data.toreadonly()
 
 
-def encode_header(key: str, array: np.ndarray, checksum: int, *, store_key: bool = False) -> bytes:
-    """Build the header for ``array`` stored under ``key``.
+def encode_header(key: str, array: np.ndarray, checksum: int, *, store_key: bool = False,
+                  sequence: int | None = None) -> bytes:
+    """Build the header for ``array`` stored under ``key``, stamped with ``sequence``
+    (default: :func:`next_write_sequence`).
 
     ``checksum`` is :func:`payload_checksum` of :func:`contiguous_payload`
     (computed by the caller, who already holds the payload). With
@@ -229,9 +268,14 @@ def encode_header(key: str, array: np.ndarray, checksum: int, *, store_key: bool
     length = header_nbytes(array.ndim, array.dtype, key if store_key else None)
     if length > MAX_HEADER_BYTES:
         raise ShardFormatError(f"key of {len(kb)} bytes is too long to store in a shard header")
-    fixed = _FIXED.pack(MAGIC, FORMAT_VERSION, FLAG_HAS_KEY if store_key else 0, length,
+    if sequence is None:
+        sequence = next_write_sequence()
+    if not 0 < sequence < 1 << 64:
+        raise ValueError(f"write sequence must be in 1..2**64-1, got {sequence}")
+    flags = FLAG_HAS_SEQUENCE | (FLAG_HAS_KEY if store_key else 0)
+    fixed = _FIXED.pack(MAGIC, FORMAT_VERSION, flags, length,
                         int(array.nbytes), checksum, int(xxhash.xxh3_64_intdigest(kb)), 0,
-                        array.ndim, len(dtype_str), 0, len(stored_key), 0)
+                        array.ndim, len(dtype_str), 0, len(stored_key), sequence)
     body = fixed + struct.pack(f"<{array.ndim}Q", *array.shape) + dtype_str + stored_key
     header = bytearray(body.ljust(length, b"\x00"))
     struct.pack_into("<Q", header, _CHECKSUM_OFFSET, xxhash.xxh3_64_intdigest(header))
@@ -304,7 +348,9 @@ def _decode_header(raw: bytes, length: int, key: str | None, where: str) -> Shar
     header[_CHECKSUM_OFFSET:_CHECKSUM_OFFSET + 8] = bytes(8)
     if xxhash.xxh3_64_intdigest(header) != hchecksum:
         raise _corrupt(where, "header checksum mismatch (header bytes damaged)")
-    if flags & ~_KNOWN_FLAGS or reserved1 or reserved2:
+    if not flags & FLAG_HAS_SEQUENCE and reserved2:
+        raise _corrupt(where, "write sequence set without the sequence flag")
+    if flags & ~_KNOWN_FLAGS or reserved1:
         raise _corrupt(where, f"unknown flags {flags:#x} or non-zero reserved fields")
     if ndim > MAX_NDIM:
         raise _corrupt(where, f"{ndim} dimensions (at most {MAX_NDIM})")
@@ -338,7 +384,7 @@ def _decode_header(raw: bytes, length: int, key: str | None, where: str) -> Shar
         if key_hash(key) != khash:
             raise _corrupt(where, f"shard was stored under another key than {key!r}")
     return ShardHeader(dtype, tuple(int(d) for d in shape), int(payload_len), int(checksum),
-                       int(khash), stored_key, length)
+                       int(khash), stored_key, length, int(reserved2))
 
 
 def _parse_dtype(raw: bytes, where: str) -> np.dtype[Any]:

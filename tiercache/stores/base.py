@@ -22,6 +22,8 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
+from ..codec import ShardHeader
+
 VerifyMode = Literal["always", "never"]
 
 
@@ -53,6 +55,16 @@ class ShardInfo:
     dtype: np.dtype[np.generic]
     shape: tuple[int, ...]
     stored_nbytes: int  # bytes it occupies in the store (header included): what capacity counts
+    #: When it was written (:func:`tiercache.codec.next_write_sequence`); 0 if unknown.
+    sequence: int = 0
+    #: xxh3_64 of the payload as recorded in its header; ``None`` if unknown (memory).
+    payload_checksum: int | None = None
+
+    @classmethod
+    def from_header(cls, header: ShardHeader) -> ShardInfo:
+        """The info a decoded shard header gives. O(1)."""
+        return cls(header.dtype, header.shape, header.accounted_nbytes, header.sequence,
+                   header.payload_checksum)
 
 
 class Store(ABC):

@@ -384,7 +384,7 @@ class DiskcacheStore(Store):
                     header = self._read_header(value, key, where)
             except OSError as exc:
                 raise StoreError(f"{where}: read failed ({exc})") from exc
-        return ShardInfo(header.dtype, header.shape, header.accounted_nbytes)
+        return ShardInfo.from_header(header)
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` has an entry (damaged or not). One sqlite lookup."""

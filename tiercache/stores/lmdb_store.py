@@ -362,7 +362,7 @@ class LmdbStore(Store):
         if raw_header is None:
             return None
         header = codec.decode_header(raw_header, key, where=self._where(key))
-        return ShardInfo(header.dtype, header.shape, header.accounted_nbytes)
+        return ShardInfo.from_header(header)
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` has an entry (damaged or not). O(log n); no decoding."""

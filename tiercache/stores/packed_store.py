@@ -509,7 +509,7 @@ class PackedStore(Store):
         if entry is None:
             return None
         header = entry.header
-        return ShardInfo(header.dtype, header.shape, header.accounted_nbytes)
+        return ShardInfo.from_header(header)
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` has an entry (damaged or not). One index lookup."""

@@ -857,7 +857,7 @@ class RedisStore(Store):
         if head is None:
             return None
         header = head.header
-        return ShardInfo(header.dtype, header.shape, header.accounted_nbytes)
+        return ShardInfo.from_header(header)
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` has a head (damaged or not, chunks not checked). One EXISTS."""
