@@ -53,6 +53,19 @@ class CorruptShardError(StoreError):
     """A stored shard failed its integrity check (bad magic, header or checksum)."""
 
 
+class MediumDamagedError(StoreError):
+    """A tier's medium as a whole cannot be used: its index or data file is damaged
+    (a truncated lmdb map, an unreadable SQLite index, an undecodable key). The
+    message names the file and what is wrong. The engine opens such a tier
+    *degraded* (served from the other tiers and the origin) instead of failing,
+    and ``tiercache verify --repair`` empties and reopens it."""
+
+
+class CacheClosedError(TierCacheError):
+    """An operation was attempted on a cache (or store) that is closed, or that was
+    closed while the operation ran."""
+
+
 class ShardFormatError(TierCacheError, ValueError):
     """An array cannot be stored as a shard (object dtype, too many dimensions, ...)."""
 
