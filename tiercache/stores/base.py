@@ -12,7 +12,10 @@ store serialises what its medium needs serialised.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from ..codec import ShardHeader
+from ..errors import StoreError
 
 VerifyMode = Literal["always", "never"]
 
@@ -46,6 +50,98 @@ def file_identity_problem(path: Path, identity: tuple[int, int] | None) -> str |
     if (st.st_dev, st.st_ino) != identity:
         return f"{path} was replaced by another file"
     return None
+
+
+#: Name of the lock file :func:`lock_tier_folder` keeps in a tier folder.
+LOCK_FILE_NAME = ".tiercache.lock"
+
+
+class LockHandle:
+    """An exclusive ``flock`` on a tier folder's lock file, held until :meth:`release`.
+
+    Returned by :func:`lock_tier_folder`. The lock belongs to the open file
+    description: it is released when :meth:`release` closes the descriptor (or when
+    the process exits, even by SIGKILL). The descriptor is close-on-exec; a forked
+    child shares the parent's lock until both have closed it.
+
+    Thread-safety: :meth:`release` may be called from any thread, any number of
+    times. O(1).
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        #: The lock file.
+        self.path = path
+        self._fd: int | None = fd
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> bool:
+        """Whether the lock is still held (not yet released). O(1)."""
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Unlock and close the lock file (the file stays, with the last holder's pid).
+        Idempotent. O(1)."""
+        with self._lock:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor of the description drops the flock
+
+    def __repr__(self) -> str:
+        return f"LockHandle({str(self.path)!r}, held={self.held})"
+
+
+def lock_tier_folder(path: Path) -> LockHandle:
+    """Take the exclusive lock that makes this process the only user of tier folder ``path``.
+
+    Creates ``path`` if missing, opens ``path/.tiercache.lock`` (close-on-exec), takes
+    a non-blocking exclusive ``fcntl.flock`` on it and writes this process's pid into
+    it (for the message another process gets). Hold the handle for the store's
+    lifetime; :meth:`LockHandle.release` it on close and before a reopen.
+
+    Raises :class:`~tiercache.errors.StoreError` when another open file description
+    holds the lock -- another process, or another store on the same folder in this
+    process -- naming the folder and the holder's pid, or when the lock file cannot
+    be created (read-only folder, ...). The kernel drops the lock of a process that
+    dies, so a crash never leaves the folder locked.
+
+    Thread-safe. O(1): one ``open``, one ``flock``, one small write.
+    """
+    lock_path = Path(path) / LOCK_FILE_NAME
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StoreError(f"tier folder {path}: cannot create the lock file {lock_path} "
+                         f"({exc}); check the folder is writable") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = _read_pid(fd)
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            who = f"pid {holder}" if holder is not None else "pid unknown"
+            if holder == os.getpid():
+                who += ", this process: another store has it open"
+            raise StoreError(f"tier folder {path} is in use by another process ({who}); a "
+                             "disk tier belongs to one process -- give each worker its own "
+                             "folder or share through a redis tier") from None
+        raise StoreError(f"tier folder {path}: cannot lock {lock_path} ({exc})") from exc
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass  # the pid is only for the message; a full disk must not stop the store opening
+    return LockHandle(lock_path, fd)
+
+
+def _read_pid(fd: int) -> int | None:
+    """The pid recorded in an open lock file, or ``None`` if unreadable. O(1)."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 @dataclass(frozen=True)
