@@ -1,6 +1,6 @@
 """Trace replay throughput: requests per second of count-mode replay on the ARC paper's OLTP.
 
-Measures, in one process and one run, on ``../shared/traces/arc/OLTP.lis.zst``
+Measures, in one process and one run, on ``data/traces/arc/OLTP.lis.zst``
 (914,145 requests):
 
 * ``LRU`` / ``ARC`` fast path: ``policy.replay_count(keys)`` on a fresh policy
@@ -46,7 +46,7 @@ try:
 except ImportError:  # pragma: no cover - optional yardstick
     libcachesim = None
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces" / "arc"
+TRACES = Path(__file__).resolve().parents[1] / "data" / "traces" / "arc"
 POLICIES: dict[str, type[Policy]] = {"LRU": LRUPolicy, "ARC": ARCPolicy}
 T = TypeVar("T")
 

@@ -170,3 +170,37 @@ def test_cli_reports_a_bad_trace_in_one_line(tmp_path: Path) -> None:
                                    "(start_block n_blocks ignored request_no), got 3 field(s): "
                                    "b'2 1 0' (a truncated line?)")
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+# --- the ARC traces ship with the repository --------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_REPO_TRACES = ROOT / "data" / "traces" / "arc"
+#: Where tests, docs, benchmarks and examples may not look: a fresh clone has nothing beside it.
+OUTSIDE_THE_REPO = ("../shared", "..\\shared", '"shared" / "traces"')
+
+
+def test_arc_traces_are_in_the_repository() -> None:
+    for name, requests in (("OLTP", 914_145),):
+        assert len(read_trace(IN_REPO_TRACES / f"{name}.lis.zst")) == requests
+    for name in ("P6", "P12"):
+        path = IN_REPO_TRACES / f"{name}.lis.zst"
+        assert path.stat().st_size > 1_000_000, f"{path} missing or truncated"
+    assert "Megiddo" in (IN_REPO_TRACES / "README.md").read_text(encoding="utf-8")
+
+
+def test_nothing_refers_to_files_beside_the_repository() -> None:
+    """A user's clone has no ``../shared``: tests, docs, benchmarks, examples and the
+    package must use the in-repo copies (data/traces/arc)."""
+    found = []
+    files = [ROOT / "README.md", ROOT / "Makefile"]
+    for folder in ("tests", "docs", "bench", "examples", "tiercache", "policies"):
+        files += [p for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".md", ".toml")]
+    for path in files:
+        if path == Path(__file__).resolve():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), start=1):
+            found += [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+                      for needle in OUTSIDE_THE_REPO if needle in line]
+    assert not found, "files outside the repository referenced:\n" + "\n".join(found)
