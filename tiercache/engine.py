@@ -637,11 +637,14 @@ class TieredCache:
         """
         source = self._tiers[index]
         below = self._tiers[index + 1:]
+        if any(key in t for t in below):
+            source.stats.clean_drops += 1
+            return  # a copy of this version already lives below: writing it again is waste
+        if source.store.persistent:  # never leave a persisted shard only in memory
+            below = [t for t in below if t.store.persistent]
         if not below:
             source.stats.dropped += 1  # evicted out of the hierarchy
             return
-        if self.inclusive and any(key in t for t in below):
-            return  # a copy already lives below: just drop this one
         try:
             array = self._read_for_move(index, key)
         except CorruptShardError as exc:
@@ -655,7 +658,8 @@ class TieredCache:
         if array is None:
             return
         for force in (False, True):  # last resort: retry degraded tiers before giving up
-            for offset, target in enumerate(below, start=index + 1):
+            for target in below:
+                offset = self._tiers.index(target)
                 if force and not target.degraded:
                     continue
                 try:
@@ -689,14 +693,28 @@ class TieredCache:
     def _promote(self, index: int, key: str, array: np.ndarray, *, private: bool,
                  to_top: bool = False) -> bool:
         """Move ``key`` from tier ``index`` up to the nearest tier above that can hold it
-        (with ``to_top``, the highest one that can); return whether it moved. Lock held."""
+        (with ``to_top``, the highest one that can); return whether it moved. Lock held.
+
+        A promotion is optional movement, so it is skipped (counted in the target's
+        ``bypassed``) when the target would have to evict a shard the declared schedule
+        needs sooner than this one (:meth:`_worth_promoting`). Exclusive mode moves
+        the shard, except out of a persistent tier into a volatile one: that copy
+        stays (a shard that reached a persistent tier is never held only in memory),
+        so evicting the memory copy later writes nothing.
+        """
         source = self._tiers[index]
         targets = range(0, index) if to_top else range(index - 1, -1, -1)
         for target_index in targets:
             target = self._tiers[target_index]
-            if not target.wants(key, target.store.stored_size(array)):
+            size = target.store.stored_size(array)
+            if not target.wants(key, size):
                 continue
-            if not self.inclusive:
+            if not self._worth_promoting(target, key, size):
+                target.stats.bypassed += 1
+                return False
+            keep_source = self.inclusive or (source.store.persistent
+                                             and not target.store.persistent)
+            if not keep_source:
                 source.remove(key)  # the bytes are in `array`; re-admitted below on failure
             adopt = private and target.is_memory
             try:
@@ -708,11 +726,45 @@ class TieredCache:
             if moved:
                 source.stats.promotions_out += 1
                 target.stats.promotions_in += 1
-            elif not self.inclusive and not self._admit_from(index, key, array, adopt=False):
+            elif not keep_source and not self._admit_from(index, key, array, adopt=False):
                 log.warning("shard %r could not be kept after a failed promotion", key)
                 source.stats.dropped += 1
             return moved
         return False
+
+    def _next_use(self, key: str) -> int | None:
+        """Scheduled gets from the cursor until ``key`` is read again (the schedule's
+        length for the key read at the cursor), or ``None`` when the schedule does
+        not list it. O(occurrences of the key). Lock held."""
+        where = self._schedule_index.get(key)
+        if where is None:
+            return None
+        length = len(self.schedule)
+        cursor = self._cursor
+        positions = (where,) if isinstance(where, int) else where
+        return min((p - cursor - 1) % length + 1 for p in positions)
+
+    def _worth_promoting(self, target: Tier, key: str, size: int) -> bool:
+        """Whether promoting ``key`` into ``target`` can pay: yes when it fits without
+        evicting, or when no schedule is declared (the policy alone decides); with a
+        schedule, no when the victim ``target``'s policy would evict first is needed
+        again sooner than ``key`` -- the swap would cost a miss before it saves one
+        (Belady's rule applied to the policy's own choice of victim, so a recency
+        policy on a tier smaller than a loop keeps a fixed part of the loop instead of
+        cycling every shard through). O(1) policy calls. Lock held."""
+        if not self._schedule_index or target.used_bytes + size <= target.capacity_bytes:
+            return True
+        mine = self._next_use(key)
+        if mine is None:
+            return True
+        try:
+            victim = target.policy.victim(key)
+        except Exception:  # an empty or refusing policy: let admit() decide
+            return True
+        if victim is None or victim == key:
+            return True
+        theirs = self._next_use(victim)
+        return theirs is None or mine < theirs
 
     def _stage(self, index: int, key: str, version: int, array: np.ndarray) -> bool:
         """Hold a prefetched copy the top tier refused until the loop reads it, within
@@ -920,11 +972,12 @@ class TieredCache:
         with self._lock:
             for tier in self._tiers:
                 tier.check_invariants()
-            if not self.inclusive:
+            if not self.inclusive:  # exclusive: one persistent copy, one volatile at most
                 for tier in self._tiers:
                     for key in tier.keys():
-                        holders = self.where(key)
-                        assert len(holders) == 1, f"{key!r} in several tiers: {holders}"
+                        kept = [t.store.persistent for t in self._tiers if key in t]
+                        assert kept.count(True) <= 1 and kept.count(False) <= 1, (
+                            f"{key!r} in several tiers: {self.where(key)}")
 
     def _check_open(self) -> None:
         if self._closed:

@@ -50,6 +50,8 @@ class TierStats:
     demotions_in: int = 0
     demotions_out: int = 0
     dropped: int = 0
+    #: Evictions that wrote nothing: a copy of the same version already lived below.
+    clean_drops: int = 0
     corrupt: int = 0
     errors: int = 0
     skipped_too_large: int = 0
@@ -71,7 +73,7 @@ class TierStats:
             "evictions": self.evictions,
             "promotions_in": self.promotions_in, "promotions_out": self.promotions_out,
             "demotions_in": self.demotions_in, "demotions_out": self.demotions_out,
-            "dropped": self.dropped, "corrupt": self.corrupt, "errors": self.errors,
+            "dropped": self.dropped, "clean_drops": self.clean_drops, "corrupt": self.corrupt, "errors": self.errors,
             "skipped_too_large": self.skipped_too_large, "bypassed": self.bypassed,
             "skipped_degraded": self.skipped_degraded, "recoveries": self.recoveries,
             "lost": self.lost,
