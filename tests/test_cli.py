@@ -120,3 +120,81 @@ def test_every_bad_config_is_one_line_exit_2_and_creates_nothing(
     assert lines[0].startswith(f"tiercache: error: {toml}:"), lines[0]
     assert key in lines[0] and words.lower() in lines[0].lower(), lines[0]
     assert sorted(tmp_path.rglob("*")) == before  # nothing created on disk
+
+
+# -- the stats table: degraded tiers, 100 columns (issue 11.7, 11.8) ------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on once this socket is closed
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_stats_shows_a_redis_tier_that_is_down_and_exits_1(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "tiers.toml"
+    cfg.write_text(TOML + f'[[tiers]]\nname = "shared"\nbackend = "redis"\n'
+                   f'url = "redis://127.0.0.1:{_closed_port()}/0"\ncapacity = "1GiB"\n'
+                   "timeout = 0.5\n")
+    assert main(["stats", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("shared"))
+    assert "redis" in row and "DEGRADED" in row
+    assert "tier shared degraded:" in out
+    healthy = next(line for line in out.splitlines() if line.startswith("ram "))
+    assert " ok " in healthy
+    assert main(["stats", "--json", str(cfg)]) == 1  # JSON too: the status says it
+
+
+def test_stats_exits_0_when_every_tier_is_healthy(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "tiers.toml"
+    cfg.write_text(TOML)
+    assert main(["stats", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "DEGRADED" not in out and "degraded" not in out
+    assert "loop:" not in out  # no schedule was declared
+
+
+def _busy_tier(backend: str, policy: str, *, degraded: bool = False) -> dict[str, Any]:
+    big = 987_654_321
+    return {"backend": backend, "policy": policy, "capacity_bytes": 1023 << 30,
+            "resident_bytes": 1000 << 30, "resident_count": 123_456, "degraded": degraded,
+            "degraded_reason": "put: [Errno 28] No space left on device" if degraded else None,
+            "errors": 3 if degraded else 0, "hits": big, "misses": big, "promotions_in": big,
+            "promotions_out": big, "demotions_in": big, "demotions_out": big,
+            "evictions": big, "bytes_read": 999 << 40, "bytes_written": 1000 << 30,
+            "get_latency_p50_s": 0.000_123_4, "get_latency_p99_s": 0.9876}
+
+
+def test_stats_table_fits_100_columns_with_large_numbers() -> None:
+    import io
+
+    from tiercache.commands.stats import render_stats
+
+    stats = {"mode": "exclusive", "tiers": {
+        "ram": _busy_tier("memory", "opt"), "ssd": _busy_tier("packed", "s3fifo"),
+        "hdd": _busy_tier("diskcache", "wtinylfu", degraded=True),
+        "shared": _busy_tier("redis", "arc")},
+        "origin": {"kind": "SafetensorsOrigin", "hits": 12_345_678, "bytes_read": 1 << 40,
+                   "get_latency_p50_s": 1.5, "get_latency_p99_s": 12.0},
+        "loop": {"gets": 10, "stalls": 2, "stall_s": 0.1, "prefetched": 3}}
+    buf = io.StringIO()
+    render_stats(stats, file=buf)
+    lines = buf.getvalue().splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 100, buf.getvalue()
+    assert "…" not in buf.getvalue()  # nothing cut off to make it fit
+    assert "origin (SafetensorsOrigin): 12345678 gets served, 1.0T read, p50/p99 1.5s/12s" in lines
+    for name in ("ram", "ssd", "hdd", "shared"):
+        assert any(line.startswith(name + " ") for line in lines)
+    hdd = next(line for line in lines if line.startswith("hdd "))
+    assert "wtinylfu" in hdd and "DEGRADED" in hdd and "988M/988M" in hdd
+    assert "123µs/988ms" in hdd and "1.0T/1.0T" in hdd and "999T/1.0T" in hdd
+    assert "tier hdd degraded: put: [Errno 28] No space left on device" in lines
+    assert any(line.startswith("loop: 10 scheduled gets") for line in lines)
+    buf = io.StringIO()
+    render_stats({**stats, "loop": {**stats["loop"], "gets": 0}}, file=buf)
+    assert "loop:" not in buf.getvalue()  # no schedule declared: no loop line
