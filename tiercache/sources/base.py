@@ -12,20 +12,34 @@ An importer produces one shard per tensor, one at a time, and hands each to a
 - :class:`NpyDirSink` -- one ``<key>.npy`` per shard in a folder that
   :class:`tiercache.origins.NpyDirOrigin` serves.
 
+An import either completes or leaves the sink as it was: importers check the
+whole file before :func:`write_shards` writes the first shard, and if a load or
+a write fails midway, :func:`write_shards` calls the sink's ``abort`` with the
+keys written so far (a :class:`CacheSink` deletes them from every tier, an
+:class:`NpyDirSink` removes their files) before the error propagates.
+
+Progress goes to stderr: a rich live bar on a terminal, and on anything else
+(a file, a pipe, a CI log) at most a dozen plain lines of at most
+:data:`PLAIN_PROGRESS_WIDTH` characters, one per 10 % (see :class:`ImportProgress`).
+
 Thread-safety: a sink is used by one importer thread at a time.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import sys
+import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TextIO
 
 import numpy as np
 
 from ..errors import TierCacheError
-from ..origins import NpyDirOrigin
+from ..origins import NpyDirOrigin, npy_filename
 from ..units import format_size
 
 if TYPE_CHECKING:
@@ -57,6 +71,9 @@ class ShardSink(Protocol):
 
     def finish(self) -> None:
         """Called once after the last :meth:`write`."""
+
+    def abort(self, keys: list[str]) -> None:
+        """The import failed: remove ``keys``, the shards it wrote so far (best effort)."""
 
 
 class CacheSink:
@@ -98,6 +115,12 @@ class CacheSink:
                 f"{len(missing)} of {len(self._keys)} shards were evicted out of the cache "
                 f"during the import (first: {missing[0]!r}); the lowest tier is too small")
 
+    def abort(self, keys: list[str]) -> None:
+        """Delete ``keys`` from every tier (a key the import overwrote loses its old value
+        too, which the import had already replaced). O(len(keys) x tiers)."""
+        for key in keys:
+            self.cache.delete(key)
+
 
 class NpyDirSink:
     """Write shards as ``.npy`` files into ``folder`` (an ``npy`` origin folder)."""
@@ -114,6 +137,11 @@ class NpyDirSink:
     def finish(self) -> None:
         pass
 
+    def abort(self, keys: list[str]) -> None:
+        """Remove the ``.npy`` files of ``keys``. O(len(keys))."""
+        for key in keys:
+            (self.folder / npy_filename(key)).unlink(missing_ok=True)
+
 
 class DictSink:
     """Keep shards in a dict (tests, small models). Copies each array."""
@@ -129,6 +157,10 @@ class DictSink:
 
     def finish(self) -> None:
         pass
+
+    def abort(self, keys: list[str]) -> None:
+        for key in keys:
+            self.arrays.pop(key, None)
 
     def get(self, key: str) -> np.ndarray:
         """Serve a stored shard (so a DictSink is also a weight source)."""
@@ -152,7 +184,7 @@ class PlannedShard(NamedTuple):
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize  # Python ints: no overflow
 
 
 def in_reading_order(plan: Sequence[PlannedShard], schedule: Sequence[str]) -> list[PlannedShard]:
@@ -167,49 +199,135 @@ def in_reading_order(plan: Sequence[PlannedShard], schedule: Sequence[str]) -> l
     return sorted(plan, key=lambda shard: first.get(shard.key, unlisted))
 
 
+#: Longest line the plain (non-terminal) progress report prints.
+PLAIN_PROGRESS_WIDTH = 100
+
+
+class ImportProgress:
+    """Progress of one import on ``stream`` (default: stderr).
+
+    On a terminal: a rich live bar. Anywhere else -- a file, a pipe, a CI log,
+    even one that claims colour support (``FORCE_COLOR``) -- a live bar would
+    be written out once per refresh and wrap, so this prints plain lines
+    instead: one each time another 10 % is done (at most 11), each at most
+    :data:`PLAIN_PROGRESS_WIDTH` characters, no escape codes. A context
+    manager; O(1) per :meth:`advance`. Thread-safety: one importer thread.
+    """
+
+    def __init__(self, description: str, total_bytes: int, *, enabled: bool = True,
+                 stream: TextIO | None = None) -> None:
+        self.description = description
+        self.total_bytes = total_bytes
+        self.enabled = enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.done_bytes = 0
+        self._bar: Any = None
+        self._task: Any = None
+        self._next_tenth = 1
+        self._started = time.monotonic()
+        isatty = getattr(self.stream, "isatty", None)
+        self.interactive = bool(enabled and callable(isatty) and isatty())
+
+    def __enter__(self) -> ImportProgress:
+        if self.interactive:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("[progress.description]{task.description}"), BarColumn(),
+                DownloadColumn(binary_units=True), TransferSpeedColumn(),
+                TimeRemainingColumn(), console=Console(file=self.stream), transient=False)
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.description, total=self.total_bytes)
+        self._started = time.monotonic()
+        return self
+
+    def advance(self, nbytes: int) -> None:
+        """Count ``nbytes`` more as done."""
+        self.done_bytes += nbytes
+        if self._bar is not None:
+            self._bar.update(self._task, advance=nbytes)
+        elif self.enabled:
+            tenths = 10 if self.total_bytes <= 0 else self.done_bytes * 10 // self.total_bytes
+            if tenths >= self._next_tenth:
+                self._next_tenth = tenths + 1
+                self._print_line()
+
+    def _print_line(self) -> None:
+        done, total = self.done_bytes, self.total_bytes
+        percent = 100 if total <= 0 else min(100, done * 100 // total)
+        elapsed = time.monotonic() - self._started
+        tail = f": {percent:3d}% {format_size(done)} of {format_size(total)}, {elapsed:.1f} s"
+        room = PLAIN_PROGRESS_WIDTH - len(tail)
+        label = self.description if len(self.description) <= room else \
+            self.description[:max(0, room - 3)] + "..."
+        print((label + tail)[:PLAIN_PROGRESS_WIDTH], file=self.stream, flush=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
 def write_shards(sink: ShardSink, plan: Sequence[PlannedShard], *, progress: bool = True,
                  description: str = "importing", file: str | os.PathLike[str] | None = None,
                  ) -> dict[str, TensorInfo]:
-    """Load and write every planned shard in order, one at a time, with a progress bar.
+    """Load and write every planned shard in order, one at a time, with a progress report.
 
     Only one shard is in memory at a time (plus whatever the sink keeps). A
     loader returning the wrong shape or dtype is a :class:`ModelFormatError`
-    naming ``file`` and the key. Returns the :class:`TensorInfo` of each key,
-    in order. O(total bytes).
+    naming ``file`` and the key. If anything fails after :meth:`ShardSink.begin`
+    -- a loader, a write, :meth:`ShardSink.finish`, an interrupt -- the keys
+    written so far are handed to the sink's ``abort`` (when it has one) and
+    the error propagates: a failed import leaves no shards behind. Returns the
+    :class:`TensorInfo` of each key, in order. Progress: :class:`ImportProgress`
+    on stderr. O(total bytes) time. Thread-safety: one caller per sink.
     """
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
     from . import manifest
 
     keys = [p.key for p in plan]
-    if len(set(keys)) != len(keys):
-        dup = next(k for k in keys if keys.count(k) > 1)
+    dup = next((k for k, n in Counter(keys).items() if n > 1), None)
+    if dup is not None:
         raise ModelFormatError(f"two tensors map to the shard key {dup!r}", file=file)
     total = sum(p.nbytes for p in plan)
-    sink.begin(total, keys)
     infos: dict[str, TensorInfo] = {}
-    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),
-               DownloadColumn(binary_units=True), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=not progress,
-                  transient=False) as bar:
-        task = bar.add_task(description, total=total)
-        for shard in plan:
-            array = shard.load()
-            if array.shape != shard.shape or array.dtype != shard.dtype:
-                raise ModelFormatError(
-                    f"tensor {shard.key!r} decoded to {array.dtype} {array.shape}, expected "
-                    f"{shard.dtype} {shard.shape}", file=file)
-            sink.write(shard.key, np.ascontiguousarray(array))
-            infos[shard.key] = manifest.TensorInfo(shard.shape, shard.dtype.name, int(array.nbytes))
-            del array
-            bar.update(task, advance=shard.nbytes)
-    sink.finish()
+    written: list[str] = []
+    try:
+        sink.begin(total, keys)
+        with ImportProgress(description, total, enabled=progress) as report:
+            for shard in plan:
+                array = shard.load()
+                if array.shape != shard.shape or array.dtype != shard.dtype:
+                    raise ModelFormatError(
+                        f"tensor {shard.key!r} decoded to {array.dtype} {array.shape}, "
+                        f"expected {shard.dtype} {shard.shape}", file=file)
+                written.append(shard.key)  # before the write: a failed write may leave a part
+                sink.write(shard.key, np.ascontiguousarray(array))
+                infos[shard.key] = manifest.TensorInfo(shard.shape, shard.dtype.name,
+                                                       int(array.nbytes))
+                del array
+                report.advance(shard.nbytes)
+        sink.finish()
+    except BaseException as exc:
+        _abort(sink, written, exc)
+        raise
     return infos
+
+
+def _abort(sink: ShardSink, written: list[str], exc: BaseException) -> None:
+    """Hand the keys of a failed import to the sink's ``abort``; a failure there is noted
+    on ``exc`` (the import's own error stays the one raised)."""
+    abort = getattr(sink, "abort", None)
+    if abort is None or not written:
+        return
+    try:
+        abort(list(written))
+    except Exception as cleanup:
+        exc.add_note(f"and removing the {len(written)} shards written so far failed: "
+                     f"{type(cleanup).__name__}: {cleanup}")

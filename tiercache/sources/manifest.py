@@ -32,6 +32,7 @@ only their own file.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,15 @@ class TensorInfo:
         return {"shape": list(self.shape), "dtype": self.dtype, "nbytes": self.nbytes}
 
 
+#: Upper bounds of the whole-number Llama hyper-parameters (far above any real model:
+#: they stop a damaged file or manifest from sizing tables by itself).
+HPARAM_LIMITS: dict[str, int] = {
+    "n_layers": 1 << 16, "dim": 1 << 20, "ffn_dim": 1 << 22, "n_heads": 1 << 14,
+    "n_kv_heads": 1 << 14, "vocab_size": 1 << 24, "head_dim": 1 << 16,
+    "context_length": 1 << 32,
+}
+
+
 @dataclass(frozen=True)
 class LlamaHParams:
     """Hyper-parameters of a Llama-family decoder (GGUF ``llama.*`` keys).
@@ -91,11 +101,25 @@ class LlamaHParams:
     tied_embeddings: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("n_layers", "dim", "ffn_dim", "n_heads", "n_kv_heads", "vocab_size",
-                     "head_dim", "context_length"):
+        """Check every field: whole numbers in ``1..HPARAM_LIMITS[name]``, KV heads that
+        divide the heads, an even head size, rope theta and the norm epsilon finite and
+        positive (epsilon below 1). ``ValueError`` naming the field. O(1)."""
+        for name, limit in HPARAM_LIMITS.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or \
+                    not 1 <= value <= limit:
+                raise ValueError(f"{name} must be a whole number from 1 to {limit}, "
+                                 f"got {value!r}")
+        for name, upper in (("rope_theta", math.inf), ("rms_eps", 1.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not math.isfinite(value) or not 0 < value < upper:
+                raise ValueError(f"{name} must be a finite number above 0"
+                                 + (f" and below {upper}" if upper != math.inf else "")
+                                 + f", got {value!r}")
+        if not isinstance(self.tied_embeddings, bool):
+            raise ValueError(f"tied_embeddings must be true or false, got "
+                             f"{self.tied_embeddings!r}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
                              f"({self.n_kv_heads})")
@@ -205,8 +229,7 @@ class ModelManifest:
             raise bad(f"version {data.get('version')!r} is not supported (this tiercache "
                       f"reads version {MANIFEST_VERSION})")
         try:
-            tensors = {str(k): TensorInfo(tuple(int(s) for s in v["shape"]), str(v["dtype"]),
-                                          int(v["nbytes"]))
+            tensors = {str(k): _tensor_info(str(k), v)
                        for k, v in dict(data.get("tensors") or {}).items()}
             manifest = cls(
                 architecture=str(data["architecture"]), name=str(data.get("name") or ""),
@@ -216,7 +239,7 @@ class ModelManifest:
                 metadata=dict(data.get("metadata") or {}), keras=data.get("keras"))
             if manifest.hparams is not None and manifest.architecture == "llama":
                 LlamaHParams.from_dict(manifest.hparams)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise bad(f"{type(exc).__name__}: {exc}") from None
         return manifest
 
@@ -229,6 +252,23 @@ class ModelManifest:
             json.dump(self.to_dict(), fh, ensure_ascii=False, separators=(",", ":"))
         os.replace(tmp, target)
         return target
+
+
+def _tensor_info(key: str, entry: Any) -> TensorInfo:
+    """A manifest's ``tensors`` entry, checked: a shape of whole numbers (a list, not the
+    string ``"44"``), a dtype name, whole ``nbytes``. ``ValueError`` naming ``key``."""
+    def whole(value: Any) -> bool:
+        return type(value) is int and value >= 0
+
+    if not isinstance(entry, dict):
+        raise ValueError(f"tensor {key!r}: expected an object, got {type(entry).__name__}")
+    shape, dtype, nbytes = entry["shape"], entry["dtype"], entry["nbytes"]
+    if not isinstance(shape, list) or not all(whole(n) for n in shape):
+        raise ValueError(f"tensor {key!r}: shape {shape!r} is not a list of whole numbers")
+    if not isinstance(dtype, str) or not whole(nbytes):
+        raise ValueError(f"tensor {key!r}: dtype {dtype!r} / nbytes {nbytes!r} are not a "
+                         "name and a whole number")
+    return TensorInfo(tuple(shape), dtype, nbytes)
 
 
 def load_manifest(path: str | os.PathLike[str]) -> ModelManifest:
