@@ -9,11 +9,14 @@ Usage::
     assert result.ok, result.describe()          # returned normally
     assert result.error_type == "ModelFormatError"  # or: raised this exception type
 
-The function must be importable by name from the child (a module-level function of a test
-module or of tiercache); its arguments and return value must pickle. The child is started
-with the ``fork`` method (fast; the test process must not hold threads that matter) and
-gets ``RLIMIT_AS`` = ``limit_bytes`` before it calls the function. A child killed by a signal
-(SIGBUS, SIGSEGV, SIGKILL) or one that runs past ``timeout_s`` is reported as such.
+The child is started with the ``fork`` method (fast; the test process must not hold
+threads that matter), so ``func`` and its arguments are not pickled (a closure works); the
+return value travels back through a pipe and must pickle. Before it calls the function the
+child sets ``RLIMIT_AS`` to what it has mapped already (inherited from the test process:
+~0.2 GB for numpy and tiercache, several GB once TensorFlow is imported) plus
+``limit_bytes``: the cap is on what the call itself adds, so it holds the same way whatever
+the test process imported before. A child killed by a signal (SIGBUS, SIGSEGV, SIGKILL) or
+one that runs past ``timeout_s`` is reported as such.
 """
 
 from __future__ import annotations
@@ -51,9 +54,19 @@ class CappedResult:
         return f"returned {self.value!r}"
 
 
+def mapped_bytes() -> int:
+    """The address space this process has mapped now (``VmSize``); 0 if unknown."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[0]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _child(conn: Any, limit_bytes: int, func: Callable[..., Any], args: tuple[Any, ...],
            kwargs: dict[str, Any]) -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+    cap = mapped_bytes() + limit_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     try:
         value = func(*args, **kwargs)
     except BaseException as exc:  # report every failure, MemoryError included
@@ -68,7 +81,8 @@ def _child(conn: Any, limit_bytes: int, func: Callable[..., Any], args: tuple[An
 
 def run_capped(func: Callable[..., Any], *args: Any, limit_bytes: int = DEFAULT_LIMIT_BYTES,
                timeout_s: float = 120.0, **kwargs: Any) -> CappedResult:
-    """Call ``func(*args, **kwargs)`` in a forked child under ``RLIMIT_AS``. O(the call)."""
+    """Call ``func(*args, **kwargs)`` in a forked child allowed ``limit_bytes`` more address
+    space than it starts with; wait at most ``timeout_s``. O(the call)."""
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(child, limit_bytes, func, args, kwargs))
@@ -81,12 +95,12 @@ def run_capped(func: Callable[..., Any], *args: Any, limit_bytes: int = DEFAULT_
         except EOFError:
             message = None
     proc.join(5 if message is not None else 0.1)
+    parent.close()
     if proc.is_alive():
         proc.kill()
         proc.join()
         if message is None:
             return CappedResult(ok=False, timed_out=True)
-    parent.close()
     if message is None:
         code = proc.exitcode
         return CappedResult(ok=False, signal=-code if code is not None and code < 0 else None,
