@@ -1,0 +1,373 @@
+"""Every fenced code block in README.md and docs/*.md runs, or says why it cannot.
+
+A block is treated by its language (the fence's info string) and by the HTML comments on
+the lines right above its fence (invisible once rendered):
+
+``<!-- illustrative: REASON -->``
+    Not run: pseudo-code, sample output, a benchmark that takes minutes, a command that
+    needs data the repository does not ship. The reason is required.
+``<!-- setup: SHELL COMMAND -->``
+    Run first (bash, in the page's folder) to make what the reader is assumed to have: an
+    input file, or a tiny synthetic model standing in for a 500 MB import. May repeat.
+
+Runners by language:
+
+- ``python``: one child Python process per page (tests/doc_worker.py) runs the page's
+  blocks in one namespace, in page order: a page reads as one session, so a block may use
+  what an earlier block of the page defined. Its ``sys.path`` starts with the page's folder.
+- ``toml``: parsed and validated with :func:`tiercache.load_config`. A block whose first
+  line is ``# NAME.toml`` is saved as NAME.toml in the page's folder for the later blocks;
+  ``# costs.toml`` is validated as a simulator cost-model file instead
+  (:func:`tiercache.sim.tiers.load_models`, every table through ``TierModel``).
+- ``bash`` / ``sh`` / ``shell``: one ``bash -e -o pipefail`` script, the venv's ``bin`` first
+  on ``PATH`` (so ``tiercache ...`` is this checkout's).
+- ``console``: the ``$ `` lines (with ``\\`` continuations) run one by one; the other lines
+  are the output shown. A command whose shown output has a ``tiercache: error: ...`` line
+  must exit with status 2 and print that line; every other command must exit 0.
+- ``conf`` whose first line names ``redis.conf``: a real redis-server (loopback, free port,
+  tests/redis_fixtures.py) must start with it and know every directive (CONFIG GET).
+- any other language, or none: a failure, unless marked illustrative.
+
+Each page gets a fresh temporary folder that stands for a checkout's root (``examples`` is a
+link to the repository's, ``docs/img/`` is empty); its blocks run there in page order, and
+running one block alone (``-k``) first runs the earlier blocks of its page. Test ids are
+``PATH:LINE`` of the fence. Each block is bounded by :data:`BLOCK_TIMEOUT_S`; the whole
+file takes about 40-60 s on the 2-core VM (most of it two TensorFlow start-ups).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import shlex
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+from markdown_it import MarkdownIt  # a dependency of rich, so always installed
+from redis_fixtures import HOST, _die_with_parent, free_port, redis_binaries
+
+import tiercache
+from tiercache.sim.tiers import DEFAULT_MODELS, TierModel, load_models
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().parent / "doc_worker.py"
+#: Wall-clock limit of one block (its setup commands included).
+BLOCK_TIMEOUT_S = 120.0
+_MARKER = re.compile(r"^\s*<!--\s*(illustrative|setup)\s*:(.*?)-->\s*$")
+_NAMED_FILE = re.compile(r"^#\s*([\w.-]+\.(?:toml|conf))\b")
+_RUNNERS = {"python": "python", "py": "python", "toml": "toml", "bash": "shell",
+            "sh": "shell", "shell": "shell", "console": "console", "conf": "redis"}
+
+
+@dataclass
+class Block:
+    """One fenced (or indented) code block of a page."""
+
+    path: str  # relative to the repository root
+    line: int  # 1-based line of the opening fence
+    lang: str
+    code: str
+    illustrative: str | None = None  # the reason, when marked
+    setup: list[str] = field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+    @property
+    def runner(self) -> str | None:
+        """The runner's name, or None when no runner takes this language."""
+        kind = _RUNNERS.get(self.lang)
+        if kind == "redis" and "redis.conf" not in self.code.split("\n", 1)[0]:
+            return None
+        return kind
+
+    @property
+    def file_name(self) -> str | None:
+        """The file this block saves itself as (first line ``# NAME.toml``), if any."""
+        match = _NAMED_FILE.match(self.code)
+        return match.group(1) if match else None
+
+
+def parse_page(path: Path, root: Path = ROOT) -> list[Block]:
+    """Every code block of one Markdown page, with the markers above it. O(page size)."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    blocks = []
+    for token in MarkdownIt("commonmark").parse(text):
+        if token.type not in ("fence", "code_block") or token.map is None:
+            continue
+        start = token.map[0]
+        block = Block(path.relative_to(root).as_posix(), start + 1,
+                      token.info.split()[0].lower() if token.info.strip() else "",
+                      token.content)
+        above = start - 1
+        while above >= 0 and (match := _MARKER.match(lines[above])):
+            kind, value = match.group(1), match.group(2).strip()
+            if kind == "illustrative":
+                block.illustrative = value
+            else:
+                block.setup.insert(0, value)
+            above -= 1
+        blocks.append(block)
+    return blocks
+
+
+def doc_pages(root: Path = ROOT) -> list[Path]:
+    """README.md and every docs/*.md, in a fixed order."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def collect(root: Path = ROOT) -> list[Block]:
+    """The blocks the suite must run: every block not marked illustrative with a reason."""
+    return [b for page in doc_pages(root) for b in parse_page(page, root) if not b.illustrative]
+
+
+class BlockFailed(AssertionError):
+    """A block did not run as its page says; the message names PATH:LINE."""
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    env["MPLBACKEND"] = "Agg"
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def _shell(block: Block, script: str, folder: Path, deadline: float,
+           ) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=folder,
+                              env=_env(), capture_output=True, text=True,
+                              timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise BlockFailed(f"{block.where}: {script!r} ran past {BLOCK_TIMEOUT_S:.0f} s") from None
+
+
+def console_commands(code: str) -> list[tuple[str, list[str]]]:
+    """``$ `` commands of a console block, each with the output lines shown after it."""
+    commands: list[tuple[str, list[str]]] = []
+    continued = False
+    for line in code.splitlines():
+        if continued:
+            commands[-1] = (commands[-1][0] + "\n" + line, commands[-1][1])
+        elif line.startswith("$ "):
+            commands.append((line[2:], []))
+        elif commands:
+            commands[-1][1].append(line)
+        continued = bool(commands) and line.endswith("\\")
+    return commands
+
+
+class Page:
+    """The state of one page's run: its folder, its Python worker, the blocks done."""
+
+    def __init__(self, path: str, folder: Path) -> None:
+        self.path = path
+        self.folder = folder
+        self.blocks = [b for b in parse_page(ROOT / path) if not b.illustrative]
+        self.done = 0
+        self.failed: str | None = None
+        self.worker: subprocess.Popen[str] | None = None
+        self.log = folder.parent / f"{folder.name}-python.log"
+        folder.mkdir(parents=True)
+        (folder / "examples").symlink_to(ROOT / "examples")
+        (folder / "docs" / "img").mkdir(parents=True)
+
+    def close(self) -> None:
+        """Stop the worker (idempotent)."""
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            assert worker.stdin is not None
+            worker.stdin.close()
+            try:
+                worker.wait(10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(10)
+
+    def run_through(self, block: Block) -> None:
+        """Run the page's blocks up to ``block`` (earlier ones first, once)."""
+        index = next(i for i, b in enumerate(self.blocks) if b.line == block.line)
+        if index < self.done:
+            raise BlockFailed(f"{block.where}: already run (blocks run in page order)")
+        while self.done <= index:
+            current = self.blocks[self.done]
+            self.done += 1
+            try:
+                self.run_one(current)
+            except BlockFailed as exc:
+                # the later blocks still run, so that each failure is reported by its own id
+                earlier, self.failed = self.failed, current.where
+                if self.done <= index:
+                    continue
+                if earlier is not None:
+                    raise BlockFailed(f"{exc}\n(an earlier block of the page, {earlier}, "
+                                      "failed too: this may follow from it)") from None
+                raise
+
+    def run_one(self, block: Block) -> None:
+        """Run one block: its setup commands, then its runner."""
+        if block.illustrative is not None:
+            raise BlockFailed(f"{block.where}: `<!-- illustrative: REASON -->` needs a reason")
+        runner = block.runner
+        if runner is None:
+            raise BlockFailed(
+                f"{block.where}: a ```{block.lang or '(no language)'} block has no runner: "
+                "give it a language that runs (python, toml, bash, console, conf for a "
+                "redis.conf) or mark it with `<!-- illustrative: REASON -->` on the line "
+                "above the fence")
+        deadline = time.monotonic() + BLOCK_TIMEOUT_S
+        for command in block.setup:
+            done = _shell(block, command, self.folder, deadline)
+            if done.returncode != 0:
+                raise BlockFailed(f"{block.where}: setup {command!r} failed "
+                                  f"(exit {done.returncode}): {done.stderr[-2000:]}")
+        getattr(self, f"_run_{runner}")(block, deadline)
+
+    def _run_python(self, block: Block, deadline: float) -> None:
+        if self.worker is None:
+            self.worker = subprocess.Popen(
+                [sys.executable, str(WORKER)], cwd=self.folder, env=_env(), text=True,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=self.log.open("a", encoding="utf-8"))
+        assert self.worker.stdin is not None and self.worker.stdout is not None
+        request = {"path": block.path, "line": block.line + 1, "code": block.code}
+        self.worker.stdin.write(json.dumps(request) + "\n")
+        self.worker.stdin.flush()
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.worker.stdout, selectors.EVENT_READ)
+            ready = selector.select(max(0.0, deadline - time.monotonic()))
+        if not ready:
+            self.worker.kill()
+            self.worker.wait(10)
+            self.worker = None
+            raise BlockFailed(f"{block.where}: ran past {BLOCK_TIMEOUT_S:.0f} s; "
+                              f"output: {self._log_tail()}")
+        reply_line = self.worker.stdout.readline()
+        if not reply_line:
+            status = self.worker.wait(10)
+            self.worker = None
+            raise BlockFailed(f"{block.where}: the Python process died (status {status}); "
+                              f"output: {self._log_tail()}")
+        reply = json.loads(reply_line)
+        if not reply["ok"]:
+            raise BlockFailed(f"{block.where}: the Python block failed:\n{reply['error']}")
+
+    def _log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+    def _run_toml(self, block: Block, deadline: float) -> None:
+        name = block.file_name or f"_block_{block.line}.toml"
+        target = self.folder / name
+        try:
+            data = tomllib.loads(block.code)
+        except tomllib.TOMLDecodeError as exc:
+            raise BlockFailed(f"{block.where}: not valid TOML: {exc}") from None
+        target.write_text(block.code, encoding="utf-8")
+        try:
+            if name == "costs.toml":
+                for key, table in load_models(target).items():
+                    TierModel.from_mapping(table, base=DEFAULT_MODELS["lmdb"],
+                                           where=f"{name}:{key}")
+            else:
+                tiercache.load_config(target)
+        except (tiercache.ConfigError, ValueError, TypeError) as exc:
+            raise BlockFailed(f"{block.where}: {name} ({sorted(data)}) does not "
+                              f"validate: {exc}") from None
+
+    def _run_shell(self, block: Block, deadline: float) -> None:
+        done = _shell(block, block.code, self.folder, deadline)
+        if done.returncode != 0:
+            raise BlockFailed(f"{block.where}: exit status {done.returncode}:\n"
+                              f"{done.stdout[-1500:]}{done.stderr[-2500:]}")
+
+    def _run_console(self, block: Block, deadline: float) -> None:
+        commands = console_commands(block.code)
+        if not commands:
+            raise BlockFailed(f"{block.where}: a console block without a `$ ` command")
+        for command, shown in commands:
+            done = _shell(block, command, self.folder, deadline)
+            errors = [line for line in shown if line.startswith("tiercache: error:")]
+            if errors:
+                if done.returncode != 2:
+                    raise BlockFailed(f"{block.where}: {command!r} should fail with status "
+                                      f"2, got {done.returncode}: {done.stderr[-1500:]}")
+                printed = done.stderr.splitlines()
+                missing = [line for line in errors if line not in printed]
+                if missing:
+                    raise BlockFailed(f"{block.where}: {command!r} printed "
+                                      f"{done.stderr.strip()!r}, the page shows {missing}")
+            elif done.returncode != 0:
+                raise BlockFailed(f"{block.where}: {command!r}: exit status "
+                                  f"{done.returncode}:\n{done.stderr[-2500:]}")
+
+    def _run_redis(self, block: Block, deadline: float) -> None:
+        conf = self.folder / f"redis-{block.line}.conf"
+        conf.write_text(block.code, encoding="utf-8")
+        server, _cli = redis_binaries()
+        port = free_port()
+        out = self.folder / f"redis-{block.line}.out"
+        with out.open("w") as sink:
+            proc = subprocess.Popen(
+                [server, str(conf), "--port", str(port), "--bind", HOST, "--dir",
+                 str(self.folder), "--daemonize", "no", "--logfile", ""],
+                stdout=sink, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        try:
+            client = redis.Redis(host=HOST, port=port, socket_timeout=2,
+                                 socket_connect_timeout=2)
+            until = min(deadline, time.monotonic() + 20)
+            while True:
+                if proc.poll() is not None:
+                    raise BlockFailed(f"{block.where}: redis-server refused this "
+                                      f"redis.conf:\n{out.read_text(errors='replace')}")
+                if time.monotonic() > until:
+                    raise BlockFailed(f"{block.where}: redis-server did not answer")
+                try:
+                    if client.ping():
+                        break
+                except redis.RedisError:
+                    time.sleep(0.02)
+            for line in block.code.splitlines():
+                words = shlex.split(line, comments=True)
+                if words and not client.config_get(words[0]):
+                    raise BlockFailed(f"{block.where}: redis-server does not know the "
+                                      f"directive {words[0]!r}")
+            client.close()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Page]]:
+    """The pages run so far in this session, by path; their workers stop at the end."""
+    opened: dict[str, Page] = {}
+    yield opened
+    for page in opened.values():
+        page.close()
+
+
+_BLOCKS = collect()
+
+
+@pytest.mark.parametrize("block", _BLOCKS, ids=[b.where for b in _BLOCKS])
+def test_doc_block(block: Block, pages: dict[str, Page],
+                   tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The block runs as the page shows it (see the module docstring for how)."""
+    page = pages.get(block.path)
+    if page is None:
+        folder = tmp_path_factory.mktemp("docs") / block.path.replace("/", "_")
+        page = pages[block.path] = Page(block.path, folder)
+    page.run_through(block)
