@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import gzip
+import io
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import zstandard
+from memcap import run_capped
 
 from tiercache.errors import TierCacheError, TraceError
 from tiercache.sim.traces import Trace, detect_format, read_trace, write_trace_csv
@@ -204,3 +208,136 @@ def test_nothing_refers_to_files_beside_the_repository() -> None:
             found += [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
                       for needle in OUTSIDE_THE_REPO if needle in line]
     assert not found, "files outside the repository referenced:\n" + "\n".join(found)
+
+
+# --- trace bombs: memory bounded by what the trace holds, never by what the file claims ---
+# Each hostile file is read in a forked child under RLIMIT_AS = 1 GiB (tests/memcap.py):
+# a regression that allocates without bound fails the test instead of the machine.
+
+CAP = 1 << 30
+
+
+def read_len(path: str, **kwargs: Any) -> int:
+    """Run in the capped child: the number of requests read."""
+    return len(read_trace(path, **kwargs))
+
+
+def assert_refused(path: Path, match: str, line: int | None, **kwargs: Any) -> str:
+    result = run_capped(read_len, str(path), limit_bytes=CAP, timeout_s=120, **kwargs)
+    assert result.error_type == "TraceError", result.describe()
+    message = result.error_message or ""
+    assert re.search(match, message), message
+    where = f"{path}:{line}: " if line is not None else f"{path}: "
+    assert message.startswith(where), message
+    return message
+
+
+def zst_frames(payload: bytes, frames: int) -> bytes:
+    """``frames`` concatenated zstd frames of ``payload``: a few KB inflating to GBs."""
+    return zstandard.ZstdCompressor().compress(payload) * frames
+
+
+@pytest.mark.parametrize("how", ["", "zst", "gz"])
+def test_lis_line_expanding_to_2_28_requests_is_refused(tmp_path: Path, how: str) -> None:
+    """``printf '0 268435456 0 0\\n'``: 2**28 requests (6.3 GB with the old expansion)."""
+    path = write(tmp_path, "bomb.lis", b"5 1 0 0\n0 268435456 0 1\n", how)
+    message = assert_refused(path, r"n_blocks 268,435,456 makes the trace expand to more "
+                                   r"than max_requests=67,108,864 requests", 2)
+    assert "--limit" in message and "--max-requests" in message
+
+
+def test_lis_bomb_prefix_reads_only_the_prefix(tmp_path: Path) -> None:
+    path = write(tmp_path, "bomb.lis", b"5 1 0 0\n0 268435456 0 1\n")
+    result = run_capped(read_len, str(path), limit_bytes=CAP, limit=1000)
+    assert result.ok and result.value == 1000, result.describe()
+    assert read_trace(path, limit=4).keys.tolist() == [5, 0, 1, 2]
+
+
+def test_lis_with_gigabytes_of_lines_stops_at_the_cap(tmp_path: Path) -> None:
+    """4 GiB of '0 1000 0 0' lines in a 70 KB .zst: refused at the line that goes past the
+    cap (67,109 lines of 1,000 blocks), after reading one block -- never inflated whole."""
+    path = tmp_path / "lines.lis.zst"
+    path.write_bytes(zst_frames(b"0 1000 0 0\n" * (4 << 20), 100))
+    assert path.stat().st_size < 1 << 20
+    assert_refused(path, r"makes the trace expand to more than max_requests", 67_109)
+    assert_refused(path, r"more than max_requests=5,000 requests", 6, max_requests=5_000)
+
+
+@pytest.mark.parametrize("name", ["zeros.lis.zst", "zeros.csv.zst"])
+def test_a_line_of_gigabytes_is_refused(tmp_path: Path, name: str) -> None:
+    """2.5 GiB of NUL bytes without a newline (3 KB of zstd RLE blocks): not read whole."""
+    path = tmp_path / name
+    path.write_bytes(zst_frames(b"\0" * (64 << 20), 40))
+    assert_refused(path, r"line longer than 1,048,576 bytes", 1)
+
+
+def test_gzip_bomb_is_streamed(tmp_path: Path) -> None:
+    path = tmp_path / "lines.csv.gz"
+    member = gzip.compress(b"k\n" * (4 << 20))  # 8 MiB in 8 KB; members concatenate
+    path.write_bytes(gzip.compress(b"key\n") + member * 32)
+    assert_refused(path, r"the trace holds more than max_requests=10,000 requests", 10_002,
+                   max_requests=10_000)
+    result = run_capped(read_len, str(path), limit_bytes=CAP, limit=10_000)
+    assert result.ok and result.value == 10_000, result.describe()
+
+
+def npy_header(shape: tuple[int, ...], dtype: str = "<i8") -> bytes:
+    from numpy.lib import format as npy_format
+
+    buf = io.BytesIO()
+    npy_format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False,
+                                            "shape": shape})
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("how", ["", "zst"])
+def test_npy_header_promising_too_much_is_refused(tmp_path: Path, how: str) -> None:
+    path = write(tmp_path, "huge.npy", npy_header((1 << 40,)) + b"\0" * 64, how)
+    assert_refused(path, r"shape \(1099511627776,\) holds more than max_requests", None)
+    path = write(tmp_path, "wide.npy", npy_header((1000,), "<U100000") + b"\0" * 64, how)
+    assert_refused(path, r"would take 400,000,000 bytes, more than the 16,000 allowed", None,
+                   max_requests=1000)
+    # within the cap but the data is not there: refused before 512 MiB are allocated
+    path = write(tmp_path, "short.npy", npy_header((1 << 26,)) + b"\0" * 64, how)
+    assert_refused(path, r"ends after 64 of the 536,870,912 data bytes", None)
+
+
+def test_npy_limit_reads_a_prefix(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.npy"
+    np.save(path, np.arange(20, dtype=np.int64).reshape(10, 2))
+    head = read_trace(path, limit=3)
+    assert head.keys.tolist() == [0, 2, 4] and head.sizes is not None
+    assert head.sizes.tolist() == [1, 3, 5]
+    fortran = tmp_path / "fortran.npy"
+    np.save(fortran, np.asfortranarray(np.arange(20, dtype=np.int64).reshape(10, 2)))
+    assert read_trace(fortran).keys.tolist() == list(range(0, 20, 2))
+    assert read_trace(fortran, limit=2).keys.tolist() == [0, 2]
+    with pytest.raises(TraceError, match="holds more than max_requests=9 requests"):
+        read_trace(path, max_requests=9)
+
+
+def test_csv_limit_and_cap(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", b"key,size\na,1\nb,2\n\nc,3\nd,4\n")
+    assert read_trace(path, limit=3).keys.tolist() == [0, 1, 2]
+    assert len(read_trace(path, max_requests=4)) == 4
+    with pytest.raises(TraceError, match="more than max_requests=3 requests") as info:
+        read_trace(path, max_requests=3)
+    assert info.value.line == 6
+    for bad in (0, -1, 1.5, True, 1 << 41):
+        with pytest.raises(ValueError, match="must be a whole number from 1 to 2\\*\\*40"):
+            read_trace(path, limit=bad)  # type: ignore[arg-type]
+
+
+def test_cli_limit_streams_and_max_requests_refuses(tmp_path: Path) -> None:
+    path = write(tmp_path, "bomb.lis", b"0 268435456 0 0\n")
+    proc = subprocess.run([sys.executable, "-m", "tiercache", "simulate", str(path),
+                           "--capacity", "10", "--limit", "100000", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert '"requests": 100000' in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "tiercache", "simulate", str(path),
+                           "--capacity", "10", "--max-requests", "1000"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"tiercache: error: {path}:1: n_blocks 268,435,456 makes "
+                                  "the trace expand to more than max_requests=1,000")

@@ -27,13 +27,13 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import SimulationError
     from ..sim import report
     from ..sim.replay import infer_unit, simulate
-    from ..sim.traces import read_trace
+    from ..sim.traces import DEFAULT_MAX_REQUESTS, read_trace
 
-    trace = read_trace(args.trace, args.format)
-    if args.limit is not None:
-        if args.limit < 1:
-            raise SimulationError(f"--limit must be >= 1, got {args.limit}")
-        trace = trace.head(args.limit)
+    for flag, value in (("--limit", args.limit), ("--max-requests", args.max_requests)):
+        if value is not None and value < 1:
+            raise SimulationError(f"{flag} must be >= 1, got {value}")
+    cap = DEFAULT_MAX_REQUESTS if args.max_requests is None else args.max_requests
+    trace = read_trace(args.trace, args.format, limit=args.limit, max_requests=cap)
     if args.config is not None:
         return _run_tiers(args, trace)
     policies = _split(args.policy)
@@ -96,7 +96,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "bytes when a capacity is a byte size, else objects")
     p.add_argument("--format", choices=("csv", "arc", "npy"),
                    help="trace format, overriding the file extension")
-    p.add_argument("--limit", type=int, help="replay only the first N requests")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="read and replay only the first N requests (reading stops there)")
+    p.add_argument("--max-requests", type=int, metavar="N",
+                   help="refuse a trace of more than N requests, before holding them in "
+                        "memory (default: 67108864, 512 MiB of keys)")
     p.add_argument("--json", action="store_true",
                    help="print JSON (one object per policy and capacity) instead of a table")
     p.add_argument("--csv", metavar="FILE", help="also write the results as CSV")

@@ -27,6 +27,15 @@ Every problem -- missing file, unknown format, truncated or corrupt
 compression, a malformed line -- raises :class:`~tiercache.errors.TraceError`
 naming the file and, for text formats, the 1-based line.
 
+Memory is bounded by what the trace holds, never by what the file claims: files
+are decompressed and parsed in blocks (a zstd or gzip "bomb" is never inflated
+whole), a text line may be at most :data:`MAX_LINE_BYTES` long, and a trace may
+hold at most ``max_requests`` requests (default :data:`DEFAULT_MAX_REQUESTS`,
+512 MiB of keys) -- an ARC line ``0 268435456 0 0`` or an ``.npy`` header
+promising 2**40 rows is refused with the file and line before anything is
+allocated. ``limit=N`` reads only the first ``N`` requests of a longer trace
+(reading stops there).
+
 Thread-safety: readers share no state; a :class:`Trace` is immutable (its
 arrays are read-only) and may be shared between threads.
 """
@@ -36,6 +45,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import math
 import os
 import warnings
 import zlib
@@ -52,8 +62,8 @@ import numpy.typing as npt
 
 from ..errors import TraceError
 
-__all__ = ["COMPRESSIONS", "FORMATS", "Trace", "TraceFormat", "detect_format", "read_trace",
-           "write_trace_csv"]
+__all__ = ["COMPRESSIONS", "DEFAULT_MAX_REQUESTS", "FORMATS", "MAX_LINE_BYTES", "Trace",
+           "TraceFormat", "detect_format", "read_trace", "write_trace_csv"]
 
 TraceFormat = Literal["csv", "arc", "npy"]
 Compression = Literal["zst", "gz"]
@@ -67,9 +77,26 @@ KEY_COLUMNS = ("key", "obj_id")
 SIZE_COLUMNS = ("size", "obj_size")
 _READ_CHUNK_BYTES = 1 << 20
 _INT64_MAX = np.iinfo(np.int64).max
-#: Most requests an ARC .lis trace may expand to (its n_blocks summed): 2**28 requests take
-#: 2 GiB of keys already; a damaged n_blocks field must not ask for terabytes.
-MAX_LIS_REQUESTS = 1 << 28
+#: Most requests :func:`read_trace` holds unless told otherwise (``max_requests``):
+#: 2**26 requests are 512 MiB of int64 keys (1 GiB with sizes). P12, the largest ARC
+#: trace, has 13.2M. A damaged ``n_blocks`` field or ``.npy`` header must not ask for
+#: terabytes.
+DEFAULT_MAX_REQUESTS = 1 << 26
+#: Largest ``max_requests`` accepted (keeps the running sums far from int64 overflow).
+_MAX_MAX_REQUESTS = 1 << 40
+#: Longest line (bytes, newline included) of a text trace: a "line" of gigabytes
+#: without a newline is refused instead of read whole.
+MAX_LINE_BYTES = 1 << 20
+#: Bytes of ``.npy`` data allowed per request of ``max_requests`` (an ``(n, 2)`` int64
+#: array is 16 bytes a request).
+_NPY_BYTES_PER_REQUEST = 16
+#: Compressed bytes per zstd decompress call: an RLE block turns 4 bytes into 128 KiB,
+#: so 512 bytes decompress to 16 MiB at most.
+_ZSTD_FEED_BYTES = 512
+#: Decompressed text per block of the .lis parser.
+_LIS_BLOCK_BYTES = 4 << 20
+#: Requests expanded per numpy step of the .lis expansion (bounds its temporaries).
+_EXPAND_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -217,7 +244,9 @@ class _ZstdReader(io.RawIOBase):
 
     ``zstandard``'s own ``stream_reader`` returns a short stream without error
     when the input stops inside a frame; this reader raises :class:`TraceError`
-    instead. Concatenated frames are read one after the other. Not thread-safe.
+    instead. Concatenated frames are read one after the other. The decompressor
+    is fed :data:`_ZSTD_FEED_BYTES` at a time, so one call never inflates more
+    than 16 MiB however well the data compresses. Not thread-safe.
     """
 
     def __init__(self, raw: IO[bytes], path: str) -> None:
@@ -229,6 +258,8 @@ class _ZstdReader(io.RawIOBase):
         self._dctx = zstandard.ZstdDecompressor()
         self._obj = self._dctx.decompressobj()
         self._in_frame = False
+        self._input = memoryview(b"")
+        self._in_pos = 0
         self._pending = b""
         self._pos = 0
         self._eof = False
@@ -238,13 +269,18 @@ class _ZstdReader(io.RawIOBase):
 
     def _fill(self) -> None:
         while self._pos >= len(self._pending) and not self._eof:
-            chunk = self._raw.read(_READ_CHUNK_BYTES)
-            if not chunk:
-                if self._in_frame:
-                    raise TraceError("zstd data is truncated (the stream ends inside a frame); "
-                                     "the file was cut short -- copy it again", file=self._path)
-                self._eof = True
-                return
+            if self._in_pos >= len(self._input):
+                self._input = memoryview(self._raw.read(_READ_CHUNK_BYTES))
+                self._in_pos = 0
+                if not self._input:
+                    if self._in_frame:
+                        raise TraceError("zstd data is truncated (the stream ends inside a "
+                                         "frame); the file was cut short -- copy it again",
+                                         file=self._path)
+                    self._eof = True
+                    return
+            chunk: Any = self._input[self._in_pos:self._in_pos + _ZSTD_FEED_BYTES]
+            self._in_pos += len(chunk)
             out: list[bytes] = []
             while chunk:
                 try:
@@ -318,7 +354,9 @@ _STREAM_ERRORS = (TraceError, EOFError, OSError, zlib.error, UnicodeDecodeError)
 # --- readers ---------------------------------------------------------------------------
 
 
-def read_trace(path: str | os.PathLike[str], fmt: str | None = None) -> Trace:
+def read_trace(path: str | os.PathLike[str], fmt: str | None = None, *,
+               limit: int | None = None,
+               max_requests: int | None = DEFAULT_MAX_REQUESTS) -> Trace:
     """Read a trace file (format from the extension unless ``fmt`` is given).
 
     Parameters
@@ -327,23 +365,55 @@ def read_trace(path: str | os.PathLike[str], fmt: str | None = None) -> Trace:
         ``*.csv``, ``*.lis`` or ``*.npy``, each optionally ``.zst``/``.gz`` compressed.
     fmt:
         ``"csv"``, ``"arc"`` or ``"npy"`` to override the extension.
+    limit:
+        Read only the first ``limit`` requests; reading stops there (a ``.lis``
+        line is cut to fit), so a prefix of a huge trace costs only the prefix.
+    max_requests:
+        Refuse a trace holding more requests than this (default
+        :data:`DEFAULT_MAX_REQUESTS`), with a :class:`TraceError` naming the line
+        (or the ``.npy`` header) that goes past it, *before* allocating for them.
+        ``None`` removes the cap (the trace must then fit in memory).
 
     Raises :class:`TraceError` naming the file (and line) on any problem,
-    including a trace with no requests. Complexity: O(file size); the whole
-    trace is held in memory as int64 arrays (8 or 16 bytes per request).
-    Thread-safe (no shared state).
+    including a trace with no requests or one over ``max_requests``.
+    Complexity: O(file size) time; memory O(requests kept) -- the trace is held
+    as int64 arrays (8 or 16 bytes per request) -- plus a few MiB of buffers,
+    whatever the file's compression ratio. Thread-safe (no shared state).
     """
     file = Path(path)
+    for name, value in (("limit", limit), ("max_requests", max_requests)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not 1 <= value <= _MAX_MAX_REQUESTS):
+            raise ValueError(f"read_trace({str(file)!r}): {name} must be a whole number from 1 "
+                             f"to 2**40, got {value!r}")
+    cap = _MAX_MAX_REQUESTS if max_requests is None else max_requests
+    bounds = _Bounds(limit, cap, max_requests is not None)
     kind, compression = detect_format(file, fmt)
     if kind == "csv":
-        trace = _read_csv(file, compression)
+        trace = _read_csv(file, compression, bounds)
     elif kind == "arc":
-        trace = _read_lis(file, compression)
+        trace = _read_lis(file, compression, bounds)
     else:
-        trace = _read_npy(file, compression)
+        trace = _read_npy(file, compression, bounds)
     if len(trace) == 0:
         raise TraceError("the trace contains no requests", file=file)
     return trace
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    """How many requests to read (``limit``) and the most a trace may hold (``cap``)."""
+
+    limit: int | None
+    cap: int
+    capped: bool  # whether the cap was set by the caller's max_requests (for messages)
+
+    def too_many(self, what: str) -> str:
+        """The reason of a trace refused for holding more than ``cap`` requests."""
+        return (f"{what} more than max_requests={self.cap:,} requests, the most a trace "
+                f"may hold in memory (8 bytes each, 16 with sizes); a damaged file? To "
+                "replay a prefix pass limit=N (tiercache simulate --limit N); to hold more, "
+                "raise max_requests (--max-requests N)")
 
 
 def _column(header: list[str], names: tuple[str, ...]) -> int | None:
@@ -356,9 +426,18 @@ def _column(header: list[str], names: tuple[str, ...]) -> int | None:
 
 def _decoded_lines(raw: IO[bytes], path: Path, counter: list[int]) -> Iterator[str]:
     """Physical lines of ``raw`` as text, counting them in ``counter[0]`` so that a
-    decoding or stream error names its exact line (a TextIOWrapper decodes blocks)."""
-    for number, line in enumerate(raw, start=1):
+    decoding or stream error names its exact line (a TextIOWrapper decodes blocks).
+    A line longer than :data:`MAX_LINE_BYTES` is an error (it is never read whole)."""
+    number = 0
+    while True:
+        line = raw.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        number += 1
         counter[0] = number
+        if len(line) > MAX_LINE_BYTES:
+            raise TraceError(f"line longer than {MAX_LINE_BYTES:,} bytes (not a text trace, "
+                             "or its newlines are missing)", file=path, line=number)
         try:
             yield line.decode("utf-8", "surrogatepass")
         except UnicodeDecodeError as exc:
@@ -366,7 +445,7 @@ def _decoded_lines(raw: IO[bytes], path: Path, counter: list[int]) -> Iterator[s
                              file=path, line=number) from None
 
 
-def _read_csv(path: Path, compression: Compression | None) -> Trace:
+def _read_csv(path: Path, compression: Compression | None, bounds: _Bounds) -> Trace:
     reader: Any = None
     physical = [0]  # lines read so far
     try:
@@ -387,9 +466,15 @@ def _read_csv(path: Path, compression: Compression | None) -> Trace:
             keys = array("q")
             sizes = array("q")
             add_key, add_size = keys.append, sizes.append
+            stop = bounds.cap if bounds.limit is None else min(bounds.limit, bounds.cap)
             for row in reader:
                 if not row:
                     continue  # a blank line
+                if len(keys) >= stop:
+                    if bounds.limit is not None and len(keys) >= bounds.limit:
+                        break
+                    raise TraceError(bounds.too_many("the trace holds"), file=path,
+                                     line=reader.line_num)
                 if len(row) < need:
                     raise TraceError(f"expected {need} fields, got {len(row)} (a truncated "
                                      "line?)", file=path, line=reader.line_num)
@@ -417,14 +502,6 @@ def _read_csv(path: Path, compression: Compression | None) -> Trace:
     if size_col is not None:
         size_arr = np.frombuffer(sizes, dtype=np.int64) if sizes else np.empty(0, np.int64)
     return Trace(key_arr, size_arr, names=list(ids), source=str(path))
-
-
-def _read_all(path: Path, compression: Compression | None) -> bytes:
-    try:
-        with _open_binary(path, compression) as raw:
-            return raw.read()
-    except _STREAM_ERRORS as exc:
-        raise _stream_error(exc, path) from None
 
 
 def _lis_bad_line(data: bytes) -> tuple[int, str] | None:
@@ -457,40 +534,110 @@ def _lis_line_of_row(data: bytes, row: int) -> int:
     return row + 1
 
 
-def _read_lis(path: Path, compression: Compression | None) -> Trace:
-    data = _read_all(path, compression)
-    if not data.strip():
-        return Trace(np.empty(0, np.int64), source=str(path))
+def _lis_blocks(raw: IO[bytes], path: Path) -> Iterator[tuple[bytes, int]]:
+    """Whole-line blocks of about :data:`_LIS_BLOCK_BYTES` and the number of lines
+    before each. Memory O(block); a line over :data:`MAX_LINE_BYTES` is an error."""
+    lines_before = 0
+    tail = b""
+    while True:
+        chunk = raw.read(_LIS_BLOCK_BYTES)
+        data = tail + chunk
+        if chunk:
+            cut = data.rfind(b"\n") + 1
+            if len(data) - cut > MAX_LINE_BYTES:
+                raise TraceError(f"line longer than {MAX_LINE_BYTES:,} bytes (not a .lis "
+                                 "trace, or its newlines are missing)", file=path,
+                                 line=lines_before + data.count(b"\n", 0, cut) + 1)
+            block, tail = data[:cut], data[cut:]
+        else:
+            block, tail = data, b""
+        if block:
+            yield block, lines_before
+            lines_before += block.count(b"\n")
+        if not chunk:
+            return
+
+
+def _lis_table(block: bytes, path: Path, lines_before: int) -> npt.NDArray[np.int64]:
+    """The ``(start_block, n_blocks)`` columns of one block of whole lines."""
     try:
-        with warnings.catch_warnings():  # "input contained no data": handled below
+        with warnings.catch_warnings():  # "input contained no data": handled by the caller
             warnings.simplefilter("ignore", UserWarning)
-            table = np.loadtxt(io.BytesIO(data), dtype=np.int64, ndmin=2, comments=None)
+            table = np.loadtxt(io.BytesIO(block), dtype=np.int64, ndmin=2, comments=None)
     except ValueError as exc:
-        bad = _lis_bad_line(data)
+        bad = _lis_bad_line(block)
         if bad is None:
             raise TraceError(f"not an ARC .lis trace: {exc}", file=path) from None
-        raise TraceError(bad[1], file=path, line=bad[0]) from None
+        raise TraceError(bad[1], file=path, line=lines_before + bad[0]) from None
     if table.shape[1] != 4:
-        raise TraceError(f"expected 4 integers per line (start_block n_blocks ignored "
-                         f"request_no), got {table.shape[1]}", file=path, line=1)
-    start, count = table[:, 0], table[:, 1]
-    if int(count.min()) < 1:
-        row = int(np.argmax(count < 1))
-        raise TraceError(f"n_blocks must be >= 1, got {int(count[row])}", file=path,
-                         line=_lis_line_of_row(data, row))
-    if int(count.max()) > MAX_LIS_REQUESTS or \
-            int(count.astype(np.float64).sum()) > MAX_LIS_REQUESTS:
-        row = int(np.argmax(count))
-        raise TraceError(f"n_blocks {int(count[row])} makes the trace expand to more than "
-                         f"{MAX_LIS_REQUESTS} requests (a damaged file?)", file=path,
-                         line=_lis_line_of_row(data, row))
+        bad = _lis_bad_line(block)
+        raise TraceError(bad[1] if bad else "expected 4 integers per line (start_block "
+                         "n_blocks ignored request_no)", file=path,
+                         line=lines_before + (bad[0] if bad else 1))
+    return table[:, :2]
+
+
+def _read_lis(path: Path, compression: Compression | None, bounds: _Bounds) -> Trace:
+    starts: list[npt.NDArray[np.int64]] = []
+    counts: list[npt.NDArray[np.int64]] = []
+    total = 0
+    try:
+        with _open_binary(path, compression) as raw:
+            for block, lines_before in _lis_blocks(raw, path):
+                if not block.strip():
+                    continue
+                table = _lis_table(block, path, lines_before)
+                start, count = table[:, 0], table[:, 1]
+
+                def line_of(row: int, block: bytes = block, before: int = lines_before) -> int:
+                    return before + _lis_line_of_row(block, row)
+
+                if int(count.min()) < 1:
+                    row = int(np.argmax(count < 1))
+                    raise TraceError(f"n_blocks must be >= 1, got {int(count[row])}",
+                                     file=path, line=line_of(row))
+                # each term <= cap + 1 <= 2**40 + 1: the running sum cannot overflow
+                running = total + np.cumsum(np.minimum(count, bounds.cap + 1))
+                if bounds.limit is not None and int(running[-1]) >= bounds.limit:
+                    keep = int(np.searchsorted(running, bounds.limit)) + 1  # 1st row >= limit
+                    before = total if keep == 1 else int(running[keep - 2])
+                    start, count = start[:keep], count[:keep].copy()
+                    count[-1] = bounds.limit - before  # cut the last line to fit
+                    running = running[:keep].copy()
+                    running[-1] = bounds.limit
+                if int(running[-1]) > bounds.cap:
+                    row = int(np.argmax(running > bounds.cap))
+                    raise TraceError(bounds.too_many(f"n_blocks {int(count[row]):,} makes the "
+                                                     "trace expand to"),
+                                     file=path, line=line_of(row))
+                last = start + (count - 1)  # count <= cap here: no overflow unless start is
+                if bool(np.any((start > 0) & (last < start))):
+                    row = int(np.argmax((start > 0) & (last < start)))
+                    raise TraceError(f"blocks {int(start[row])} + {int(count[row])} run past "
+                                     "the largest 64-bit block number", file=path,
+                                     line=line_of(row))
+                starts.append(start.copy())
+                counts.append(count.copy())
+                total = int(running[-1])
+                if bounds.limit is not None and total >= bounds.limit:
+                    break
+    except _STREAM_ERRORS as exc:
+        raise _stream_error(exc, path) from None
+    if not total:
+        return Trace(np.empty(0, np.int64), source=str(path))
+    start = np.concatenate(starts)
+    count = np.concatenate(counts)
+    del starts, counts
     if int(count.max()) == 1:
-        keys = start.copy()
-    else:
-        total = int(count.sum())
-        first = np.cumsum(count) - count  # index of each line's first request
-        keys = np.repeat(start, count) + (np.arange(total, dtype=np.int64)
-                                          - np.repeat(first, count))
+        return Trace(start, source=str(path))
+    # keys[i] = start of i's line + (i - first request of i's line), built in place:
+    # one array of `total` int64 plus O(_EXPAND_CHUNK) temporaries.
+    first = np.cumsum(count) - count
+    keys = np.repeat(start - first, count)
+    del start, first, count
+    for lo in range(0, total, _EXPAND_CHUNK):
+        hi = min(total, lo + _EXPAND_CHUNK)
+        keys[lo:hi] += np.arange(lo, hi, dtype=np.int64)
     return Trace(keys, source=str(path))
 
 
@@ -509,22 +656,80 @@ def _int_column(values: npt.NDArray[Any], path: Path, what: str) -> npt.NDArray[
     return values.astype(np.int64, copy=False)
 
 
-def _read_npy(path: Path, compression: Compression | None) -> Trace:
+def _npy_header(raw: IO[bytes], path: Path) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """``(shape, fortran_order, dtype)`` from an ``.npy`` header, read from ``raw``."""
+    from numpy.lib import format as npy_format
+
+    magic = raw.read(npy_format.MAGIC_LEN)
+    if magic.startswith(b"PK\x03\x04"):
+        raise TraceError("expected a single .npy array, got an .npz archive", file=path)
     try:
-        if compression is None:
-            loaded = np.load(path, allow_pickle=False)
+        version = npy_format.read_magic(io.BytesIO(magic))
+        if version == (1, 0):
+            shape, fortran, dtype = npy_format.read_array_header_1_0(raw)
+        elif version == (2, 0):
+            shape, fortran, dtype = npy_format.read_array_header_2_0(raw)
         else:
-            loaded = np.load(io.BytesIO(_read_all(path, compression)), allow_pickle=False)
+            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]} "
+                             "(1.0 and 2.0 are read)")
     except TraceError:
         raise
-    except FileNotFoundError:
-        raise TraceError("file not found", file=path) from None
     except Exception as exc:  # numpy's header parser also raises SyntaxError, TokenError...
         raise TraceError(f"not a readable .npy array: {type(exc).__name__}: {exc}",
                          file=path) from None
-    if not isinstance(loaded, np.ndarray):
-        raise TraceError("expected a single .npy array, got an .npz archive", file=path)
-    arr = loaded
+    return tuple(int(d) for d in shape), bool(fortran), np.dtype(dtype)
+
+
+def _read_npy_array(path: Path, compression: Compression | None,
+                    bounds: _Bounds) -> npt.NDArray[Any]:
+    """The array of an ``.npy`` file, streamed: memory O(the array), checked against
+    ``bounds`` from its header before a byte of data is read."""
+    with _open_binary(path, compression) as raw:
+        shape, fortran, dtype = _npy_header(raw, path)
+        if dtype.hasobject:
+            raise TraceError("object arrays are not supported (they would need pickle)",
+                             file=path)
+        rows = shape[0] if shape else 1
+        row_items = math.prod(shape[1:])
+        if len(shape) > 1 and not dtype.names and shape[1:] != (2,):
+            raise TraceError(f"expected a 1-D array of keys or an (n, 2) array of (key, size) "
+                             f"rows, got shape {shape}", file=path)
+        if dtype.names:  # structured: every element is a request
+            rows, row_items = math.prod(shape), 1
+        if bounds.limit is not None and not fortran:
+            rows = min(rows, bounds.limit)
+        if rows > bounds.cap:
+            raise TraceError(bounds.too_many(f"the header's shape {shape} holds"), file=path)
+        nbytes = rows * row_items * dtype.itemsize
+        max_bytes = bounds.cap * _NPY_BYTES_PER_REQUEST
+        if nbytes > max_bytes:
+            raise TraceError(f"the array's data would take {nbytes:,} bytes, more than the "
+                             f"{max_bytes:,} allowed for max_requests={bounds.cap:,} "
+                             f"({_NPY_BYTES_PER_REQUEST} bytes a request); raise max_requests "
+                             "(--max-requests N) if the file is right", file=path)
+        data = bytearray()  # grows with what the file really holds, not with the header
+        while len(data) < nbytes:
+            chunk = raw.read(min(_READ_CHUNK_BYTES, nbytes - len(data)))
+            if not chunk:
+                raise TraceError(f"the file ends after {len(data):,} of the {nbytes:,} data "
+                                 f"bytes its header promises (shape {shape}, dtype {dtype}); "
+                                 "it was cut short", file=path)
+            data += chunk
+    flat = np.frombuffer(data, dtype=dtype, count=rows * row_items) if nbytes else \
+        np.empty(rows * row_items, dtype)
+    if dtype.names:
+        return flat
+    out_shape = (rows, *shape[1:]) if shape else ()
+    if fortran and len(shape) > 1:
+        return flat.reshape(out_shape[::-1]).T
+    return flat.reshape(out_shape)
+
+
+def _read_npy(path: Path, compression: Compression | None, bounds: _Bounds) -> Trace:
+    try:
+        arr = _read_npy_array(path, compression, bounds)
+    except _STREAM_ERRORS as exc:
+        raise _stream_error(exc, path) from None
     names: list[str] | None = None
     sizes: npt.NDArray[np.int64] | None = None
     if arr.dtype.names:
@@ -547,6 +752,9 @@ def _read_npy(path: Path, compression: Compression | None) -> Trace:
     else:
         raise TraceError(f"expected a 1-D array of keys or an (n, 2) array of (key, size) "
                          f"rows, got shape {arr.shape}", file=path)
+    if bounds.limit is not None:  # a Fortran-order file is read whole, then cut
+        key_values = key_values[:bounds.limit]
+        sizes = None if sizes is None else sizes[:bounds.limit]
     if key_values.dtype.kind in "USO":
         if key_values.dtype.kind == "O":
             raise TraceError("object arrays are not supported", file=path)
