@@ -14,11 +14,12 @@ from the environment; only put policy specs from trusted config files there.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from importlib.metadata import entry_points
 
 from .arc import ARCPolicy
-from .base import Key, Policy
+from .base import Key, Policy, UnknownPolicyOptionError, policy_option_names
 from .clock import CLOCKPolicy
 from .fifo import FIFOPolicy
 from .lfu import LFUPolicy
@@ -30,10 +31,13 @@ from .twoq import TwoQPolicy
 from .wtinylfu import WTinyLFUPolicy
 
 __all__ = ["ARCPolicy", "CLOCKPolicy", "FIFOPolicy", "Key", "LFUPolicy", "LRUPolicy", "OPTPolicy",
-           "Policy", "S3FIFOPolicy", "SIEVEPolicy", "TwoQPolicy", "WTinyLFUPolicy",
-           "available_policies", "get_policy_class", "register_policy"]
+           "Policy", "S3FIFOPolicy", "SIEVEPolicy", "TwoQPolicy", "UnknownPolicyOptionError",
+           "WTinyLFUPolicy", "available_policies", "get_policy_class", "policy_option_names",
+           "register_policy"]
 
 ENTRY_POINT_GROUP = "tiercache.policies"
+#: Added to the message when the module of a ``"module:Class"`` spec is not found.
+IMPORT_HINT = "from a checkout, run with PYTHONPATH=. or python -m tiercache"
 
 _REGISTRY: dict[str, type[Policy]] = {cls.name: cls for cls in (
     LRUPolicy, LFUPolicy, ARCPolicy, FIFOPolicy, CLOCKPolicy, TwoQPolicy, SIEVEPolicy,
@@ -63,25 +67,51 @@ def available_policies() -> list[str]:
     return sorted(set(_REGISTRY) | set(_entry_point_names()))
 
 
+def _import_module(spec: str, module_name: str) -> object:
+    """Import the module of a ``"module:Class"`` spec; every failure becomes an
+    :class:`ImportError` (:class:`ModuleNotFoundError` when the module itself is missing)
+    whose message names the spec and, for a missing module, hints at PYTHONPATH."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            raise ModuleNotFoundError(f"policy spec {spec!r}: no module named {missing!r} "
+                                      f"({IMPORT_HINT})", name=missing) from None
+        raise ImportError(f"policy spec {spec!r}: module {module_name!r} needs module "
+                          f"{missing!r}, which is not installed", name=module_name) from None
+    except Exception as exc:  # the user's module raised while importing (SyntaxError, ...)
+        raise ImportError(f"policy spec {spec!r}: importing module {module_name!r} failed: "
+                          f"{type(exc).__name__}: {exc}", name=module_name) from None
+
+
 def get_policy_class(spec: str) -> type[Policy]:
     """Resolve a policy spec (name, entry point or ``"module:Class"``) to its class.
 
     Raises :class:`LookupError` naming the known policies when ``spec`` is unknown,
-    and :class:`ImportError`/:class:`TypeError` when a ``module:Class`` cannot be
-    loaded or is not a :class:`Policy`.
+    :class:`ImportError` when a ``module:Class`` cannot be loaded (a
+    :class:`ModuleNotFoundError` with a PYTHONPATH hint when the module is not
+    found), and :class:`TypeError` when it is not a :class:`Policy`. Every message
+    names the spec and quotes each name in full.
+
+    O(1) for a registered name; imports a module or reads entry points otherwise.
+    Thread-safe as far as :mod:`importlib` is.
     """
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
         if not module_name or not attr:
             raise ImportError(f"policy spec {spec!r} must look like 'package.module:ClassName'")
-        module = importlib.import_module(module_name)
+        module = _import_module(spec, module_name)
         obj: object = module
         for part in attr.split("."):
             try:
                 obj = getattr(obj, part)
             except AttributeError:
+                close = difflib.get_close_matches(part, [n for n in dir(obj)
+                                                         if not n.startswith("_")], n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ImportError(f"policy spec {spec!r}: module {module_name!r} has no "
-                                  f"attribute {attr!r}", name=module_name) from None
+                                  f"attribute {attr!r}{hint}", name=module_name) from None
         cls = obj
     else:
         name = spec.lower()
@@ -89,10 +119,16 @@ def get_policy_class(spec: str) -> type[Policy]:
             return _REGISTRY[name]
         eps = _entry_point_names()
         if name not in eps:
-            known = ", ".join(available_policies())
-            raise LookupError(f"unknown policy {spec!r}; known policies: {known}, "
-                              "or 'package.module:ClassName'")
-        cls = eps[name].load()  # type: ignore[attr-defined]
+            names = available_policies()
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise LookupError(f"unknown policy {spec!r}; {hint}known policies: "
+                              f"{', '.join(names)}, or 'package.module:ClassName'")
+        try:
+            cls = eps[name].load()  # type: ignore[attr-defined]
+        except Exception as exc:  # the package's module is missing or raised
+            raise ImportError(f"policy {spec!r}: its entry point ({ENTRY_POINT_GROUP}) cannot "
+                              f"be loaded: {type(exc).__name__}: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, Policy)):
         raise TypeError(f"{spec!r} is {cls!r}, not a subclass of tiercache.policies.Policy")
     return cls

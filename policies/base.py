@@ -31,8 +31,10 @@ Thread-safety: policies are not thread-safe; the owner serialises calls.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterator, MutableMapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, MutableMapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -44,6 +46,60 @@ Key = Hashable
 #: them gets the generic (hook-calling) replay instead of its parent's fast path.
 REPLAY_HOOKS: tuple[str, ...] = ("__contains__", "__len__", "on_miss", "on_insert", "on_hit",
                                  "on_remove", "on_evict", "victim")
+
+
+def policy_option_names(cls: type) -> list[str]:
+    """The ``policy_options`` a policy class takes: the keyword parameters of the
+    ``__init__`` methods along its MRO (but ``capacity``), down to the first one without
+    ``**options`` or to :class:`Policy`'s own, which takes none.
+
+    Sorted. O(len(MRO)); pure, thread-safe.
+    """
+    names: set[str] = set()
+    for klass in getattr(cls, "__mro__", ()):
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        if klass is Policy:
+            break
+        try:
+            params = list(inspect.signature(init).parameters.values())[1:]  # minus self
+        except (TypeError, ValueError):  # a builtin with no signature
+            break
+        names.update(p.name for p in params if p.name != "capacity"
+                     and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return sorted(names)
+
+
+def unknown_option_message(cls: type, unknown: Iterable[str]) -> str:
+    """``"unknown option 'x' for TwoQPolicy; did you mean 'y'? ..."``: names the first
+    unknown option, suggests the closest known one (:func:`difflib.get_close_matches`)
+    and lists what the class takes. O(len(options)); pure, thread-safe."""
+    bad = sorted(unknown)
+    known = policy_option_names(cls)
+    cls_name = getattr(cls, "__name__", repr(cls))
+    more = f" (and {', '.join(repr(b) for b in bad[1:])})" if len(bad) > 1 else ""
+    message = f"unknown option {bad[0]!r}{more} for {cls_name}"
+    if not known:
+        return f"{message}: it takes no options"
+    close = difflib.get_close_matches(bad[0], known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{message}{hint} (its options: {', '.join(known)})"
+
+
+class UnknownPolicyOptionError(TypeError):
+    """A policy was given an option (a ``policy_options`` key) it does not take.
+
+    A :class:`TypeError`, as Python raises for an unexpected keyword argument.
+    ``options`` holds the unknown names, sorted; the message suggests the closest
+    known option.
+    """
+
+    def __init__(self, cls: type, unknown: Iterable[str]) -> None:
+        self.options = sorted(unknown)
+        super().__init__(unknown_option_message(cls, self.options))
 
 
 class Policy(ABC):
@@ -63,9 +119,8 @@ class Policy(ABC):
     name: ClassVar[str] = ""
 
     def __init__(self, capacity: int, **options: Any) -> None:
-        if options:
-            unknown = ", ".join(sorted(options))
-            raise TypeError(f"{type(self).__name__} takes no options (got {unknown})")
+        if options:  # a subclass passes on what its own parameters did not take
+            raise UnknownPolicyOptionError(type(self), options)
         self.capacity = capacity
 
     # --- queries -----------------------------------------------------------------

@@ -10,9 +10,13 @@ directory for a dict). See docs/configuration.md for every key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import errno
 import importlib.util
+import inspect
 import os
 import re
+import threading
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,11 +25,12 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import psutil
+import xxhash
 
 from .errors import ConfigError
-from .policies import get_policy_class
+from .policies import Policy, UnknownPolicyOptionError, get_policy_class
 from .stores.base import VerifyMode
-from .units import parse_percent, parse_size
+from .units import parse_percent, parse_size, show
 
 Mode = Literal["exclusive", "inclusive"]
 
@@ -40,8 +45,10 @@ DEFAULT_PROMOTE_AFTER = 2
 _TOP_KEYS = {"mode", "tiers", "origin", "flush_on_close", "record_trace"}
 #: Keys only a redis tier takes (checked against tiercache.stores.redis_store by the tests).
 _REDIS_KEYS = {"url", "cluster_nodes", "namespace", "timeout", "chunk_size"}
-_TIER_KEYS = {"name", "backend", "capacity", "policy", "policy_options", "path",
-              "promote_after", "verify", "zero_copy"} | _REDIS_KEYS
+#: Keys every tier takes, whatever its backend.
+_COMMON_TIER_KEYS = {"name", "backend", "capacity", "policy", "policy_options",
+                     "promote_after", "verify"}
+_TIER_KEYS = _COMMON_TIER_KEYS | {"path", "zero_copy"} | _REDIS_KEYS
 #: Backends whose store serves zero-copy views (``zero_copy = true``).
 VIEW_BACKENDS = frozenset({"diskcache", "packed"})
 _REDIS_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
@@ -95,8 +102,11 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any], *,
                 base_dir: str | os.PathLike[str] | None = None) -> CacheConfig:
     """Read and validate a config from a TOML path or an already-parsed mapping.
 
-    Raises :class:`ConfigError` (file, key, reason) on any problem. Pure: creates
-    nothing on disk.
+    Raises :class:`ConfigError` (file, key, reason) on any problem, hostile input
+    included (a number of 400 digits, an array nested 50,000 deep, a symlink loop):
+    never another exception. Pure: creates nothing on disk. O(size of the file); a
+    redis tier without a ``namespace`` also reads the origin once per process to
+    digest it (see :func:`origin_digest`). Thread-safe.
     """
     if isinstance(source, Mapping):
         return _Validator("<dict>", Path(base_dir) if base_dir else Path.cwd()).config(source)
@@ -117,35 +127,173 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any], *,
         raise ConfigError(f"not UTF-8 text ({exc.reason})", file=path) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML: {exc}", file=path) from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError("invalid TOML: arrays or tables nested too deeply to read (the "
+                          "parser's recursion limit was reached); a configuration needs a "
+                          "few levels at most", file=path) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"invalid TOML: {exc}", file=path) from None
+    except OSError as exc:  # a symlink loop, a name too long, an I/O error
+        raise ConfigError(f"cannot read the file: {exc.strerror or exc}", file=path) from None
     base = Path(base_dir) if base_dir else path.resolve().parent
-    return _Validator(str(path), base).config(data)
+    return _Validator(str(path), base, config_path=path).config(data)
+
+
+# --- origin digests: the default namespace of a redis tier ------------------------------
+
+#: (realpath, size, mtime_ns, inode, device) -> xxh3_128 hex of the file's bytes.
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+_DIGESTS_LOCK = threading.Lock()
+_DIGESTS_MAX = 1 << 16
+_DIGEST_CHUNK = 8 << 20
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """The xxh3-128 hex digest of a file's bytes, memoised in the process per
+    (realpath, size, mtime_ns, inode, device), so validating the same config again
+    costs a ``stat``.
+
+    O(file size) the first time (page-cache speed, one reused 8 MiB buffer), O(1)
+    after. Thread-safe (two threads may both hash a new file; both get the same
+    answer). Raises :class:`OSError` when the file cannot be read.
+    """
+    real = os.path.realpath(path)
+    before = os.stat(real)
+    ident = (real, before.st_size, before.st_mtime_ns, before.st_ino, before.st_dev)
+    with _DIGESTS_LOCK:
+        known = _DIGESTS.get(ident)
+    if known is not None:
+        return known
+    hasher = xxhash.xxh3_128()
+    buf = bytearray(min(_DIGEST_CHUNK, max(before.st_size, 1)))
+    view = memoryview(buf)
+    with open(real, "rb") as fh:
+        while n := fh.readinto(buf):
+            hasher.update(view[:n])
+    digest = hasher.hexdigest()
+    after = os.stat(real)
+    if (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns):
+        with _DIGESTS_LOCK:  # a file changing while it is read is not remembered
+            if len(_DIGESTS) >= _DIGESTS_MAX:
+                _DIGESTS.clear()
+            _DIGESTS[ident] = digest
+    return digest
+
+
+def origin_digest(kind: str, path: str | os.PathLike[str]) -> str | None:
+    """A digest of an origin's *content*: equal for two origins exactly when they serve
+    the same bytes (whatever their file names or folders).
+
+    ``safetensors``: the whole file. ``npy``: the sorted (file name, bytes) of the
+    ``.npy`` files in the folder (other files are not shards and do not count).
+    ``None`` for a ``"module:Class"`` origin, which has no bytes tiercache can read.
+
+    O(total bytes) the first time per file, a ``stat`` per file after
+    (:func:`file_digest`). Thread-safe. Raises :class:`OSError` when a file cannot
+    be read.
+    """
+    hasher = xxhash.xxh3_128()
+    hasher.update(f"tiercache-origin\0{kind}\0".encode())
+    if kind == "safetensors":
+        hasher.update(file_digest(path).encode())
+    elif kind == "npy":
+        with os.scandir(path) as entries:
+            names = sorted(e.name for e in entries if e.name.endswith(".npy") and e.is_file())
+        for name in names:
+            encoded = os.fsencode(name)
+            hasher.update(len(encoded).to_bytes(8, "little") + encoded)
+            hasher.update(file_digest(os.path.join(path, name)).encode())
+    else:
+        return None
+    return str(hasher.hexdigest())
+
+
+def _link_problem(path: Path) -> str | None:
+    """Why ``path`` (or a folder on the way to it) cannot be used although something is
+    there: a symlink loop, a dangling symlink, or a component that cannot be looked up.
+    ``None`` when every existing component resolves. O(depth) ``lstat`` calls."""
+    for probe in (*reversed(path.parents), path):
+        try:
+            os.stat(probe)
+            continue
+        except FileNotFoundError:
+            if not os.path.islink(probe):
+                return None  # simply missing: it (and what is below) can be created
+            try:
+                target = os.readlink(probe)
+            except OSError:
+                target = "?"
+            return f"{probe} is a dangling symlink (to {target}, which does not exist)"
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return f"{probe} is a symlink loop (it never reaches a real file or folder)"
+            if exc.errno == errno.ENOTDIR:
+                return f"{probe.parent} is not a folder"
+            return f"{probe} cannot be looked up: {exc.strerror or exc}"
+    return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: equal real paths, or (both existing) the
+    same inode, which catches a hard link. O(1) system calls."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _backend_keys(backend: object) -> set[str]:
+    """The keys a tier of ``backend`` takes (every tier key for an unknown backend)."""
+    if not isinstance(backend, str):
+        return set(_TIER_KEYS)
+    if backend in MEMORY_BACKENDS:
+        return set(_COMMON_TIER_KEYS)
+    if backend in DISK_BACKENDS:
+        return _COMMON_TIER_KEYS | {"path"} | ({"zero_copy"} if backend in VIEW_BACKENDS else set())
+    if backend in REMOTE_BACKENDS:
+        return _COMMON_TIER_KEYS | _REDIS_KEYS
+    return set(_TIER_KEYS)
 
 
 class _Validator:
-    def __init__(self, file: str, base_dir: Path) -> None:
+    """Validates one configuration. Not thread-safe (one per :func:`load_config` call);
+    every check is O(size of the config), none recurses into the values."""
+
+    def __init__(self, file: str, base_dir: Path, *, config_path: Path | None = None) -> None:
         self.file = file
         self.base_dir = base_dir
+        self.config_path = config_path
 
     def error(self, key: str, reason: str) -> ConfigError:
         return ConfigError(reason, file=self.file, key=key)
 
-    def check_keys(self, where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
+    def check_keys(self, where: str, table: Mapping[str, Any], allowed: set[str], *,
+                   listed: set[str] | None = None, what: str = "") -> None:
+        """Refuse a key not in ``allowed``: name it, suggest the closest of ``listed``
+        (default ``allowed``) and list those. O(len(table) * len(listed))."""
         for k in table:
-            if k not in allowed:
-                known = ", ".join(sorted(allowed))
-                raise self.error(f"{where}{'.' if where else ''}{k}",
-                                 f"unknown key {k!r} (known keys: {known})")
+            if k in allowed:
+                continue
+            choices = sorted(listed if listed is not None else allowed)
+            name = k if isinstance(k, str) and len(k) <= 80 else show(k)
+            close = difflib.get_close_matches(str(k), choices, n=1) if isinstance(k, str) else []
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise self.error(f"{where}{'.' if where else ''}{name}",
+                             f"unknown key {show(k)}{hint} (keys {what or 'allowed here'}: "
+                             f"{', '.join(choices)})")
 
     def config(self, data: Mapping[str, Any]) -> CacheConfig:
         if not isinstance(data, Mapping):
             raise self.error("", "the configuration must be a table")
-        self.check_keys("", data, _TOP_KEYS)
-        mode = data.get("mode", "exclusive")
-        if mode not in ("exclusive", "inclusive"):
-            raise self.error("mode", f"must be \"exclusive\" or \"inclusive\", got {mode!r}")
+        self.check_keys("", data, _TOP_KEYS, what="at the top level")
+        mode: Mode = data.get("mode", "exclusive")
+        if not isinstance(mode, str) or mode not in ("exclusive", "inclusive"):
+            raise self.error("mode", f"must be \"exclusive\" or \"inclusive\", got {show(mode)}")
         flush = data.get("flush_on_close", True)
         if not isinstance(flush, bool):
-            raise self.error("flush_on_close", f"must be true or false, got {flush!r}")
+            raise self.error("flush_on_close", f"must be true or false, got {show(flush)}")
         raw_tiers = data.get("tiers")
         if raw_tiers is None:
             raise self.error("tiers", "missing: list the tiers fastest first as [[tiers]] tables")
@@ -158,9 +306,9 @@ class _Validator:
         origin = self.origin(data["origin"]) if "origin" in data else None
         if origin is not None:
             self.check_origin_apart(origin, tiers)
-        tiers = tuple(self.default_namespace(t, origin) for t in tiers)
+        tiers = tuple(self.default_namespace(i, t, origin) for i, t in enumerate(tiers))
         self.check_distinct_remotes(tiers)
-        record_trace = (self.record_trace(data["record_trace"], tiers)
+        record_trace = (self.record_trace(data["record_trace"], tiers, origin)
                         if "record_trace" in data else None)
         return CacheConfig(tiers=tiers, mode=mode, origin=origin, flush_on_close=flush,
                            source=self.file, record_trace=record_trace)
@@ -172,20 +320,40 @@ class _Validator:
             path = self.base_dir / path
         return Path(os.path.normpath(path))
 
-    def record_trace(self, value: Any, tiers: tuple[TierConfig, ...]) -> Path:
-        """The trace file to write: a file path whose folder exists or can be created."""
+    def record_trace(self, value: Any, tiers: tuple[TierConfig, ...],
+                     origin: OriginConfig | None) -> Path:
+        """The trace file to write: a file path whose folder exists or can be created,
+        and that is none of the files the cache reads or owns -- this config file, the
+        origin (or a file in an origin folder), anything in a tier's folder. Real paths
+        are compared (symlinks resolved), and an existing file also by inode, so no
+        link or ``..`` can make the trace overwrite one of them. O(number of tiers)."""
         key = "record_trace"
         if not isinstance(value, str) or not value.strip():
-            raise self.error(key, f"must be the path of a CSV file to write, got {value!r}")
+            raise self.error(key, f"must be the path of a CSV file to write, got {show(value)}")
         if "\x00" in value:
             raise self.error(key, "a path cannot contain a NUL character")
         path = self.resolve(value)
+        problem = _link_problem(path)
+        if problem is not None:
+            raise self.error(key, f"{problem}; name a file the trace can be written to")
         if path.is_dir():
             raise self.error(key, f"{path} is a folder; name a file such as trace.csv")
-        for t in tiers:
-            if t.path is not None and path.is_relative_to(t.path):
-                raise self.error(key, f"{path} is inside the folder of tier {t.name!r}; "
+        real = Path(os.path.realpath(path))
+        if self.config_path is not None and _same_file(real, self.config_path):
+            raise self.error(key, f"{path} is this configuration file; recording would "
+                             "overwrite it. Name another file, such as trace.csv")
+        if origin is not None:
+            origin_real = Path(os.path.realpath(origin.path))
+            if _same_file(real, origin_real):
+                raise self.error(key, f"{path} is the origin ({origin.path}); recording "
+                                 "would overwrite the source of truth. Name another file")
+            if real.is_relative_to(origin_real):
+                raise self.error(key, f"{path} is inside the origin folder {origin.path}; "
                                  "put the trace elsewhere")
+        for i, t in enumerate(tiers):
+            if t.path is not None and real.is_relative_to(os.path.realpath(t.path)):
+                raise self.error(key, f"{path} is inside the folder of tiers[{i}] ({t.name}), "
+                                 "which the tier owns; put the trace elsewhere")
         probe = path.parent
         while not probe.exists():
             probe = probe.parent
@@ -197,42 +365,47 @@ class _Validator:
 
     def tier(self, index: int, t: Mapping[str, Any]) -> TierConfig:
         where = f"tiers[{index}]"
-        self.check_keys(where, t, _TIER_KEYS)
-        name = t.get("name")
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise self.error(f"{where}.name", "required: a short name of letters, digits, "
-                             f"'_', '-' or '.', got {name!r}")
-        where = f"tiers[{index}] ({name})"
         backend = t.get("backend")
+        what = (f"a {backend} tier takes" if isinstance(backend, str) and backend in KNOWN_BACKENDS
+                else "a tier takes")
+        name = t.get("name")
+        named = isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
+        self.check_keys(f"{where} ({name})" if named else where, t, _TIER_KEYS,
+                        listed=_backend_keys(backend), what=what)
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            raise self.error(f"{where}.name", "required: a short name of letters, digits, "
+                             f"'_', '-' or '.', got {show(name)}")
+        where = f"tiers[{index}] ({name})"
         if not isinstance(backend, str) or backend not in KNOWN_BACKENDS:
             known = ", ".join(sorted(KNOWN_BACKENDS))
-            raise self.error(f"{where}.backend", f"unknown backend {backend!r} (known: {known})")
+            close = (difflib.get_close_matches(backend, sorted(KNOWN_BACKENDS), n=1)
+                     if isinstance(backend, str) else [])
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise self.error(f"{where}.backend",
+                             f"unknown backend {show(backend)}{hint} (known: {known})")
         capacity = self.capacity(f"{where}.capacity", t.get("capacity"), backend)
         policy = t.get("policy", "lru")
         if not isinstance(policy, str) or not policy:
-            raise self.error(f"{where}.policy", f"must be a policy name, got {policy!r}")
+            raise self.error(f"{where}.policy", f"must be a policy name, got {show(policy)}")
         try:
-            get_policy_class(policy)
-        except (LookupError, ImportError, AttributeError, TypeError, ValueError) as exc:
-            raise self.error(f"{where}.policy", str(exc).strip("'\"")) from None
+            policy_cls = get_policy_class(policy)
+        except (LookupError, ImportError, TypeError, ValueError) as exc:
+            raise self.error(f"{where}.policy", str(exc)) from None
         options = t.get("policy_options", {})
         if not isinstance(options, Mapping):
             raise self.error(f"{where}.policy_options", "must be a table")
-        try:  # policies hold metadata only: building one is cheap and touches no disk
-            get_policy_class(policy)(capacity, **dict(options))
-        except Exception as exc:
-            raise self.error(f"{where}.policy_options",
-                             f"policy {policy!r} refuses these options: {exc}") from None
+        self.policy_options(where, policy, policy_cls, capacity, options)
         path = self.tier_path(where, t.get("path"), backend)
         store_options = self.redis_options(where, t, backend)
         promote_after = self.promote_after(f"{where}.promote_after",
                                            t.get("promote_after", DEFAULT_PROMOTE_AFTER))
         verify = t.get("verify", "always")
         if verify not in ("always", "never"):
-            raise self.error(f"{where}.verify", f"must be \"always\" or \"never\", got {verify!r}")
+            raise self.error(f"{where}.verify",
+                             f"must be \"always\" or \"never\", got {show(verify)}")
         zero_copy = t.get("zero_copy", False)
         if not isinstance(zero_copy, bool):
-            raise self.error(f"{where}.zero_copy", f"must be true or false, got {zero_copy!r}")
+            raise self.error(f"{where}.zero_copy", f"must be true or false, got {show(zero_copy)}")
         if zero_copy and backend not in VIEW_BACKENDS:
             can = ", ".join(sorted(VIEW_BACKENDS))
             raise self.error(f"{where}.zero_copy", f"the {backend} backend cannot serve "
@@ -241,6 +414,34 @@ class _Validator:
                           path=path, promote_after=promote_after, verify=verify,
                           zero_copy=zero_copy,
                           policy_options=dict(options), options=store_options)
+
+    def policy_options(self, where: str, policy: str, cls: type[Policy], capacity: int,
+                       options: Mapping[str, Any]) -> None:
+        """Build the policy once with ``options`` (policies hold metadata only: cheap, no
+        disk). An option it does not take is named, with the closest one it does
+        (:class:`~tiercache.policies.UnknownPolicyOptionError`), also for a class whose
+        constructor has no ``**options``. O(construction of an empty policy)."""
+        key = f"{where}.policy_options"
+        if not all(isinstance(k, str) for k in options):
+            raise self.error(key, "option names must be strings")
+        try:
+            try:
+                params = inspect.signature(cls).parameters
+            except (TypeError, ValueError):  # no signature to read: let the call decide
+                params = None
+            if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                unknown = [k for k in options if k not in params
+                           or params[k].kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                 inspect.Parameter.VAR_POSITIONAL)]
+                if unknown:
+                    raise UnknownPolicyOptionError(cls, unknown)
+            cls(capacity, **dict(options))
+        except UnknownPolicyOptionError as exc:
+            name = exc.options[0] if len(exc.options[0]) <= 80 else show(exc.options[0])
+            raise self.error(f"{key}.{name}", f"policy {show(policy)}: {exc}") from None
+        except Exception as exc:
+            raise self.error(key, f"policy {show(policy)} refuses these options: "
+                             f"{type(exc).__name__}: {exc}") from None
 
     def redis_options(self, where: str, t: Mapping[str, Any], backend: str) -> dict[str, Any]:
         """The redis-only keys, validated into RedisStore keyword arguments.
@@ -270,15 +471,15 @@ class _Validator:
             options["cluster_nodes"] = self.cluster_nodes(f"{where}.cluster_nodes", nodes)
         if "namespace" in t:
             namespace = t["namespace"]
-            if not isinstance(namespace, str) or not _REDIS_NAMESPACE_RE.match(namespace):
+            if not isinstance(namespace, str) or not _REDIS_NAMESPACE_RE.fullmatch(namespace):
                 raise self.error(f"{where}.namespace", "must be 1-128 characters of A-Z a-z 0-9 "
-                                 f"_ . : / - (no braces or spaces), got {namespace!r}")
+                                 f"_ . : / - (no braces or spaces), got {show(namespace)}")
             options["namespace"] = namespace
         timeout = t.get("timeout", _REDIS_DEFAULT_TIMEOUT_S)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
                 or not 0 < timeout <= 3600:
             raise self.error(f"{where}.timeout", "must be a number of seconds > 0 and <= 3600, "
-                             f"got {timeout!r}")
+                             f"got {show(timeout)}")
         options["timeout_s"] = float(timeout)
         try:
             chunk = parse_size(t.get("chunk_size", _REDIS_DEFAULT_CHUNK))
@@ -295,7 +496,7 @@ class _Validator:
         """A redis://, rediss:// or unix:// URL with a valid port and database number."""
         if not isinstance(value, str) or not value.strip():
             raise self.error(key, f"must be a URL such as \"redis://127.0.0.1:6379/0\", got "
-                             f"{value!r}")
+                             f"{show(value)}")
         try:
             parts = urlsplit(value)
             port = parts.port
@@ -313,8 +514,8 @@ class _Validator:
         if port == 0:
             raise self.error(key, "port 0 is not a valid port")
         db = parts.path.strip("/")
-        if db and not db.isdigit():
-            raise self.error(key, f"the path must be a database number, got {parts.path!r}")
+        if db and not (db.isascii() and db.isdigit()):
+            raise self.error(key, f"the path must be a database number, got {show(parts.path)}")
         return value
 
     def cluster_nodes(self, key: str, value: Any) -> tuple[str, ...]:
@@ -323,19 +524,40 @@ class _Validator:
             raise self.error(key, "must be a non-empty list such as [\"127.0.0.1:7000\"]")
         for node in value:
             host, sep, port = node.rpartition(":") if isinstance(node, str) else ("", "", "")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise self.error(key, f"{node!r} is not \"host:port\"")
+            if not sep or not host or not (port.isascii() and port.isdigit() and len(port) <= 5
+                                           and 0 < int(port) < 65536):
+                raise self.error(key, f"{show(node)} is not \"host:port\"")
         return tuple(value)
 
-    @staticmethod
-    def default_namespace(tier: TierConfig, origin: OriginConfig | None) -> TierConfig:
-        """Give a redis tier without a namespace ``tiercache:[ORIGIN:]TIER``: the origin's
-        file or folder name and the tier name, so every worker of one cache shares it and
-        caches of different models (origins) do not."""
+    def default_namespace(self, index: int, tier: TierConfig,
+                          origin: OriginConfig | None) -> TierConfig:
+        """Give a redis tier without a ``namespace`` one that names the model's *content*:
+        ``tiercache:<digest>:<tier name>``, the digest being :func:`origin_digest` (xxh3-128
+        of the origin's bytes). Workers whose origins hold the same bytes share the tier;
+        origins that differ in one byte -- same file names and shapes, other values --
+        do not. Without an origin, or with a ``"module:Class"`` origin tiercache cannot
+        read, there is nothing to name the model by: the namespace must be given.
+        O(origin bytes) the first time in the process, a ``stat`` per file after."""
         if tier.backend not in REMOTE_BACKENDS or "namespace" in tier.options:
             return tier
-        parts = ["tiercache", *([origin.path.name] if origin is not None else []), tier.name]
-        namespace = re.sub(r"[^A-Za-z0-9_.:/-]", "_", ":".join(parts))[:128]
+        key = f"tiers[{index}] ({tier.name}).namespace"
+        advice = ("name the namespace after the model (e.g. namespace = \"smollm2-135m-f32\"), "
+                  "so that only caches of the same model share it")
+        if origin is None:
+            raise self.error(key, "required for a redis tier when there is no origin: whoever "
+                             "uses the same server and namespace shares its shards, so sharing "
+                             f"must be chosen; {advice}")
+        try:
+            digest = origin_digest(origin.kind, origin.path)
+        except OSError as exc:
+            raise self.error("origin.path", f"cannot read {exc.filename or origin.path} to name "
+                             f"the default namespace of tiers[{index}] ({tier.name}): "
+                             f"{exc.strerror or exc}; give that tier a namespace") from None
+        if digest is None:
+            raise self.error(key, f"required for a redis tier when the origin is a "
+                             f"{origin.kind!r} class: tiercache cannot digest its content to "
+                             f"tell one model from another; {advice}")
+        namespace = f"tiercache:{digest}:{tier.name}"
         return dataclasses.replace(tier, options={**tier.options, "namespace": namespace})
 
     def check_distinct_remotes(self, tiers: tuple[TierConfig, ...]) -> None:
@@ -383,13 +605,16 @@ class _Validator:
         if value is None:
             raise self.error(key, f"required for a {backend} tier: the folder that holds it")
         if not isinstance(value, str) or not value.strip():
-            raise self.error(key, f"must be a folder path, got {value!r}")
+            raise self.error(key, f"must be a folder path, got {show(value)}")
         if "\x00" in value:
             raise self.error(key, "a path cannot contain a NUL character")
         path = self.resolve(value)
         if path.parent == path:
             raise self.error(key, f"{path} is the root of the file system; give the tier a "
                              "folder of its own")
+        problem = _link_problem(path)  # a loop or dangling link would fail at open (EEXIST)
+        if problem is not None:
+            raise self.error(key, f"{problem}; give the tier a folder it can create or use")
         if path.exists() and not path.is_dir():
             raise self.error(key, f"{path} exists and is not a folder")
         probe = path
@@ -408,29 +633,33 @@ class _Validator:
             return 1
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise self.error(key, "must be a whole number of hits >= 1, \"always\" or "
-                             f"\"never\", got {value!r}")
+                             f"\"never\", got {show(value)}")
         return value
 
     def origin(self, value: Any) -> OriginConfig:
         if not isinstance(value, Mapping):
             raise self.error("origin", "must be a table with keys kind and path")
-        self.check_keys("origin", value, _ORIGIN_KEYS)
+        self.check_keys("origin", value, _ORIGIN_KEYS, what="the origin takes")
         kind = value.get("kind")
         if not isinstance(kind, str) or (kind not in ORIGIN_KINDS and ":" not in kind):
-            raise self.error("origin.kind", f"unknown origin kind {kind!r} (known: "
+            raise self.error("origin.kind", f"unknown origin kind {show(kind)} (known: "
                              f"{', '.join(ORIGIN_KINDS)}, or 'package.module:ClassName')")
         if kind not in ORIGIN_KINDS:
             from .origins import load_origin_class  # runs the module: trusted configs only
             try:
                 load_origin_class(kind)
             except LookupError as exc:
-                raise self.error("origin.kind", str(exc).strip("'\"")) from None
+                raise self.error("origin.kind", str(exc)) from None
         raw = value.get("path")
         if not isinstance(raw, str) or not raw.strip():
-            raise self.error("origin.path", f"required: the origin's file or folder, got {raw!r}")
+            raise self.error("origin.path",
+                             f"required: the origin's file or folder, got {show(raw)}")
         if "\x00" in raw:
             raise self.error("origin.path", "a path cannot contain a NUL character")
         path = self.resolve(raw)
+        problem = _link_problem(path)
+        if problem is not None:
+            raise self.error("origin.path", problem)
         if not path.exists():
             raise self.error("origin.path", f"{path} does not exist")
         if kind == "npy" and not path.is_dir():

@@ -128,14 +128,30 @@ class SafetensorsOrigin(Origin):
 def load_origin_class(kind: str) -> type[Origin]:
     """Import the ``"package.module:ClassName"`` origin class and check it subclasses
     :class:`Origin`. Runs the module's code (trusted configs only). Raises
-    :class:`LookupError` with the reason."""
+    :class:`LookupError` with the reason: every name quoted in full, and a hint to
+    check PYTHONPATH when the module is not found. O(one import); thread-safe as far
+    as :mod:`importlib` is."""
+    from .policies import IMPORT_HINT
+
     module_name, _, attr = kind.partition(":")
     if not module_name or not attr:
         raise LookupError(f"origin kind {kind!r} must look like 'package.module:ClassName'")
     try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise LookupError(f"cannot load origin class {kind!r}: {exc}") from None
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or module_name
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise LookupError(f"cannot load origin class {kind!r}: no module named "
+                              f"{missing!r} ({IMPORT_HINT})") from None
+        raise LookupError(f"cannot load origin class {kind!r}: module {module_name!r} needs "
+                          f"module {missing!r}, which is not installed") from None
+    except Exception as exc:  # the module raised while importing (SyntaxError, ...)
+        raise LookupError(f"cannot load origin class {kind!r}: importing module "
+                          f"{module_name!r} failed: {type(exc).__name__}: {exc}") from None
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise LookupError(f"cannot load origin class {kind!r}: module {module_name!r} has "
+                          f"no attribute {attr!r}")
     if not isinstance(cls, type) or not issubclass(cls, Origin):
         raise LookupError(f"{kind!r} is not a tiercache.origins.Origin subclass")
     return cls
@@ -150,7 +166,7 @@ def open_origin(kind: str, path: Path, *, source: str = "<dict>") -> Origin:
     try:
         cls = load_origin_class(kind)
     except LookupError as exc:
-        raise ConfigError(str(exc).strip("'\""), file=source, key="origin.kind") from None
+        raise ConfigError(str(exc), file=source, key="origin.kind") from None
     origin = cls(path)  # type: ignore[call-arg]  # module:Class origins take the path
     if not isinstance(origin, Origin):
         raise ConfigError(f"{kind!r} is not a tiercache.origins.Origin subclass", file=source,

@@ -226,12 +226,9 @@ def load_policy(spec: PolicySpec) -> tuple[str, type[Policy]]:
         return spec.name or spec.__name__, spec
     try:
         return spec, get_policy_class(spec)
-    except ModuleNotFoundError as exc:
-        hint = (" (from a checkout, run with PYTHONPATH=. or python -m tiercache)"
-                if ":" in spec else "")
-        raise PolicyError(f"policy {spec!r}: {exc}{hint}") from None
     except (LookupError, ImportError, TypeError, ValueError) as exc:
-        raise PolicyError(f"policy {spec!r}: {str(exc).strip(chr(39))}") from None
+        # get_policy_class names the spec and adds the PYTHONPATH hint for a missing module
+        raise PolicyError(str(exc)) from None
 
 
 def _takes_future(cls: type[Policy]) -> bool:
