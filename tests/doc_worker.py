@@ -32,7 +32,7 @@ def run_block(namespace: dict[str, Any], path: str, line: int, code: str) -> str
     try:
         compiled = compile(source, path, "exec")
         exec(compiled, namespace)
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails
+    except BaseException as exc:  # reported to the parent, which fails the test
         frames = traceback.extract_tb(exc.__traceback__)
         keep = [i for i, frame in enumerate(frames) if frame.filename == path]
         tb = exc.__traceback__
