@@ -23,7 +23,7 @@ import tiercache
 from tests.store_contract import ARRAYS, assert_same
 from tiercache import codec
 from tiercache.buffers import MIN_POOLED_BYTES, BufferPool
-from tiercache.errors import CorruptShardError, StoreError
+from tiercache.errors import CacheClosedError, CorruptShardError, StoreError
 from tiercache.origins import NpyDirOrigin
 from tiercache.sources.base import CacheSink, PlannedShard, in_reading_order
 from tiercache.sources.manifest import LlamaHParams, llama_schedule
@@ -637,16 +637,17 @@ def test_a_corrupt_packed_copy_is_dropped_and_served_from_the_origin(tmp_path: P
         assert_same(cache.get("w"), shard(1, BIG))
 
 
-def test_a_closed_store_raises_store_error_and_its_views_stay_valid(tmp_path: Path) -> None:
+def test_a_closed_store_raises_cache_closed_error_and_its_views_stay_valid(
+        tmp_path: Path) -> None:
     store = PackedStore(tmp_path / "tier")
     store.put("a", shard(1, BIG))
     view = store.get_view("a")
     store.close()
     for call in (lambda: store.get("a"), lambda: store.get_view("a"), lambda: store.info("a"),
                  lambda: "a" in store, lambda: store.willneed("a"), store.layout,
-                 store.disk_usage, store.compact, store.sweep_orphans,
+                 store.disk_usage, store.compact, store.sweep_orphans, store.keys,
                  lambda: store.put("b", np.array(1)), lambda: store.delete("a")):
-        with pytest.raises(StoreError, match="closed"):
+        with pytest.raises(CacheClosedError, match="closed"):
             call()
     assert_same(view, shard(1, BIG))
     store.reopen()

@@ -90,7 +90,7 @@ from typing import Any, cast
 import numpy as np
 
 from .. import codec
-from ..errors import CorruptShardError, StoreError
+from ..errors import CacheClosedError, CorruptShardError, MediumDamagedError, StoreError
 from .base import ShardInfo, Store, VerifyMode, check_verify_mode, file_identity_problem
 
 #: Shards of at least this many bytes start on a page boundary.
@@ -113,6 +113,12 @@ _PAGE = mmap.PAGESIZE
 #: errnos meaning "copy_file_range cannot copy between these files": fall back to pread
 _NO_COPY_RANGE = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL})
 _DATA_RE = re.compile(r"^data\.(\d+)\.bin$")
+#: sqlite primary result codes saying the index file itself is damaged (SQLITE_CORRUPT,
+#: SQLITE_NOTADB)
+_DAMAGED_CODES = frozenset({11, 26})
+#: sqlite messages saying so (a damaged schema makes our fixed statements fail)
+_DAMAGED_MESSAGES = ("malformed database schema", "database disk image is malformed",
+                     "file is not a database", "no such table", "no such column")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS shards (
     key BLOB PRIMARY KEY, offset INTEGER NOT NULL, length INTEGER NOT NULL) WITHOUT ROWID;
@@ -128,13 +134,14 @@ def data_name(generation: int) -> str:
 
 @dataclass
 class _Entry:
-    """What a process knows of one stored shard: where it is, its header, its view."""
+    """What a process knows of one stored shard: where it is and its header. Its view
+    lives in :attr:`PackedStore._views` (dropped when the data file is remapped), so an
+    entry never keeps a superseded mapping alive."""
 
     generation: int
     offset: int
     length: int
     header: codec.ShardHeader
-    view: np.ndarray
     verified: bool = False
     seen: bool = False  # read ahead or viewed by this process before
 
@@ -152,8 +159,11 @@ class _DataFile:
         self.mapped_bytes = 0
 
     def mapped(self, end: int) -> mmap.mmap | None:
-        """A mapping covering ``[0, end)``, remapping if the file grew; ``None`` if the
-        file is shorter than ``end``. Older mappings stay alive while views use them."""
+        """A mapping covering ``[0, end)``, remapping (once) if the file grew; ``None`` if
+        the file is shorter than ``end``. The superseded mapping is dropped here: it
+        stays alive (a memory map and a descriptor) only as long as views over it are
+        referenced, and is unmapped and closed with the last of them (its refcount --
+        never closed explicitly, since numpy views do not pin an mmap's buffer). O(1)."""
         if self.mapping is not None and end <= self.mapped_bytes:
             return self.mapping
         size = os.fstat(self.fd).st_size
@@ -199,6 +209,10 @@ class PackedStore(Store):
         self.verify: VerifyMode = verify
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
+        #: Views over the *current* mapping, per key, with the entry each was made for.
+        #: Replaced by an empty dict whenever the data file is remapped or switched, so
+        #: the store itself never holds a superseded mapping (and its descriptor).
+        self._views: dict[str, tuple[_Entry, np.ndarray]] = {}
         self._closed = True
         self._open()
 
@@ -229,8 +243,11 @@ class PackedStore(Store):
                 fmt = self._meta(conn, "format")
                 if fmt != FORMAT:
                     conn.close()
-                    raise StoreError(f"packed store {self.path}: index format {fmt}, this "
-                                     f"tiercache reads format {FORMAT}; use a new folder")
+                    raise MediumDamagedError(
+                        f"packed store {self.path}: {INDEX_NAME} says format {fmt} (damaged, "
+                        f"or written by another tiercache version); this tiercache reads "
+                        f"format {FORMAT}: use a new folder, or `tiercache verify --repair` "
+                        "empties this one")
                 epoch_path = self.path / EPOCH_NAME
                 fd = os.open(epoch_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
                 try:
@@ -244,12 +261,13 @@ class PackedStore(Store):
                 data_path = self.path / data_name(generation)
                 if has_rows and not data_path.exists():
                     conn.close()
-                    raise StoreError(f"packed store {self.path}: the index names shards in "
-                                     f"{data_name(generation)}, which is missing; the store is "
-                                     "lost: delete the folder (the tier refills from below)")
+                    raise self._damaged(f"it names shards in {data_name(generation)}, which "
+                                        "is missing (the folder lost files, or the index its "
+                                        "generation)")
                 self._data = _DataFile(data_path, generation, create=True)
         except sqlite3.Error as exc:
-            raise StoreError(f"packed store {self.path}: cannot open the index ({exc})") from exc
+            raise self._index_error(exc, f"packed store {self.path}: cannot open the "
+                                         "index") from exc
         except OSError as exc:
             raise StoreError(f"packed store {self.path}: cannot open ({exc}); check the path "
                              "is a writable directory") from exc
@@ -262,13 +280,13 @@ class PackedStore(Store):
         self._closed = False
 
     def close(self) -> None:
-        """Close the store; later calls raise :class:`StoreError`. Views stay valid.
-        Idempotent."""
+        """Close the store; later calls -- and calls running into the close -- raise
+        :class:`~tiercache.errors.CacheClosedError`. Views stay valid. Idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._entries = {}
+            self._forget_all()
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
             self._data.close()
@@ -293,14 +311,63 @@ class PackedStore(Store):
     def _where(self, key: str) -> str:
         return f"packed store {self.path}, key {key!r}"
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreError(f"packed store {self.path} is closed")
+    def _forget_all(self) -> None:
+        """Drop every cached entry and view (the index changed under us). O(1)."""
+        self._entries = {}
+        self._views = {}
 
-    @staticmethod
-    def _meta(conn: sqlite3.Connection, name: str) -> int:
+    def _forget(self, key: str) -> None:
+        """Drop ``key``'s cached entry and view. O(1)."""
+        self._entries.pop(key, None)
+        self._views.pop(key, None)
+
+    def _forget_if(self, key: str, entry: _Entry) -> None:
+        """Drop ``key``'s cached entry if it is still ``entry`` (its bytes failed a check).
+        Lock held."""
+        if self._entries.get(key) is entry:
+            self._forget(key)
+
+    def _mapped(self, data: _DataFile, end: int) -> mmap.mmap | None:
+        """``data.mapped(end)``, dropping the cached views when that remapped the file (so
+        the superseded mapping dies with the caller's last view). Lock held. O(1)."""
+        before = data.mapping
+        mapping = data.mapped(end)
+        if mapping is not before:
+            self._views = {}
+        return mapping
+
+    def _check_open(self) -> None:
+        """Raise :class:`CacheClosedError` once :meth:`close` has begun."""
+        if self._closed:
+            raise CacheClosedError(f"packed store {self.path}: the store was closed")
+
+    def _damaged(self, what: str) -> MediumDamagedError:
+        """The error for an index whose content cannot be what this store wrote."""
+        return MediumDamagedError(f"packed store {self.path}: {self.path / INDEX_NAME} is "
+                                  f"damaged: {what}; `tiercache verify --repair` empties the "
+                                  "tier (it refills from below)")
+
+    def _index_error(self, exc: sqlite3.Error, what: str) -> StoreError:
+        """``exc`` from the index as a :class:`MediumDamagedError` when sqlite says the file
+        is damaged (not a database, malformed image or schema), else a StoreError."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        if (isinstance(code, int) and code & 0xFF in _DAMAGED_CODES) \
+                or str(exc).startswith(_DAMAGED_MESSAGES):
+            return MediumDamagedError(f"{what}: {self.path / INDEX_NAME} is damaged ({exc}); "
+                                      "`tiercache verify --repair` empties the tier (it "
+                                      "refills from below)")
+        return StoreError(f"{what} ({exc})")
+
+    def _meta(self, conn: sqlite3.Connection, name: str) -> int:
+        """The integer meta value ``name`` (0 if missing); MediumDamagedError if the row
+        holds anything but a non-negative integer. O(log n)."""
         row = conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        return int(row[0]) if row is not None else 0
+        if row is None:
+            return 0
+        value = row[0]
+        if type(value) is not int or value < 0:
+            raise self._damaged(f"meta row {name!r} holds {_show(value)}, not a count")
+        return value
 
     @contextlib.contextmanager
     def _flocked(self) -> Iterator[None]:
@@ -319,7 +386,7 @@ class PackedStore(Store):
             raise
         if now != self._epoch_seen:
             with self._lock:
-                self._entries = {}
+                self._forget_all()
                 self._epoch_seen = now
 
     def _bump_epoch(self, before: int) -> None:
@@ -331,7 +398,7 @@ class PackedStore(Store):
         if before == self._epoch_seen:
             self._epoch_seen = value
         else:
-            self._entries = {}
+            self._forget_all()
             self._epoch_seen = value
 
     def _data_for(self, generation: int) -> _DataFile:
@@ -341,6 +408,7 @@ class PackedStore(Store):
             new = _DataFile(self.path / data_name(generation), generation, create=False)
             self._data.close()
             self._data = new
+            self._views = {}
         return self._data
 
     def _lookup(self, key: str) -> tuple[int, int, int] | None:
@@ -348,17 +416,34 @@ class PackedStore(Store):
         row = self._conn.execute(
             "SELECT s.offset, s.length, m.value FROM shards AS s, meta AS m "
             "WHERE s.key = ? AND m.name = 'generation'", (codec.key_bytes(key),)).fetchone()
-        return None if row is None else (int(row[2]), int(row[0]), int(row[1]))
+        if row is None:
+            return None
+        offset, length, generation = row
+        if type(generation) is not int or generation < 0:
+            raise self._damaged(f"meta row 'generation' holds {_show(generation)}")
+        if not _plausible(offset, length):
+            raise CorruptShardError(f"{self._where(key)}: its index row is damaged (offset "
+                                    f"{_show(offset)}, length {_show(length)})")
+        return generation, offset, length
 
-    def _entry(self, key: str) -> _Entry | None:
-        """The cached entry of ``key``, resolving it from the index if needed."""
+    def _entry(self, key: str) -> tuple[_Entry, np.ndarray] | None:
+        """The cached entry of ``key`` and a view of its payload over the current mapping,
+        resolving the entry from the index and (re)building the view if needed. O(1)
+        once cached (two dict lookups); O(header) otherwise."""
         self._sync_epoch()
         entry = self._entries.get(key)
         if entry is not None:
-            return entry
+            cached = self._views.get(key)
+            if cached is not None and cached[0] is entry:
+                return cached
         where = self._where(key)
         with self._lock:
             self._check_open()
+            entry = self._entries.get(key)
+            if entry is not None and entry.generation == self._data.generation:
+                mapping = self._map_for(self._data, entry.offset + entry.length, where)
+                if mapping is not None:  # else the file shrank: resolve it again below
+                    return self._cache_view(key, entry, mapping)
             for attempt in range(3):
                 try:
                     found = self._lookup(key)
@@ -371,13 +456,10 @@ class PackedStore(Store):
                     if attempt == 2:  # compacted away under us three times in a row
                         raise StoreError(f"{where}: its data file keeps disappearing") from None
                 except sqlite3.Error as exc:
-                    raise StoreError(f"{where}: index read failed ({exc})") from exc
+                    raise self._index_error(exc, f"{where}: index read failed") from exc
                 except OSError as exc:
                     raise StoreError(f"{where}: cannot open the data file ({exc})") from exc
-            try:
-                mapping = data.mapped(offset + length)
-            except (OSError, ValueError) as exc:
-                raise StoreError(f"{where}: cannot map {data.path} ({exc})") from exc
+            mapping = self._map_for(data, offset + length, where)
             if mapping is None:
                 raise CorruptShardError(f"{where}: the shard lies past the end of "
                                         f"{data.path.name} (lost in a crash?)")
@@ -394,22 +476,37 @@ class PackedStore(Store):
             if header.total_nbytes != length:
                 raise CorruptShardError(f"{where}: entry has {length} bytes, the header says "
                                         f"{header.total_nbytes}")
-            view: np.ndarray = np.ndarray(header.shape, dtype=header.dtype, buffer=mapping,
-                                          offset=offset + header.header_nbytes)
-            view.flags.writeable = False
-            entry = _Entry(generation, offset, length, header, view)
+            entry = _Entry(generation, offset, length, header)
             self._entries[key] = entry
-            return entry
+            return self._cache_view(key, entry, mapping)
 
-    def _verify(self, entry: _Entry, key: str) -> None:
+    def _map_for(self, data: _DataFile, end: int, where: str) -> mmap.mmap | None:
+        """:meth:`_mapped` with its errors as StoreError naming the file. Lock held."""
+        try:
+            return self._mapped(data, end)
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{where}: cannot map {data.path} ({exc})") from exc
+
+    def _cache_view(self, key: str, entry: _Entry,
+                    mapping: mmap.mmap) -> tuple[_Entry, np.ndarray]:
+        """Build ``entry``'s read-only payload view over ``mapping`` and cache it. Lock held;
+        O(1)."""
+        header = entry.header
+        view: np.ndarray = np.ndarray(header.shape, dtype=header.dtype, buffer=mapping,
+                                      offset=entry.offset + header.header_nbytes)
+        view.flags.writeable = False
+        pair = (entry, view)
+        self._views[key] = pair
+        return pair
+
+    def _verify(self, entry: _Entry, view: np.ndarray, key: str) -> None:
         """Check ``entry``'s payload checksum once (outside the lock: it may read disk)."""
         if entry.verified:
             return
-        payload = codec.byte_view(entry.view)
+        payload = codec.byte_view(view)
         if codec.payload_checksum(payload) != entry.header.payload_checksum:
             with self._lock:
-                if self._entries.get(key) is entry:
-                    del self._entries[key]
+                self._forget_if(key, entry)
             raise CorruptShardError(f"{self._where(key)}: payload checksum mismatch")
         entry.verified = True
 
@@ -422,13 +519,14 @@ class PackedStore(Store):
         views the stored shard (that pass also reads it from disk). O(1) once cached:
         a dict lookup and an epoch read; O(n) the first time. Thread-safe.
         """
-        entry = self._entry(key)
-        if entry is None:
+        found = self._entry(key)
+        if found is None:
             return None
+        entry, view = found
         entry.seen = True
         if self.verify == "always" and not entry.verified:
-            self._verify(entry, key)
-        return entry.view
+            self._verify(entry, view, key)
+        return view
 
     def get(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
         """Copy ``key``'s shard into ``out`` (or a new page-aligned array) and return it.
@@ -443,19 +541,19 @@ class PackedStore(Store):
         return self._copy(key, out, True)
 
     def _copy(self, key: str, out: np.ndarray | None, verify: bool) -> np.ndarray | None:
-        entry = self._entry(key)
-        if entry is None:
+        found = self._entry(key)
+        if found is None:
             return None
+        entry, view = found
         header = entry.header
         result = codec.prepare_out(header, out, key)
         try:
-            codec.copy_verified(codec.byte_view(result), codec.byte_view(entry.view),
+            codec.copy_verified(codec.byte_view(result), codec.byte_view(view),
                                 header.payload_checksum if verify else None,
                                 where=self._where(key))
         except CorruptShardError:
             with self._lock:
-                if self._entries.get(key) is entry:
-                    del self._entries[key]
+                self._forget_if(key, entry)
             raise
         if verify:
             entry.verified = True
@@ -480,12 +578,13 @@ class PackedStore(Store):
         Never waits for I/O (verification is :meth:`get_view`'s, see
         :meth:`needs_check`). O(pages / 4096) plus system calls that release the
         GIL. Thread-safe."""
-        entry = self._entry(key)
-        if entry is None:
+        found = self._entry(key)
+        if found is None:
             return 0
+        entry, view = found
         data = self._data
         if not entry.seen and entry.generation == data.generation \
-                and _resident(entry) is False:
+                and _resident(entry, view) is False:
             end = entry.offset + entry.length
             step = self._advice_bytes
             with contextlib.suppress(OSError):
@@ -505,11 +604,10 @@ class PackedStore(Store):
 
     def info(self, key: str) -> ShardInfo | None:
         """Dtype, shape and stored size of ``key`` (header only). O(1) once cached."""
-        entry = self._entry(key)
-        if entry is None:
+        found = self._entry(key)
+        if found is None:
             return None
-        header = entry.header
-        return ShardInfo.from_header(header)
+        return ShardInfo.from_header(found[0].header)
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` has an entry (damaged or not). One index lookup."""
@@ -524,23 +622,48 @@ class PackedStore(Store):
                 return self._conn.execute("SELECT 1 FROM shards WHERE key = ?",
                                           (codec.key_bytes(key),)).fetchone() is not None
             except sqlite3.Error as exc:
-                raise StoreError(f"{self._where(key)}: lookup failed ({exc})") from exc
+                raise self._index_error(exc, f"{self._where(key)}: lookup failed") from exc
 
     def keys(self) -> Iterator[str]:
         """Snapshot of every key, in data-file order. O(number of shards)."""
         return iter([key for key, _offset, _length in self.layout()])
 
     def layout(self) -> list[tuple[str, int, int]]:
-        """``(key, offset, length)`` of every shard, in data-file order. O(shards)."""
+        """``(key, offset, length)`` of every shard, in data-file order. O(shards).
+
+        Raises :class:`MediumDamagedError` (naming ``index.sqlite`` and the row) when
+        the index is damaged: sqlite cannot read it, or a row holds what this store
+        never writes (a key that is not UTF-8 bytes, an offset or length that is not a
+        non-negative integer). A row pointing past the end of the data file is listed:
+        reading it raises :class:`CorruptShardError` (an OS crash can lose unsynced
+        bytes), and the tier drops it.
+        """
         with self._lock:
             self._check_open()
+            rows = self._rows(f"packed store {self.path}: listing keys failed")
+        return [(codec.key_from_bytes(k), o, n) for k, o, n in rows]
+
+    def _rows(self, what: str) -> list[tuple[bytes, int, int]]:
+        """Every index row ``(key bytes, offset, length)`` by offset, each checked to be
+        what :meth:`put` writes (MediumDamagedError otherwise). Lock held. O(shards)."""
+        try:
+            rows = self._conn.execute(
+                "SELECT key, offset, length FROM shards ORDER BY offset").fetchall()
+        except sqlite3.Error as exc:
+            raise self._index_error(exc, what) from exc
+        for kb, offset, length in rows:
+            if not isinstance(kb, bytes):
+                raise self._damaged(f"a shard row has a key of type {type(kb).__name__} "
+                                    f"({_show(kb)}), not a BLOB")
             try:
-                rows = self._conn.execute(
-                    "SELECT key, offset, length FROM shards ORDER BY offset").fetchall()
-            except sqlite3.Error as exc:
-                raise StoreError(f"packed store {self.path}: listing keys failed "
-                                 f"({exc})") from exc
-        return [(codec.key_from_bytes(bytes(k)), int(o), int(n)) for k, o, n in rows]
+                codec.key_from_bytes(kb)
+            except UnicodeDecodeError as exc:
+                raise self._damaged(f"the key {_show(kb)} of a shard row is not UTF-8 "
+                                    f"({exc.reason} at byte {exc.start})") from None
+            if not _plausible(offset, length):
+                raise self._damaged(f"the row of key {_show(kb)} has offset {_show(offset)} "
+                                    f"and length {_show(length)}")
+        return cast("list[tuple[bytes, int, int]]", rows)
 
     def stored_size(self, array: np.ndarray) -> int:
         """Header plus payload bytes of ``array`` (what capacity counts). O(1)."""
@@ -567,8 +690,8 @@ class PackedStore(Store):
                     generation = self._meta(self._conn, "generation")
                     data = self._data_for(generation)
                 except sqlite3.Error as exc:
-                    raise StoreError(f"packed store {self.path}: index read failed "
-                                     f"({exc})") from exc
+                    raise self._index_error(exc, f"packed store {self.path}: index read "
+                                                 "failed") from exc
                 except OSError as exc:
                     raise StoreError(f"packed store {self.path}: cannot open data file "
                                      f"({exc})") from exc
@@ -591,23 +714,23 @@ class PackedStore(Store):
                 _pwrite_all(data.fd, memoryview(header), offset)
                 _pwrite_all(data.fd, payload, offset + len(header))
                 conn = self._conn
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with _transaction(conn):
                     old = conn.execute("SELECT length FROM shards WHERE key = ?",
                                        (kb,)).fetchone()
+                    old_length = old[0] if old is not None else 0
+                    if type(old_length) is not int:
+                        old_length = 0  # a damaged row: replaced now, its size unknown
                     conn.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?)",
                                  (kb, offset, length))
                     conn.execute("UPDATE meta SET value = value + ? WHERE name = 'live_bytes'",
-                                 (length - (int(old[0]) if old else 0),))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+                                 (length - old_length,))
             except (OSError, sqlite3.Error) as exc:
                 with contextlib.suppress(OSError):
                     os.ftruncate(data.fd, start)  # nothing committed points past start
-                raise StoreError(f"{where}: write failed ({exc}); is the disk full?") from exc
-            self._entries.pop(key, None)
+                if isinstance(exc, sqlite3.Error):
+                    raise self._index_error(exc, f"{where}: write failed") from exc
+                raise StoreError(f"{where}: write failed ({exc})") from exc
+            self._forget(key)
             self._bump_epoch(before)
             self._maybe_compact(data)
         return codec.stored_nbytes(array)
@@ -619,21 +742,17 @@ class PackedStore(Store):
         with self._writing() as (data, before):
             conn = self._conn
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with _transaction(conn):
                     old = conn.execute("SELECT length FROM shards WHERE key = ?",
                                        (kb,)).fetchone()
                     if old is not None:
+                        old_length = old[0] if type(old[0]) is int else 0
                         conn.execute("DELETE FROM shards WHERE key = ?", (kb,))
                         conn.execute("UPDATE meta SET value = value - ? "
-                                     "WHERE name = 'live_bytes'", (int(old[0]),))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+                                     "WHERE name = 'live_bytes'", (old_length,))
             except sqlite3.Error as exc:
-                raise StoreError(f"{self._where(key)}: delete failed ({exc})") from exc
-            self._entries.pop(key, None)
+                raise self._index_error(exc, f"{self._where(key)}: delete failed") from exc
+            self._forget(key)
             if old is None:
                 return False
             self._bump_epoch(before)
@@ -663,8 +782,14 @@ class PackedStore(Store):
             return size - new_size
 
     def _compact_locked(self, data: _DataFile, order: Sequence[str] | None) -> int:
-        rows = [(bytes(k), int(o), int(n)) for k, o, n in self._conn.execute(
-            "SELECT key, offset, length FROM shards ORDER BY offset").fetchall()]
+        """Copy the live shards into the next generation's file and switch to it. Rows
+        pointing past the end of the data file (bytes an OS crash lost: unreadable) are
+        dropped from the index. Locks held. O(live bytes)."""
+        all_rows = self._rows(f"packed store {self.path}: compaction failed")
+        size = os.fstat(data.fd).st_size
+        kept = [r for r in all_rows if r[1] + r[2] <= size]
+        lost = [(kb,) for kb, o, n in all_rows if o + n > size]
+        rows = kept
         if order is not None:
             rank: dict[bytes, int] = {}
             for i, key in enumerate(order):
@@ -688,15 +813,14 @@ class PackedStore(Store):
                 position += length
             os.fsync(fd)
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn):
                 conn.executemany("UPDATE shards SET offset = ? WHERE key = ?", moved)
+                conn.executemany("DELETE FROM shards WHERE key = ?", lost)
                 conn.execute("UPDATE meta SET value = ? WHERE name = 'generation'",
                              (generation,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+                if lost:
+                    conn.execute("UPDATE meta SET value = ? WHERE name = 'live_bytes'",
+                                 (sum(n for _kb, _o, n in kept),))
         except (OSError, sqlite3.Error) as exc:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -704,7 +828,7 @@ class PackedStore(Store):
             raise StoreError(f"packed store {self.path}: compaction failed ({exc}); the "
                              "old data file is still in use") from exc
         os.close(fd)
-        self._entries = {}
+        self._forget_all()
         old_path = data.path
         self._data_for(generation)
         with contextlib.suppress(OSError):
@@ -723,8 +847,8 @@ class PackedStore(Store):
                 try:
                     current = self._meta(self._conn, "generation")
                 except sqlite3.Error as exc:
-                    raise StoreError(f"packed store {self.path}: index read failed "
-                                     f"({exc})") from exc
+                    raise self._index_error(exc, f"packed store {self.path}: index read "
+                                                 "failed") from exc
                 found = 0
                 now = time.time()
                 for child in self.path.iterdir():
@@ -740,6 +864,35 @@ class PackedStore(Store):
                     except OSError:
                         continue
                 return found
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``. On an error, roll back unless sqlite already did
+    (it does by itself after SQLITE_FULL or an I/O error) and re-raise the *original*
+    error -- never the "cannot rollback - no transaction is active" of the cleanup."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+def _plausible(offset: object, length: object) -> bool:
+    """Whether an index row's offset and length are what :meth:`PackedStore.put` writes:
+    integers, the offset non-negative, the length at least a header. O(1)."""
+    return (type(offset) is int and type(length) is int and offset >= 0
+            and length >= codec.HEADER_ALIGN_BYTES)
+
+
+def _show(value: object) -> str:
+    """A short repr of a value read from a damaged index, for messages."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -798,12 +951,11 @@ def _load_mincore() -> Callable[[int, int, Any], int] | None:
 _mincore = _load_mincore()
 
 
-def _resident(entry: _Entry) -> bool | None:
-    """Whether every page of ``entry`` is in the page cache (``mincore`` on the mapped
-    view's pages); ``None`` where that cannot be asked. O(pages), one system call."""
+def _resident(entry: _Entry, view: np.ndarray) -> bool | None:
+    """Whether every page of ``entry`` is in the page cache (``mincore`` on the pages of
+    its ``view``); ``None`` where that cannot be asked. O(pages), one system call."""
     if _mincore is None:
         return None
-    view = entry.view
     base = view.ctypes.data - entry.header.header_nbytes - entry.offset  # the mapping's start
     first = entry.offset // _PAGE * _PAGE
     length = entry.offset + entry.length - first
