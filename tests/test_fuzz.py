@@ -15,6 +15,14 @@ anything else (no IndexError, struct.error, MemoryError, UnicodeDecodeError...):
 Inputs are random bytes and, more usefully, valid files with bytes flipped,
 overwritten, inserted, cut or appended. ``TIERCACHE_FUZZ_EXAMPLES`` scales the
 number of examples (default 1 = the committed budget: 300 per test, about 8 s).
+
+Reproducible and bounded: every property runs with ``derandomize=True`` (the
+same examples on every run and machine, no example database) and in a forked
+child under ``RLIMIT_AS`` (``memcap.run_capped``, :data:`FUZZ_CAP_BYTES` above
+what the child starts with), so a parser that allocates from a damaged length
+fails its test instead of taking the machine down (one ``make test`` was
+OOM-killed at 23.6 GB in the GGUF property before the importer checked its
+header). TensorFlow is never imported in the children.
 """
 
 from __future__ import annotations
@@ -22,8 +30,10 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
+import struct
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +41,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from memcap import run_capped
 
 from tiercache import codec
 from tiercache.errors import CorruptShardError, StoreError, TraceError
@@ -43,15 +54,35 @@ from tiercache.stores.diskcache_store import DiskcacheStore
 from tiercache.stores.packed_store import PackedStore
 
 SCALE = int(os.environ.get("TIERCACHE_FUZZ_EXAMPLES", "1"))
-FUZZ = settings(deadline=None, max_examples=300 * SCALE, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.function_scoped_fixture])
+FUZZ = settings(deadline=None, max_examples=300 * SCALE, database=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+#: Address space a property's child may add to what it inherits (far above a parser's
+#: needs for these small inputs, far below the machine's memory).
+FUZZ_CAP_BYTES = 1 << 30
+#: A property (300 examples, or a failure and its shrinking) must end within this.
+FUZZ_TIMEOUT_S = 300.0 * SCALE
 #: Counts of inputs tried per parser (reported in docs/reliability.md).
 TRIED: dict[str, int] = {}
 
 
 def _count(name: str) -> None:
     TRIED[name] = TRIED.get(name, 0) + 1
+
+
+def _run_counted(prop: Callable[[], None]) -> dict[str, int]:
+    TRIED.clear()
+    prop()
+    return dict(TRIED)
+
+
+def in_capped_child(prop: Callable[[], None]) -> None:
+    """Run the hypothesis property ``prop`` (all its examples) in a forked child under the
+    memory cap; fail with the child's error -- hypothesis's falsifying example included --
+    or with the signal, MemoryError or timeout that stopped it."""
+    result = run_capped(_run_counted, prop, limit_bytes=FUZZ_CAP_BYTES, timeout_s=FUZZ_TIMEOUT_S)
+    assert result.ok, f"the property failed in its capped child: {result.describe()}"
+    for name, n in result.value.items():
+        TRIED[name] = TRIED.get(name, 0) + n
 
 
 # -- mutations of a valid file -------------------------------------------------------------
@@ -103,24 +134,31 @@ ENCODED_WITH_KEY = codec.encode("x" * 600, ARRAY[:2], store_key=True)
 
 @FUZZ
 @given(data=st.binary(max_size=700))
-def test_decode_header_random_bytes_only_corrupt_shard_error(data: bytes) -> None:
+def _decode_random_bytes(data: bytes) -> None:
     _only(CorruptShardError, "codec.decode_header random", lambda: codec.decode_header(data))
     _only(CorruptShardError, "codec.decode random", lambda: codec.decode(data, "k"))
 
 
+def test_decode_header_random_bytes_only_corrupt_shard_error() -> None:
+    in_capped_child(_decode_random_bytes)
+
+
 @FUZZ
 @given(body=st.binary(min_size=56, max_size=400), length=st.integers(0, 2**32 - 1))
-def test_decode_header_with_a_plausible_prefix(body: bytes, length: int) -> None:
-    """Magic and version right, everything else random: still only CorruptShardError."""
+def _decode_plausible_prefix(body: bytes, length: int) -> None:
     data = codec.MAGIC + (1).to_bytes(2, "little") + body[:2] + \
         (length - length % 64).to_bytes(4, "little") + body[2:]
     _only(CorruptShardError, "codec.decode_header prefix", lambda: codec.decode_header(data))
 
 
+def test_decode_header_with_a_plausible_prefix() -> None:
+    """Magic and version right, everything else random: still only CorruptShardError."""
+    in_capped_child(_decode_plausible_prefix)
+
+
 @FUZZ
 @given(mutations=MUTATIONS, which=st.booleans())
-def test_damaged_shards_never_decode_to_wrong_bytes(mutations: list[Mutation],
-                                                    which: bool) -> None:
+def _decode_damaged_shards(mutations: list[Mutation], which: bool) -> None:
     source, key = (ENCODED, "blk.0.w") if which else (ENCODED_WITH_KEY, "x" * 600)
     damaged = mutate(source, mutations)
     _count("codec.decode mutated")
@@ -132,20 +170,18 @@ def test_damaged_shards_never_decode_to_wrong_bytes(mutations: list[Mutation],
     np.testing.assert_array_equal(got, ARRAY if which else ARRAY[:2])
 
 
-@pytest.fixture(scope="module")
-def dc_store() -> Iterator[DiskcacheStore]:
-    with tempfile.TemporaryDirectory() as tmp:
-        store = DiskcacheStore(Path(tmp))
-        with store:
-            yield store
+def test_damaged_shards_never_decode_to_wrong_bytes() -> None:
+    in_capped_child(_decode_damaged_shards)
+
+
+def _diskcache_damaged_values() -> None:
+    with tempfile.TemporaryDirectory() as tmp, DiskcacheStore(Path(tmp)) as store:
+        _diskcache_property(store)
 
 
 @FUZZ
 @given(mutations=MUTATIONS, big=st.booleans())
-def test_diskcache_store_reads_damaged_values_as_corrupt(dc_store: DiskcacheStore,
-                                                         mutations: list[Mutation],
-                                                         big: bool) -> None:
-    """The store's own read path (a file header read, fstat, readinto) on damaged values."""
+def _diskcache_property(dc_store: DiskcacheStore, mutations: list[Mutation], big: bool) -> None:
     array = np.arange(20_000 if big else 200, dtype=np.float32)  # a value file or inline
     dc_store.put("k", array)
     filename = dc_store._cache_or_raise()._sql(
@@ -165,22 +201,19 @@ def test_diskcache_store_reads_damaged_values_as_corrupt(dc_store: DiskcacheStor
     np.testing.assert_array_equal(got, array)
 
 
-@pytest.fixture(scope="module")
-def packed() -> Iterator[PackedStore]:
-    with tempfile.TemporaryDirectory() as tmp:
-        store = PackedStore(Path(tmp))
-        with store:
-            yield store
+def test_diskcache_store_reads_damaged_values_as_corrupt() -> None:
+    """The store's own read path (a file header read, fstat, readinto) on damaged values."""
+    in_capped_child(_diskcache_damaged_values)
+
+
+def _packed_damaged_bytes() -> None:
+    with tempfile.TemporaryDirectory() as tmp, PackedStore(Path(tmp)) as store:
+        _packed_property(store)
 
 
 @FUZZ
 @given(mutations=MUTATIONS, big=st.booleans())
-def test_packed_store_reads_damaged_bytes_as_corrupt(packed: PackedStore,
-                                                      mutations: list[Mutation],
-                                                      big: bool) -> None:
-    """The packed store's read paths (header parse, length checks, copy and view) on damaged
-    bytes of its data file: a shard's bytes rewritten in place, possibly cut short (the
-    index row then points past the end) or longer (the row's length is what counts)."""
+def _packed_property(packed: PackedStore, mutations: list[Mutation], big: bool) -> None:
     array = np.arange(20_000 if big else 200, dtype=np.float32)  # page or 64-byte aligned
     packed.put("k", array)  # appended: a fresh entry at a fresh offset
     ((_key, offset, length),) = [row for row in packed.layout() if row[0] == "k"]
@@ -200,6 +233,13 @@ def test_packed_store_reads_damaged_bytes_as_corrupt(packed: PackedStore,
             continue
         assert damaged[:length] == original, "damaged bytes read without an error"
         np.testing.assert_array_equal(got, array)
+
+
+def test_packed_store_reads_damaged_bytes_as_corrupt() -> None:
+    """The packed store's read paths (header parse, length checks, copy and view) on damaged
+    bytes of its data file: a shard's bytes rewritten in place, possibly cut short (the
+    index row then points past the end) or longer (the row's length is what counts)."""
+    in_capped_child(_packed_damaged_bytes)
 
 
 # -- trace files ---------------------------------------------------------------------------
@@ -233,21 +273,25 @@ def _compress(data: bytes, kind: str) -> bytes:
 @given(ext=st.sampled_from([".csv", ".lis", ".npy"]), comp=st.sampled_from(["", ".gz", ".zst"]),
        mutations=MUTATIONS, damage_compressed=st.booleans(), random=st.booleans(),
        noise=st.binary(max_size=300))
-def test_trace_readers_only_raise_trace_error(traces: dict[str, bytes], tmp_path: Path,
-                                              ext: str, comp: str, mutations: list[Mutation],
-                                              damage_compressed: bool, random: bool,
-                                              noise: bytes) -> None:
+def _trace_property(traces: dict[str, bytes], folder: Path, ext: str, comp: str,
+                    mutations: list[Mutation], damage_compressed: bool, random: bool,
+                    noise: bytes) -> None:
     if random:
         data = noise
     elif damage_compressed:
         data = mutate(_compress(traces[ext], comp), mutations)
     else:
         data = _compress(mutate(traces[ext], mutations), comp)
-    path = tmp_path / f"fuzz{ext}{comp}"
+    path = folder / f"fuzz{ext}{comp}"
     path.write_bytes(data)
     got = _only(TraceError, f"trace {ext}{comp}", lambda: read_trace(path))
     if got is not None:
         assert isinstance(got, Trace) and len(got) > 0
+
+
+def test_trace_readers_only_raise_trace_error(traces: dict[str, bytes], tmp_path: Path) -> None:
+    pytest.importorskip("zstandard")  # in the parent: a skip in the child would be an error
+    in_capped_child(lambda: _trace_property(traces, tmp_path))
 
 
 # -- model files (tiercache.sources) ---------------------------------------------------------
@@ -275,23 +319,46 @@ def gguf_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 @FUZZ
 @given(mutations=MUTATIONS, random=st.booleans(), noise=st.binary(max_size=400))
-def test_safetensors_importer_only_raises_model_format_error(
-        safetensors_bytes: bytes, tmp_path: Path, mutations: list[Mutation], random: bool,
-        noise: bytes) -> None:
-    path = tmp_path / "m.safetensors"
-    path.write_bytes(noise if random else mutate(safetensors_bytes, mutations))
+def _safetensors_property(original: bytes, folder: Path, mutations: list[Mutation],
+                          random: bool, noise: bytes) -> None:
+    path = folder / "m.safetensors"
+    path.write_bytes(noise if random else mutate(original, mutations))
     _only(ModelFormatError, "safetensors import",
           lambda: import_safetensors(path, DictSink(), progress=False))
 
 
+def test_safetensors_importer_only_raises_model_format_error(safetensors_bytes: bytes,
+                                                             tmp_path: Path) -> None:
+    in_capped_child(lambda: _safetensors_property(safetensors_bytes, tmp_path))
+
+
+#: A count or length field: mostly small, sometimes near a power of two, sometimes huge.
+LENGTHS = st.one_of(st.integers(0, 64), st.integers(0, 63).map(lambda b: 1 << b),
+                    st.integers(0, 2**64 - 1))
+
+
 @FUZZ
-@given(mutations=MUTATIONS, random=st.booleans(), noise=st.binary(max_size=400))
-def test_gguf_importer_only_raises_model_format_error(
-        gguf_bytes: bytes, tmp_path: Path, mutations: list[Mutation], random: bool,
-        noise: bytes) -> None:
-    path = tmp_path / "m.gguf"
-    path.write_bytes(noise if random else mutate(gguf_bytes, mutations))
+@given(mutations=MUTATIONS, random=st.booleans(), noise=st.binary(max_size=400),
+       plausible=st.booleans(), counts=st.tuples(LENGTHS, LENGTHS),
+       fields=st.lists(st.tuples(st.integers(0, 12), LENGTHS), max_size=6))
+def _gguf_property(original: bytes, folder: Path, mutations: list[Mutation], random: bool,
+                   noise: bytes, plausible: bool, counts: tuple[int, int],
+                   fields: list[tuple[int, int]]) -> None:
+    """Damaged valid files, random bytes, and headers whose counts and lengths are random
+    (a plausible prefix: the magic, version 3, then counts, value types and lengths)."""
+    if plausible:
+        body = b"".join(struct.pack("<QQ", 4, 4) + b"a.bc" + struct.pack("<IQ", t, n)
+                        for t, n in fields)
+        data = b"GGUF" + struct.pack("<IQQ", 3, *counts) + body + noise
+    else:
+        data = noise if random else mutate(original, mutations)
+    path = folder / "m.gguf"
+    path.write_bytes(data)
     _only(ModelFormatError, "gguf import", lambda: import_gguf(path, DictSink(), progress=False))
+
+
+def test_gguf_importer_only_raises_model_format_error(gguf_bytes: bytes, tmp_path: Path) -> None:
+    in_capped_child(lambda: _gguf_property(gguf_bytes, tmp_path))
 
 
 # -- origins -------------------------------------------------------------------------------
@@ -299,23 +366,26 @@ def test_gguf_importer_only_raises_model_format_error(
 
 @FUZZ
 @given(mutations=MUTATIONS, random=st.booleans(), noise=st.binary(max_size=300))
-def test_npy_origin_only_raises_store_error(tmp_path: Path, mutations: list[Mutation],
-                                            random: bool, noise: bytes) -> None:
+def _npy_origin_property(folder: Path, mutations: list[Mutation], random: bool,
+                         noise: bytes) -> None:
     buf = io.BytesIO()
     np.save(buf, np.arange(50, dtype=np.float32).reshape(5, 10))
-    (tmp_path / npy_filename("w")).write_bytes(noise if random else mutate(buf.getvalue(),
-                                                                            mutations))
-    got = _only(StoreError, "npy origin", lambda: NpyDirOrigin(tmp_path).get("w"))
+    (folder / npy_filename("w")).write_bytes(noise if random else mutate(buf.getvalue(),
+                                                                          mutations))
+    got = _only(StoreError, "npy origin", lambda: NpyDirOrigin(folder).get("w"))
     assert got is None or isinstance(got, np.ndarray)
+
+
+def test_npy_origin_only_raises_store_error(tmp_path: Path) -> None:
+    in_capped_child(lambda: _npy_origin_property(tmp_path))
 
 
 @FUZZ
 @given(mutations=MUTATIONS, random=st.booleans(), noise=st.binary(max_size=400))
-def test_safetensors_origin_only_raises_store_error(
-        safetensors_bytes: bytes, tmp_path: Path, mutations: list[Mutation], random: bool,
-        noise: bytes) -> None:
-    path = tmp_path / "o.safetensors"
-    path.write_bytes(noise if random else mutate(safetensors_bytes, mutations))
+def _safetensors_origin_property(original: bytes, folder: Path, mutations: list[Mutation],
+                                 random: bool, noise: bytes) -> None:
+    path = folder / "o.safetensors"
+    path.write_bytes(noise if random else mutate(original, mutations))
 
     def read() -> None:
         origin = SafetensorsOrigin(path)
@@ -323,6 +393,11 @@ def test_safetensors_origin_only_raises_store_error(
             origin.get(key)
 
     _only(StoreError, "safetensors origin", read)
+
+
+def test_safetensors_origin_only_raises_store_error(safetensors_bytes: bytes,
+                                                    tmp_path: Path) -> None:
+    in_capped_child(lambda: _safetensors_origin_property(safetensors_bytes, tmp_path))
 
 
 def test_zz_report_inputs_tried() -> None:
@@ -337,8 +412,9 @@ def test_a_damaged_lis_n_blocks_is_an_error_not_an_allocation_of_terabytes(tmp_p
     """One flipped digit in n_blocks once made read_trace ask numpy for ~23 GB (OOM kill)."""
     path = tmp_path / "bomb.lis"
     path.write_text("0 1 0 0\n8 99999999999 0 1\n16 1 0 2\n")
-    with pytest.raises(TraceError, match=r"bomb\.lis:2: n_blocks 99999999999"):
-        read_trace(path)
+    result = run_capped(read_trace, path, limit_bytes=FUZZ_CAP_BYTES, timeout_s=60)
+    assert result.error_type == "TraceError", result.describe()
+    assert re.search(r"bomb\.lis:2: n_blocks 99,?999,?999,?999", result.error_message or "")
 
 
 def test_a_damaged_npy_trace_header_is_a_trace_error(tmp_path: Path) -> None:
@@ -377,5 +453,12 @@ def test_a_damaged_gguf_block_count_is_an_error_not_gigabytes(gguf_bytes: bytes,
     data[at:at + 4] = (0x01000001).to_bytes(4, "little")
     path = tmp_path / "m.gguf"
     path.write_bytes(bytes(data))
-    with pytest.raises(ModelFormatError, match="block_count says 16777217 layers"):
+    result = run_capped(import_gguf, path, DictSink(), progress=False,
+                        limit_bytes=FUZZ_CAP_BYTES, timeout_s=60)
+    assert result.error_type == "ModelFormatError", result.describe()
+    assert "'llama.block_count' is 16777217" in (result.error_message or "")
+    data[at:at + 4] = (64).to_bytes(4, "little")  # in range, but more than the tensors hold
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFormatError, match="block_count says 64 layers, but the file has "
+                                               "only 11 tensors"):
         import_gguf(path, DictSink(), progress=False)

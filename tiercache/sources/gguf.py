@@ -143,9 +143,9 @@ class _Cursor:
         self.pos += 8
         return int(value)
 
-    def string(self, what: str, limit: int) -> str:
+    def string(self, what: str, limit: int | None = None) -> str:
         length = self.u64(f"the length of {what}")
-        if length > limit:
+        if limit is not None and length > limit:
             raise self.fail(f"{what} declares {length} bytes (at most {limit} allowed)")
         self.need(length, what)
         raw = bytes(self.buf[self.pos:self.pos + length])
@@ -166,7 +166,7 @@ class _Cursor:
             self.pos += size
             return value
         if type_id == _STRING:
-            return self.string(what, self.size)
+            return self.string(what)
         if type_id != _ARRAY:
             raise self.fail(f"{what} has value type {type_id}, which GGUF does not define")
         if depth >= MAX_ARRAY_DEPTH:
