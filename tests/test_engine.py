@@ -141,12 +141,12 @@ def test_inclusive_promotion_keeps_lower_copy_and_eviction_drops_it(tmp_path: Pa
 
 
 def test_inclusive_demotion_skips_write_when_copy_below(tmp_path: Path) -> None:
-    cfg = three_tier_config(tmp_path, mode="inclusive", promote_after=1, ram="16KiB")
+    cfg = three_tier_config(tmp_path, mode="inclusive", promote_after=1, ram="24KiB")
     with tiercache.open(cfg) as cache:
         cache.put("k", shard(8), tier="ssd")
         cache.get("k")  # promoted, copy stays in ssd
         ssd_written = cache.stats()["tiers"]["ssd"]["bytes_written"]
-        cache.put("other", shard(9))  # evicts k from RAM (16 KiB holds one shard)
+        cache.put("other", shard(9))  # evicts k from RAM (24 KiB holds one 16 KiB shard)
         assert cache.where("k") == ["ssd"]
         after = cache.stats()["tiers"]["ssd"]
         # only "other"'s own demotion later could write; k's eviction wrote nothing

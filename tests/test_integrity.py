@@ -172,7 +172,11 @@ def test_damaged_header_found_on_open_is_dropped(tmp_path: Path, origin: dict[st
         s = cache.stats()["tiers"]
         assert s["ssd"]["corrupt"] == 1 and s["hdd"]["corrupt"] == 1
         assert cache.where("w6") == [] and cache.where("w7") == []
-        assert cache.verify()["ok"]  # dropped on open: nothing left to find
+        report = cache.verify()  # dropped on open, still reported: damage happened
+        assert not report["ok"]
+        for tier, key in (("ssd", "w6"), ("hdd", "w7")):
+            entry = report["tiers"][tier]
+            assert (entry["corrupt"], entry["repaired"], entry["corrupt_keys"]) == (1, 1, [key])
         np.testing.assert_array_equal(cache.get("w6"), origin["w6"])
 
 

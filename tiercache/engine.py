@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,36 +34,75 @@ import numpy as np
 
 from .codec import check_storable, empty_aligned
 from .config import CacheConfig, TierConfig, load_config
-from .errors import CorruptShardError, ShardNotFoundError, StoreError, TierCacheError
+from .errors import (
+    CacheClosedError,
+    CorruptShardError,
+    MediumDamagedError,
+    ShardNotFoundError,
+    StoreError,
+    TierCacheError,
+)
 from .origins import Origin, open_origin
 from .policies import get_policy_class
 from .prefetch import Prefetcher
 from .recording import TraceRecorder
 from .stats import LoopStats, TierStats
 from .stores import open_store
+from .stores.base import ShardInfo, Store
+from .stores.damaged import AbsentStore, DamagedStore
 from .tier import DemotionFailed, PromotionRule, Tier
 
 log = logging.getLogger("tiercache")
 
 _MISSING: Any = object()
 _MAX_RETRIES = 8
+#: Size of the per-key version map below which it is never pruned.
+_VERSIONS_PRUNE_AT = 65536
 #: Longest a get waits for a prefetch of the same shard before reading it itself.
 PREFETCH_WAIT_TIMEOUT_S = 30.0
 
 
-def build_tier(cfg: TierConfig, *, drop_corrupt: bool = True) -> Tier:
+def build_tier(cfg: TierConfig, *, drop_corrupt: bool = True, read_only: bool = False) -> Tier:
     """Create the store and policy of one configured tier (creates its folder).
 
     ``drop_corrupt=False`` leaves entries with a damaged header in place (not
     indexed) for :meth:`TieredCache.verify` to report; see :meth:`Tier.load_existing`.
+    ``read_only`` creates nothing: a disk tier whose folder does not exist opens
+    empty. A medium too damaged to open (:class:`MediumDamagedError`) gives a
+    *degraded* tier that holds nothing (:class:`DamagedStore`) instead of an error:
+    the cache still opens and serves from its other tiers and the origin.
     """
-    store = open_store(cfg.backend, cfg.path, verify=cfg.verify, capacity_bytes=cfg.capacity_bytes,
-                       options=cfg.options)
-    policy = get_policy_class(cfg.policy)(cfg.capacity_bytes, **dict(cfg.policy_options))
-    tier = Tier(cfg.name, store, policy, cfg.capacity_bytes, PromotionRule(cfg.promote_after))
-    tier.zero_copy = cfg.zero_copy
+    def new_tier(store: Store) -> Tier:
+        policy = get_policy_class(cfg.policy)(cfg.capacity_bytes, **dict(cfg.policy_options))
+        tier = Tier(cfg.name, store, policy, cfg.capacity_bytes, PromotionRule(cfg.promote_after))
+        tier.zero_copy = cfg.zero_copy and store.supports_views
+        return tier
+
+    if read_only and cfg.path is not None and not cfg.path.exists():
+        return new_tier(AbsentStore(cfg.backend, cfg.path))
+    try:
+        store = open_store(cfg.backend, cfg.path, verify=cfg.verify,
+                           capacity_bytes=cfg.capacity_bytes, options=cfg.options)
+    except MediumDamagedError as exc:
+        return _damaged_tier(new_tier, cfg, exc)
+    tier = new_tier(store)
     if store.persistent:
-        tier.load_existing(drop_corrupt=drop_corrupt)
+        try:
+            tier.load_existing(drop_corrupt=drop_corrupt)
+        except MediumDamagedError as exc:
+            store.close()
+            return _damaged_tier(new_tier, cfg, exc)
+        except BaseException:
+            store.close()
+            raise
+    return tier
+
+
+def _damaged_tier(new_tier: Any, cfg: TierConfig, exc: MediumDamagedError) -> Tier:
+    log.warning("tier %s: its medium is damaged and cannot be used (%s); serving from the "
+                "other tiers -- `tiercache verify --repair` empties and reopens it", cfg.name, exc)
+    tier: Tier = new_tier(DamagedStore(cfg.backend, cfg.path, str(exc)))
+    tier.mark_damaged(str(exc))
     return tier
 
 
@@ -76,7 +116,9 @@ class TieredCache:
 
     def __init__(self, tiers: list[Tier], *, mode: str = "exclusive",
                  origin: Origin | None = None, flush_on_close: bool = True,
-                 record_trace: str | os.PathLike[str] | None = None) -> None:
+                 record_trace: str | os.PathLike[str] | None = None,
+                 read_only: bool = False,
+                 tier_configs: tuple[TierConfig, ...] | None = None) -> None:
         if not tiers:
             raise TierCacheError("a TieredCache needs at least one tier")
         if mode not in ("exclusive", "inclusive"):
@@ -88,7 +130,17 @@ class TieredCache:
         self.origin_stats = TierStats()
         self.flush_on_close = flush_on_close
         self._lock = threading.RLock()
+        #: Opened by a read-only command: no put/delete, no movement, no recording, no
+        #: deletes of duplicates or damaged entries -- nothing on disk changes.
+        self.read_only = read_only
+        self._tier_configs = tier_configs
+        # Per-key write versions, so a read that raced a put/delete starts over. Values come
+        # from one counter; a key absent from the map has version ``_version_floor``, which
+        # moves on when the map is pruned (see :meth:`_bump`), so pruning never makes an
+        # old version look current.
         self._versions: dict[str, int] = {}
+        self._version_counter = 0
+        self._version_floor = 0
         self._scratch: dict[int, np.ndarray] = {}
         self._closed = False
         # model serving: the declared schedule, the loop's cursor, in-flight prefetches
@@ -104,56 +156,92 @@ class TieredCache:
         self._staging_max_bytes = 0
         self.loop_stats = LoopStats()
         #: Writes ``key,size`` for every get that returns a shard (``record_trace``).
-        self._recorder = TraceRecorder(record_trace) if record_trace is not None else None
+        self._recorder = (TraceRecorder(record_trace)
+                          if record_trace is not None and not read_only else None)
+        if read_only:
+            self.flush_on_close = False
         #: (tier, key) pairs whose corrupt copy was already logged (log once, not per read).
         self._reported_corrupt: set[tuple[str, str]] = set()
-        #: Duplicate copies removed on open (exclusive mode; see :meth:`_drop_duplicates`).
-        self.duplicates_dropped = 0 if self.inclusive else self._drop_duplicates()
+        #: Copies dropped on open by :meth:`_resolve_duplicates` (stale or redundant).
+        self.duplicates_dropped = self._resolve_duplicates()
 
-    def _drop_duplicates(self) -> int:
-        """Exclusive mode: keep only the fastest copy of a key found in several tiers.
+    def _resolve_duplicates(self) -> int:
+        """Resolve keys found in several persistent tiers on open, by write sequence.
 
-        A process killed between writing a demoted shard below and deleting it
-        above leaves the same shard in two tiers; this restores "one tier per
-        key" on open. Both copies are the same version (a put deletes every
-        older copy before writing), so either is right. O(keys).
+        A failure can leave copies of one key in two tiers: a process killed between
+        writing a demoted shard below and deleting it above (same value), or a put
+        reported failed although it landed, followed by a newer put elsewhere
+        (different values). The copy with the highest write sequence in its header
+        is the newest value; copies with another payload are stale and dropped,
+        whatever tier they are in. Of the copies of the newest value, exclusive mode
+        keeps the fastest; inclusive keeps them all. Shards written before headers
+        carried a sequence (0) fall back to "the fastest wins". A shared tier's copy
+        is only forgotten from this process's index, never deleted (other processes
+        own it too); a read-only cache deletes nothing. O(keys) plus one header
+        read per duplicated copy. Returns the number of copies dropped.
         """
-        removed = 0
-        seen: set[str] = set()
-        for tier in self._tiers:
-            for key in tier.keys():
-                if key in seen:
-                    tier.remove(key)
-                    removed += 1
+        holders: dict[str, list[int]] = {}
+        for index, tier in enumerate(self._tiers):
+            if tier.store.persistent:
+                for key in tier.keys():
+                    holders.setdefault(key, []).append(index)
+        dropped = 0
+        for key, where in holders.items():
+            if len(where) < 2:
+                continue
+            infos: list[ShardInfo | None] = []
+            for index in where:
+                try:
+                    infos.append(self._tiers[index].store.info(key))
+                except (StoreError, OSError):
+                    infos.append(None)
+            sequences = [info.sequence if info is not None else -1 for info in infos]
+            newest = max(range(len(where)), key=lambda j: (sequences[j], -j))
+            ref = infos[newest]
+            same = [ref is not None and info is not None
+                    and info.payload_checksum is not None
+                    and info.payload_checksum == ref.payload_checksum
+                    and info.dtype == ref.dtype and info.shape == ref.shape
+                    for info in infos]
+            same[newest] = True
+            keep_first = next(j for j, s in enumerate(same) if s)
+            for j, index in enumerate(where):
+                if same[j] and (self.inclusive or j == keep_first):
+                    continue
+                tier = self._tiers[index]
+                if self.read_only or tier.store.shared:
+                    tier.forget_index(key)
                 else:
-                    seen.add(key)
-        if removed:
-            log.info("dropped %d duplicate copies left by an interrupted demotion", removed)
-        return removed
+                    tier.remove(key)
+                dropped += 1
+                log.info("tier %s: dropped the %s copy of %r found on open", tier.name,
+                         "redundant" if same[j] else "stale", key)
+        return dropped
 
     # --- construction ---------------------------------------------------------------
     @classmethod
     def from_config(cls, config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
-                    *, drop_corrupt: bool = True) -> TieredCache:
+                    *, drop_corrupt: bool = True, read_only: bool = False) -> TieredCache:
         """Validate ``config`` fully, open the origin, then create the tiers (and their
         folders), so a bad origin leaves nothing on disk. ``drop_corrupt=False``
-        keeps entries with a damaged header for :meth:`verify` to report."""
+        keeps entries with a damaged header for :meth:`verify` to report.
+
+        ``read_only=True`` (what ``tiercache stats`` and ``verify`` use) changes
+        nothing on disk: no folder is created, nothing is deleted (damaged entries,
+        duplicates, shards beyond a lowered capacity), nothing is recorded or
+        flushed, and ``put``/``delete`` raise :class:`TierCacheError`.
+        """
         cfg = config if isinstance(config, CacheConfig) else load_config(config)
         tiers: list[Tier] = []
         origin = (open_origin(cfg.origin.kind, cfg.origin.path, source=cfg.source)
                   if cfg.origin else None)
         try:
             for tier_cfg in cfg.tiers:
-                tiers.append(build_tier(tier_cfg, drop_corrupt=drop_corrupt))
-        except BaseException:
-            for t in tiers:
-                t.store.close()
-            if origin is not None:
-                origin.close()
-            raise
-        try:
+                tiers.append(build_tier(tier_cfg, drop_corrupt=drop_corrupt and not read_only,
+                                        read_only=read_only))
             return cls(tiers, mode=cfg.mode, origin=origin, flush_on_close=cfg.flush_on_close,
-                       record_trace=cfg.record_trace)
+                       record_trace=cfg.record_trace, read_only=read_only,
+                       tier_configs=cfg.tiers)
         except BaseException:
             for t in tiers:
                 t.store.close()
@@ -235,7 +323,7 @@ class TieredCache:
                     index, tier = found
                     for above in self._tiers[:index]:
                         above.stats.misses += 1
-                    version = self._versions.get(key, 0)
+                    version = self._version(key)
                     staged = self._take_staged(key, index, version) if self._staged else None
                     if tier.is_memory:
                         array = tier.store.get(key)
@@ -267,7 +355,7 @@ class TieredCache:
                     tier.note_failure(exc, "get")  # logs when the tier becomes degraded
                 log.debug("tier %s failed to read %r: %s", tier.name, key, exc)
                 array = None
-                if self._versions.get(key, 0) == version:
+                if self._version(key) == version:
                     # skip this tier for this read: serve from below or the origin
                     return self._get_below(key, index, default, out, started)
                 continue
@@ -275,7 +363,7 @@ class TieredCache:
                 self._forget_lost(tier, key, version)
                 continue
             with self._lock:
-                if self._versions.get(key, 0) != version or key not in tier:
+                if self._version(key) != version or key not in tier:
                     continue
                 due = tier.record_hit(key, array.nbytes, time.perf_counter() - started)
                 if due and index > 0:
@@ -295,7 +383,7 @@ class TieredCache:
             if not tier.store.shared or key in tier:
                 continue
             with self._lock:
-                version = self._versions.get(key, 0)
+                version = self._version(key)
             try:
                 array = tier.read(key, out)
             except StoreError as exc:  # a corrupt copy is overwritten by the next admission
@@ -309,7 +397,7 @@ class TieredCache:
                 for above in self._tiers[:index]:
                     above.stats.misses += 1
                 latency = time.perf_counter() - started
-                if self._versions.get(key, 0) == version and self._locate(key) is None and \
+                if self._version(key) == version and self._locate(key) is None and \
                         tier.index_existing(key, tier.store.stored_size(array)):
                     if tier.record_hit(key, array.nbytes, latency) and index > 0:
                         self._promote(index, key, array, private=out is None)
@@ -328,7 +416,7 @@ class TieredCache:
                     array = tier.read(key, out)
                 except CorruptShardError as exc:
                     with self._lock:
-                        version = self._versions.get(key, 0)
+                        version = self._version(key)
                     self._drop_corrupt(tier, key, exc, version)
                     continue
                 except StoreError:
@@ -344,7 +432,7 @@ class TieredCache:
         with self._lock:
             for tier in self._tiers:
                 tier.stats.misses += 1
-            version = self._versions.get(key, 0)
+            version = self._version(key)
         origin = self.origin
         array = origin.get(key) if origin is not None else None
         if array is None:
@@ -357,7 +445,8 @@ class TieredCache:
             stats.hits += 1
             stats.bytes_read += array.nbytes
             stats.latency.record(time.perf_counter() - started)
-            if admit and self._versions.get(key, 0) == version and self._locate(key) is None:
+            if admit and not self.read_only and self._version(key) == version \
+                    and self._locate(key) is None:
                 self._admit_from(0, key, array, adopt=origin is not None and origin.fresh_arrays)
         if out is not None:
             return self._copy_out(key, array, out)
@@ -455,12 +544,13 @@ class TieredCache:
         """
         top = self._tiers[0]
         with self._lock:
-            if self._closed or key in top or key in self._inflight or key in self._staged:
+            if self._closed or self.read_only or key in top or key in self._inflight \
+                    or key in self._staged:
                 return 0
             found = self._locate(key)
             if found is None and self.origin is None:
                 return 0
-            version = self._versions.get(key, 0)
+            version = self._version(key)
             event = self._inflight[key] = threading.Event()
         try:
             if found is None:
@@ -485,7 +575,7 @@ class TieredCache:
             if array is None:
                 return 0
             with self._lock:
-                if self._versions.get(key, 0) != version or key in top:
+                if self._version(key) != version or key in top:
                     return 0
                 if found is None:
                     if self._locate(key) is not None:
@@ -557,9 +647,11 @@ class TieredCache:
         """
         if not isinstance(key, str):
             raise TypeError(f"keys are strings, got {type(key).__name__}")
+        if isinstance(array, np.ndarray):
+            check_storable(array)  # before asarray, which would drop a subclass's state
         array = np.asarray(array)
         check_storable(array)
-        self._check_open()
+        self._check_writable()
         with self._lock:
             start = 0 if tier is None else self._tiers.index(self.tier(tier))
             self._bump(key)
@@ -578,7 +670,7 @@ class TieredCache:
 
     def delete(self, key: str) -> bool:
         """Remove ``key`` from every tier (the origin is read-only). Returns whether any held it."""
-        self._check_open()
+        self._check_writable()
         with self._lock:
             self._bump(key)
             removed = False
@@ -590,6 +682,16 @@ class TieredCache:
         if not self.delete(key):
             raise KeyError(key)
 
+    def _indexed_count(self) -> int:
+        return sum(len(t) for t in self._tiers)
+
+    def _prune_versions(self) -> None:
+        """Forget the versions of keys held by no tier. O(map size). Lock held."""
+        self._version_counter += 1
+        self._version_floor = self._version_counter
+        self._versions = {k: v for k, v in self._versions.items()
+                          if self._locate(k) is not None or k in self._inflight}
+
     # --- movement between tiers -----------------------------------------------------
     def _locate(self, key: str) -> tuple[int, Tier] | None:
         for i, tier in enumerate(self._tiers):
@@ -597,8 +699,19 @@ class TieredCache:
                 return i, tier
         return None
 
+    def _version(self, key: str) -> int:
+        """The write version of ``key``: compare before and after an unlocked read. O(1)."""
+        return self._versions.get(key, self._version_floor)
+
     def _bump(self, key: str) -> None:
-        self._versions[key] = self._versions.get(key, 0) + 1
+        """Give ``key`` a new version (a put or delete). The map is bounded: when it holds
+        more than twice the keys the tiers index (and at least 65,536), entries of keys
+        in no tier are pruned and the floor moves past every version handed out, so a
+        read that started before the prune starts over. O(1) amortised. Lock held."""
+        self._version_counter += 1
+        self._versions[key] = self._version_counter
+        if len(self._versions) > max(_VERSIONS_PRUNE_AT, 2 * self._indexed_count()):
+            self._prune_versions()
         if key in self._staged:
             self._staged_bytes -= self._staged.pop(key)[2].nbytes
         if self._reported_corrupt:  # a new value: a new corrupt copy deserves a new log line
@@ -702,6 +815,8 @@ class TieredCache:
         stays (a shard that reached a persistent tier is never held only in memory),
         so evicting the memory copy later writes nothing.
         """
+        if self.read_only:
+            return False
         source = self._tiers[index]
         targets = range(0, index) if to_top else range(index - 1, -1, -1)
         for target_index in targets:
@@ -761,7 +876,7 @@ class TieredCache:
             victim = target.policy.victim(key)
         except Exception:  # an empty or refusing policy: let admit() decide
             return True
-        if victim is None or victim == key:
+        if not isinstance(victim, str) or victim == key:
             return True
         theirs = self._next_use(victim)
         return theirs is None or mine < theirs
@@ -795,7 +910,7 @@ class TieredCache:
     def _drop_corrupt(self, tier: Tier, key: str, exc: Exception, version: int) -> None:
         with self._lock:
             tier.stats.corrupt += 1
-            if self._versions.get(key, 0) == version and key in tier:
+            if self._version(key) == version and key in tier:
                 tier.remove(key)
         self._report_corrupt(tier, key, exc)
 
@@ -816,7 +931,7 @@ class TieredCache:
         medium confirms it is gone (Redis evicted it), forget the entry, so the tier's
         accounting stays honest and the next lookup goes below. Counted in ``lost``."""
         with self._lock:
-            if self._versions.get(key, 0) != version or key not in tier:
+            if self._version(key) != version or key not in tier:
                 return  # replaced or moved meanwhile
             if not tier.check_medium():
                 return  # the folder was removed: every entry is forgotten, tier degraded
@@ -864,37 +979,61 @@ class TieredCache:
         return written
 
     def verify(self, *, repair: bool = False, orphan_min_age_s: float = 60.0,
-               max_listed: int = 100) -> dict[str, Any]:
+               max_listed: int = 100, expected_keys: Iterable[str] | None = None
+               ) -> dict[str, Any]:
         """Scrub every tier: read each shard its medium holds and check header and payload.
 
         Disk and remote tiers are read in full (the payload checksum is checked even
         on a ``verify = "never"`` tier); memory tiers hold plain arrays (nothing to
         check) and count as ok. Returns::
 
-            {"ok": bool, "repair": bool, "tiers": {name: {
+            {"ok": bool, "repair": bool,
+             "missing": int, "missing_keys": [...],     # of expected_keys
+             "tiers": {name: {
                 "backend", "checked", "ok", "corrupt", "unreadable", "repaired",
-                "orphans", "degraded", "degraded_reason",
+                "orphans", "degraded", "degraded_reason", "over_capacity_bytes",
                 "corrupt_keys": [...], "unreadable_keys": [...]}}}
 
-        ``ok`` is false when any tier has a corrupt or unreadable entry. With
-        ``repair`` every corrupt entry is deleted (and leaves the index; gets fall
-        through to the next copy or the origin) and leftover files of interrupted
-        writes older than ``orphan_min_age_s`` are removed (``orphans`` counts them
-        either way). Unreadable entries (I/O errors) are kept: the error may pass.
-        Key lists hold at most ``max_listed`` keys each.
+        ``ok`` is false when any tier has a corrupt or unreadable entry, a medium
+        too damaged to open, or when a key of ``expected_keys`` (e.g. a model
+        manifest's tensors) is held by no tier and no origin. Damage found when the
+        tiers were opened counts too (an entry dropped at open is reported as corrupt
+        and repaired). With ``repair`` every corrupt entry is deleted (gets fall through
+        to the next copy or the origin), a damaged medium is emptied and reopened, and
+        leftover files of interrupted writes older than ``orphan_min_age_s`` are
+        removed (``orphans`` counts them either way). Unreadable entries (I/O errors)
+        are kept: the error may pass. Key lists hold at most ``max_listed`` keys each.
 
         O(bytes stored). Each shard is read under the cache lock into a reused
         buffer, so concurrent gets wait at most one shard's read; keys put while
         the scrub runs may or may not be checked.
         """
         self._check_open()
-        report: dict[str, Any] = {"ok": True, "repair": repair, "tiers": {}}
+        if repair and self.read_only:
+            raise TierCacheError("verify(repair=True) needs a cache opened for writing")
+        report: dict[str, Any] = {"ok": True, "repair": repair, "missing": 0,
+                                  "missing_keys": [], "tiers": {}}
         for index, tier in enumerate(self._tiers):
             entry: dict[str, Any] = {
                 "backend": tier.store.backend, "checked": 0, "ok": 0, "corrupt": 0,
                 "unreadable": 0, "repaired": 0, "orphans": 0,
                 "corrupt_keys": [], "unreadable_keys": []}
             report["tiers"][tier.name] = entry
+            if tier.damaged:
+                entry["checked"] = entry["corrupt"] = 1
+                entry["corrupt_keys"].append(f"<{tier.degraded_reason}>")
+                if repair and self._repair_medium(index):
+                    entry["repaired"] = 1
+                tier = self._tiers[index]
+            # entries found damaged at open and dropped there (left ones are scanned below)
+            for key in tier.damaged_at_open:
+                if key in tier.unindexed_corrupt:
+                    continue
+                entry["checked"] += 1
+                entry["corrupt"] += 1
+                entry["repaired"] += 1
+                if len(entry["corrupt_keys"]) < max_listed:
+                    entry["corrupt_keys"].append(key)
             try:
                 with self._lock:
                     keys = list(tier.store.keys())
@@ -918,9 +1057,64 @@ class TieredCache:
                 log.warning("tier %s: cannot look for orphan files: %s", tier.name, exc)
             entry["degraded"] = tier.degraded
             entry["degraded_reason"] = tier.degraded_reason
+            entry["over_capacity_bytes"] = tier.over_capacity_bytes
             if entry["corrupt"] or entry["unreadable"]:
                 report["ok"] = False
+        if expected_keys is not None:
+            missing = self._missing(expected_keys)
+            report["missing"] = len(missing)
+            report["missing_keys"] = missing[:max_listed]
+            if missing:
+                report["ok"] = False
         return report
+
+    def _missing(self, keys: Iterable[str]) -> list[str]:
+        """The keys held by no tier and not provided by the origin. O(keys x tiers)."""
+        origin = self.origin
+        missing = []
+        with self._lock:
+            for key in keys:
+                if self._locate(key) is not None:
+                    continue
+                if any(t.store.shared and key in t.store for t in self._tiers):
+                    continue
+                if origin is not None and key in origin:
+                    continue
+                missing.append(key)
+        return missing
+
+    def _repair_medium(self, index: int) -> bool:
+        """Empty the folder of tier ``index``, whose medium could not be opened, and open a
+        fresh store there. Returns whether the tier is usable again. Lock taken."""
+        configs = self._tier_configs
+        old = self._tiers[index]
+        if configs is None or configs[index].path is None:
+            return False
+        cfg = configs[index]
+        folder = cfg.path
+        assert folder is not None
+        with self._lock:
+            try:
+                old.store.close()
+                if folder.is_dir():
+                    for child in folder.iterdir():
+                        if child.is_dir() and not child.is_symlink():
+                            shutil.rmtree(child)
+                        else:
+                            child.unlink()
+            except OSError as exc:
+                log.warning("tier %s: cannot empty %s (%s)", old.name, folder, exc)
+                return False
+            fresh = build_tier(cfg)
+            if fresh.damaged:
+                return False
+            if self._schedule_index:
+                setter = getattr(fresh.policy, "set_schedule", None)
+                if setter is not None:
+                    setter(list(self.schedule))
+            self._tiers[index] = fresh
+            log.warning("tier %s: damaged medium emptied and reopened at %s", fresh.name, folder)
+        return True
 
     def _scrub_one(self, index: int, key: str, repair: bool) -> str:
         """Check one stored entry of tier ``index``: ``"ok"``, ``"corrupt"`` (deleted with
@@ -981,7 +1175,13 @@ class TieredCache:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise TierCacheError("the cache is closed")
+            raise CacheClosedError("the cache is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.read_only:
+            raise TierCacheError("the cache was opened read-only (tiercache stats/verify); "
+                                 "open it with tiercache.open() to write")
 
     def close(self) -> None:
         """Stop the prefetcher, flush volatile shards (if ``flush_on_close``) and close
@@ -996,8 +1196,8 @@ class TieredCache:
             finally:
                 self._closed = True
                 for tier in self._tiers:
-                    if tier.pending_deletes:  # last chance: a stale entry must not outlive us
-                        tier.retry_pending_deletes()
+                    if tier.pending_deletes and not self.read_only:
+                        tier.retry_pending_deletes()  # last chance: no stale entry outlives us
                     tier.store.close()
                 if self.origin is not None:
                     self.origin.close()

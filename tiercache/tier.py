@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .codec import observe_write_sequence
 from .errors import CorruptShardError, StoreError
 from .policies import Policy
 from .stats import TierStats
@@ -40,7 +41,7 @@ log = logging.getLogger("tiercache")
 #: First pause before a degraded tier is written to again; doubles per failed retry.
 RETRY_BACKOFF_S = 1.0
 #: Longest pause between two retries of a degraded tier.
-RETRY_BACKOFF_MAX_S = 60.0
+RETRY_BACKOFF_MAX_S = 5.0
 
 #: Demotion callback: move the victim's bytes below, or decide to drop them.
 #: Raise :class:`DemotionFailed` to keep the victim (the admission is then abandoned).
@@ -89,6 +90,8 @@ class Tier:
         self.promotion = promotion
         self.stats = TierStats()
         self.used_bytes = 0
+        #: Bytes held when opened over capacity; 0 once a write brought it back under.
+        self._opened_over_bytes = 0
         self._sizes: dict[str, int] = {}
         self._hits_here: dict[str, int] = {}
         self.is_memory = not store.persistent and store.backend == "memory"
@@ -107,6 +110,8 @@ class Tier:
         self.pending_deletes: set[str] = set()
         #: Keys :meth:`load_existing` found damaged and left in place (``drop_corrupt=False``).
         self.unindexed_corrupt: list[str] = []
+        #: Keys :meth:`load_existing` found damaged (dropped or left), for ``verify``.
+        self.damaged_at_open: list[str] = []
 
     # --- index ---------------------------------------------------------------------
     def __contains__(self, key: object) -> bool:
@@ -124,14 +129,18 @@ class Tier:
     def load_existing(self, *, drop_corrupt: bool = True) -> int:
         """Index what a persistent store already holds (after a restart). O(n).
 
-        Shards beyond capacity (e.g. the capacity was lowered) are evicted for
-        good, oldest-indexed first. Returns the number of shards indexed.
+        Nothing is deleted for lack of room: a tier whose capacity was lowered below
+        what it holds opens *over capacity* (:attr:`over_capacity_bytes`, reported
+        by ``stats()`` and ``verify``) and gives the excess back by demotion, to the
+        tier below, the next time a write needs room there. Returns the number of
+        shards indexed.
 
-        An entry whose header is damaged is counted in ``corrupt`` and deleted
-        (with ``drop_corrupt=False``: left in place, not indexed, and listed in
-        :attr:`unindexed_corrupt` for ``verify`` to report); one that cannot be
-        read is left unindexed and counted in ``errors``. A private store whose
-        keys cannot be listed raises StoreError.
+        An entry whose header is damaged is counted in ``corrupt`` and listed in
+        :attr:`damaged_at_open`; it is deleted (with ``drop_corrupt=False``: left in
+        place, not indexed, and listed in :attr:`unindexed_corrupt` for ``verify`` to
+        report and repair). One that cannot be read is left unindexed and counted
+        in ``errors``. A private store whose keys cannot be listed raises StoreError
+        (:class:`~tiercache.errors.MediumDamagedError` when the medium is damaged).
 
         A shared store (Redis) belongs to other processes too: shards beyond
         capacity and damaged ones are left alone (not indexed), and a server that
@@ -158,25 +167,36 @@ class Tier:
                     continue
                 if info is None:
                     continue
-                size = info.stored_nbytes
+                if info.sequence:
+                    observe_write_sequence(info.sequence)
                 if shared:
-                    self.index_existing(key, size)
+                    self.index_existing(key, info.stored_nbytes)
                     continue
-                if self.used_bytes + size > self.capacity_bytes:
-                    self._delete_from_store(key)
-                    self.stats.dropped += 1
-                    continue
-                self.index_existing(key, size)
+                self.policy.on_insert(key, info.stored_nbytes)
+                self._sizes[key] = info.stored_nbytes
+                self.used_bytes += info.stored_nbytes
         except StoreError as exc:
             if not shared:
                 raise
             self.stats.errors += 1
             log.warning("tier %s: cannot list its shared store (%s); starting with %d shards "
                         "indexed", self.name, exc, len(self._sizes))
+        if self.used_bytes > self.capacity_bytes:
+            self._opened_over_bytes = self.used_bytes
+            log.warning("tier %s holds %d bytes, more than its capacity of %d: nothing is "
+                        "deleted; the excess moves down as writes need room", self.name,
+                        self.used_bytes, self.capacity_bytes)
         return len(self._sizes)
+
+    @property
+    def over_capacity_bytes(self) -> int:
+        """Bytes held beyond the capacity (a capacity lowered since the shards were
+        written); 0 normally. O(1)."""
+        return max(0, self.used_bytes - self.capacity_bytes)
 
     def _found_corrupt_on_load(self, key: str, exc: CorruptShardError, drop: bool) -> None:
         self.stats.corrupt += 1
+        self.damaged_at_open.append(key)
         log.warning("tier %s: damaged entry %r found on open (%s)%s", self.name, key, exc,
                     "; dropped" if drop else "")
         if drop:
@@ -319,6 +339,25 @@ class Tier:
                 return False
         return True
 
+    def mark_damaged(self, reason: str) -> None:
+        """The medium could not be opened (damaged): degraded until repaired, every
+        write skipped; a retry reopens nothing (:class:`DamagedStore`). O(1)."""
+        self.degraded_reason = f"medium damaged: {reason}"
+        self._backoff_s = self.retry_backoff_max_s
+        self._retry_at = time.monotonic() + self._backoff_s
+
+    @property
+    def damaged(self) -> bool:
+        """Whether the medium could not be opened at all (see :meth:`mark_damaged`)."""
+        return self.degraded_reason is not None and \
+            self.degraded_reason.startswith("medium damaged: ")
+
+    def forget_index(self, key: str) -> None:
+        """Drop ``key`` from the index and the policy without touching the medium (a
+        read-only cache resolving a duplicate, a shared store's copy). O(1)."""
+        if key in self._sizes:
+            self._forget_index(key, evicted=False)
+
     def forget_lost(self, key: str) -> None:
         """``key`` is indexed but the medium no longer has it: forget it, and check
         whether the whole medium went away. Engine lock held."""
@@ -410,6 +449,7 @@ class Tier:
         self._sizes[key] = stored
         self.used_bytes += stored
         self.stats.bytes_written += stored
+        self._opened_over_bytes = 0  # room was made for a write: back within capacity
         return True
 
     def remove(self, key: str) -> bool:
@@ -438,7 +478,7 @@ class Tier:
 
     def check_invariants(self) -> None:
         """Raise AssertionError if capacity, index and policy disagree (for tests)."""
-        assert self.used_bytes <= self.capacity_bytes, (
+        assert self.used_bytes <= max(self.capacity_bytes, self._opened_over_bytes), (
             f"tier {self.name}: {self.used_bytes} bytes used > capacity {self.capacity_bytes}")
         assert self.used_bytes == sum(self._sizes.values())
         assert set(self.policy) == set(self._sizes), f"tier {self.name}: policy and index differ"
@@ -452,6 +492,7 @@ class Tier:
             "capacity_bytes": self.capacity_bytes,
             "resident_bytes": self.used_bytes,
             "resident_count": len(self._sizes),
+            "over_capacity_bytes": self.over_capacity_bytes,
             "degraded": self.degraded_reason is not None,
             "degraded_reason": self.degraded_reason,
             "pending_deletes": len(self.pending_deletes),
