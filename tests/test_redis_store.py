@@ -16,7 +16,7 @@ from redis_fixtures import RedisServer, free_port
 
 from tests.store_contract import StoreContract, assert_same
 from tiercache import codec
-from tiercache.errors import CorruptShardError, StoreError
+from tiercache.errors import CacheClosedError, CorruptShardError, StoreError
 from tiercache.stores import open_store
 from tiercache.stores.base import Store, VerifyMode
 from tiercache.stores.redis_store import (
@@ -411,12 +411,120 @@ def test_server_down_at_open_is_not_fatal(redis_namespace: str) -> None:
         s.get("k")  # the constructor connected to nothing: only the first use fails
 
 
-def test_closed_store_raises(redis_standalone: RedisServer, redis_namespace: str) -> None:
+def test_closed_store_raises_cache_closed_error(redis_standalone: RedisServer,
+                                                redis_namespace: str) -> None:
     s = RedisStore(redis_standalone.url, namespace=redis_namespace)
+    s.put("k", np.array(1))
     s.close()
-    for op in (lambda: s.get("k"), lambda: s.put("k", np.array(1)), lambda: s.delete("k")):
-        with pytest.raises(StoreError, match="closed"):
+    for op in (lambda: s.get("k"), lambda: s.put("k", np.array(1)), lambda: s.delete("k"),
+               lambda: s.info("k"), lambda: "k" in s, lambda: list(s.keys())):
+        with pytest.raises(CacheClosedError, match="closed"):
             op()
+    with RedisStore(redis_standalone.url, namespace=redis_namespace) as cleaner:
+        cleaner.delete("k")
+
+
+@pytest.mark.parametrize("raw_reads", [True, False])
+def test_reads_racing_close_raise_cache_closed_never_a_miss(
+        redis_standalone: RedisServer, redis_namespace: str, raw_reads: bool) -> None:
+    value = np.arange(20_000, dtype=np.int32)
+    s = RedisStore(redis_standalone.url, namespace=redis_namespace, chunk_bytes=SMALL_CHUNK,
+                   raw_reads=raw_reads)
+    s.put("k", value)
+    outcomes: list[str] = []
+    start = threading.Barrier(4)
+
+    def reader() -> None:
+        start.wait()
+        for _ in range(2000):
+            try:
+                got = s.get("k")
+                outcomes.append("right" if got is not None and np.array_equal(got, value)
+                                else "WRONG OR MISS")
+            except CacheClosedError:
+                outcomes.append("closed")
+                return
+            except StoreError as exc:
+                outcomes.append(f"StoreError: {exc}")
+                return
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    start.wait()
+    time.sleep(0.01)
+    s.close()
+    for t in threads:
+        t.join(30)
+    assert set(outcomes) <= {"right", "closed"}, [o for o in outcomes if o != "right"][:3]
+    assert outcomes.count("closed") == 3
+    with RedisStore(redis_standalone.url, namespace=redis_namespace) as cleaner:
+        cleaner.delete("k")
+
+
+# -- a server that refuses us: authentication, permissions, no such database ------------------
+
+
+def _with_password(server: RedisServer, password: str) -> str:
+    server.client().config_set("requirepass", password)
+    return f"redis://:{password}@127.0.0.1:{server.port}/0"
+
+
+@pytest.mark.parametrize("raw_reads", [True, False])
+@pytest.mark.parametrize("case", ["wrong-password", "no-password", "no-such-db", "no-permission"])
+def test_a_refusing_server_is_a_store_error_with_the_real_reason(
+        redis_factory: Callable[..., RedisServer], redis_namespace: str, case: str,
+        raw_reads: bool) -> None:
+    """Every first call -- keys() at open, a get, a put -- says why the server refused us
+    (it used to report an outage, or a put that fit no tier)."""
+    server = redis_factory()
+    good = _with_password(server, "sekret")
+    url, reason = {
+        "wrong-password": (good.replace("sekret", "wrong"),
+                           "authentication failed .*check the user name and password"),
+        "no-password": (f"redis://127.0.0.1:{server.port}/0",
+                        "authentication failed .*requires a password and the url gives none"),
+        "no-such-db": (good[:-1] + "99", "no such database .*DB index is out of range"),
+        "no-permission": (f"redis://reader:pw@127.0.0.1:{server.port}/0",
+                          "permission denied .*(NOPERM|no permissions)"),
+    }[case]
+    admin = redis.Redis(host="127.0.0.1", port=server.port, password="sekret")
+    admin.acl_setuser("reader", enabled=True, passwords=["+pw"], keys=["other:*"],
+                      commands=["+@all"])
+    value = np.arange(100, dtype=np.int32)
+    with RedisStore(good, namespace=redis_namespace) as writer:
+        writer.put("k", value)  # so that keys() has a head to read
+    for op in (lambda s: list(s.keys()), lambda s: s.get("k"), lambda s: s.put("k", value),
+               lambda s: "k" in s):
+        with RedisStore(url, namespace=redis_namespace, raw_reads=raw_reads) as s, \
+                pytest.raises(StoreError, match="refused: " + reason) as info:
+            op(s)
+        assert "sekret" not in str(info.value)  # the password never reaches a message
+        assert not isinstance(info.value, CorruptShardError)
+    with RedisStore(url, namespace=redis_namespace, raw_reads=raw_reads) as s:
+        with pytest.raises(StoreError, match="refused: " + reason):
+            s.get("k")
+        with pytest.raises(StoreError, match="refused: " + reason + ".*next try in"):
+            s.get("k")  # in back-off: fails at once, still with the reason
+    admin.close()
+
+
+def test_a_refused_store_recovers_once_the_password_is_fixed(
+        redis_factory: Callable[..., RedisServer], redis_namespace: str) -> None:
+    server = redis_factory()
+    url = _with_password(server, "sekret")
+    admin = redis.Redis(host="127.0.0.1", port=server.port, password="sekret")
+    admin.config_set("requirepass", "other")
+    value = np.arange(100, dtype=np.int32)
+    with RedisStore(url, namespace=redis_namespace) as s:
+        with pytest.raises(StoreError, match="authentication failed"):
+            s.put("k", value)
+        redis.Redis(host="127.0.0.1", port=server.port, password="other").config_set(
+            "requirepass", "sekret")
+        assert _eventually(lambda: s.put("k", value)) == s.stored_size(value)
+        assert_same(s.get("k"), value)
+        assert list(s.keys()) == ["k"]
+    admin.close()
 
 
 # -- cluster ----------------------------------------------------------------------------------

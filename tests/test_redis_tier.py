@@ -5,6 +5,7 @@ entry whose shard the medium lost (any persistent tier)."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import time
 from collections.abc import Callable
@@ -218,6 +219,34 @@ def test_server_down_when_the_cache_opens(redis_namespace: str, tmp_path: Path) 
         assert cache.stats()["tiers"]["redis"]["errors"] >= 1  # listing failed, not fatal
         for key, array in arrays.items():
             assert _same(cache.get(key), array)
+
+
+def test_a_wrong_password_degrades_the_tier_with_the_auth_error(
+        redis_factory: Callable[..., RedisServer], redis_namespace: str, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A wrong password is said at open (listing the shared store fails with it) and is
+    the tier's degraded reason -- not an outage, not a put that 'fits no tier'."""
+    server = redis_factory()
+    server.client().config_set("requirepass", "sekret")
+    arrays = _arrays(4)
+    NpyDirOrigin.write(tmp_path / "origin", arrays)
+    url = f"redis://:wrong@127.0.0.1:{server.port}/0"
+    cfg = _config([
+        {"name": "ram", "backend": "memory", "capacity": "64KiB"},
+        _redis_tier({"url": url}, redis_namespace, capacity="64MiB"),
+        {"name": "disk", "backend": "diskcache", "path": str(tmp_path / "disk"),
+         "capacity": "64MiB"}], tmp_path / "origin")
+    with caplog.at_level(logging.WARNING, logger="tiercache"), tiercache.open(cfg) as cache:
+        assert "refused: authentication failed (invalid username-password pair" in caplog.text
+        for key, array in arrays.items():
+            cache.put(key, array, tier="redis")  # lands on the disk tier below
+            assert _same(cache.get(key), array)
+        redis_stats = cache.stats()["tiers"]["redis"]
+        assert redis_stats["degraded"]
+        reason = redis_stats["degraded_reason"]
+        assert "authentication failed" in reason and "check the user name and password" in \
+            reason, reason
+        assert "unavailable" not in reason and "wrong" not in reason, reason
 
 
 # -- sharing between processes ----------------------------------------------------------------

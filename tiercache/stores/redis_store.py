@@ -60,7 +60,15 @@ Failures
     the next 50 ms (doubling per failure, at most 2 s) every call fails at
     once instead of waiting for a dead server, then one call tries again; a
     success clears the back-off (redis-py and the raw reader reconnect by
-    themselves). A :meth:`RedisStore.get` never takes longer than
+    themselves). A server that *refuses* us -- a wrong or missing password
+    (``WRONGPASS``, ``NOAUTH``), an ACL without the permission (``NOPERM``), a
+    database number the server does not have -- is not an outage: the
+    StoreError says ``refused:`` and the server's own reason with what to fix,
+    on the first call (``keys()`` when a cache opens, so the tier is degraded
+    with that reason), and the back-off applies too, since a retry only helps
+    once someone fixed the credentials. After :meth:`RedisStore.close` (and
+    for a call that ran into it) every method raises
+    :class:`~tiercache.errors.CacheClosedError`. A :meth:`RedisStore.get` never takes longer than
     ``timeout_s`` on the raw path (one deadline for the whole read, enforced on
     every socket operation); redis-py calls are bounded by ``timeout_s`` per
     round trip and are never retried.
@@ -101,7 +109,13 @@ from redis.connection import SSLConnection
 from redis.retry import Retry
 
 from .. import codec
-from ..errors import CorruptShardError, ShardFormatError, StoreError
+from ..errors import (
+    CacheClosedError,
+    CorruptShardError,
+    ShardFormatError,
+    StoreError,
+    TierCacheError,
+)
 from .base import ShardInfo, Store, VerifyMode, check_verify_mode
 
 log = logging.getLogger("tiercache")
@@ -165,6 +179,33 @@ class _Unavailable(Exception):
 #: Failures that mean "no server to talk to": they start the back-off.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (*_UNAVAILABLE_ERRORS, _ProtocolError,
                                                   _Unavailable)
+#: Everything a call to the server may raise that the store turns into its own errors.
+_SERVER_ERRORS: tuple[type[BaseException], ...] = (*_UNAVAILABLE, rexc.RedisError, _ErrorReply,
+                                                   _Redirect)
+#: Reply prefixes of a server that refuses this client for good (until someone fixes
+#: the credentials or the server's configuration).
+_AUTH_PREFIXES = ("WRONGPASS", "NOAUTH", "invalid username-password pair",
+                  "Authentication required", "AUTH <password> called without any password")
+_DB_MESSAGES = ("DB index is out of range", "invalid DB index")
+
+
+def _refusal(exc: BaseException, *, has_password: bool) -> str | None:
+    """What to tell the user when ``exc`` means the server refuses this client for good
+    (authentication, permissions, no such database); ``None`` for anything else. O(1)."""
+    text = str(exc).removeprefix("ERR ")
+    if text.startswith("HELLO must be called"):  # redis-py's handshake without a password
+        text = "NOAUTH: the server requires authentication"
+    if isinstance(exc, rexc.AuthenticationError) or text.startswith(_AUTH_PREFIXES):
+        hint = "check the user name and password in the url" if has_password else \
+            "the server requires a password and the url gives none"
+        return f"authentication failed ({text}): {hint}"
+    if isinstance(exc, rexc.NoPermissionError) or text.startswith("NOPERM"):
+        return (f"permission denied ({text}): the user's ACL must allow GET, SET, DEL, "
+                "GETRANGE, EXISTS, SCAN, EVALSHA and MULTI on the namespace's keys")
+    if any(m in text for m in _DB_MESSAGES):
+        return (f"no such database ({text}): the url's /db number must be below the "
+                "server's `databases` setting")
+    return None
 
 
 # -- the head --------------------------------------------------------------------------
@@ -443,10 +484,14 @@ class _RawPool:
         self._connect = connect
         self._idle: dict[tuple[str, int], list[_RespConnection]] = {}
         self._lock = threading.Lock()
+        #: Set by :meth:`clear` with ``close=True``: no new connections, none kept.
+        self.closed = False
 
     def acquire(self, address: tuple[str, int], deadline: float) -> _RespConnection:
         while True:
             with self._lock:
+                if self.closed:
+                    raise ConnectionError("the store was closed")
                 idle = self._idle.get(address)
                 conn = idle.pop() if idle else None
             if conn is None:
@@ -458,13 +503,15 @@ class _RawPool:
     def release(self, conn: _RespConnection) -> None:
         with self._lock:
             idle = self._idle.setdefault(conn.address, [])
-            if len(idle) < _MAX_IDLE_PER_NODE:
+            if not self.closed and len(idle) < _MAX_IDLE_PER_NODE:
                 idle.append(conn)
                 return
         conn.close()
 
-    def clear(self) -> None:
+    def clear(self, *, close: bool = False) -> None:
+        """Close every idle connection; with ``close``, for good (the store closed)."""
         with self._lock:
+            self.closed = self.closed or close
             idle, self._idle = self._idle, {}
         for conns in idle.values():
             for conn in conns:
@@ -588,9 +635,11 @@ class RedisStore(Store):
         self._down_until = 0.0
         self._backoff_s = 0.0
         self._last_error = ""
+        self._refused = False  # whether the back-off is for a refusal, not an outage
         self._closed = False
         self._cad: Any = None
-        #: Operations that failed for want of a server (connection, timeout, loading).
+        #: Operations that failed for want of a server (connection, timeout, loading) or
+        #: because it refused us (authentication, permissions, no such database).
         self.failures = 0
 
     # -- plumbing -----------------------------------------------------------------------
@@ -609,7 +658,7 @@ class RedisStore(Store):
             return client
         with self._client_lock:
             if self._closed:
-                raise StoreError(f"{self._where()} is closed")
+                raise self._closed_error()
             if self._client_obj is None:
                 self._client_obj = RedisCluster(startup_nodes=self._nodes,
                                                 **self._cluster_kwargs)
@@ -618,26 +667,35 @@ class RedisStore(Store):
     def _connect_raw(self, address: tuple[str, int], deadline: float) -> _RespConnection:
         return _RespConnection(address, deadline, **self._raw_auth)
 
+    def _closed_error(self) -> CacheClosedError:
+        return CacheClosedError(f"{self._where()}: the store was closed")
+
     def _check_usable(self) -> None:
         if self._closed:
-            raise StoreError(f"{self._where()} is closed")
+            raise self._closed_error()
         down_until = self._down_until
         if down_until and time.monotonic() < down_until:
+            if self._refused:
+                raise StoreError(f"{self._where()}: refused: {self._last_error}; next try in "
+                                 f"{down_until - time.monotonic():.2f} s")
             raise StoreError(f"{self._where()}: unavailable ({self._last_error}); next try in "
                              f"{down_until - time.monotonic():.2f} s")
 
-    def _mark_down(self, exc: BaseException) -> None:
+    def _mark_down(self, exc: BaseException, refusal: str | None = None) -> None:
+        """Start (or lengthen) the back-off after ``exc``; ``refusal`` is the message when
+        the server refused us rather than being unreachable."""
         with self._state_lock:
             first = not self._backoff_s
             self._backoff_s = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, 2 * self._backoff_s))
             self._down_until = time.monotonic() + self._backoff_s
-            self._last_error = f"{type(exc).__name__}: {exc}"
+            self._last_error = refusal or f"{type(exc).__name__}: {exc}"
+            self._refused = refusal is not None
             self.failures += 1
             backoff = self._backoff_s
         self._pool.clear()
         if first:
-            log.warning("%s: unavailable (%s); retrying in %.2f s", self._where(),
-                        self._last_error, backoff)
+            log.warning("%s: %s (%s); retrying in %.2f s", self._where(),
+                        "refused" if refusal else "unavailable", self._last_error, backoff)
 
     def _mark_up(self) -> None:
         if self._backoff_s:
@@ -648,22 +706,33 @@ class RedisStore(Store):
 
     @contextmanager
     def _guard(self, what: str, key: str | None = None) -> Iterator[None]:
-        """Fail fast in back-off; map driver and socket errors to StoreError."""
+        """Fail fast in back-off; map driver and socket errors to StoreError (refusals
+        with their reason, see the module docstring), and any error of a call that ran
+        into :meth:`close` to CacheClosedError."""
         self._check_usable()
         try:
             yield
-        except (CorruptShardError, ShardFormatError, ValueError, TypeError):
+        except (CorruptShardError, ShardFormatError, ValueError, TypeError, CacheClosedError):
             raise
-        except _UNAVAILABLE as exc:
-            self._mark_down(exc)
-            raise StoreError(f"{self._where(key)}: {what} failed: {type(exc).__name__}: "
-                             f"{exc}") from exc
-        except (rexc.RedisError, _ErrorReply, _Redirect) as exc:
-            if str(exc).startswith("WRONGTYPE"):  # someone stored a list, hash... there
-                raise _corrupt(self._where(key), f"not a string value ({exc})") from exc
-            raise StoreError(f"{self._where(key)}: {what} failed: {type(exc).__name__}: "
-                             f"{exc}") from exc
+        except _SERVER_ERRORS as exc:
+            raise self._failure(exc, what, key) from exc
         self._mark_up()
+
+    def _failure(self, exc: BaseException, what: str, key: str | None) -> TierCacheError:
+        """The error to raise for ``exc`` from the server or the socket, after starting the
+        back-off where it applies. O(1)."""
+        if self._closed:
+            return self._closed_error()
+        where = self._where(key)
+        refusal = _refusal(exc, has_password=self._raw_auth.get("password") is not None)
+        if refusal is not None:
+            self._mark_down(exc, refusal)
+            return StoreError(f"{where}: {what} refused: {refusal}")
+        if isinstance(exc, _UNAVAILABLE):
+            self._mark_down(exc)
+        elif str(exc).startswith("WRONGTYPE"):  # someone stored a list, hash... there
+            return _corrupt(where, f"not a string value ({exc})")
+        return StoreError(f"{where}: {what} failed: {type(exc).__name__}: {exc}")
 
     def _compare_and_delete(self, names: _Names, head: _Head) -> bool:
         """Delete the shard's keys if its head still has ``head``'s prefix. One round trip."""
@@ -968,13 +1037,15 @@ class RedisStore(Store):
         return codec.stored_nbytes(array)
 
     def close(self) -> None:
-        """Close every connection. Idempotent; the data stays in Redis."""
+        """Close every connection; later calls, and calls that run into the close, raise
+        :class:`~tiercache.errors.CacheClosedError`. Idempotent; the data stays in
+        Redis."""
         with self._client_lock:
             if self._closed:
                 return
             self._closed = True
             client, self._client_obj = self._client_obj, None
-        self._pool.clear()
+        self._pool.clear(close=True)
         if client is not None:
             with suppress(rexc.RedisError):
                 client.close()
