@@ -63,8 +63,16 @@ import diskcache
 import numpy as np
 
 from .. import codec
-from ..errors import CorruptShardError, StoreError
-from .base import ShardInfo, Store, VerifyMode, check_verify_mode, file_identity_problem
+from ..errors import CorruptShardError, MediumDamagedError, StoreError
+from .base import (
+    LockHandle,
+    ShardInfo,
+    Store,
+    VerifyMode,
+    check_verify_mode,
+    file_identity_problem,
+    lock_tier_folder,
+)
 
 _MODE_RAW = diskcache.core.MODE_RAW
 _MODE_BINARY = diskcache.core.MODE_BINARY
@@ -74,6 +82,20 @@ _MAX_OPEN_TRIES = 10
 WAL_AUTOCHECKPOINT_PAGES = 256
 #: sqlite ``journal_size_limit``: the WAL is truncated to this after a checkpoint.
 WAL_SIZE_LIMIT_BYTES = 1 << 20
+#: sqlite primary result codes of a damaged database file: SQLITE_CORRUPT, SQLITE_NOTADB.
+_SQLITE_DAMAGE_CODES = (11, 26)
+#: What a damaged database makes Python's sqlite3 (or diskcache reading its settings)
+#: raise besides those codes: undecodable TEXT, values of the wrong type.
+_DAMAGE_MESSAGES = ("malformed", "not a database", "could not decode")
+
+
+def _is_damage(exc: BaseException) -> bool:
+    """Whether ``exc`` (from sqlite3 or diskcache) says the database file is damaged
+    rather than busy, unwritable or full. O(1)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in _SQLITE_DAMAGE_CODES:
+        return True
+    return any(m in str(exc).lower() for m in _DAMAGE_MESSAGES)
 
 
 class _Encoded:
@@ -164,8 +186,18 @@ class DiskcacheStore(Store):
         the length are always checked); ``"never"`` skips the payload check, so
         a damaged payload is returned as stored.
     capacity_bytes:
-        Accepted for a uniform constructor; unused (diskcache does not size
-        anything up front).
+        Accepted for a uniform constructor; only decides ``exclusive``'s default
+        (diskcache does not size anything up front).
+    exclusive:
+        Lock the folder (:func:`~tiercache.stores.base.lock_tier_folder`) for as long
+        as the store is open, so no other process (or store) can open it with a lock
+        too (several writers would also grow sqlite's WAL far past its limit).
+        Default: when ``capacity_bytes`` is given, as for a tier's store.
+
+    Raises :class:`~tiercache.errors.MediumDamagedError` when ``cache.db`` is not a
+    readable sqlite database of diskcache's (garbled, truncated), and
+    :class:`~tiercache.errors.StoreError` when the folder cannot be opened or is
+    locked by another process.
 
     Capacity counts :func:`tiercache.codec.stored_nbytes`: header plus payload.
     """
@@ -175,7 +207,7 @@ class DiskcacheStore(Store):
     supports_views = True
 
     def __init__(self, path: str | os.PathLike[str], *, verify: VerifyMode = "always",
-                 capacity_bytes: int | None = None) -> None:
+                 capacity_bytes: int | None = None, exclusive: bool | None = None) -> None:
         check_verify_mode(verify)
         self.path = Path(path)
         self.verify: VerifyMode = verify
@@ -185,8 +217,30 @@ class DiskcacheStore(Store):
         self._verified_files: dict[tuple[int, int, int, int], None] = {}
         #: key -> (value file, view): repeated get_view of an unchanged file is O(1)
         self._views: dict[str, tuple[str, np.ndarray]] = {}
-        self._open_cache()
         self._close_lock = threading.Lock()
+        self._exclusive = capacity_bytes is not None if exclusive is None else exclusive
+        self._folder_lock: LockHandle | None = None
+        if self._exclusive:
+            self._folder_lock = lock_tier_folder(self.path)
+        try:
+            self._open_cache()
+        except BaseException:
+            self._release_folder()
+            raise
+
+    def _release_folder(self) -> None:
+        lock, self._folder_lock = self._folder_lock, None
+        if lock is not None:
+            lock.release()
+
+    @property
+    def _db_file(self) -> Path:
+        return self.path / str(diskcache.core.DBNAME)
+
+    def _damaged(self, what: str, exc: BaseException) -> MediumDamagedError:
+        """The error for a database that cannot be read, naming the file."""
+        return MediumDamagedError(f"diskcache index {self._db_file} is damaged: {what} ({exc}); "
+                                  "`tiercache verify --repair` empties the tier")
 
     def _open_cache(self) -> None:
         """Open (or reopen) the diskcache directory at :attr:`path`."""
@@ -196,10 +250,16 @@ class DiskcacheStore(Store):
                 size_limit=2**62, statistics=False, tag_index=False,
                 sqlite_wal_autocheckpoint=WAL_AUTOCHECKPOINT_PAGES,
                 sqlite_journal_size_limit=WAL_SIZE_LIMIT_BYTES)
-            st = os.stat(self.path / diskcache.core.DBNAME)
+            st = os.stat(self._db_file)
         except (OSError, sqlite3.Error) as exc:
+            if _is_damage(exc):
+                raise self._damaged("cannot open it", exc) from exc
             raise StoreError(f"diskcache store {self.path}: cannot open ({exc}); check the "
                              "path is a writable directory") from exc
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+            # diskcache reads its Settings table at open: garbled rows give bad values
+            raise self._damaged("its settings table holds values diskcache cannot use",
+                                exc) from exc
         self._identity = (st.st_dev, st.st_ino)
         self._cache = cache
 
@@ -217,6 +277,8 @@ class DiskcacheStore(Store):
         try:
             return self._cache_or_raise().get(codec.key_bytes(key), read=True, retry=True)
         except (OSError, sqlite3.Error) as exc:
+            if isinstance(exc, sqlite3.Error) and _is_damage(exc):
+                raise self._damaged(f"reading key {key!r}", exc) from exc
             raise StoreError(f"{self._where(key)}: read failed ({exc})") from exc
 
     def check(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
@@ -396,10 +458,28 @@ class DiskcacheStore(Store):
             raise StoreError(f"{self._where(key)}: lookup failed ({exc})") from exc
 
     def keys(self) -> Iterator[str]:
-        """Snapshot of all keys (sqlite key order). O(number of shards)."""
+        """Snapshot of all keys (sqlite key order). O(number of shards).
+
+        Raises :class:`~tiercache.errors.MediumDamagedError` naming ``cache.db`` if
+        the index cannot be read or holds a key tiercache never writes: not valid
+        UTF-8 (a flipped bit), pickled, or TEXT. Such a row is not skipped: sqlite
+        keeps no checksums, so the rest of the index cannot be trusted either; the
+        engine opens the tier degraded and ``verify --repair`` empties it.
+        """
+        cache = self._cache_or_raise()
+        found: list[str] = []
         try:
-            found = [codec.key_from_bytes(k) for k in self._cache_or_raise().iterkeys()]
+            for raw in cache.iterkeys():
+                try:
+                    found.append(codec.key_from_bytes(raw))
+                except UnicodeDecodeError as exc:
+                    raise self._damaged(f"stored key {raw[:80]!r} is not valid UTF-8",
+                                        exc) from None
+        except CorruptShardError as exc:  # a pickled or TEXT key row
+            raise self._damaged("a key row tiercache did not write", exc) from exc
         except (OSError, sqlite3.Error) as exc:
+            if isinstance(exc, sqlite3.Error) and _is_damage(exc):
+                raise self._damaged("listing the keys failed", exc) from exc
             raise StoreError(f"diskcache store {self.path}: listing keys failed ({exc})") from exc
         return iter(found)
 
@@ -418,12 +498,16 @@ class DiskcacheStore(Store):
 
     def reopen(self) -> None:
         """Drop the current handle and open the directory now at :attr:`path` (created
-        if missing). Threads' old sqlite connections close with the old handle."""
+        if missing), releasing the folder lock and taking it again (the folder may be
+        a new one). Threads' old sqlite connections close with the old handle."""
         with self._close_lock:
             cache, self._cache = self._cache, None
         if cache is not None:
             with contextlib.suppress(Exception):
                 cache.close()
+        if self._exclusive:
+            self._release_folder()
+            self._folder_lock = lock_tier_folder(self.path)
         self._open_cache()
 
     def sweep_orphans(self, *, remove: bool = False, min_age_s: float = 60.0) -> int:
@@ -465,8 +549,11 @@ class DiskcacheStore(Store):
         with self._close_lock:
             cache, self._cache = self._cache, None
         self._views.clear()
-        if cache is not None:
-            cache.close()
+        try:
+            if cache is not None:
+                cache.close()
+        finally:
+            self._release_folder()
 
 
 def _read_exact(fileobj: Any, n: int, where: str) -> bytes:

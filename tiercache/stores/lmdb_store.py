@@ -75,7 +75,9 @@ import hashlib
 import logging
 import os
 import shutil
+import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -84,8 +86,16 @@ import lmdb
 import numpy as np
 
 from .. import codec
-from ..errors import CorruptShardError, StoreError
-from .base import ShardInfo, Store, VerifyMode, check_verify_mode, file_identity_problem
+from ..errors import CorruptShardError, MediumDamagedError, StoreError
+from .base import (
+    LockHandle,
+    ShardInfo,
+    Store,
+    VerifyMode,
+    check_verify_mode,
+    file_identity_problem,
+    lock_tier_folder,
+)
 
 _T = TypeVar("_T")
 
@@ -93,11 +103,18 @@ DEFAULT_MAP_BYTES = 4 << 30
 _MAP_SLACK_BYTES = 256 << 20
 _MAX_GROW_ATTEMPTS = 16
 _DIGEST_PREFIX = b"\xff"
-#: Compact when the file exceeds this multiple of the tier's capacity (plus the slack).
+#: Compact when the file exceeds this multiple of the live pages' bytes (plus the slack).
 COMPACT_RATIO = 1.25
-#: Fixed allowance above ``COMPACT_RATIO * capacity`` before compacting.
+#: Fixed allowance above ``COMPACT_RATIO * live bytes`` before compacting.
 COMPACT_SLACK_BYTES = 1 << 20
+#: After a failed compaction, wait this long before trying again (doubling, up to the max).
+COMPACT_RETRY_S = 1.0
+COMPACT_RETRY_MAX_S = 60.0
 _COMPACT_DIR = ".compact.tmp"
+#: lmdb errors that mean the file's structure is damaged (not an I/O or usage error).
+_DAMAGE_ERRORS: tuple[type[lmdb.Error], ...] = (
+    lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
+    lmdb.IncompatibleError)
 
 log = logging.getLogger("tiercache")
 
@@ -160,6 +177,17 @@ class LmdbStore(Store):
         Initial map size, overriding the one derived from ``capacity_bytes``.
     sync:
         ``fdatasync`` the data on every commit (see the module docstring).
+    exclusive:
+        Lock the folder (:func:`~tiercache.stores.base.lock_tier_folder`) for as long
+        as the store is open, so no other process (or store) can open it with a lock
+        too. Default: when ``capacity_bytes`` is given -- a tier's store, which
+        compacts (replaces) its file. Stores shared by several processes (readers
+        beside one writer) are opened without a capacity.
+
+    Raises :class:`~tiercache.errors.MediumDamagedError` when ``data.mdb`` is
+    truncated or its structure is damaged, and
+    :class:`~tiercache.errors.StoreError` when the folder cannot be opened or is
+    locked by another process.
 
     Capacity counts :func:`tiercache.codec.stored_nbytes`: header plus payload.
     """
@@ -169,7 +197,7 @@ class LmdbStore(Store):
 
     def __init__(self, path: str | os.PathLike[str], *, verify: VerifyMode = "always",
                  capacity_bytes: int | None = None, map_size_bytes: int | None = None,
-                 sync: bool = True) -> None:
+                 sync: bool = True, exclusive: bool | None = None) -> None:
         check_verify_mode(verify)
         self.path = Path(path)
         self.verify: VerifyMode = verify
@@ -178,36 +206,60 @@ class LmdbStore(Store):
         self._map_size_bytes = _round_up(map_size_bytes, codec.PAGE_BYTES)
         self._sync = sync
         self._env: lmdb.Environment | None = None
-        #: File size above which a put triggers a compaction (None: never, no capacity known).
-        self.compact_above_bytes: int | None = (
-            None if capacity_bytes is None
-            else int(COMPACT_RATIO * capacity_bytes) + COMPACT_SLACK_BYTES)
+        #: Whether writes compact the file (a capacity is known: the store owns its folder).
+        self.compacting = capacity_bytes is not None
         self.compactions = 0
+        #: Compactions that failed (the write that triggered them stood).
+        self.compaction_failures = 0
+        self._compact_retry_at = 0.0
+        self._compact_backoff_s = COMPACT_RETRY_S
         self._broken: str | None = None
         self._identity: tuple[int, int] | None = None
         self._pid = os.getpid()
         self._guard = _RemapGuard()
         self._close_lock = threading.Lock()
-        self._open_env()
+        self._exclusive = capacity_bytes is not None if exclusive is None else exclusive
+        self._folder_lock: LockHandle | None = None
+        if self._exclusive:
+            self._folder_lock = lock_tier_folder(self.path)
+        try:
+            self._open_env()
+        except BaseException:
+            self._release_folder()
+            raise
         self._max_key: int = self._env_or_raise().max_key_size()
 
+    def _release_folder(self) -> None:
+        lock, self._folder_lock = self._folder_lock, None
+        if lock is not None:
+            lock.release()
+
     def _open_env(self) -> None:
-        """Open (or reopen) the environment at :attr:`path`; free dead readers' slots."""
+        """Open (or reopen) the environment at :attr:`path`; free dead readers' slots.
+
+        Checks ``data.mdb`` first (:func:`check_data_file`: a truncated file would
+        fault with SIGBUS once mapped) and the named databases' roots after."""
+        data_file = self.path / "data.mdb"
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(self.path / _COMPACT_DIR, ignore_errors=True)  # crashed compaction
+            check_data_file(data_file)
             env = lmdb.open(
                 str(self.path), map_size=self._map_size_bytes, subdir=True, max_dbs=2,
                 lock=True, sync=self._sync, metasync=False, readahead=True, mode=0o644,
                 max_spare_txns=16)
             try:
+                self._check_named_roots(env, data_file)
+                self._main = env.open_db(None)
                 self._hdr = env.open_db(b"hdr")
                 self._data = env.open_db(b"data")
                 env.reader_check()
-                st = os.stat(self.path / "data.mdb")
+                st = os.stat(data_file)
             except BaseException:
                 env.close()
                 raise
+        except _DAMAGE_ERRORS as exc:
+            raise MediumDamagedError(f"lmdb data file {data_file} is damaged ({exc})") from exc
         except (OSError, lmdb.Error) as exc:
             raise StoreError(f"lmdb store {self.path}: cannot open ({exc}); check the path "
                              "is a writable directory not opened twice in this process") from exc
@@ -215,6 +267,26 @@ class LmdbStore(Store):
         self._broken = None
         self._pid = os.getpid()
         self._env = env
+
+    @staticmethod
+    def _check_named_roots(env: lmdb.Environment, data_file: Path) -> None:
+        """Raise MediumDamagedError if a named database's record in the main tree is
+        not a 48-byte ``MDB_db`` whose root page lies within the used pages. O(1)."""
+        last_pg = int(env.info()["last_pgno"])
+        with env.begin() as txn:
+            for name in (b"hdr", b"data"):
+                record = txn.get(name)
+                if record is None:
+                    continue
+                if len(record) != 48:
+                    raise MediumDamagedError(
+                        f"lmdb data file {data_file} is damaged: the record of database "
+                        f"{name.decode()!r} has {len(record)} bytes, not 48")
+                root = int.from_bytes(record[40:48], "little")
+                if root != _P_INVALID and not 2 <= root <= last_pg:
+                    raise MediumDamagedError(
+                        f"lmdb data file {data_file} is damaged: database {name.decode()!r} "
+                        f"has its root at page {root}, outside pages 2..{last_pg}")
 
     # -- keys -----------------------------------------------------------------
 
@@ -252,8 +324,11 @@ class LmdbStore(Store):
                 if not grow_for:
                     raise StoreError(f"lmdb store {self.path}: map full on a read") from None
                 need = grow_for
+            except _DAMAGE_ERRORS as exc:
+                self._broken = f"lmdb data file {self.path / 'data.mdb'} is damaged ({exc})"
+                raise MediumDamagedError(self._broken) from exc
             except lmdb.Error as exc:
-                if isinstance(exc, lmdb.PanicError | lmdb.CorruptedError):
+                if isinstance(exc, lmdb.PanicError):
                     self._broken = f"environment unusable ({exc})"
                 raise StoreError(f"lmdb store {self.path}: {exc}") from exc
             finally:
@@ -331,7 +406,7 @@ class LmdbStore(Store):
                 txn.put(db_key, payload, db=self._data)
 
         self._run(op, grow_for=len(header) + payload.nbytes)
-        self._maybe_compact()
+        self._maybe_compact()  # never raises: the put is committed whatever happens now
         return codec.stored_nbytes(array)
 
     def delete(self, key: str) -> bool:
@@ -344,7 +419,10 @@ class LmdbStore(Store):
                 found_data = txn.delete(db_key, db=self._data)
                 return bool(found or found_data)
 
-        return self._run(op, grow_for=codec.PAGE_BYTES)
+        found = self._run(op, grow_for=codec.PAGE_BYTES)
+        if found:
+            self._maybe_compact()  # fewer live pages: the threshold came down
+        return found
 
     def info(self, key: str) -> ShardInfo | None:
         """Dtype, shape and stored size of ``key`` from its header (payload untouched).
@@ -381,7 +459,11 @@ class LmdbStore(Store):
 
         A digest-filed key whose header is damaged cannot be named and is
         left out; every other key is listed even if its shard is damaged
-        (``get`` then raises).
+        (``get`` then raises). A stored key that is not valid UTF-8 (a bit flipped
+        on the medium: tiercache never writes one) raises
+        :class:`~tiercache.errors.MediumDamagedError` naming ``data.mdb`` and the
+        key's bytes: lmdb keeps no checksums of its own pages, so the tree holding
+        it cannot be trusted either.
         """
 
         def op(env: lmdb.Environment) -> list[str]:
@@ -389,7 +471,13 @@ class LmdbStore(Store):
             with env.begin() as txn:
                 for db_key, raw_header in txn.cursor(db=self._hdr).iternext():
                     if not db_key.startswith(_DIGEST_PREFIX):
-                        found.append(codec.key_from_bytes(db_key))
+                        try:
+                            found.append(codec.key_from_bytes(db_key))
+                        except UnicodeDecodeError as exc:
+                            raise MediumDamagedError(
+                                f"lmdb data file {self.path / 'data.mdb'} is damaged: stored "
+                                f"key {db_key[:80]!r} is not valid UTF-8 ({exc.reason} at "
+                                f"byte {exc.start})") from None
                         continue
                     try:
                         stored = codec.decode_header(raw_header).key
@@ -423,13 +511,18 @@ class LmdbStore(Store):
 
     def reopen(self) -> None:
         """Close the environment and open the one now at :attr:`path` (created if
-        missing). Waits for in-flight operations. Raises StoreError on failure."""
+        missing), releasing the folder lock and taking it again (the folder may be a
+        new one). Waits for in-flight operations. Raises StoreError on failure
+        (:class:`~tiercache.errors.MediumDamagedError` for a damaged file)."""
         self._guard.acquire_exclusive()
         try:
             env, self._env = self._env, None
             if env is not None:
                 with contextlib.suppress(lmdb.Error):
                     env.close()
+            if self._exclusive:
+                self._release_folder()
+                self._folder_lock = lock_tier_folder(self.path)
             self._open_env()
         finally:
             self._guard.release_exclusive()
@@ -439,10 +532,50 @@ class LmdbStore(Store):
         info = self._run(lambda env: env.info())
         return (int(info["last_pgno"]) + 1) * codec.PAGE_BYTES
 
+    def live_nbytes(self) -> int:
+        """Bytes of the pages in use (every tree's branch, leaf and overflow pages plus
+        the two meta pages): what :meth:`compact` would leave. O(1): three tree stats."""
+
+        def op(env: lmdb.Environment) -> int:
+            with env.begin() as txn:
+                pages = 2
+                for db in (self._main, self._hdr, self._data):
+                    st = txn.stat(db)
+                    pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+                return pages * int(st["psize"])
+
+        return self._run(op)
+
+    @property
+    def compact_above_bytes(self) -> int | None:
+        """File size above which a write compacts: :data:`COMPACT_RATIO` x the live
+        pages' bytes + :data:`COMPACT_SLACK_BYTES`; ``None`` for a store that does not
+        compact (opened without a capacity). Follows the live data down as well as
+        up. O(1)."""
+        if not self.compacting:
+            return None
+        return int(COMPACT_RATIO * self.live_nbytes()) + COMPACT_SLACK_BYTES
+
     def _maybe_compact(self) -> None:
-        limit = self.compact_above_bytes
-        if limit is not None and self.file_nbytes() > limit:
+        """Compact if the file passed :attr:`compact_above_bytes`. Never raises: it runs
+        after a committed write, which stands whatever happens here; a failure is
+        logged and retried after a back-off (1 s doubling to 60 s). O(1) unless it
+        compacts."""
+        if not self.compacting or time.monotonic() < self._compact_retry_at:
+            return
+        try:
+            limit = self.compact_above_bytes
+            if limit is None or self.file_nbytes() <= limit:
+                return
             self.compact()
+        except StoreError as exc:
+            self.compaction_failures += 1
+            self._compact_retry_at = time.monotonic() + self._compact_backoff_s
+            log.warning("lmdb store %s: %s; the write stands, compaction retried in %.0f s",
+                        self.path, exc, self._compact_backoff_s)
+            self._compact_backoff_s = min(2 * self._compact_backoff_s, COMPACT_RETRY_MAX_S)
+        else:
+            self._compact_backoff_s = COMPACT_RETRY_S
 
     def compact(self) -> int:
         """Rewrite ``data.mdb`` without its free pages; return the new size in bytes.
@@ -480,22 +613,22 @@ class LmdbStore(Store):
         finally:
             self._guard.release_exclusive()
         self.compactions += 1
-        if self.compact_above_bytes is not None:  # hysteresis: many live pages, no thrash
-            self.compact_above_bytes = max(self.compact_above_bytes,
-                                           int(COMPACT_RATIO * after) + COMPACT_SLACK_BYTES)
         log.info("lmdb store %s compacted: %d -> %d bytes", self.path, before, after)
         return after
 
     def close(self) -> None:
         """Close the environment (waits for in-flight operations). Idempotent."""
         with self._close_lock:
-            if self._env is None:
+            if self._env is None:  # closed, or a reopen failed: still let the folder go
+                if self._pid == os.getpid():
+                    self._release_folder()
                 return
             self._guard.acquire_exclusive()
             try:
                 env, self._env = self._env, None
                 if self._pid == os.getpid():  # a forked child must not touch the parent's env
                     env.close()
+                    self._release_folder()
             finally:
                 self._guard.release_exclusive()
 
@@ -511,3 +644,83 @@ def _fsync_path(path: Path) -> None:
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
+
+
+# -- the data file's meta pages (read with plain file reads, before lmdb maps the file) ------
+
+_MDB_MAGIC = 0xBEEFC0DE
+_MDB_DATA_VERSION = 1
+_P_META = 0x08
+_P_INVALID = (1 << 64) - 1
+#: Bytes of a meta page that are read: page header (16) + MDB_meta (152 - 16).
+_META_BYTES = 152
+# MDB_meta of lmdb 0.9 on a 64-bit little-endian build, offsets within its page:
+# 0 mp_pgno Q, 10 mp_flags H, 16 mm_magic I, 20 mm_version I, 40 mm_psize
+# (= mm_dbs[FREE_DBI].md_pad) I, 80 free root Q, 128 main root Q, 136 mm_last_pg Q,
+# 144 mm_txnid Q.
+_META = struct.Struct("<Q2xH4xII16xI36xQ40xQQQ")
+
+
+def _parse_meta(raw: bytes, index: int) -> tuple[int, int, int, int, int] | str:
+    """``(psize, last_pg, txnid, free_root, main_root)`` of meta page ``index``, or why
+    it is not a valid meta page. O(1)."""
+    if len(raw) < _META_BYTES:
+        return f"meta page {index} is cut short ({len(raw)} of {_META_BYTES} bytes)"
+    pgno, flags, magic, version, psize, free_root, main_root, last_pg, txnid = \
+        _META.unpack_from(raw)
+    if magic != _MDB_MAGIC:
+        return f"meta page {index} has no lmdb magic (0x{magic:08x})"
+    if version != _MDB_DATA_VERSION:
+        return f"meta page {index} has format version {version}, not {_MDB_DATA_VERSION}"
+    if pgno != index or not flags & _P_META:
+        return f"meta page {index} has page number {pgno} and flags 0x{flags:x}"
+    if psize < 512 or psize > 1 << 16 or psize & (psize - 1):
+        return f"meta page {index} records an impossible page size {psize}"
+    if last_pg < 1 or last_pg >= _P_INVALID // psize:
+        return f"meta page {index} records an impossible last page {last_pg}"
+    for name, root in (("free-list", free_root), ("main", main_root)):
+        if root != _P_INVALID and not 2 <= root <= last_pg:
+            return (f"meta page {index}: the {name} tree's root page {root} is outside "
+                    f"pages 2..{last_pg}")
+    return psize, last_pg, txnid, free_root, main_root
+
+
+def check_data_file(path: Path) -> int:
+    """Check lmdb's ``data.mdb`` at ``path`` before it is mapped; return the file's size.
+
+    Reads the two meta pages with plain reads (lmdb would fault with SIGBUS on a
+    mapped page past the end of a truncated file): both must be valid -- magic,
+    version, page number, page size, tree roots within the used pages -- and the
+    file must hold every page up to ``mm_last_pg`` of the newer one (larger
+    ``mm_txnid``, the one lmdb uses). A missing or empty file is fine (lmdb starts
+    a new environment). Raises :class:`~tiercache.errors.MediumDamagedError`
+    naming the file and what is wrong. O(1): two small reads. Thread-safe.
+    """
+    try:
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return 0
+            first = _parse_meta(f.read(_META_BYTES), 0)
+            if isinstance(first, str):
+                raise MediumDamagedError(f"lmdb data file {path} is damaged: {first}")
+            psize = first[0]
+            f.seek(psize)
+            second = _parse_meta(f.read(_META_BYTES), 1)
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise MediumDamagedError(f"lmdb data file {path} cannot be read ({exc})") from exc
+    if isinstance(second, str):
+        raise MediumDamagedError(f"lmdb data file {path} is damaged: {second}")
+    if second[0] != psize:
+        raise MediumDamagedError(f"lmdb data file {path} is damaged: its meta pages disagree "
+                                 f"on the page size ({psize} and {second[0]})")
+    current = max((first, second), key=lambda meta: meta[2])
+    need = (current[1] + 1) * psize
+    if size < need:
+        raise MediumDamagedError(
+            f"lmdb data file {path} is truncated: {size} bytes, but its meta page "
+            f"(transaction {current[2]}) uses pages 0..{current[1]} of {psize} bytes "
+            f"= {need} bytes")
+    return size

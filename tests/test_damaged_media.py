@@ -1,0 +1,254 @@
+"""Damaged media: a truncated or bit-flipped lmdb ``data.mdb`` or diskcache ``cache.db``.
+
+Every trial opens the damaged store, lists its keys and reads every key in a *child
+process* under a memory cap (``memcap.run_capped``): a truncated lmdb file used to kill the
+process with SIGBUS once mapped, which would take pytest down with it. What must hold:
+
+- the child exits normally (no signal, no timeout) and raises nothing but tiercache's own
+  errors, each naming the store's folder: :class:`MediumDamagedError` for the medium as a
+  whole (truncated or garbled file, an undecodable key in the listing), ``CorruptShardError``
+  for one shard, ``StoreError`` for an entry the medium cannot find;
+- a read never returns bytes other than the ones put under that key.
+
+Both stores *raise* :class:`MediumDamagedError` for an undecodable key rather than skipping
+it: neither lmdb nor sqlite checksums its own pages, so the index around a flipped key
+cannot be trusted either (the engine opens such a tier degraded; ``verify --repair``
+empties it). Trials are deterministic: fixed offsets, every bit of chosen regions, and
+seeded random bits.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from memcap import run_capped
+
+from tiercache.errors import MediumDamagedError, TierCacheError
+from tiercache.stores.diskcache_store import DiskcacheStore
+from tiercache.stores.lmdb_store import LmdbStore, check_data_file
+
+#: Small map: the child's address space is capped (the default map reserves 4 GiB).
+MAP_BYTES = 64 << 20
+PAGE = 4096
+
+
+def shard_values() -> dict[str, np.ndarray]:
+    """40 shards: inline-sized (< 2 KiB) and overflow/file-sized ones, plus odd keys."""
+    rng = np.random.default_rng(3)
+    out: dict[str, np.ndarray] = {}
+    for i in range(40):
+        n = int(rng.integers(1, 1800)) if i % 2 else int(rng.integers(3000, 40000))
+        out[f"key-{i:03d}-\u00e9"] = rng.integers(0, 255, n, dtype=np.uint8)
+    out[""] = np.arange(3, dtype=np.int32)  # lmdb files it under a digest
+    out["x" * 600] = np.arange(100, dtype=np.int64)  # ditto (too long for an lmdb key)
+    return out
+
+
+def open_store(kind: str, path: Path) -> LmdbStore | DiskcacheStore:
+    if kind == "lmdb":
+        return LmdbStore(path, map_size_bytes=MAP_BYTES, sync=False)
+    return DiskcacheStore(path)
+
+
+def build(kind: str, path: Path) -> Path:
+    """A store holding :func:`shard_values`, without stale pages; return its data file."""
+    with open_store(kind, path) as store:
+        for key, value in shard_values().items():
+            store.put(key, value)
+        if isinstance(store, LmdbStore):
+            store.compact()  # no free pages left: every byte of the file is live
+    return path / ("data.mdb" if kind == "lmdb" else "cache.db")
+
+
+def probe(kind: str, path: Path) -> dict[str, Any]:
+    """Open, list and read everything; return what happened (run in the child)."""
+    put = shard_values()
+    outcome: dict[str, Any] = {"error": None, "wrong": [], "read": 0, "refused": 0}
+    try:
+        with open_store(kind, path) as store:
+            for key in list(store.keys()):
+                try:
+                    got = store.get(key)
+                except TierCacheError as exc:
+                    if str(path) not in str(exc):
+                        outcome["wrong"].append(f"{key!r}: error without the folder: {exc}")
+                    outcome["refused"] += 1
+                    continue
+                if got is None:
+                    continue
+                outcome["read"] += 1
+                want = put.get(key)
+                if want is None or got.dtype != want.dtype or not np.array_equal(got, want):
+                    outcome["wrong"].append(f"{key!r}: bytes that were not put")
+    except TierCacheError as exc:
+        outcome["error"] = (type(exc).__name__, str(exc))
+    return outcome
+
+
+def run_trials(kind: str, original: Path, work: Path,
+               trials: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    """Copy ``original``, damage it (``("cut", size)`` or ``("flip", bit)``) and probe it,
+    one trial after another inside ONE capped child (the child records each trial's
+    start, so a signal names the trial). Returns the outcomes."""
+    progress = work / "progress.txt"
+    name = "data.mdb" if kind == "lmdb" else "cache.db"
+
+    def all_trials() -> list[dict[str, Any]]:
+        results = []
+        for n, (how, where) in enumerate(trials):
+            folder = work / f"t{n}"
+            shutil.copytree(original, folder)
+            progress.write_text(f"{n} {how} {where}")
+            target = folder / name
+            if how == "cut":
+                os.truncate(target, where)
+            else:
+                with open(target, "r+b") as f:
+                    f.seek(where // 8)
+                    byte = f.read(1)[0]
+                    f.seek(where // 8)
+                    f.write(bytes([byte ^ (1 << (where % 8))]))
+            result = probe(kind, folder)
+            result["trial"] = (how, where)
+            results.append(result)
+            shutil.rmtree(folder)
+        return results
+
+    capped = run_capped(all_trials, limit_bytes=MAP_BYTES + (512 << 20), timeout_s=240)
+    where = progress.read_text() if progress.exists() else "?"
+    assert capped.ok, f"trial {where}: {capped.describe()}"
+    return list(capped.value)
+
+
+def check(results: list[dict[str, Any]], name: str) -> dict[str, int]:
+    """Assert every trial ended well; return counts of how they ended."""
+    counts: dict[str, int] = {}
+    for r in results:
+        assert not r["wrong"], (r["trial"], r["wrong"])
+        if r["error"] is not None:
+            kind, message = r["error"]
+            assert kind in ("MediumDamagedError", "StoreError", "CorruptShardError"), r
+            if kind == "MediumDamagedError":
+                assert name in message, message  # names the file
+        end = r["error"][0] if r["error"] else ("refused some" if r["refused"] else "clean")
+        counts[end] = counts.get(end, 0) + 1
+    return counts
+
+
+# -- lmdb: truncation (SIGBUS once mapped) ------------------------------------------------------
+
+
+def test_a_truncated_lmdb_file_is_medium_damage_not_sigbus(tmp_path: Path) -> None:
+    data = build("lmdb", tmp_path / "orig")
+    size = data.stat().st_size
+    cuts = [1, 100, PAGE - 1, PAGE, PAGE + 152, 2 * PAGE, 2 * PAGE + 1, 3 * PAGE, size // 3,
+            size // 2, size - 2 * PAGE, size - PAGE, size - 1]
+    results = run_trials("lmdb", tmp_path / "orig", tmp_path / "work",
+                         [("cut", c) for c in cuts])
+    for r in results:
+        assert r["error"] is not None and r["error"][0] == "MediumDamagedError", r
+        assert "data.mdb" in r["error"][1], r
+    truncated = [r for r in results if r["trial"][1] >= 2 * PAGE]
+    assert all("truncated" in r["error"][1] for r in truncated), truncated
+
+
+def test_check_data_file_reads_the_meta_pages(tmp_path: Path) -> None:
+    data = build("lmdb", tmp_path / "s")
+    size = data.stat().st_size
+    assert check_data_file(data) == size
+    assert check_data_file(tmp_path / "missing.mdb") == 0
+    raw = bytearray(data.read_bytes())
+    last_pg = max(struct.unpack_from("<Q", raw, meta + 136)[0] for meta in (0, PAGE))
+    assert (last_pg + 1) * PAGE == size  # compacted: the file holds exactly the used pages
+    bad = tmp_path / "bad.mdb"
+    for offset, value, message in [(16, 0x12345678, "magic"), (40, 3000, "page size"),
+                                   (PAGE + 128, size, "root page")]:
+        damaged = bytearray(raw)
+        struct.pack_into("<Q" if offset % 8 == 0 else "<I", damaged, offset, value)
+        bad.write_bytes(bytes(damaged))
+        with pytest.raises(MediumDamagedError, match=message) as info:
+            check_data_file(bad)
+        assert str(bad) in str(info.value)
+
+
+def test_an_lmdb_file_truncated_under_an_open_store_fails_its_reopen(tmp_path: Path) -> None:
+    data = build("lmdb", tmp_path / "s")
+
+    def reopen_after_cut() -> str:
+        store = LmdbStore(tmp_path / "s", map_size_bytes=MAP_BYTES)
+        os.truncate(data, data.stat().st_size // 2)
+        try:
+            store.reopen()
+        except MediumDamagedError as exc:
+            return str(exc)
+        finally:
+            store.close()
+        return "reopened"
+
+    capped = run_capped(reopen_after_cut, limit_bytes=MAP_BYTES + (512 << 20), timeout_s=60)
+    assert capped.ok, capped.describe()
+    assert "truncated" in capped.value and "data.mdb" in capped.value
+
+
+# -- bit flips ----------------------------------------------------------------------------------
+
+
+def key_bits(data: Path, key: str, copies: int) -> list[int]:
+    """Every bit of the first ``copies`` copies of ``key`` (its UTF-8 bytes) in the file:
+    lmdb keeps a key in the ``hdr`` and the ``data`` tree, sqlite in its table and its
+    index."""
+    raw = data.read_bytes()
+    starts = [m.start() for m in re.finditer(re.escape(key.encode()), raw)][:copies]
+    assert len(starts) == copies, len(starts)
+    return [8 * s + b for s in starts for b in range(8 * len(key.encode()))]
+
+
+def random_bits(data: Path, count: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(8 * data.stat().st_size) for _ in range(count)]
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "diskcache"])
+def test_a_flipped_bit_in_a_stored_key_is_medium_damage_naming_the_file(tmp_path: Path,
+                                                                        kind: str) -> None:
+    data = build(kind, tmp_path / "orig")
+    bits = key_bits(data, "key-001-\u00e9", 2 if kind == "lmdb" else 1)
+    results = run_trials(kind, tmp_path / "orig", tmp_path / "work",
+                         [("flip", b) for b in bits])
+    counts = check(results, data.name)
+    # a flip that leaves valid UTF-8 renames the key: its shard is then refused (key hash)
+    assert counts.get("MediumDamagedError", 0) >= 10, counts  # undecodable keys
+    damaged = [r for r in results if r["error"] and r["error"][0] == "MediumDamagedError"]
+    assert any("not valid UTF-8" in r["error"][1] for r in damaged), damaged[:3]
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "diskcache"])
+def test_random_bit_flips_never_give_wrong_bytes_or_foreign_errors(tmp_path: Path,
+                                                                   kind: str) -> None:
+    data = build(kind, tmp_path / "orig")
+    trials = 150 if kind == "lmdb" else 60  # sqlite opens are slower
+    results = run_trials(kind, tmp_path / "orig", tmp_path / "work",
+                         [("flip", b) for b in random_bits(data, trials, seed=11)])
+    counts = check(results, data.name)
+    assert counts.get("refused some", 0) > 0, counts  # the campaign did damage shards
+
+
+def test_lmdb_meta_page_bit_flips_are_caught_before_mapping(tmp_path: Path) -> None:
+    """Every bit of the page size, and of the low two and the top byte of the roots, last
+    page and transaction id, in both meta pages: the fields lmdb trusts to map the file."""
+    data = build("lmdb", tmp_path / "orig")
+    fields = [40, 41, 42, 43]  # psize
+    fields += [off + i for off in (80, 128, 136, 144) for i in (0, 1, 7)]  # roots, last, txn
+    bits = [8 * (page + off) + b for page in (0, PAGE) for off in fields for b in range(8)]
+    results = run_trials("lmdb", tmp_path / "orig", tmp_path / "work",
+                         [("flip", b) for b in bits])
+    counts = check(results, data.name)
+    assert counts.get("MediumDamagedError", 0) > 100, counts
