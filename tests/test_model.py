@@ -179,6 +179,41 @@ def test_generate_cli_prints_text(smollm2: SmolLM2, capsys: pytest.CaptureFixtur
     assert "tokens/s" in captured.err
 
 
+def test_load_model_generates_the_reference_text(smollm2: SmolLM2, reference: Any) -> None:
+    _, expected = reference
+    with pytest.warns(RuntimeWarning) as caught:  # the fixture: LRU RAM tier of 25 % over lmdb
+        model = tiercache.load_model(smollm2.config)
+    messages = [str(w.message) for w in caught]
+    assert any("thrash" in m for m in messages) and any("lmdb" in m for m in messages)
+    with model:
+        text = model.generate(PROMPT, 6, stream=False)
+        pieces = list(model.generate(PROMPT, 6))
+        assert model.cache.stats()["loop"]["prefetched"] > 0  # prefetching by default
+    assert text == smollm2.tokenizer.decode(expected[:6]) == "".join(pieces)
+    assert text.startswith(" Paris.") and len(pieces) >= 2
+
+
+def test_generate_cli_chat_uses_the_template_in_the_manifest(
+        smollm2: SmolLM2, capsys: pytest.CaptureFixture[str]) -> None:
+    template = (smollm2.manifest.tokenizer or {}).get("chat_template")
+    assert template and "<|im_start|>" in template  # the import kept the GGUF's template
+    assert main(["generate", "--config", str(smollm2.config), "--prompt",
+                 "What is the capital of France?", "--chat", "--max-new-tokens", "8",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    tok = smollm2.tokenizer
+    assert out["prompt_ids"] == tok.encode(
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+        "Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
+        "<|im_start|>assistant\n")
+    assert out["prompt_ids"][:1] == [1]  # <|im_start|> as its special token
+    assert "Paris" in out["text"]
+    assert main(["generate", "--config", str(smollm2.config), "--prompt", "Hi", "--chat",
+                 "--max-new-tokens", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "Hi" not in printed.splitlines()[0] and "<|im_start|>" not in printed  # reply only
+
+
 def test_generate_cli_without_an_import(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     config = _toml(tmp_path / "empty.toml", 1 << 20)

@@ -10,6 +10,8 @@ See docs/quickstart.md.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .config import CacheConfig, OriginConfig, TierConfig, load_config
 from .engine import TieredCache, open
 from .errors import (
@@ -26,10 +28,25 @@ from .policies import Policy, available_policies, get_policy_class, register_pol
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:
+    from .model import Model, load_model
+
+
+def __getattr__(name: str) -> Any:
+    """``load_model`` and ``Model`` load :mod:`tiercache.model` on first use (lazily:
+    ``import tiercache`` imports neither it nor TensorFlow)."""
+    if name in ("load_model", "Model"):
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'tiercache' has no attribute {name!r}")
+
+
 __all__ = [
     "CacheConfig",
     "ConfigError",
     "CorruptShardError",
+    "Model",
     "NpyDirOrigin",
     "Origin",
     "OriginConfig",
@@ -46,6 +63,7 @@ __all__ = [
     "available_policies",
     "get_policy_class",
     "load_config",
+    "load_model",
     "open",
     "register_policy",
 ]

@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -74,6 +74,11 @@ def tf_module() -> Any:
                                    "pip install 'tiercache[tf]'") from None
         _TF = tensorflow
     return _TF
+
+
+def greedy(logits: np.ndarray) -> int:
+    """The id of the largest logit (ties: the lowest id). O(vocab)."""
+    return int(np.argmax(logits))
 
 
 def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
@@ -282,29 +287,53 @@ class LlamaModel:
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, *,
                  eos_id: int | None = None, reset: bool = True,
-                 on_token: Callable[[int], None] | None = None) -> list[int]:
-        """Greedy decoding: the ids of up to ``max_new_tokens`` new tokens.
+                 on_token: Callable[[int], None] | None = None,
+                 sampler: Callable[[np.ndarray], int] | None = None) -> list[int]:
+        """The ids of up to ``max_new_tokens`` new tokens (greedy unless ``sampler``).
 
         Stops after ``eos_id`` (included) if given. With ``reset`` the KV cache
         starts empty; without, ``prompt_ids`` continue the current sequence.
         ``on_token`` is called with each new id as soon as it is chosen.
-        Ties in the logits go to the lowest id.
+        ``sampler`` picks each token from the float32 logits (e.g.
+        :class:`tiercache.model.Sampler`); without it, greedy: ties in the
+        logits go to the lowest id. One forward pass per token.
         """
-        if max_new_tokens < 0:
-            raise ValueError("max_new_tokens must be >= 0")
-        if reset:
-            self.reset()
         out: list[int] = []
-        if max_new_tokens == 0:
-            return out
-        logits = self.forward(prompt_ids)
-        while True:
-            token = int(np.argmax(logits))
+        for token in self.stream(prompt_ids, max_new_tokens, eos_id=eos_id, reset=reset,
+                                 sampler=sampler):
             out.append(token)
             if on_token is not None:
                 on_token(token)
-            if len(out) >= max_new_tokens or (eos_id is not None and token == eos_id):
-                return out
+        return out
+
+    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, *,
+               eos_id: int | None = None, reset: bool = True,
+               sampler: Callable[[np.ndarray], int] | None = None) -> Iterator[int]:
+        """:meth:`generate` as an iterator: yields each new id as soon as it is chosen.
+
+        Runs the next forward pass only when the next id is asked for; an
+        iterator left unfinished leaves the sequence where it stopped.
+        ``max_new_tokens < 0`` raises :class:`ValueError` at the call.
+        """
+        if max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        return self._stream(list(prompt_ids), max_new_tokens, eos_id, reset,
+                            sampler if sampler is not None else greedy)
+
+    def _stream(self, prompt_ids: list[int], max_new_tokens: int, eos_id: int | None,
+                reset: bool, sampler: Callable[[np.ndarray], int]) -> Iterator[int]:
+        if reset:
+            self.reset()
+        if max_new_tokens == 0:
+            return
+        logits = self.forward(prompt_ids)
+        produced = 0
+        while True:
+            token = int(sampler(logits))
+            produced += 1
+            yield token
+            if produced >= max_new_tokens or (eos_id is not None and token == eos_id):
+                return
             logits = self.forward([token])
 
     # --- internals -------------------------------------------------------------------------

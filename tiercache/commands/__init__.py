@@ -9,6 +9,7 @@ Heavy imports (tensorflow, matplotlib) belong inside the command's function.
 from __future__ import annotations
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "tiercache.commands.init",
     "tiercache.commands.stats",
     "tiercache.commands.policies",
     "tiercache.commands.verify",

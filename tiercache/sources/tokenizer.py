@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -355,3 +355,67 @@ class BPETokenizer:
         if len(self._memo) < 65536:
             self._memo[piece] = result
         return result
+
+
+# --- chat templates ---------------------------------------------------------------------------
+CHATML_START = "<|im_start|>"
+CHATML_END = "<|im_end|>"
+_CHATML_DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system(?:\n|\\n)(.*?)<\|im_end\|>", re.S)
+_TEMPLATE_SYNTAX = ("{", "}", "' +", "+ '", '" +', '+ "')
+
+
+def chatml_default_system(template: str) -> str | None:
+    """The system message a ChatML template inserts when the chat has none, if any.
+
+    SmolLM2's template adds ``You are a helpful AI assistant named SmolLM, trained
+    by Hugging Face`` before a first message that is not a system one. A match
+    that contains template syntax (an expression, not a fixed text) counts as
+    none. O(len(template)).
+    """
+    match = _CHATML_DEFAULT_SYSTEM.search(template)
+    if match is None:
+        return None
+    text = match.group(1)
+    if any(s in text for s in _TEMPLATE_SYNTAX):
+        return None
+    return text.replace("\\n", "\n")
+
+
+def apply_chat_template(template: str | None, messages: Sequence[Mapping[str, str]], *,
+                        add_generation_prompt: bool = True) -> str:
+    """The prompt text a chat model expects for ``messages`` (``{"role", "content"}``).
+
+    Implements the ChatML form a GGUF's ``tokenizer.chat_template`` describes
+    (SmolLM2, Qwen, ...) without a Jinja engine: each message becomes
+    ``<|im_start|>ROLE\\nCONTENT<|im_end|>\\n``; the template's default system
+    message (:func:`chatml_default_system`) comes first when the chat does not
+    start with a system message; with ``add_generation_prompt`` the text ends
+    with ``<|im_start|>assistant\\n`` for the model to continue. Encode the result
+    with ``parse_special=True`` so the markers become their special tokens.
+
+    Raises :class:`ValueError` when the model has no template, the template is
+    not ChatML, or a message is malformed. O(total length). Thread-safe (pure).
+    """
+    if not template:
+        raise ValueError("the model has no chat template (its GGUF carries no "
+                         "tokenizer.chat_template): prompt it without --chat / chat=True")
+    if CHATML_START not in template or CHATML_END not in template:
+        raise ValueError(f"the model's chat template is not ChatML ({CHATML_START} ... "
+                         f"{CHATML_END}), the only form implemented: prompt it without "
+                         "--chat / chat=True")
+    parts: list[str] = []
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, Mapping) else None
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if not isinstance(role, str) or not role or "\n" in role or \
+                not isinstance(content, str):
+            raise ValueError(f"chat message {i} must be {{'role': str (one line), 'content': "
+                             f"str}}, got {message!r}")
+        if i == 0 and role != "system":
+            default = chatml_default_system(template)
+            if default is not None:
+                parts.append(f"{CHATML_START}system\n{default}{CHATML_END}\n")
+        parts.append(f"{CHATML_START}{role}\n{content}{CHATML_END}\n")
+    if add_generation_prompt:
+        parts.append(f"{CHATML_START}assistant\n")
+    return "".join(parts)

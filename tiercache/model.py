@@ -1,0 +1,395 @@
+"""One call from a cache's TOML file to generated text: :func:`load_model`.
+
+>>> import tiercache
+>>> with tiercache.load_model("tiers.toml") as model:        # doctest: +SKIP
+...     for piece in model.generate("The capital of France is", max_new_tokens=16):
+...         print(piece, end="", flush=True)
+...     reply = model.generate("What is 2 + 2?", chat=True, stream=False)
+
+:func:`load_model` finds the model's manifest next to the config (as
+``tiercache generate`` does: ``tiers.toml`` -> ``tiers.model.json``, or the
+``.npy`` origin folder's ``tiercache-model.json``), opens the cache, builds the
+TensorFlow decoder (:class:`~tiercache.adapters.tensorflow.LlamaModel`),
+declares its schedule to the cache (so ``opt`` tiers and the prefetcher know the
+loop's order) and starts the prefetcher (``prefetch=0`` leaves it off).
+
+Sampling (:class:`Sampler`) is pure numpy: ``temperature=0`` is greedy (the
+largest logit, ties to the lowest id: exactly the tokens of
+``LlamaModel.generate``); otherwise the logits are divided by the temperature,
+cut to the ``top_k`` largest, then to the smallest set whose probability
+reaches ``top_p``, and one token is drawn with a ``numpy`` generator seeded by
+``seed`` (the same seed gives the same tokens).
+
+This module imports neither TensorFlow nor the adapter at import time;
+``import tiercache`` stays light (``tiercache.load_model`` is resolved lazily).
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+import numpy as np
+
+from .config import CacheConfig, load_config
+from .errors import CacheClosedError
+from .sources.manifest import (
+    ModelManifest,
+    load_manifest,
+    manifest_path_for_config,
+    manifest_path_for_npy_dir,
+)
+from .sources.tokenizer import BPETokenizer, apply_chat_template
+from .units import format_size
+
+if TYPE_CHECKING:
+    from .adapters.tensorflow import LlamaModel, ModelTimings
+    from .engine import TieredCache
+
+__all__ = ["Model", "Sampler", "TextStream", "find_manifest", "load_model"]
+
+#: Prefetch depth :func:`load_model` and ``tiercache generate`` use by default.
+DEFAULT_PREFETCH = 8
+
+ChatMessages = Sequence[Mapping[str, str]]
+
+
+class Sampler:
+    """Picks the next token from a vector of logits. See the module docstring.
+
+    Parameters
+    ----------
+    temperature:
+        0 (default) for greedy decoding; > 0 to sample from
+        ``softmax(logits / temperature)``.
+    top_k:
+        Keep only the ``top_k`` largest logits (ties: lower ids first). ``None``: all.
+    top_p:
+        Keep the smallest set of most likely tokens whose probabilities add up
+        to at least ``top_p`` (nucleus sampling), in ``(0, 1]``. ``None``: all.
+    seed:
+        Seeds the random generator: the same seed draws the same tokens from the
+        same logits. ``None``: fresh entropy.
+
+    Complexity: O(V) greedy, O(V log V) sampling (a stable sort of the V
+    logits). Thread-safety: holds a random generator; one sampler per sequence.
+    """
+
+    def __init__(self, temperature: float = 0.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None) -> None:
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float) \
+                or not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
+                                  or top_k < 1):
+            raise ValueError(f"top_k must be a whole number >= 1, got {top_k!r}")
+        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, int | float)
+                                  or not 0 < top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                                 or seed < 0):
+            raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
+        self.temperature = float(temperature)
+        self.top_k = top_k
+        self.top_p = None if top_p is None else float(top_p)
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+
+    @property
+    def greedy(self) -> bool:
+        """Whether this sampler always takes the largest logit."""
+        return self.temperature == 0.0 or self.top_k == 1
+
+    def candidates(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The token ids sampling may pick and their probabilities (summing to 1),
+        most likely first, after temperature, ``top_k`` and ``top_p``."""
+        scores = np.asarray(logits, dtype=np.float64).reshape(-1)
+        if scores.size == 0:
+            raise ValueError("cannot sample from empty logits")
+        if np.isnan(scores).any():
+            raise ValueError("the logits contain NaN: the model's output is broken")
+        if self.greedy:
+            best = np.array([int(np.argmax(scores))])
+            return best, np.ones(1)
+        order = np.argsort(-scores, kind="stable")  # descending; ties: lower id first
+        if self.top_k is not None:
+            order = order[:self.top_k]
+        scaled = scores[order] / self.temperature
+        if not np.isfinite(scaled[0]):
+            raise ValueError("the largest logit is not finite: cannot sample")
+        probs = np.exp(scaled - scaled[0])
+        probs /= probs.sum()
+        if self.top_p is not None and self.top_p < 1.0:
+            keep = int(np.searchsorted(np.cumsum(probs), self.top_p, side="left")) + 1
+            order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
+        return order, probs
+
+    def __call__(self, logits: np.ndarray) -> int:
+        """The next token id for ``logits`` (shape ``(vocab,)``)."""
+        if self.greedy:
+            return int(np.argmax(np.asarray(logits).reshape(-1)))
+        ids, probs = self.candidates(logits)
+        if ids.size == 1:
+            return int(ids[0])
+        return int(ids[int(self._rng.choice(ids.size, p=probs))])
+
+
+class TextStream:
+    """Turns token ids, one at a time, into text pieces that are whole characters.
+
+    A token may end inside a multi-byte UTF-8 character; :meth:`push` holds
+    those bytes back until the character is complete, :meth:`flush` returns
+    what is left (an incomplete character as U+FFFD). The pieces joined equal
+    ``tokenizer.decode(ids)``. O(1) per token amortised. Not thread-safe.
+    """
+
+    def __init__(self, tokenizer: BPETokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token: int) -> str:
+        """The new text that token ``token`` completes (may be ``""``)."""
+        return str(self._decoder.decode(self.tokenizer.decode_bytes([token])))
+
+    def flush(self) -> str:
+        """The text still held back (at the end of the sequence)."""
+        return str(self._decoder.decode(b"", final=True))
+
+
+def find_manifest(config: str | os.PathLike[str], cfg: CacheConfig | None = None) -> Path:
+    """Where the manifest of the model imported into the cache of ``config`` is.
+
+    ``tiers.toml`` -> ``tiers.model.json`` beside it; if that does not exist and
+    the cache has an ``npy`` origin folder holding ``tiercache-model.json``,
+    that one. O(1) (two ``stat`` calls).
+    """
+    path = manifest_path_for_config(config)
+    if not path.exists() and cfg is not None and cfg.origin is not None \
+            and cfg.origin.kind == "npy":
+        in_origin = manifest_path_for_npy_dir(cfg.origin.path)
+        if in_origin.exists():
+            return in_origin
+    return path
+
+
+def _schedule_bytes(manifest: ModelManifest, schedule: Sequence[str]) -> int:
+    """Bytes of the distinct shards one forward pass reads (per the manifest)."""
+    return sum(manifest.tensors[k].nbytes for k in set(schedule) if k in manifest.tensors)
+
+
+def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig, *,
+               manifest: str | os.PathLike[str] | ModelManifest | None = None,
+               prefetch: int | bool = DEFAULT_PREFETCH, compile: bool = True,
+               warn: bool | Callable[[str], None] = True,
+               on_status: Callable[[str], None] | None = None) -> Model:
+    """Open the cache of ``config`` and the model imported into it, ready to generate.
+
+    Parameters
+    ----------
+    config:
+        The cache's TOML file (or a dict / :class:`CacheConfig`; then give
+        ``manifest``).
+    manifest:
+        The model's manifest (a path or a loaded one). Default:
+        :func:`find_manifest` next to the config.
+    prefetch:
+        Prefetch depth (shards ahead of the loop); ``0`` or ``False`` turns the
+        prefetcher off. The schedule is declared either way.
+    compile:
+        Run each block as a ``tf.function`` (see ``LlamaModel``).
+    warn:
+        Emit a :class:`RuntimeWarning` per layout problem
+        (:func:`tiercache.advice.layout_warnings`, e.g. an LRU RAM tier smaller
+        than the model, which thrashes), or call this function with each
+        message; ``False``: neither. They are in ``model.layout_warnings``
+        either way.
+    on_status:
+        Called with a short line before each slow step (``"loading TensorFlow…"``,
+        ``"loading MODEL…"``); ``tiercache generate`` prints them on stderr.
+
+    Errors (a bad config, no manifest, a model that is not a Llama, no
+    tokenizer) are raised before TensorFlow is imported. Takes seconds
+    (importing TensorFlow, tracing the block function); the returned
+    :class:`Model` owns the cache: close it (or use ``with``).
+    """
+    from .advice import layout_warnings
+    from .engine import TieredCache
+    from .sources.manifest import llama_schedule
+
+    cfg = config if isinstance(config, CacheConfig) else load_config(config)
+    if isinstance(manifest, ModelManifest):
+        loaded = manifest
+    else:
+        if manifest is None:
+            if isinstance(config, Mapping | CacheConfig):
+                raise ValueError("load_model: give manifest= (the model's .model.json) when "
+                                 "the config is not a TOML file")
+            manifest = find_manifest(config, cfg)
+        loaded = load_manifest(manifest)
+    hparams = loaded.llama_hparams()
+    if loaded.tokenizer is None:
+        raise ValueError(f"model {loaded.name!r} has no supported tokenizer")
+    tokenizer = BPETokenizer.from_dict(loaded.tokenizer)
+    depth = DEFAULT_PREFETCH if prefetch is True else int(prefetch)
+    if depth < 0:
+        raise ValueError(f"prefetch must be a depth >= 0 (0: off), got {prefetch!r}")
+    schedule = llama_schedule(hparams, loaded.key_prefix)
+    advice = layout_warnings(cfg, _schedule_bytes(loaded, schedule), prefetch=depth > 0)
+    for text in advice:
+        if callable(warn):
+            warn(text)
+        elif warn:
+            warnings.warn(text, RuntimeWarning, stacklevel=2)
+
+    status = on_status or (lambda _line: None)
+    status("loading TensorFlow…")
+    from .adapters.tensorflow import LlamaModel, tf_module
+
+    tf_module()
+    status(f"loading {loaded.name or 'the model'} ({len(loaded.tensors)} shards, "
+           f"{format_size(loaded.total_bytes)}) from {cfg.source}…")
+    cache = TieredCache.from_config(cfg)
+    try:
+        llama = LlamaModel(cache, hparams, key_prefix=loaded.key_prefix, compile=compile)
+        cache.declare_schedule(llama.schedule())
+        if depth:
+            cache.start_prefetcher(depth=depth)
+    except BaseException:
+        cache.close()
+        raise
+    return Model(cache, loaded, tokenizer, llama, layout_warnings=advice)
+
+
+class Model:
+    """A model served from a cache, as :func:`load_model` returns it.
+
+    Attributes: ``cache`` (the :class:`~tiercache.engine.TieredCache`, owned:
+    :meth:`close` closes it), ``manifest``, ``tokenizer``, ``llama`` (the
+    TensorFlow decoder), ``layout_warnings`` (problems of the tier layout).
+
+    Thread-safety: one sequence at a time (the decoder keeps a KV cache); use
+    one :class:`Model` per thread.
+    """
+
+    def __init__(self, cache: TieredCache, manifest: ModelManifest, tokenizer: BPETokenizer,
+                 llama: LlamaModel, *, layout_warnings: Sequence[str] = ()) -> None:
+        self.cache = cache
+        self.manifest = manifest
+        self.tokenizer = tokenizer
+        self.llama = llama
+        self.layout_warnings = list(layout_warnings)
+        self._closed = False
+
+    @property
+    def timings(self) -> ModelTimings:
+        """Where the decoder's time went (cumulative; ``timings.as_dict()``)."""
+        return self.llama.timings
+
+    def encode_prompt(self, text: str | ChatMessages, *, chat: bool = False,
+                      system: str | None = None) -> list[int]:
+        """Token ids of a prompt: raw ``text``, or with ``chat`` the chat template
+        applied to ``text`` as the user's message (or to a list of
+        ``{"role", "content"}`` messages), with an optional ``system`` message.
+        ``ValueError`` for an empty prompt. O(len(text))."""
+        if chat:
+            messages: list[dict[str, str]] = []
+            if system is not None:
+                messages.append({"role": "system", "content": system})
+            if isinstance(text, str):
+                messages.append({"role": "user", "content": text})
+            else:
+                messages.extend(dict(m) for m in text)
+            template = (self.manifest.tokenizer or {}).get("chat_template")
+            text = apply_chat_template(template, messages)
+        elif not isinstance(text, str):
+            raise ValueError("a list of chat messages needs chat=True")
+        elif system is not None:
+            raise ValueError("system= needs chat=True")
+        ids = self.tokenizer.encode(text)
+        if not ids:
+            raise ValueError("the prompt is empty: give some text")
+        return ids
+
+    def generate_ids(self, prompt_ids: Sequence[int], max_new_tokens: int, *,
+                     sampler: Callable[[np.ndarray], int] | None = None,
+                     stop_at_eos: bool = True) -> Iterator[int]:
+        """New token ids, yielded as they are chosen (one forward pass each); stops
+        after the end-of-sequence token unless ``stop_at_eos`` is false."""
+        self._check_open()
+        eos = self.tokenizer.eos_id if stop_at_eos else None
+        return self.llama.stream(prompt_ids, max_new_tokens, eos_id=eos, sampler=sampler)
+
+    @overload
+    def generate(self, text: str | ChatMessages, max_new_tokens: int = ..., *,
+                 stream: Literal[True] = ..., chat: bool = ..., temperature: float = ...,
+                 top_k: int | None = ..., top_p: float | None = ..., seed: int | None = ...,
+                 system: str | None = ..., stop_at_eos: bool = ...) -> Iterator[str]: ...
+
+    @overload
+    def generate(self, text: str | ChatMessages, max_new_tokens: int = ..., *,
+                 stream: Literal[False], chat: bool = ..., temperature: float = ...,
+                 top_k: int | None = ..., top_p: float | None = ..., seed: int | None = ...,
+                 system: str | None = ..., stop_at_eos: bool = ...) -> str: ...
+
+    def generate(self, text: str | ChatMessages, max_new_tokens: int = 64, *,
+                 stream: bool = True, chat: bool = False, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None, system: str | None = None,
+                 stop_at_eos: bool = True) -> Iterator[str] | str:
+        """Continue ``text`` (or, with ``chat``, answer it) with up to ``max_new_tokens``.
+
+        ``stream=True`` returns an iterator of text pieces as the tokens come
+        (the prompt is not repeated; the pieces join to the generated text);
+        ``stream=False`` returns the whole generated text. ``temperature``,
+        ``top_k``, ``top_p``, ``seed``: see :class:`Sampler` (0: greedy).
+        With ``chat`` the model's chat template (ChatML) wraps ``text`` as the
+        user's message -- or a list of ``{"role", "content"}`` messages --
+        after an optional ``system`` message, and the text is the reply.
+        Arguments are checked at the call, before anything runs. One forward
+        pass per token.
+        """
+        if max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        sampler = Sampler(temperature, top_k, top_p, seed)
+        prompt_ids = self.encode_prompt(text, chat=chat, system=system)
+        self._check_open()
+        pieces = self._pieces(prompt_ids, max_new_tokens, sampler, stop_at_eos)
+        return pieces if stream else "".join(pieces)
+
+    def _pieces(self, prompt_ids: list[int], max_new_tokens: int, sampler: Sampler,
+                stop_at_eos: bool) -> Iterator[str]:
+        text = TextStream(self.tokenizer)
+        for token in self.generate_ids(prompt_ids, max_new_tokens, sampler=sampler,
+                                       stop_at_eos=stop_at_eos):
+            piece = text.push(token)
+            if piece:
+                yield piece
+        rest = text.flush()
+        if rest:
+            yield rest
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheClosedError(f"model {self.manifest.name!r} is closed (model.close() "
+                                   "closed its cache)")
+
+    def close(self) -> None:
+        """Stop the prefetcher and close the cache. Idempotent."""
+        self._closed = True
+        self.cache.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Model {self.manifest.name!r} on {self.cache!r}>"
