@@ -138,7 +138,7 @@ def test_stats_shows_a_redis_tier_that_is_down_and_exits_1(
     cfg = tmp_path / "tiers.toml"
     cfg.write_text(TOML + f'[[tiers]]\nname = "shared"\nbackend = "redis"\n'
                    f'url = "redis://127.0.0.1:{_closed_port()}/0"\ncapacity = "1GiB"\n'
-                   "timeout = 0.5\n")
+                   'timeout = 0.5\nnamespace = "cli-test"\n')
     assert main(["stats", str(cfg)]) == 1
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("shared"))

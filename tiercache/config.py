@@ -352,8 +352,8 @@ class _Validator:
                                  "put the trace elsewhere")
         for i, t in enumerate(tiers):
             if t.path is not None and real.is_relative_to(os.path.realpath(t.path)):
-                raise self.error(key, f"{path} is inside the folder of tiers[{i}] ({t.name}), "
-                                 "which the tier owns; put the trace elsewhere")
+                raise self.error(key, f"{path} is inside the folder of tier {t.name!r} "
+                                 f"(tiers[{i}]), which the tier owns; put the trace elsewhere")
         probe = path.parent
         while not probe.exists():
             probe = probe.parent
