@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tiercache.buffers import MIN_POOLED_BYTES, BufferPool
+from tiercache.buffers import MIN_POOLED_BYTES, PAGE_BYTES, BufferPool
 
 N = 4 * MIN_POOLED_BYTES
 
@@ -53,3 +53,14 @@ def test_small_and_empty_buffers_are_aligned() -> None:
         buf = pool.acquire(n)
         assert buf.nbytes == n and buf.flags.writeable
         assert buf.ctypes.data % 4096 == 0
+
+
+def test_allocated_nbytes_is_the_raw_buffer_behind_acquire() -> None:
+    pool = BufferPool()
+    for nbytes in (0, 1, 4096, MIN_POOLED_BYTES - 1, MIN_POOLED_BYTES, MIN_POOLED_BYTES + 1,
+                   3 * MIN_POOLED_BYTES + 5):
+        buffer = pool.acquire(nbytes)
+        raw = buffer.base
+        assert isinstance(raw, np.ndarray) and raw.flags.owndata
+        assert raw.nbytes == BufferPool.allocated_nbytes(nbytes), nbytes
+        assert BufferPool.allocated_nbytes(nbytes) >= nbytes + PAGE_BYTES - 1

@@ -97,7 +97,8 @@ def test_virtual_time_follows_the_model(tmp_path: Path) -> None:
                             write_bytes_per_s=1e9, zero_copy_reads=True),
         "origin": {"read_latency_s": "1ms", "read_bytes_per_s": "1GiB"},
     }
-    cfg = {"tiers": [{"name": "ram", "backend": "memory", "capacity": "2MiB"}]}
+    # room for b (2 MiB plus the RAM tier's per-shard overhead), not for a and b
+    cfg = {"tiers": [{"name": "ram", "backend": "memory", "capacity": 2 * mib + 8192}]}
     r = simulate_tiers(trace, cfg, models=models, overhead_s=1e-7)
     origin_read = 1e-3 + mib / 2**30
     # a: origin read + adopted at the top (no copy: write latency only)

@@ -76,7 +76,17 @@ class BufferPool:
 
     @staticmethod
     def size_class(nbytes: int) -> int:
+        """``nbytes`` rounded up to a multiple of :data:`CLASS_GRANULE_BYTES`. O(1)."""
         return -(-nbytes // CLASS_GRANULE_BYTES) * CLASS_GRANULE_BYTES
+
+    @classmethod
+    def allocated_nbytes(cls, nbytes: int) -> int:
+        """Bytes of the raw buffer behind an :meth:`acquire` of ``nbytes``: the size
+        class (or ``nbytes`` below :data:`MIN_POOLED_BYTES`) plus the page of slack
+        that aligns it. What a buffer kept for long really costs. O(1)."""
+        if nbytes < MIN_POOLED_BYTES:
+            return max(nbytes, 1) + PAGE_BYTES - 1
+        return cls.size_class(nbytes) + PAGE_BYTES - 1
 
     def acquire(self, nbytes: int) -> npt.NDArray[np.uint8]:
         """An uninitialised, writable, page-aligned uint8 array of ``nbytes`` bytes."""

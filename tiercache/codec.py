@@ -140,11 +140,24 @@ def check_storable(array: object) -> None:
     Accepted: any :class:`numpy.ndarray` of a bool, integer, float or complex
     dtype (any byte order, including float16), any shape with at most
     :data:`MAX_NDIM` dimensions (0-d and empty included), contiguous or not.
-    Refused: object, structured, void, string, datetime dtypes and non-arrays.
-    O(1).
+    Refused: object, structured, void, string, datetime dtypes, non-arrays, and
+    ndarray subclasses whose extra state a shard would lose (a masked array's
+    mask, np.matrix, any other subclass); :class:`numpy.memmap` is a plain buffer
+    and is accepted. O(1).
     """
     if not isinstance(array, np.ndarray):
         raise ShardFormatError(f"a shard must be a numpy.ndarray, got {type(array).__name__}")
+    if type(array) is not np.ndarray and not isinstance(array, np.memmap):
+        if isinstance(array, np.ma.MaskedArray):
+            raise ShardFormatError(
+                "a numpy.ma.MaskedArray cannot be stored as one shard: its mask would be "
+                "lost silently. Store .data and .mask as two shards (np.ma.getmaskarray(a) "
+                "for a full mask), or .filled(value) if the masked values do not matter")
+        kind = f"{type(array).__module__}.{type(array).__qualname__}"
+        raise ShardFormatError(
+            f"a {kind} (a numpy.ndarray subclass) cannot be stored as a shard: a shard "
+            "keeps only dtype, shape and bytes, so what the subclass adds would be lost. "
+            "Store np.asarray(a) if that is all you need")
     dtype = array.dtype
     if dtype.kind not in _STORABLE_KINDS or dtype.fields is not None or dtype.subdtype:
         raise ShardFormatError(

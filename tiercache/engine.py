@@ -50,6 +50,7 @@ from .stats import LoopStats, TierStats
 from .stores import open_store
 from .stores.base import ShardInfo, Store
 from .stores.damaged import AbsentStore, DamagedStore
+from .stores.memory import MemoryStore
 from .tier import DemotionFailed, PromotionRule, Tier
 
 log = logging.getLogger("tiercache")
@@ -368,7 +369,8 @@ class TieredCache:
                 due = tier.record_hit(key, array.nbytes, time.perf_counter() - started)
                 if due and index > 0:
                     private = out is None and (staged is not None or not tier.zero_copy)
-                    self._promote(index, key, array, private=private)
+                    if self._promote(index, key, array, private=private) and private:
+                        array = self._kept(key, array)
             return array
         shared = self._get_shared(key, out, started)
         if shared is not None:
@@ -399,8 +401,9 @@ class TieredCache:
                 latency = time.perf_counter() - started
                 if self._version(key) == version and self._locate(key) is None and \
                         tier.index_existing(key, tier.store.stored_size(array)):
-                    if tier.record_hit(key, array.nbytes, latency) and index > 0:
-                        self._promote(index, key, array, private=out is None)
+                    if tier.record_hit(key, array.nbytes, latency) and index > 0 and \
+                            self._promote(index, key, array, private=out is None) and out is None:
+                        array = self._kept(key, array)
                 else:
                     tier.stats.hits += 1
                     tier.stats.bytes_read += array.nbytes
@@ -446,8 +449,10 @@ class TieredCache:
             stats.bytes_read += array.nbytes
             stats.latency.record(time.perf_counter() - started)
             if admit and not self.read_only and self._version(key) == version \
-                    and self._locate(key) is None:
-                self._admit_from(0, key, array, adopt=origin is not None and origin.fresh_arrays)
+                    and self._locate(key) is None \
+                    and self._admit_from(0, key, array, adopt=origin is not None
+                                         and origin.fresh_arrays) and out is None:
+                array = self._kept(key, array)
         if out is not None:
             return self._copy_out(key, array, out)
         if self.origin is not None and self.origin.fresh_arrays:
@@ -643,7 +648,15 @@ class TieredCache:
 
         The shard goes to ``tier`` (default: the fastest) or, if it is larger than
         that tier, the next one that can hold it; evictions cascade down. Raises
-        :class:`~tiercache.errors.TierCacheError` if no tier can hold it.
+        :class:`~tiercache.errors.TierCacheError` if no tier can hold it (naming
+        each tier's reason).
+
+        If a persistent tier refused to delete the older value (a full disk), the
+        new value is also written to a persistent tier, whose newer write sequence
+        makes it win over the stale copy after a restart; if no persistent tier
+        takes it, :class:`~tiercache.errors.StoreError` is raised: the put is not
+        durable (this process serves the new value; a restart may bring back the
+        old one).
         """
         if not isinstance(key, str):
             raise TypeError(f"keys are strings, got {type(key).__name__}")
@@ -659,8 +672,34 @@ class TieredCache:
                 t.remove(key)
             if not self._admit_from(start, key, array, adopt=False):
                 raise TierCacheError(
-                    f"shard {key!r} ({array.nbytes} bytes) fits no tier from "
-                    f"{self._tiers[start].name!r} down, or no room could be made")
+                    f"shard {key!r} ({array.nbytes} bytes) could not be stored: "
+                    + "; ".join(self._refusal(t, array) for t in self._tiers[start:]))
+            stale = self._stale_tiers(key)
+            if stale and not any(key in t for t in self._tiers if t.store.persistent):
+                first = next((i for i, t in enumerate(self._tiers) if t.store.persistent
+                              and not t.store.shared), None)
+                if first is None or not self._admit_from(first, key, array, adopt=False):
+                    raise StoreError(
+                        f"put of {key!r} is not durable: tier(s) {', '.join(stale)} could not "
+                        "delete the older value and no persistent tier took the new one; "
+                        "this process serves the new value, a restart may bring back the old")
+
+    def _stale_tiers(self, key: str) -> list[str]:
+        """Persistent private tiers still holding an older copy of ``key`` on the medium
+        (their delete failed and waits for a retry). O(tiers). Lock held."""
+        return [t.name for t in self._tiers if t.store.persistent and not t.store.shared
+                and key in t.pending_deletes]
+
+    @staticmethod
+    def _refusal(tier: Tier, array: np.ndarray) -> str:
+        """Why ``tier`` did not take ``array`` (for the error of a failed put). O(1)."""
+        if tier.degraded_reason is not None:
+            return f"tier {tier.name} is degraded ({tier.degraded_reason})"
+        size = tier.store.stored_size(array)
+        if size > tier.capacity_bytes:
+            return (f"tier {tier.name} is too small ({size} bytes stored > capacity "
+                    f"{tier.capacity_bytes})")
+        return f"tier {tier.name} could not make room (a victim could not be moved down)"
 
     def __setitem__(self, key: str, array: np.ndarray) -> None:
         self.put(key, array)
@@ -669,13 +708,25 @@ class TieredCache:
         return self.get(key)
 
     def delete(self, key: str) -> bool:
-        """Remove ``key`` from every tier (the origin is read-only). Returns whether any held it."""
+        """Remove ``key`` from every tier (the origin is read-only). Returns whether any held it.
+
+        Raises :class:`~tiercache.errors.StoreError` when a persistent tier could not
+        delete its copy (a full disk): the key is no longer served by this process and
+        the delete is retried when the tier recovers, but a restart before that would
+        bring the old value back, so the delete is not reported done.
+        """
         self._check_writable()
         with self._lock:
             self._bump(key)
             removed = False
             for t in self._tiers:
                 removed = t.remove(key) or removed
+            stale = self._stale_tiers(key)
+            if stale:
+                raise StoreError(
+                    f"delete of {key!r} is not durable: tier(s) {', '.join(stale)} could not "
+                    "delete it (it is retried when the tier recovers; until then a restart "
+                    "would bring it back)")
             return removed
 
     def __delitem__(self, key: str) -> None:
@@ -801,6 +852,17 @@ class TieredCache:
         out = scratch[:nbytes].view(info.dtype).reshape(info.shape)
         array = tier.store.get(key, out)
         tier.stats.bytes_read += nbytes
+        return array
+
+    def _kept(self, key: str, array: np.ndarray) -> np.ndarray:
+        """What a get hands out after offering ``array`` to a memory tier to adopt: the
+        array that tier keeps, which numpy cannot make writable again (``array`` itself
+        can be), or ``array`` if no memory store holds ``key``. Lock held. O(tiers)."""
+        for tier in self._tiers:
+            if isinstance(tier.store, MemoryStore) and key in tier:
+                kept = tier.store.get(key)
+                if kept is not None:
+                    return kept
         return array
 
     def _promote(self, index: int, key: str, array: np.ndarray, *, private: bool,

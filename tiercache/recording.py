@@ -8,6 +8,12 @@ so an inference run can be captured and replayed later with
 format of :mod:`tiercache.sim.traces` (header ``key,size``; keys quoted where
 CSV needs it).
 
+A recorder never truncates: it appends to an existing trace (one file across
+runs; the header is written only when the file is new or empty), and refuses
+(:class:`~tiercache.errors.TierCacheError` naming the file) a file whose first
+line is not the ``key,size`` header, so a mistyped path cannot wipe or corrupt
+another file.
+
 Rows are buffered in memory and written in blocks of ``buffer_rows``, and on
 :meth:`flush`/:meth:`close`, so recording costs a lock and a list append per
 get (~0.3 µs), not a write.
@@ -19,6 +25,7 @@ serialises the buffer and the file.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import threading
 from pathlib import Path
@@ -27,7 +34,10 @@ from typing import IO
 
 from .errors import TierCacheError
 
-__all__ = ["TraceRecorder"]
+__all__ = ["TRACE_HEADER", "TraceRecorder"]
+
+#: The first line of every trace a recorder writes (and the only one it appends to).
+TRACE_HEADER = "key,size"
 
 
 class TraceRecorder:
@@ -36,13 +46,15 @@ class TraceRecorder:
     Parameters
     ----------
     path:
-        The CSV file to create (its folder is created if missing; an existing
-        file is replaced).
+        The CSV file to append to, created (with its folder) if missing. An
+        existing file is never truncated: rows are appended after what it holds.
     buffer_rows:
         Rows kept in memory before they are written.
 
     Raises :class:`~tiercache.errors.TierCacheError` naming the path when the
-    file cannot be created.
+    file cannot be created or opened, or when it exists, is not empty and its
+    first line is not :data:`TRACE_HEADER` ("not a tiercache trace; refusing to
+    append"). Opening reads at most a few bytes of an existing file. O(1).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, buffer_rows: int = 8192) -> None:
@@ -51,16 +63,46 @@ class TraceRecorder:
         self.rows_written = 0
         self._lock = threading.Lock()
         self._rows: list[tuple[str, int]] = []
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file: IO[str] | None = self.path.open(
-                "w", encoding="utf-8", errors="surrogatepass", newline="")
-        except OSError as exc:
-            raise TierCacheError(f"record_trace: cannot create {self.path}: "
-                                 f"{exc.strerror or exc}") from None
+        self._file: IO[str] | None = self._open_for_append(self.path)
         self._writer = csv.writer(self._file, lineterminator="\n")
-        self._writer.writerow(("key", "size"))
-        self._file.flush()  # a valid (empty) trace from the start
+
+    @staticmethod
+    def _open_for_append(path: Path) -> IO[str]:
+        """Open ``path`` for appending (O_APPEND, never truncated), checking that an
+        existing file is a trace and ends with a whole line; write the header to a
+        new or empty file. O(1): reads the first and last bytes only."""
+        header = TRACE_HEADER.encode()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            raw = path.open("a+b")
+        except OSError as exc:
+            raise TierCacheError(f"record_trace: cannot open {path} for appending: "
+                                 f"{exc.strerror or exc}") from None
+        try:
+            raw.seek(0)
+            head = raw.read(len(header) + 2)
+            end = raw.seek(0, os.SEEK_END)
+            if end == 0:
+                raw.write(header + b"\n")  # a valid (empty) trace from the start
+            else:
+                first = head.split(b"\n", 1)[0].removesuffix(b"\r")
+                if first != header:
+                    raise TierCacheError(
+                        f"record_trace: {path} is not a tiercache trace (its first line is "
+                        f"not {TRACE_HEADER!r}); refusing to append. Name a new file, or "
+                        "move this one away")
+                raw.seek(end - 1)
+                if raw.read(1) != b"\n":  # a row cut short (a crash) or a bare header
+                    raw.write(b"\n")
+            raw.flush()
+        except OSError as exc:
+            raw.close()
+            raise TierCacheError(f"record_trace: cannot read or write {path}: "
+                                 f"{exc.strerror or exc}") from None
+        except BaseException:
+            raw.close()
+            raise
+        return io.TextIOWrapper(raw, encoding="utf-8", errors="surrogatepass", newline="")
 
     def record(self, key: str, size: int) -> None:
         """Buffer one access. O(1) amortised; writes a block every ``buffer_rows`` rows.
@@ -86,12 +128,13 @@ class TraceRecorder:
                 self._file.flush()
 
     def close(self) -> None:
-        """Write what is buffered and close the file. Idempotent."""
+        """Write what is buffered, flush and close the file. Idempotent. O(buffered rows)."""
         with self._lock:
             if self._file is None:
                 return
             try:
                 self._write_locked()
+                self._file.flush()
             finally:
                 self._file.close()
                 self._file = None

@@ -15,7 +15,8 @@ exactly as in a real run with an origin.
 
 Shards are stood for by zero-stride numpy arrays (``nbytes`` as in the trace,
 no memory behind them), so a multi-GiB layout simulates in a few MiB. Sizes
-count as the real stores count them: ``nbytes`` in memory tiers, header plus
+count as the real stores count them: the buffer plus a per-entry overhead in
+memory tiers (:func:`tiercache.stores.memory.shard_cost_nbytes`), header plus
 payload (:func:`tiercache.codec.stored_nbytes`) in disk tiers.
 
 Differences from a real run, all by design:
@@ -58,6 +59,7 @@ from ..errors import ConfigError, PolicyError, SimulationError
 from ..origins import Origin
 from ..policies import get_policy_class
 from ..stores.base import ShardInfo, Store
+from ..stores.memory import shard_cost_nbytes
 from ..tier import PromotionRule, Tier
 from ..units import parse_size
 from .replay import ProgressFn
@@ -303,16 +305,18 @@ class SimStore(Store):
         if entry is None:
             return None
         dtype, shape, nbytes = entry
-        return ShardInfo(dtype, shape, nbytes + self._header(len(shape), dtype))
+        return ShardInfo(dtype, shape, self._stored(nbytes, len(shape), dtype))
 
-    def _header(self, ndim: int, dtype: np.dtype[Any]) -> int:
-        return codec.header_nbytes(ndim, dtype) if self.persistent else 0
+    def _stored(self, nbytes: int, ndim: int, dtype: np.dtype[Any]) -> int:
+        if self.backend == "memory":  # what MemoryStore charges: its buffer + bookkeeping
+            return shard_cost_nbytes(nbytes)
+        return nbytes + (codec.header_nbytes(ndim, dtype) if self.persistent else 0)
 
     def keys(self) -> Iterator[str]:
         return iter(list(self._shards))
 
     def stored_size(self, array: np.ndarray) -> int:
-        return int(array.nbytes) + self._header(array.ndim, array.dtype)
+        return self._stored(int(array.nbytes), array.ndim, array.dtype)
 
     def __contains__(self, key: object) -> bool:
         return key in self._shards
