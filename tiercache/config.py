@@ -366,8 +366,8 @@ class _Validator:
     def tier(self, index: int, t: Mapping[str, Any]) -> TierConfig:
         where = f"tiers[{index}]"
         backend = t.get("backend")
-        what = (f"a {backend} tier takes" if isinstance(backend, str) and backend in KNOWN_BACKENDS
-                else "a tier takes")
+        what = (f"a tier of backend {backend} takes"
+                if isinstance(backend, str) and backend in KNOWN_BACKENDS else "a tier takes")
         name = t.get("name")
         named = isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
         self.check_keys(f"{where} ({name})" if named else where, t, _TIER_KEYS,
