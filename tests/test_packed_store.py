@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers import shard, three_tier_config
+from memcap import run_capped
 
 import tiercache
 from tests.store_contract import ARRAYS, assert_same
@@ -348,6 +349,39 @@ def test_another_instance_sees_puts_overwrites_deletes_and_compactions(tmp_path:
     finally:
         a.close()
         b.close()
+
+
+def _try_open(folder: str) -> str:  # runs in a forked child process
+    try:
+        PackedStore(folder, capacity_bytes=1 << 20).close()
+    except StoreError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "opened"
+
+
+def test_a_tier_store_holds_its_folder_against_other_processes(tmp_path: Path) -> None:
+    """A tier's store (capacity given: exclusive) holds lock_tier_folder's lock: another
+    process -- or another exclusive store here -- is refused with the holder's pid, and
+    the folder is free again once closed, after a reopen and after a failed open."""
+    folder = tmp_path / "tier"
+    with PackedStore(folder, capacity_bytes=1 << 20) as store:
+        store.put("k", shard(1, SMALL))
+        refused = run_capped(_try_open, str(folder), timeout_s=60)
+        assert refused.ok, refused.describe()
+        assert refused.value.startswith("StoreError: tier folder"), refused.value
+        assert f"in use by another process (pid {os.getpid()})" in refused.value
+        with pytest.raises(StoreError, match="this process: another store has it open"):
+            PackedStore(folder, capacity_bytes=1 << 20)
+        store.reopen()
+        assert "in use" in run_capped(_try_open, str(folder), timeout_s=60).value
+        assert_same(store.get("k"), shard(1, SMALL))  # the refused opens changed nothing
+    assert run_capped(_try_open, str(folder), timeout_s=60).value == "opened"
+    with sqlite3.connect(folder / "index.sqlite") as con:
+        con.execute("UPDATE meta SET value = 2 WHERE name = 'format'")
+    con.close()
+    with pytest.raises(StoreError, match="format 2"):
+        PackedStore(folder, capacity_bytes=1 << 20)
+    assert "format 2" in run_capped(_try_open, str(folder), timeout_s=60).value  # not "in use"
 
 
 KEYS = 6

@@ -23,8 +23,15 @@ Layout (in the store's directory)
         value it last saw (a memory read) to know whether its cached views may
         be stale.
     ``lock``
-        Writers hold an exclusive ``flock`` on it: one writer at a time across
-        processes; readers never wait for it.
+        Writers hold an exclusive ``flock`` on it for each write: one writer at a
+        time across the instances that share the folder; readers never wait for it.
+    ``.tiercache.lock``
+        A tier's store (``exclusive``, the default when a capacity is given) holds
+        :func:`~tiercache.stores.base.lock_tier_folder`'s lock on it while open: a
+        second process -- or a second exclusive store in this one -- opening the
+        folder is refused with a message naming the holder's pid. Instances opened
+        without ``exclusive`` (tools, tests) share the folder through the per-write
+        ``flock`` and the epoch counter.
 Writes are appends
     A put writes header and payload past the current end of the data file,
     then commits the index row. Bytes in a file are never rewritten, so a view
@@ -64,6 +71,24 @@ Reads
     passes are left to the kernel's read-ahead over the file, which reads it
     front to back since the shards are in reading order.
 
+Damage
+    A damaged ``index.sqlite`` -- sqlite says it is not a database or malformed, its
+    schema is not ours, or a row holds what :meth:`PackedStore.put` never writes (a
+    key that is not UTF-8 bytes, an offset or length that is not a non-negative
+    integer, a meta value that is not a count) -- raises
+    :class:`~tiercache.errors.MediumDamagedError` naming the file and the row, from
+    the constructor or :meth:`PackedStore.keys`: the engine opens such a tier
+    degraded and ``tiercache verify --repair`` empties it. A row read by its key
+    (:meth:`PackedStore.get`) with a damaged offset or length is that entry's
+    :class:`~tiercache.errors.CorruptShardError`, as is a row pointing past the end of
+    the data file (an OS crash can lose unsynced appends); compaction drops the
+    latter. Every shard's bytes are checked against their header, which names the
+    key, so a damaged index never serves another shard's bytes.
+Closing
+    After :meth:`PackedStore.close` -- and for a call that runs into it -- every
+    method raises :class:`~tiercache.errors.CacheClosedError`; views handed out
+    stay valid.
+
 Thread-safety: all methods may be called from any thread. Index and file state
 are guarded by one lock; the view cache is read without it (GIL-atomic dict
 operations). Writers in several processes are serialised by the ``flock``.
@@ -91,7 +116,15 @@ import numpy as np
 
 from .. import codec
 from ..errors import CacheClosedError, CorruptShardError, MediumDamagedError, StoreError
-from .base import ShardInfo, Store, VerifyMode, check_verify_mode, file_identity_problem
+from .base import (
+    LockHandle,
+    ShardInfo,
+    Store,
+    VerifyMode,
+    check_verify_mode,
+    file_identity_problem,
+    lock_tier_folder,
+)
 
 #: Shards of at least this many bytes start on a page boundary.
 LARGE_SHARD_BYTES = 64 * 1024
@@ -191,7 +224,15 @@ class PackedStore(Store):
         first view of each shard; ``"never"`` skips the payload check (headers and
         lengths are always checked).
     capacity_bytes:
-        Accepted for a uniform constructor; unused.
+        Accepted for a uniform constructor; only decides ``exclusive``'s default.
+    exclusive:
+        Hold :func:`~tiercache.stores.base.lock_tier_folder`'s lock while open, so no
+        other process (or exclusive store) can open the folder: what a tier's store
+        does. Default: when ``capacity_bytes`` is given, as for a tier's store.
+
+    Raises :class:`~tiercache.errors.MediumDamagedError` when ``index.sqlite`` is
+    damaged, and :class:`~tiercache.errors.StoreError` when the folder cannot be
+    opened or another process holds it.
 
     Capacity counts :func:`tiercache.codec.stored_nbytes` (header plus payload);
     alignment padding and dead space are not counted (see the module docstring
@@ -203,10 +244,12 @@ class PackedStore(Store):
     supports_views = True
 
     def __init__(self, path: str | os.PathLike[str], *, verify: VerifyMode = "always",
-                 capacity_bytes: int | None = None) -> None:
+                 capacity_bytes: int | None = None, exclusive: bool | None = None) -> None:
         check_verify_mode(verify)
         self.path = Path(path)
         self.verify: VerifyMode = verify
+        self._exclusive = capacity_bytes is not None if exclusive is None else exclusive
+        self._folder_lock: LockHandle | None = None
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
         #: Views over the *current* mapping, per key, with the entry each was made for.
@@ -218,16 +261,26 @@ class PackedStore(Store):
 
     # -- opening and closing ---------------------------------------------------------
     def _open(self) -> None:
-        """Open (creating if needed) the directory, index, epoch counter and data file.
-        A failed open closes the lock file again (the tier retries opens)."""
+        """Open (creating if needed) the directory, index, epoch counter and data file,
+        first taking the folder's lock when ``exclusive``. A failed open closes the
+        lock files again (the tier retries opens)."""
         self._lock_fd = -1
+        if self._exclusive:
+            self._folder_lock = lock_tier_folder(self.path)  # StoreError: someone has it
         try:
             self._open_files()
         except BaseException:
             if self._lock_fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(self._lock_fd)
+            self._release_folder()
             raise
+
+    def _release_folder(self) -> None:
+        """Release the folder lock if held. Idempotent."""
+        lock, self._folder_lock = self._folder_lock, None
+        if lock is not None:
+            lock.release()
 
     def _open_files(self) -> None:
         try:
@@ -295,6 +348,7 @@ class PackedStore(Store):
                 self._epoch_map.close()
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
+            self._release_folder()
 
     def reopen(self) -> None:
         """Close and open the directory now at :attr:`path` (created if missing)."""
