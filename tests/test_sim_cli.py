@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 
 from tiercache.cli import main
+from tiercache.sim import Trace, progress_bar, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {"policy", "capacity", "unit", "requests", "hits", "hit_ratio", "byte_hit_ratio"}
@@ -107,3 +110,98 @@ def test_matplotlib_is_imported_only_for_a_plot() -> None:
     code = ("import sys, tiercache.cli, tiercache.sim; "
             "tiercache.cli.build_parser(); assert 'matplotlib' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# --- per-policy options and readable progress ---------------------------------------------------
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def test_policy_options_in_the_policy_list(lis: Path) -> None:
+    proc = run_cli("simulate", str(lis), "--policy", "lru,2q(a_in_size_ratio=0.3, "
+                   "a_out_size_ratio=0.5),2q", "--capacity", "50", "--json")
+    assert proc.returncode == 0, proc.stderr
+    records = json.loads(proc.stdout)
+    assert [r["policy"] for r in records] == [
+        "lru", "2q(a_in_size_ratio=0.3, a_out_size_ratio=0.5)", "2q"]
+    assert records[1]["hits"] != records[2]["hits"]
+
+
+@pytest.mark.parametrize(("policy", "message"), [
+    ("lru,2q(a_in_size_rati=0.3)", "unknown option 'a_in_size_rati' for TwoQPolicy; did you "
+                                   "mean 'a_in_size_ratio'?"),
+    ("lru,2q(a_in_size_ratio=0.3", "a '(' is not closed"),
+    ("2q(0.3)", "policy spec '2q(0.3)': '0.3' has no key"),
+])
+def test_bad_policy_options_are_one_line(lis: Path, policy: str, message: str) -> None:
+    proc = run_cli("simulate", str(lis), "--policy", policy, "--capacity", "10")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("tiercache: error: ") and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_progress_on_a_pipe_is_plain_labelled_lines(lis: Path) -> None:
+    """--progress into a pipe: whole lines naming run, policy, capacity and trace, counts
+    with thousands separators, no escape codes or carriage returns, <= 100 columns."""
+    long_policy = "examples.my_policy:MRUPolicy"
+    proc = run_cli("simulate", str(lis), "--policy", f"lru,{long_policy}", "--capacity",
+                   "1000,1%", "--progress", "--json")
+    assert proc.returncode == 0, proc.stderr
+    requests = json.loads(proc.stdout)[0]["requests"]
+    lines = proc.stderr.splitlines()
+    assert "\r" not in proc.stderr and "\x1b" not in proc.stderr
+    assert all(len(line) <= 100 for line in lines), lines
+    assert lines[0] == f"[1/4] lru, capacity 1,000, t.lis: {requests:,} requests"
+    assert lines[2].startswith(f"[3/4] {long_policy}, capacity 1,000, t.lis: ")
+    assert "capacity 5 (1%)" in lines[1] or "(1%)" in lines[1], lines
+    assert lines[-1].startswith(f"2 policies x 2 capacities: done, {4 * requests:,} requests")
+
+
+def test_plain_progress_lines_are_occasional_and_short() -> None:
+    trace_name = "a-very-long-trace-name" * 6 + ".csv"
+    out = io.StringIO()
+    with progress_bar(6000, enabled=True, runs=2, file=out, interval_s=0.0) as advance:
+        assert advance is not None
+        advance.start_run("lru", "70 (10%)", trace_name, 3000)  # type: ignore[attr-defined]
+        for _ in range(3):
+            advance(1024)
+        advance.start_run("x" * 150, "1,000", "t.csv", 3000)  # type: ignore[attr-defined]
+        advance(3000)
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= 100 for line in lines), lines
+    assert lines[0].startswith("[1/2] lru, capacity 70 (10%), a-very-long-trace-n")
+    assert "..." in lines[0] and lines[0].endswith(".csv: 3,000 requests")
+    assert lines[1].endswith(": 1,024 of 3,000 (34%)") and lines[2].endswith("2,048 of 3,000 "
+                                                                               "(68%)")
+    assert lines[3].startswith("[2/2] xxxx") and lines[3].endswith(", capacity 1,000, t.csv: "
+                                                                   "3,000 requests")
+    assert lines[4].startswith("replaying: done, 6,072 requests in ")
+    assert len(lines) == 5
+    out = io.StringIO()
+    trace = Trace(np.arange(3000) % 700, source="t.csv")
+    with progress_bar(2 * len(trace), enabled=True, runs=2, file=out,
+                      interval_s=3600) as advance:
+        simulate(trace, ["lru", "arc"], ["10%"], progress=advance)
+    assert out.getvalue().splitlines()[:2] == ["[1/2] lru, capacity 70 (10%), t.csv: 3,000 "
+                                               "requests", "[2/2] arc, capacity 70 (10%), "
+                                               "t.csv: 3,000 requests"]
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_labels_each_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    trace = Trace(np.arange(5000) % 900, source="OLTP.lis.zst")
+    out = FakeTerminal()
+    with progress_bar(2 * len(trace), runs=2, file=out) as advance:
+        assert advance is not None
+        simulate(trace, ["lru", "arc"], [1000], progress=advance)
+    text = ANSI.sub("", out.getvalue())
+    assert "[2/2] arc, capacity 1,000, OLTP.lis.zst" in text
+    assert "5,000/5,000" in text
+    assert all(len(line) <= 100 for line in text.replace("\r", "\n").splitlines())
+    with progress_bar(10, file=io.StringIO()) as nothing:  # not a terminal: off by default
+        assert nothing is None

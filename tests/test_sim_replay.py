@@ -17,7 +17,7 @@ from policy_contract import ProtocolDriver
 from tiercache.errors import PolicyError, SimulationError
 from tiercache.policies import ARCPolicy, Key, LFUPolicy, LRUPolicy, Policy
 from tiercache.sim import Trace, replay, replay_hits, resolve_capacity, simulate
-from tiercache.sim.replay import infer_unit, parse_capacity
+from tiercache.sim.replay import infer_unit, parse_capacity, parse_policy_spec, split_policies
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -248,3 +248,112 @@ def test_user_policy_by_module_and_class(monkeypatch: pytest.MonkeyPatch) -> Non
     assert results.get("examples.my_policy:MRUPolicy", 6).hits > 80
     with pytest.raises(PolicyError, match="nope"):
         simulate(Trace(np.array(loop)), ["nope"], [6])
+
+
+# --- per-policy options -----------------------------------------------------------------------
+
+
+class SLRU(LRUPolicy):
+    """A user policy with an option of its own (LRU underneath: same hits)."""
+
+    name = "slru"
+    made: list[float] = []  # noqa: RUF012 - test probe
+
+    def __init__(self, capacity: int, *, protected: float = 0.8, **options: Any) -> None:
+        super().__init__(capacity, **options)
+        SLRU.made.append(protected)
+
+
+def test_per_policy_options_reach_only_their_policy() -> None:
+    """Before: one dict went to every policy, so ["lru", SLRU] with SLRU options raised."""
+    SLRU.made.clear()
+    trace = Trace(np.array(random_trace(4, 2000)))
+    results = simulate(trace, ["lru", SLRU], [10, 50],
+                       policy_options={"slru": {"protected": 0.5}})
+    assert SLRU.made == [0.5, 0.5]
+    assert results.get("slru", 50).hits == results.get("lru", 50).hits
+    SLRU.made.clear()
+    simulate(trace, ["lru", SLRU], [10], policy_options={SLRU: {"protected": 0.25}})
+    simulate(trace, [SLRU], [10], policy_options={"protected": 0.125})  # the older form
+    assert SLRU.made == [0.25, 0.125]
+
+
+def test_options_in_the_spec_and_by_name() -> None:
+    trace = Trace(np.array(random_trace(5, 3000)))
+    results = simulate(trace, ["2q", "2q(a_in_size_ratio=0.05)", "2q(a_in_size_ratio=0.5)"],
+                       [40])
+    assert results.policies() == ["2q", "2q(a_in_size_ratio=0.05)", "2q(a_in_size_ratio=0.5)"]
+    hits = [r.hits for r in results]
+    assert len(set(hits)) == 3, hits  # three different settings, three outcomes
+    keyed = simulate(trace, ["lru", "2q"], [40], policy_options={"2q": {"a_in_size_ratio": 0.5}})
+    assert keyed.get("2q", 40).hits == hits[2]
+    # the spec's own options win over policy_options
+    both = simulate(trace, ["2q(a_in_size_ratio=0.05)"], [40],
+                    policy_options={"2q": {"a_in_size_ratio": 0.5}})
+    assert both[0].hits == hits[1]
+
+
+def test_unknown_option_names_the_policy_and_the_closest_option() -> None:
+    trace = Trace(np.array(random_trace(6, 500)))
+    with pytest.raises(PolicyError, match=r"policy '2q\(a_in_size_rati=0.3\)'.*unknown option "
+                                          r"'a_in_size_rati'.*did you mean 'a_in_size_ratio'"):
+        simulate(trace, ["lru", "2q(a_in_size_rati=0.3)"], [10])
+    with pytest.raises(PolicyError, match=r"policy 'slru'.*unknown option 'protectd'.*did you "
+                                          r"mean 'protected'"):
+        simulate(trace, ["lru", SLRU], [10], policy_options={"slru": {"protectd": 0.5}})
+    with pytest.raises(PolicyError, match=r"policy 'lru'.*unknown option 'protected'.*key it "
+                                          r"by name"):
+        simulate(trace, ["lru", SLRU], [10], policy_options={"protected": 0.5})
+    with pytest.raises(SimulationError, match=r"options for policy 'slr', which is not "
+                                              r"simulated; did you mean 'slru'"):
+        simulate(trace, ["lru", SLRU], [10], policy_options={"slr": {"protected": 0.5}})
+    with pytest.raises(SimulationError, match="mixes per-policy tables"):
+        simulate(trace, ["lru", SLRU], [10], policy_options={"slru": {}, "protected": 1})
+
+
+def test_a_bad_option_fails_before_any_replay() -> None:
+    calls: list[int] = []
+    trace = Trace(np.array(random_trace(7, 2000)))
+    with pytest.raises(PolicyError, match="unknown option"):
+        simulate(trace, ["lru", "arc", "2q(nope=1)"], [10, 20], progress=calls.append)
+    assert calls == []
+
+
+@pytest.mark.parametrize(("spec", "name", "options"), [
+    ("lru", "lru", {}),
+    (" 2q( a_in_size_ratio = 0.3 ) ", "2q", {"a_in_size_ratio": 0.3}),
+    ("x(a=1, b=-2.5, c=true, d=False, e=word, f='a,b', g=\"q\")", "x",
+     {"a": 1, "b": -2.5, "c": True, "d": False, "e": "word", "f": "a,b", "g": "q"}),
+    ("examples.my_policy:MRUPolicy(k=1e3)", "examples.my_policy:MRUPolicy", {"k": 1000.0}),
+    ("s3fifo()", "s3fifo", {}),
+])
+def test_parse_policy_spec(spec: str, name: str, options: dict[str, Any]) -> None:
+    got_name, got = parse_policy_spec(spec)
+    assert got_name == name and got == options
+    assert [type(v) for v in got.values()] == [type(v) for v in options.values()]
+
+
+@pytest.mark.parametrize(("spec", "match"), [
+    ("2q(a_in_size_ratio=0.3", "do not end with '\\)'"),
+    ("2q(0.3)", "'0.3' has no key"),
+    ("2q(a=[1, 2])", "'a' = '\\[1, 2\\]' is not an int, float, bool or string"),
+    ("2q(a=1, a=2)", "'a' is given twice"),
+    ("(a=1)", "no policy name"),
+    ("2q(a=1)x", "do not end with"),
+    ("2q(**k)", "'\\*\\*' is not an option"),
+    ("2q(a=1; b=2)", "cannot parse the options 'a=1; b=2'"),
+    ("2q(a=__import__('os'))", "is not an int, float, bool or string"),
+])
+def test_bad_policy_specs_are_clear(spec: str, match: str) -> None:
+    with pytest.raises(PolicyError, match=match) as info:
+        parse_policy_spec(spec)
+    assert str(info.value).startswith(f"policy spec {spec.strip()!r}: ")
+    assert "NAME(key=value, ...)" in str(info.value)
+
+
+def test_split_policies_respects_parentheses_and_quotes() -> None:
+    assert split_policies("lru, 2q(a=1, b='x,y'),arc,") == ["lru", "2q(a=1, b='x,y')", "arc"]
+    for bad, match in (("lru,2q(a=1", "'\\(' is not closed"), ("lru)", "closes nothing"),
+                       ("x(a='b)", "quote is not closed")):
+        with pytest.raises(PolicyError, match=match):
+            split_policies(bad)

@@ -9,8 +9,13 @@ Tier layout (per-tier shares and per-request time on a virtual clock)::
 
     tiercache simulate run.csv --config tiers.toml [--model costs.toml] [--json]
 
-Results go to stdout (a table, or JSON with ``--json``); the progress bar
-goes to stderr and only when stderr is a terminal (``--progress`` forces it).
+A policy may carry constructor options, ``NAME(key=value, ...)``::
+
+    tiercache simulate OLTP.lis.zst --policy "lru,2q,2q(a_in_size_ratio=0.1)" --capacity 1%
+
+Results go to stdout (a table, or JSON with ``--json``); the progress goes to
+stderr and only when stderr is a terminal (``--progress`` forces it: plain
+lines of at most 100 columns when stderr is a file or a pipe).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ def _split(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from ..errors import SimulationError
     from ..sim import report
-    from ..sim.replay import infer_unit, simulate
+    from ..sim.replay import infer_unit, simulate, split_policies
     from ..sim.traces import DEFAULT_MAX_REQUESTS, read_trace
 
     for flag, value in (("--limit", args.limit), ("--max-requests", args.max_requests)):
@@ -36,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     trace = read_trace(args.trace, args.format, limit=args.limit, max_requests=cap)
     if args.config is not None:
         return _run_tiers(args, trace)
-    policies = _split(args.policy)
+    policies = split_policies(args.policy)
     capacities = _split(args.capacity) if args.capacity else []
     if not capacities:
         raise SimulationError("give --capacity (e.g. 1000, 64MiB or 1%,5%,10%), or --config "
@@ -44,8 +49,10 @@ def run(args: argparse.Namespace) -> int:
     if not policies:
         raise SimulationError("give --policy (e.g. lru,arc)")
     unit = infer_unit(capacities, args.unit)
-    total = len(trace) * len(policies) * len(capacities)
-    with report.progress_bar(total, enabled=args.progress) as advance:
+    runs = len(policies) * len(capacities)
+    with report.progress_bar(len(trace) * runs, enabled=args.progress, runs=runs,
+                             description=f"{len(policies)} policies x {len(capacities)} "
+                                         "capacities") as advance:
         results = simulate(trace, policies, capacities, unit, progress=advance)
     if args.csv:
         report.write_csv(results, args.csv)
@@ -68,7 +75,10 @@ def _run_tiers(args: argparse.Namespace, trace: object) -> int:
 
     assert isinstance(trace, Trace)
     models = load_models(args.model) if args.model else None
-    with report.progress_bar(len(trace), enabled=args.progress) as advance:
+    from pathlib import Path
+
+    label = f"{Path(trace.source).name} on {Path(args.config).name}"
+    with report.progress_bar(len(trace), enabled=args.progress, description=label) as advance:
         result = simulate_tiers(trace, args.config, models=models,
                                 object_size=args.object_size, progress=advance)
     if args.json:
@@ -86,8 +96,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "layout (--config) on a virtual clock. See docs/experiments.md.")
     p.add_argument("trace", help="the trace file (format from the extension)")
     p.add_argument("--policy", default="lru",
-                   help="comma-separated policies: names or package.module:Class "
-                        "(default: lru)")
+                   help="comma-separated policies: names or package.module:Class, each "
+                        "optionally with options, NAME(key=value, ...): "
+                        "--policy 'lru,2q(a_in_size_ratio=0.3)' (default: lru)")
     p.add_argument("--capacity",
                    help="comma-separated capacities: objects (1000), bytes (64MiB) or a "
                         "percentage of the distinct objects/bytes (5%%)")

@@ -29,6 +29,8 @@ serialises them.
 
 from __future__ import annotations
 
+import ast
+import difflib
 import inspect
 import math
 import os
@@ -36,6 +38,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -43,12 +46,12 @@ import numpy.typing as npt
 
 from ..errors import PolicyError, SimulationError
 from ..policies import Policy, get_policy_class
-from ..units import parse_percent, parse_size
+from ..units import format_size, parse_percent, parse_size
 from .traces import Trace, read_trace
 
-__all__ = ["CHUNK_REQUESTS", "ProgressFn", "SimResult", "SimResults", "Unit", "load_policy",
-           "make_policy", "parse_capacity", "replay", "replay_hits", "resolve_capacity",
-           "simulate"]
+__all__ = ["CHUNK_REQUESTS", "OptionValue", "ProgressFn", "SimResult", "SimResults", "Unit",
+           "capacity_text", "load_policy", "make_policy", "parse_capacity", "parse_policy_spec",
+           "replay", "replay_hits", "resolve_capacity", "simulate", "split_policies"]
 
 Unit = Literal["objects", "bytes"]
 UNITS: tuple[Unit, ...] = ("objects", "bytes")
@@ -212,11 +215,112 @@ def resolve_capacity(spec: int | str, trace: Trace, unit: Unit) -> int:
 
 # --- policies ------------------------------------------------------------------------------
 
+#: The types a policy option may take in a spec string: ``2q(a_in_size_ratio=0.3)``.
+OptionValue = int | float | bool | str
+_BOOL_WORDS = {"true": True, "false": False}
+
+
+def _spec_error(spec: str, reason: str) -> PolicyError:
+    return PolicyError(f"policy spec {spec!r}: {reason}; expected NAME or "
+                       "NAME(key=value, ...), e.g. 2q(a_in_size_ratio=0.3)")
+
+
+def _option_value(spec: str, key: str, node: ast.expr) -> OptionValue:
+    """A keyword's value: a number, a bool, a quoted string or a bare word (a string)."""
+    if isinstance(node, ast.Name):  # a bare word: true/false, else the word itself
+        return _BOOL_WORDS.get(node.id.lower(), node.id)
+    try:
+        value = ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        value = None
+    if not isinstance(value, (int, float, bool, str)):
+        raise _spec_error(spec, f"option {key!r} = {ast.unparse(node)[:60]!r} is not an int, "
+                                "float, bool or string")
+    return value
+
+
+def parse_policy_spec(spec: str) -> tuple[str, dict[str, OptionValue]]:
+    """Split ``"NAME(key=value, ...)"`` into ``(NAME, {key: value})``.
+
+    ``NAME`` is anything :func:`load_policy` takes (``lru``,
+    ``package.module:Class``). Values are Python literals -- ints, floats,
+    ``True``/``False`` (also ``true``/``false``), quoted strings -- or a bare word,
+    read as a string. ``"lru"`` gives ``("lru", {})``. Raises
+    :class:`~tiercache.errors.PolicyError` naming the spec for bad syntax (a
+    missing ``)``, a value without a key, a repeated key, a list value...).
+    O(len(spec)); pure, thread-safe. The arguments are parsed by :mod:`ast`,
+    never evaluated.
+    """
+    text = spec.strip()
+    if "(" not in text and ")" not in text:
+        if not text:
+            raise _spec_error(spec, "empty policy name")
+        return text, {}
+    name, _, rest = text.partition("(")
+    name = name.strip()
+    if not name or ")" in name:
+        raise _spec_error(spec, "no policy name before '('")
+    if not rest.rstrip().endswith(")"):
+        raise _spec_error(spec, "the options do not end with ')'")
+    args = rest.rstrip()[:-1]
+    if len(args) > 10_000:
+        raise _spec_error(spec, "the options are longer than 10,000 characters")
+    try:
+        call = ast.parse(f"_({args}\n)", mode="eval").body
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
+        reason = getattr(exc, "msg", str(exc))
+        raise _spec_error(spec, f"cannot parse the options {args.strip()!r}: {reason}") from None
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+            and call.func.id == "_"):
+        raise _spec_error(spec, f"cannot parse the options {args.strip()!r}")
+    if call.args:
+        raise _spec_error(spec, f"{ast.unparse(call.args[0])[:60]!r} has no key (options "
+                                "are key=value)")
+    options: dict[str, OptionValue] = {}
+    for keyword in call.keywords:
+        if keyword.arg is None:
+            raise _spec_error(spec, "'**' is not an option")
+        if keyword.arg in options:
+            raise _spec_error(spec, f"option {keyword.arg!r} is given twice")
+        options[keyword.arg] = _option_value(spec, keyword.arg, keyword.value)
+    return name, options
+
+
+def split_policies(text: str) -> list[str]:
+    """Split a comma-separated policy list at the commas outside parentheses and quotes:
+    ``"lru,2q(a=1, b='x,y')"`` -> ``["lru", "2q(a=1, b='x,y')"]``. Blank items are
+    dropped. Raises :class:`~tiercache.errors.PolicyError` for unbalanced parentheses
+    or an unclosed quote. O(len(text)); pure, thread-safe."""
+    items: list[str] = []
+    depth, quote, begin = 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise PolicyError(f"policy list {text!r}: ')' at character {i + 1} closes "
+                                  "nothing")
+        elif ch == "," and depth == 0:
+            items.append(text[begin:i])
+            begin = i + 1
+    if quote or depth:
+        raise PolicyError(f"policy list {text!r}: "
+                          + ("a quote is not closed" if quote else "a '(' is not closed"))
+    items.append(text[begin:])
+    return [item.strip() for item in items if item.strip()]
+
 
 def load_policy(spec: PolicySpec) -> tuple[str, type[Policy]]:
     """``(label, class)`` for a policy name, ``"module:Class"`` spec or class.
 
-    The label is the spec as given (or the class's ``name``). Raises
+    The label is the spec as given, options included (``"2q(a_in_size_ratio=0.3)"``;
+    see :func:`parse_policy_spec`), or the class's ``name``. Raises
     :class:`~tiercache.errors.PolicyError` naming the spec when it cannot be
     loaded.
     """
@@ -224,8 +328,9 @@ def load_policy(spec: PolicySpec) -> tuple[str, type[Policy]]:
         if not issubclass(spec, Policy):
             raise PolicyError(f"{spec!r} is not a subclass of tiercache.policies.Policy")
         return spec.name or spec.__name__, spec
+    name, _ = parse_policy_spec(spec)
     try:
-        return spec, get_policy_class(spec)
+        return spec.strip(), get_policy_class(name)
     except (LookupError, ImportError, TypeError, ValueError) as exc:
         # get_policy_class names the spec and adds the PYTHONPATH hint for a missing module
         raise PolicyError(str(exc)) from None
@@ -296,7 +401,7 @@ def replay_hits(trace: Trace, policy: Policy, unit: Unit = "objects", *,
 def replay(trace: Trace | str | os.PathLike[str], policy: PolicySpec = "lru",
            capacity: int | str = "10%", unit: str | None = None, *,
            progress: ProgressFn | None = None, fmt: str | None = None,
-           policy_options: Mapping[str, Any] | None = None) -> SimResult:
+           policy_options: Mapping[Any, Any] | None = None) -> SimResult:
     """Replay ``trace`` through one policy at one capacity. See :func:`simulate`."""
     results = simulate(trace, [policy], [capacity], unit, progress=progress, fmt=fmt,
                        policy_options=policy_options)
@@ -309,12 +414,92 @@ def _as_list(value: Any) -> list[Any]:
     return list(value)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """One policy of a sweep: its label, class and constructor options."""
+
+    label: str
+    cls: type[Policy]
+    options: dict[str, Any]
+
+
+def _option_keys(spec: PolicySpec, label: str, cls: type[Policy]) -> list[Any]:
+    """The ``policy_options`` keys that address ``spec``: its label, its name without
+    options, and for a class spec the class itself."""
+    keys: list[Any] = [label]
+    if isinstance(spec, type):
+        keys += [spec, spec.__name__]
+    else:
+        keys.append(parse_policy_spec(spec)[0])
+    return keys
+
+
+def _per_policy(policy_options: Mapping[Any, Any], specs: Sequence[PolicySpec],
+                labels: Sequence[str], classes: Sequence[type[Policy]]) -> bool:
+    """Whether ``policy_options`` is keyed by policy (``{"2q": {...}}``) rather than one
+    set of options for every policy (the older form). Raises for a mixture."""
+    nested = [isinstance(v, Mapping) for v in policy_options.values()]
+    if not any(nested):
+        return False
+    addressed = {k for s, lb, c in zip(specs, labels, classes, strict=True)
+                 for k in _option_keys(s, lb, c)}
+    strays = [k for k in policy_options if k not in addressed]
+    if all(nested) and not strays:
+        return True
+    known = sorted({lb for lb in labels} | {parse_policy_spec(s)[0] for s in specs
+                                             if isinstance(s, str)})
+    if all(nested):
+        stray = str(strays[0])
+        close = difflib.get_close_matches(stray, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise SimulationError(f"policy_options has options for policy {stray!r}, which is not "
+                              f"simulated{hint} (policies: {', '.join(known)})")
+    raise SimulationError("policy_options mixes per-policy tables ({'2q': {...}}) with plain "
+                          "options; key every option by its policy's name "
+                          f"(policies: {', '.join(known)})")
+
+
+def _plans(specs: Sequence[PolicySpec],
+           policy_options: Mapping[Any, Any] | None) -> list[_Plan]:
+    """Load every policy and settle its options: ``policy_options`` (per policy, or
+    one table for all), then the spec's own ``name(key=value)`` options on top."""
+    loaded = [load_policy(s) for s in specs]
+    labels = [label for label, _ in loaded]
+    classes = [cls for _, cls in loaded]
+    table = dict(policy_options or {})
+    per_policy = bool(table) and _per_policy(table, specs, labels, classes)
+    plans = []
+    for spec, (label, cls) in zip(specs, loaded, strict=True):
+        if per_policy:
+            options: dict[str, Any] = {}
+            for key in reversed(_option_keys(spec, label, cls)):  # the exact label wins
+                options.update(table.get(key, {}))
+        else:
+            options = dict(table)
+        if isinstance(spec, str):
+            options.update(parse_policy_spec(spec)[1])
+        plans.append(_Plan(label, cls, options))
+    return plans
+
+
+def _construct(plan: _Plan, capacity: int, future: npt.NDArray[np.int64],
+               shared_options: bool) -> Policy:
+    """``make_policy`` for one plan, its errors naming the policy as written."""
+    try:
+        return make_policy(plan.cls, capacity, future, **plan.options)
+    except (PolicyError, ValueError) as exc:
+        hint = ("; policy_options without policy names goes to every policy -- key it by "
+                "name ({'2q': {...}}) or write the options into the spec, "
+                "2q(a_in_size_ratio=0.3)") if shared_options else ""
+        raise PolicyError(f"policy {plan.label!r}: {exc}{hint}") from None
+
+
 def simulate(trace: Trace | str | os.PathLike[str],
              policies: PolicySpec | Sequence[PolicySpec] = "lru",
              capacities: int | str | Sequence[int | str] = "10%",
              unit: str | None = None, *, progress: ProgressFn | None = None,
              fmt: str | None = None,
-             policy_options: Mapping[str, Any] | None = None) -> SimResults:
+             policy_options: Mapping[Any, Any] | None = None) -> SimResults:
     """Replay ``trace`` through every policy at every capacity.
 
     Parameters
@@ -323,7 +508,10 @@ def simulate(trace: Trace | str | os.PathLike[str],
         A :class:`Trace` or a trace file (read with :func:`read_trace`, ``fmt``
         overriding the format).
     policies:
-        Names (``"lru"``), ``"module:Class"`` specs or :class:`Policy` classes.
+        Names (``"lru"``), ``"module:Class"`` specs or :class:`Policy` classes. A
+        spec string may carry its options: ``"2q(a_in_size_ratio=0.3)"`` (see
+        :func:`parse_policy_spec`); its label in the results is the spec as given,
+        so ``["2q", "2q(a_in_size_ratio=0.1)"]`` compares two settings.
     capacities:
         Counts, byte sizes (``"64MiB"``) or percentages (``"5%"``); see
         :func:`resolve_capacity`.
@@ -332,9 +520,17 @@ def simulate(trace: Trace | str | os.PathLike[str],
         capacity is a byte size, else ``"objects"``.
     progress:
         Called with the number of requests replayed, as the runs advance
-        (``len(trace) * runs`` in all).
+        (``len(trace) * runs`` in all). If it also has a ``start_run(policy,
+        capacity, trace, requests)`` method (as :func:`~tiercache.sim.report.progress_bar`'s
+        callback has), that is called before each run with the policy label, the
+        capacity as text (``"1,000"``, ``"64.0 MiB"``, ``"1,869 (1%)"``), the trace's
+        file name and the run's request count.
     policy_options:
-        Keyword arguments for every policy's constructor.
+        Constructor options keyed by policy: ``{"2q": {"a_in_size_ratio": 0.3}}``.
+        A key is a policy's label (the spec as given), its name without options
+        (``"2q"``, ``"examples.my_policy:MRUPolicy"``) or, for a class, the class or
+        its ``__name__``; options written in the spec itself win. A mapping of plain
+        options (``{"a_in_size_ratio": 0.3}``, the older form) goes to every policy.
 
     Returns
     -------
@@ -342,7 +538,13 @@ def simulate(trace: Trace | str | os.PathLike[str],
         One :class:`SimResult` per (policy, capacity), policies outermost, in
         the order given.
 
+    Every policy is constructed at the first capacity before any replay, so a
+    bad option fails at once (:class:`~tiercache.errors.PolicyError` naming the
+    policy; an unknown option is reported as :mod:`tiercache.policies` reports
+    it, with the closest known option).
+
     Complexity: O(len(trace)) per run (each run is one cold-start replay).
+    Thread-safety: builds its own policies; see the module docstring.
     """
     if not isinstance(trace, Trace):
         trace = read_trace(trace, fmt)
@@ -356,21 +558,39 @@ def simulate(trace: Trace | str | os.PathLike[str],
     if chosen == "bytes" and trace.sizes is None:
         raise SimulationError(f"trace {trace.source} has no sizes, so byte capacities mean "
                               "nothing for it; give object counts or percentages")
-    loaded = [load_policy(s) for s in specs]
+    plans = _plans(specs, policy_options)
+    shared = bool(policy_options) and len(plans) > 1 and not any(
+        isinstance(v, Mapping) for v in (policy_options or {}).values())
     resolved = [(str(c), resolve_capacity(c, trace, chosen)) for c in caps]
+    # every policy at the first capacity now: a bad option fails before any replay
+    first: list[Policy | None] = [_construct(p, resolved[0][1], trace.keys, shared)
+                                  for p in plans]
     sizes = trace.sizes_or_ones()
     bytes_requested = trace.total_bytes
+    start_run = getattr(progress, "start_run", None)
+    trace_name = Path(trace.source).name
     results = SimResults()
-    for label, cls in loaded:
-        for spec_text, capacity in resolved:
-            policy = make_policy(cls, capacity, trace.keys, **dict(policy_options or {}))
+    for i, plan in enumerate(plans):
+        for j, (spec_text, capacity) in enumerate(resolved):
+            policy = first[i] if j == 0 else _construct(plan, capacity, trace.keys, shared)
+            first[i] = None
+            assert policy is not None
+            if start_run is not None:
+                start_run(plan.label, capacity_text(capacity, chosen, spec_text), trace_name,
+                          len(trace))
             started = time.perf_counter()
             hits = replay_hits(trace, policy, chosen, progress=progress)
             seconds = time.perf_counter() - started
             results.append(SimResult(
-                policy=label, capacity=capacity, unit=chosen, requests=len(trace),
+                policy=plan.label, capacity=capacity, unit=chosen, requests=len(trace),
                 hits=int(np.count_nonzero(hits)), bytes_requested=bytes_requested,
                 bytes_hit=int(sizes[hits].sum()), capacity_spec=spec_text,
                 trace=trace.source, seconds=seconds,
                 policy_stats=dict(policy.extra_stats())))
     return results
+
+
+def capacity_text(capacity: int, unit: Unit, spec: str = "") -> str:
+    """A resolved capacity for people: ``"1,000"``, ``"64.0 MiB"``, ``"1,869 (1%)"``. O(1)."""
+    size = format_size(capacity) if unit == "bytes" else f"{capacity:,}"
+    return f"{size} ({spec})" if spec.endswith("%") else size

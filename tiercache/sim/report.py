@@ -7,7 +7,8 @@
   display and no global pyplot state);
 * :func:`progress_bar` is a context manager yielding a progress callback that
   draws on **stderr** only (so ``--json`` on stdout stays clean), and only
-  when asked or when stderr is a terminal.
+  when asked or when stderr is a terminal: a bar labelled with the run (policy,
+  capacity, trace) on a terminal, plain lines of at most 100 columns elsewhere.
 
 Thread-safety: the functions share no state; a progress bar belongs to the
 thread that opened it.
@@ -19,17 +20,18 @@ import csv
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..units import format_size
-from .replay import ProgressFn, SimResult
+from .replay import ProgressFn, SimResult, capacity_text
 from .tiers import TierSimResult
 
-__all__ = ["plot_mrc", "progress_bar", "render_table", "render_tier_table", "to_json",
-           "write_csv", "write_json"]
+__all__ = ["PLAIN_WIDTH", "plot_mrc", "progress_bar", "render_table", "render_tier_table",
+           "run_label", "to_json", "write_csv", "write_json"]
 
 RECORD_FIELDS = ("policy", "capacity", "unit", "requests", "hits", "hit_ratio",
                  "byte_hit_ratio")
@@ -45,10 +47,7 @@ def _console(stderr: bool = False) -> Any:
 
 
 def _capacity_text(r: SimResult) -> str:
-    size = format_size(r.capacity) if r.unit == "bytes" else f"{r.capacity:,}"
-    if r.capacity_spec.endswith("%"):
-        return f"{size} ({r.capacity_spec})"
-    return size
+    return capacity_text(r.capacity, r.unit, r.capacity_spec)
 
 
 def render_table(results: Sequence[SimResult], *, title: str | None = None,
@@ -179,36 +178,162 @@ def plot_mrc(results: Sequence[SimResult], path: str | os.PathLike[str], *,
     return file
 
 
-@contextmanager
-def progress_bar(total: int, *, enabled: bool | None = None,
-                 description: str = "replaying") -> Iterator[ProgressFn | None]:
-    """A progress callback drawing a bar on stderr, or ``None`` when disabled.
+#: Width of the plain progress lines written when stderr is not a terminal.
+PLAIN_WIDTH = 100
 
-    ``enabled=None`` draws only when stderr is a terminal, so piped output and
-    ``--json`` on stdout are never polluted. The bar counts requests.
+
+def _shorten(text: str, width: int) -> str:
+    """``text`` cut in the middle to ``width`` characters (``"exam...licy"``). O(len)."""
+    if len(text) <= width:
+        return text
+    if width <= 3:
+        return text[:width]
+    head = (width - 3 + 1) // 2
+    return f"{text[:head]}...{text[len(text) - (width - 3 - head):]}"
+
+
+def run_label(policy: str, capacity: str, trace: str, run: int, runs: int | None,
+              width: int = 70) -> str:
+    """``"[2/6] arc, capacity 1,000, OLTP.lis.zst"``; a long trace name, then a long
+    policy label, is cut in the middle so that the whole fits in ``width`` columns
+    (room for the counts beside it) where it can. O(len)."""
+    prefix = f"[{run}/{runs}]" if runs else f"[{run}]"
+    room = width - len(prefix) - len(capacity) - len(" , capacity , ")
+    if len(policy) + len(trace) > room:
+        trace = _shorten(trace, max(16, room - len(policy)))
+    if len(policy) + len(trace) > room:
+        policy = _shorten(policy, max(12, room - len(trace)))
+    return f"{prefix} {policy}, capacity {capacity}, {trace}"
+
+
+class _Progress:
+    """The callback :func:`progress_bar` yields: ``advance(n)`` and ``start_run(...)``
+    (see :func:`tiercache.sim.replay.simulate`). Not thread-safe (one sweep)."""
+
+    def __init__(self, total: int, runs: int | None, description: str) -> None:
+        self.total = total
+        self.runs = runs
+        self.description = description
+        self.run = 0
+        self.run_requests = total
+        self.run_done = 0
+
+    def start_run(self, policy: str, capacity: str, trace: str, requests: int) -> None:
+        self.run += 1
+        self.run_requests = requests
+        self.run_done = 0
+        self._started(run_label(policy, capacity, trace, self.run, self.runs))
+
+    def __call__(self, n: int) -> None:
+        self.run_done += n
+        self._advanced(n)
+
+    def _started(self, label: str) -> None:
+        raise NotImplementedError
+
+    def _advanced(self, n: int) -> None:
+        raise NotImplementedError
+
+
+class _RichProgress(_Progress):
+    """A rich bar per run on a terminal (redrawn in place, transient)."""
+
+    def __init__(self, total: int, runs: int | None, description: str, progress: Any) -> None:
+        super().__init__(total, runs, description)
+        self.progress = progress
+        self.task = progress.add_task(description, total=total)
+
+    def _started(self, label: str) -> None:
+        self.progress.reset(self.task, total=self.run_requests, description=label)
+
+    def _advanced(self, n: int) -> None:
+        self.progress.advance(self.task, n)
+
+
+class _PlainProgress(_Progress):
+    """Occasional whole lines (at most one per ``interval_s`` within a run, plus one as
+    each run starts and a last one), each at most :data:`PLAIN_WIDTH` columns: for a
+    stderr that is a file or a pipe, where a redrawn bar would be garbage."""
+
+    def __init__(self, total: int, runs: int | None, description: str, file: IO[str],
+                 interval_s: float) -> None:
+        super().__init__(total, runs, description)
+        self.file = file
+        self.interval_s = interval_s
+        self.label = description
+        self.started = self.last = time.monotonic()
+        self.done = 0
+
+    def _line(self, text: str) -> None:
+        print(_shorten(text, PLAIN_WIDTH), file=self.file, flush=True)
+
+    def _started(self, label: str) -> None:
+        self.label = label
+        self.last = time.monotonic()
+        self._line(f"{label}: {self.run_requests:,} requests")
+
+    def _advanced(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.interval_s and self.run_done < self.run_requests:
+            self.last = now
+            share = 100 * self.run_done / max(1, self.run_requests)
+            self._line(f"{self.label}: {self.run_done:,} of {self.run_requests:,} "
+                       f"({share:.0f}%)")
+
+    def finish(self) -> None:
+        self._line(f"{self.description}: done, {self.done:,} requests in "
+                   f"{time.monotonic() - self.started:.1f} s")
+
+
+@contextmanager
+def progress_bar(total: int, *, enabled: bool | None = None, description: str = "replaying",
+                 runs: int | None = None, file: IO[str] | None = None,
+                 interval_s: float = 10.0) -> Iterator[ProgressFn | None]:
+    """A progress callback for :func:`~tiercache.sim.replay.simulate`, or ``None``.
+
+    Draws on ``file`` (default stderr) only, so ``--json`` on stdout stays clean.
+    ``enabled=None`` draws only when that stream is a terminal. On a terminal: a
+    rich bar per run, labelled ``[2/6] arc, capacity 1,000, OLTP.lis.zst`` (run,
+    policy, capacity, trace; ``runs`` gives the ``/6``), with counts in thousands
+    (``456,789/914,145``), elapsed and remaining time, never wrapped. Elsewhere
+    (``enabled=True`` into a file or pipe): plain lines of at most
+    :data:`PLAIN_WIDTH` columns -- one as each run starts, at most one per
+    ``interval_s`` seconds within a run, one at the end.
+
+    The callback is ``advance(n)``, with a ``start_run(policy, capacity, trace,
+    requests)`` method that :func:`simulate` calls before each run. O(1) per call;
+    belongs to the thread that opened it.
     """
+    stream = sys.stderr if file is None else file
+    terminal = bool(getattr(stream, "isatty", lambda: False)())
     if enabled is None:
-        enabled = sys.stderr.isatty()
+        enabled = terminal
     if not enabled or total <= 0:
         yield None
+        return
+    if not terminal:
+        plain = _PlainProgress(total, runs, description, stream, interval_s)
+        yield plain
+        plain.finish()
         return
     from rich.console import Console
     from rich.progress import (
         BarColumn,
-        MofNCompleteColumn,
         Progress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+    from rich.table import Column
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=Console(stderr=True), transient=True)
+    progress = Progress(
+        TextColumn("{task.description}",
+                   table_column=Column(no_wrap=True, overflow="ellipsis", min_width=20)),
+        BarColumn(bar_width=24),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f}",
+                   table_column=Column(no_wrap=True, justify="right")),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+        console=Console(file=stream), transient=True)
     with progress:
-        task = progress.add_task(description, total=total)
-
-        def advance(n: int) -> None:
-            progress.advance(task, n)
-
-        yield advance
+        yield _RichProgress(total, runs, description, progress)
