@@ -228,6 +228,8 @@ MESSAGES: list[tuple[str, dict[str, Any], str, str]] = [
      "record_trase", "did you mean 'record_trace'?"),
     ("unknown-backend-suggested", _tiers(backend="lmbd"), "backend", "did you mean 'lmdb'?"),
     ("unknown-policy-suggested", _tiers(policy="lfru"), "policy", "did you mean"),
+    ("unknown-policy-quote-closes", _tiers(policy="fifoo"), "policy",
+     ", or 'package.module:ClassName'"),
     ("policy-module-missing-hint", _tiers(policy="tc_no_such_mod_q:MyPolicy"), "policy",
      "no module named 'tc_no_such_mod_q' (from a checkout, run with PYTHONPATH=."),
     ("policy-attribute-typo", _tiers(policy="collections:OrderedDic"), "policy",
