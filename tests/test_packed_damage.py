@@ -5,6 +5,7 @@ says so (issue 12)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import resource
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 from memcap import run_capped
 
+import tiercache
 from tiercache.errors import (
     CacheClosedError,
     CorruptShardError,
@@ -28,6 +30,8 @@ from tiercache.errors import (
     StoreError,
     TierCacheError,
 )
+from tiercache.origins import NpyDirOrigin
+from tiercache.stores.faulty import FaultyStore
 from tiercache.stores.packed_store import INDEX_NAME, PackedStore
 
 KiB = 1024
@@ -372,3 +376,32 @@ def test_reads_racing_close_raise_cache_closed_never_a_miss(tmp_path: Path) -> N
                  lambda: store.put("x", _value(0))):
         with pytest.raises(CacheClosedError, match="closed"):
             call()
+
+
+# -- faults injected into a zero-copy tier -------------------------------------------------
+
+
+def test_faults_reach_the_views_of_a_wrapped_zero_copy_tier(tmp_path: Path) -> None:
+    """FaultyStore keeps a zero-copy tier serving views (it used to hide get_view: every
+    read raised NotImplementedError) and injects read faults into them."""
+    arrays = {f"w{i}": _value(i, 16 * KiB) for i in range(3)}
+    NpyDirOrigin.write(tmp_path / "origin", arrays)
+    cfg = {"tiers": [
+        {"name": "ram", "backend": "memory", "capacity": "16KiB"},
+        {"name": "ssd", "backend": "packed", "path": str(tmp_path / "ssd"),
+         "capacity": "4MiB", "zero_copy": True}],
+        "origin": {"kind": "npy", "path": str(tmp_path / "origin")}}
+    with tiercache.open(cfg) as cache:
+        tier = cache.tier("ssd")
+        tier.store = wrapped = FaultyStore.wrap(tier.store)
+        assert wrapped.supports_views
+        for key, array in arrays.items():
+            cache.put(key, array, tier="ssd")
+        view = cache.get("w0")
+        assert np.array_equal(view, arrays["w0"]) and not view.flags.writeable  # a view
+        fault = wrapped.fail(errno.EIO, ops={"get"}, keys={"w1"})
+        assert np.array_equal(cache.get("w1"), arrays["w1"])  # served from the origin
+        assert fault.fired >= 1 and wrapped.injected >= 1
+        assert cache.stats()["tiers"]["ssd"]["degraded"]
+        fault.clear()
+        assert np.array_equal(cache.get("w2"), arrays["w2"])

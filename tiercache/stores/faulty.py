@@ -17,6 +17,9 @@ a limited number of times or with a probability, and are switched off with
 Not registered as a backend: wrap a tier's store in a test
 (``tier.store = FaultyStore.wrap(tier.store)``).
 
+Zero-copy reads (:meth:`FaultyStore.get_view`, :meth:`FaultyStore.willneed`) count
+as ``get`` operations.
+
 Thread-safety: the fault list is guarded by a lock; the wrapped store's own
 thread-safety applies to the forwarded calls.
 """
@@ -114,10 +117,12 @@ class FaultyStore(Store):
 
     @classmethod
     def wrap(cls, inner: Store) -> FaultyStore:
-        """A wrapper whose class reports ``inner``'s backend name and persistence."""
+        """A wrapper whose class reports ``inner``'s backend name, persistence, sharing and
+        zero-copy views (a ``zero_copy`` tier reads through :meth:`get_view`)."""
         sub: type[FaultyStore] = type(
             f"Faulty{type(inner).__name__}", (cls,),
-            {"backend": inner.backend, "persistent": inner.persistent, "shared": inner.shared})
+            {"backend": inner.backend, "persistent": inner.persistent, "shared": inner.shared,
+             "supports_views": inner.supports_views})
         return sub(inner)
 
     # -- control -------------------------------------------------------------------------
@@ -167,6 +172,17 @@ class FaultyStore(Store):
     def check(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
         self._check("get", key)
         return self.inner.check(key, out)
+
+    def get_view(self, key: str) -> np.ndarray | None:
+        self._check("get", key)
+        return self.inner.get_view(key)
+
+    def willneed(self, key: str) -> int:
+        self._check("get", key)
+        return self.inner.willneed(key)
+
+    def needs_check(self, key: str) -> bool:
+        return self.inner.needs_check(key)
 
     def put(self, key: str, array: np.ndarray) -> int:
         self._check("put", key)
