@@ -1,14 +1,14 @@
-"""Child process of tests/test_docs.py: runs the Python blocks of one documentation page.
+"""Child process of tests/test_docs.py: runs the Python blocks of the documentation pages.
 
-Protocol: one JSON object per line on stdin, ``{"path": "docs/x.md", "line": 12, "code":
-"..."}`` (``line``: the first line of the code in the page); one JSON line back on the
-original stdout, ``{"ok": true}`` or ``{"ok": false, "error": "..."}``. Every block of the
-page runs in the same namespace, in the order received, so a block may use what an earlier
-one defined, as a reader typing the page into one interpreter would. What the blocks print
-goes to stderr (the parent keeps it in a log). Tracebacks name the page and its line
-numbers. The working directory is the page's folder and comes first on ``sys.path``, as
-for ``python`` started there. Not thread-safe (one request at a time); each block costs
-what its code costs.
+Protocol: one JSON object per line on stdin, ``{"page": "docs/x.md", "folder": "/tmp/..",
+"path": "docs/x.md", "line": 12, "code": "..."}`` (``line``: the first line of the code in
+the page); one JSON line back on the original stdout, ``{"ok": true}`` or ``{"ok": false,
+"error": "..."}``. The blocks of one page run in one namespace, in the order received, so a
+block may use what an earlier one defined, as a reader typing the page into one
+interpreter would; each page has its own namespace. A block runs in its page's folder,
+which also comes first on ``sys.path``, as for ``python`` started there. What the blocks
+print goes to stderr (the parent keeps it in a log). Tracebacks name the page and its
+lines. Not thread-safe (one request at a time); each block costs what its code costs.
 """
 
 from __future__ import annotations
@@ -24,20 +24,17 @@ from typing import Any
 def run_block(namespace: dict[str, Any], path: str, line: int, code: str) -> str | None:
     """Execute ``code`` (from ``path``, starting at ``line``) in ``namespace``.
 
-    Returns None on success, else the traceback limited to the page's own frames and
-    below (the worker's frames are dropped).
+    Returns None on success, else the traceback from the page's first frame on (the
+    worker's own frames are dropped).
     """
     source = "\n" * (line - 1) + code
     linecache.cache[path] = (len(source), None, source.splitlines(True), path)  # tracebacks
     try:
-        compiled = compile(source, path, "exec")
-        exec(compiled, namespace)
+        exec(compile(source, path, "exec"), namespace)
     except BaseException as exc:  # reported to the parent, which fails the test
-        frames = traceback.extract_tb(exc.__traceback__)
-        keep = [i for i, frame in enumerate(frames) if frame.filename == path]
         tb = exc.__traceback__
-        for _ in range(keep[0] if keep else 0):
-            tb = tb.tb_next if tb is not None else None
+        while tb is not None and tb.tb_frame.f_code.co_filename != path:
+            tb = tb.tb_next
         return "".join(traceback.format_exception(type(exc), exc, tb))
     return None
 
@@ -46,10 +43,13 @@ def main() -> None:
     """Serve requests until stdin closes."""
     replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)  # prints (Python's and C libraries') go to stderr, never the protocol
-    sys.path[0] = os.getcwd()
-    namespace: dict[str, Any] = {"__name__": "__main__"}
+    namespaces: dict[str, dict[str, Any]] = {}
+    sys.path.insert(0, "")
     for request_line in sys.stdin:
         request = json.loads(request_line)
+        os.chdir(request["folder"])
+        sys.path[0] = request["folder"]
+        namespace = namespaces.setdefault(request["page"], {"__name__": "__main__"})
         error = run_block(namespace, request["path"], request["line"], request["code"])
         sys.stdout.flush()
         sys.stderr.flush()

@@ -5,16 +5,17 @@ the lines right above its fence (invisible once rendered):
 
 ``<!-- illustrative: REASON -->``
     Not run: pseudo-code, sample output, a benchmark that takes minutes, a command that
-    needs data the repository does not ship. The reason is required.
+    needs what the repository does not ship. The reason is required.
 ``<!-- setup: SHELL COMMAND -->``
     Run first (bash, in the page's folder) to make what the reader is assumed to have: an
     input file, or a tiny synthetic model standing in for a 500 MB import. May repeat.
 
 Runners by language:
 
-- ``python``: one child Python process per page (tests/doc_worker.py) runs the page's
-  blocks in one namespace, in page order: a page reads as one session, so a block may use
-  what an earlier block of the page defined. Its ``sys.path`` starts with the page's folder.
+- ``python``: run by one child Python process (tests/doc_worker.py) shared by all pages,
+  one namespace per page, in page order: a page reads as one session, so a block may use
+  what an earlier block of the same page defined. The page's folder is the working
+  directory and comes first on ``sys.path``.
 - ``toml``: parsed and validated with :func:`tiercache.load_config`. A block whose first
   line is ``# NAME.toml`` is saved as NAME.toml in the page's folder for the later blocks;
   ``# costs.toml`` is validated as a simulator cost-model file instead
@@ -28,11 +29,12 @@ Runners by language:
   tests/redis_fixtures.py) must start with it and know every directive (CONFIG GET).
 - any other language, or none: a failure, unless marked illustrative.
 
-Each page gets a fresh temporary folder that stands for a checkout's root (``examples`` is a
-link to the repository's, ``docs/img/`` is empty); its blocks run there in page order, and
-running one block alone (``-k``) first runs the earlier blocks of its page. Test ids are
-``PATH:LINE`` of the fence. Each block is bounded by :data:`BLOCK_TIMEOUT_S`; the whole
-file takes about 40-60 s on the 2-core VM (most of it two TensorFlow start-ups).
+Each page gets a fresh temporary folder that stands for a checkout's root (``examples`` and
+``data`` link to the repository's, ``docs/img/`` is empty). Its blocks run there in page
+order; running one block alone (``-k``) first runs the earlier blocks of its page. Test ids
+are ``PATH:LINE`` of the fence. Each block is bounded by :data:`BLOCK_TIMEOUT_S`. The
+whole file takes about 40 s on an idle 2-core VM (about 30 s of CPU, a third of it one
+TensorFlow start-up). The tests at the end check the runner itself on small pages.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,36 +172,85 @@ def console_commands(code: str) -> list[tuple[str, list[str]]]:
     return commands
 
 
-class Page:
-    """The state of one page's run: its folder, its Python worker, the blocks done."""
+class PythonWorker:
+    """One child Python process (tests/doc_worker.py) for the Python blocks of every page.
 
-    def __init__(self, path: str, folder: Path) -> None:
-        self.path = path
-        self.folder = folder
-        self.blocks = [b for b in parse_page(ROOT / path) if not b.illustrative]
-        self.done = 0
-        self.failed: str | None = None
-        self.worker: subprocess.Popen[str] | None = None
-        self.log = folder.parent / f"{folder.name}-python.log"
-        folder.mkdir(parents=True)
-        (folder / "examples").symlink_to(ROOT / "examples")
-        (folder / "docs" / "img").mkdir(parents=True)
+    Each page has its own namespace and working folder in it; TensorFlow and the other
+    imports are paid once. Restarted after a timeout or a crash. Not thread-safe.
+    """
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.proc: subprocess.Popen[str] | None = None
 
     def close(self) -> None:
-        """Stop the worker (idempotent)."""
-        worker, self.worker = self.worker, None
-        if worker is not None:
-            assert worker.stdin is not None
-            worker.stdin.close()
-            try:
-                worker.wait(10)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(10)
+        """Stop the process (idempotent)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+    def run(self, block: Block, folder: Path, deadline: float) -> None:
+        """Run ``block`` in its page's namespace, in ``folder``; BlockFailed if it fails."""
+        if self.proc is None:
+            with self.log.open("a", encoding="utf-8") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, str(WORKER)], cwd=ROOT, env=_env(), text=True,
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        request = {"page": block.path, "folder": str(folder), "path": block.path,
+                   "line": block.line + 1, "code": block.code}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            ready = selector.select(max(0.0, deadline - time.monotonic()))
+        reply_line = self.proc.stdout.readline() if ready else ""
+        if not reply_line:
+            proc, self.proc = self.proc, None
+            proc.kill()
+            status = proc.wait(10)
+            proc.stdout.close()  # type: ignore[union-attr]
+            why = "died" if ready else f"ran past {BLOCK_TIMEOUT_S:.0f} s"
+            raise BlockFailed(f"{block.where}: the Python block {why} (status {status}); "
+                              f"its output ends with:\n{self.log_tail()}")
+        reply = json.loads(reply_line)
+        if not reply["ok"]:
+            raise BlockFailed(f"{block.where}: the Python block failed:\n{reply['error']}")
+
+
+class Page:
+    """The state of one page's run: its folder and the blocks done. O(1) memory a block."""
+
+    def __init__(self, path: str, folder: Path, worker: PythonWorker, root: Path = ROOT,
+                 blocks: list[Block] | None = None) -> None:
+        self.path = path
+        self.folder = folder
+        self.worker = worker
+        if blocks is None:
+            blocks = [b for b in parse_page(root / path, root) if not b.illustrative]
+        self.blocks = blocks
+        self.done = 0
+        self.failed: str | None = None
+        folder.mkdir(parents=True)
+        for name in ("examples", "data"):  # what the pages read from a checkout
+            if (ROOT / name).exists():
+                (folder / name).symlink_to(ROOT / name)
+        (folder / "docs" / "img").mkdir(parents=True)
 
     def run_through(self, block: Block) -> None:
         """Run the page's blocks up to ``block`` (earlier ones first, once)."""
-        index = next(i for i, b in enumerate(self.blocks) if b.line == block.line)
+        index = self.blocks.index(block)
         if index < self.done:
             raise BlockFailed(f"{block.where}: already run (blocks run in page order)")
         while self.done <= index:
@@ -237,36 +288,7 @@ class Page:
         getattr(self, f"_run_{runner}")(block, deadline)
 
     def _run_python(self, block: Block, deadline: float) -> None:
-        if self.worker is None:
-            self.worker = subprocess.Popen(
-                [sys.executable, str(WORKER)], cwd=self.folder, env=_env(), text=True,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=self.log.open("a", encoding="utf-8"))
-        assert self.worker.stdin is not None and self.worker.stdout is not None
-        request = {"path": block.path, "line": block.line + 1, "code": block.code}
-        self.worker.stdin.write(json.dumps(request) + "\n")
-        self.worker.stdin.flush()
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.worker.stdout, selectors.EVENT_READ)
-            ready = selector.select(max(0.0, deadline - time.monotonic()))
-        if not ready:
-            self.worker.kill()
-            self.worker.wait(10)
-            self.worker = None
-            raise BlockFailed(f"{block.where}: ran past {BLOCK_TIMEOUT_S:.0f} s; "
-                              f"output: {self._log_tail()}")
-        reply_line = self.worker.stdout.readline()
-        if not reply_line:
-            status = self.worker.wait(10)
-            self.worker = None
-            raise BlockFailed(f"{block.where}: the Python process died (status {status}); "
-                              f"output: {self._log_tail()}")
-        reply = json.loads(reply_line)
-        if not reply["ok"]:
-            raise BlockFailed(f"{block.where}: the Python block failed:\n{reply['error']}")
-
-    def _log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+        self.worker.run(block, self.folder, deadline)
 
     def _run_toml(self, block: Block, deadline: float) -> None:
         name = block.file_name or f"_block_{block.line}.toml"
@@ -351,23 +373,98 @@ class Page:
 
 
 @pytest.fixture(scope="module")
-def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Page]]:
-    """The pages run so far in this session, by path; their workers stop at the end."""
+def page_for(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Page]]:
+    """The page of a path, made on first use; all pages share one Python worker."""
+    root = tmp_path_factory.mktemp("docs")
+    worker = PythonWorker(root / "python.log")
     opened: dict[str, Page] = {}
-    yield opened
-    for page in opened.values():
-        page.close()
+
+    def page_for(path: str) -> Page:
+        if path not in opened:
+            opened[path] = Page(path, root / path.replace("/", "_"), worker,
+                                blocks=[b for b in _BLOCKS if b.path == path])
+        return opened[path]
+
+    try:
+        yield page_for
+    finally:
+        worker.close()
 
 
 _BLOCKS = collect()
 
 
 @pytest.mark.parametrize("block", _BLOCKS, ids=[b.where for b in _BLOCKS])
-def test_doc_block(block: Block, pages: dict[str, Page],
-                   tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_doc_block(block: Block, page_for: Callable[[str], Page]) -> None:
     """The block runs as the page shows it (see the module docstring for how)."""
-    page = pages.get(block.path)
-    if page is None:
-        folder = tmp_path_factory.mktemp("docs") / block.path.replace("/", "_")
-        page = pages[block.path] = Page(block.path, folder)
-    page.run_through(block)
+    page_for(block.path).run_through(block)
+
+
+# --- the runner itself ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def mini(tmp_path: Path) -> Iterator[Callable[[str], Page]]:
+    """Write ``docs/page.md`` under a fake repository root; return its Page."""
+    root = tmp_path / "repo"
+    (root / "docs").mkdir(parents=True)
+    worker = PythonWorker(tmp_path / "python.log")
+
+    def make(text: str) -> Page:
+        (root / "docs" / "page.md").write_text(text, encoding="utf-8")
+        return Page("docs/page.md", tmp_path / "page", worker, root)
+
+    try:
+        yield make
+    finally:
+        worker.close()
+
+
+def _failure(page: Page, index: int) -> str:
+    with pytest.raises(BlockFailed) as info:
+        page.run_through(page.blocks[index])
+    return str(info.value)
+
+
+def test_a_block_neither_run_nor_marked_fails(mini: Callable[[str], Page]) -> None:
+    page = mini("# P\n\n<!-- illustrative: sample output -->\n```text\nok\n```\n\n"
+                "```text\nnot marked\n```\n\n<!-- illustrative: -->\n```python\n1/0\n```\n")
+    assert [b.line for b in page.blocks] == [8, 13]  # the marked one is not collected
+    assert "docs/page.md:8: a ```text block has no runner" in _failure(page, 0)
+    assert "docs/page.md:13: `<!-- illustrative: REASON -->` needs a reason" in _failure(page, 1)
+
+
+def test_python_blocks_share_the_page_and_failures_name_the_line(
+        mini: Callable[[str], Page]) -> None:
+    page = mini("```python\nanswer = 42\n```\n\n```python\nassert answer == 42\n"
+                "open('here.txt', 'w').close()\n```\n\n```python\nx = 1\nundefined_name\n```\n")
+    page.run_through(page.blocks[1])  # runs the first block too: `answer` is defined
+    assert (page.folder / "here.txt").exists()  # in the page's folder
+    message = _failure(page, 2)
+    assert 'docs/page.md:10: the Python block failed' in message
+    assert 'File "docs/page.md", line 12' in message and "NameError" in message
+
+
+def test_toml_blocks_are_validated_and_saved(mini: Callable[[str], Page]) -> None:
+    page = mini('```toml\n# tiers.toml\n[[tiers]]\nname = "ram"\nbackend = "memory"\n'
+                'capacity = "1MiB"\n```\n\n```toml\n[origin]\nkind = "npy"\npath = "w/"\n```\n')
+    page.run_through(page.blocks[0])
+    assert (page.folder / "tiers.toml").read_text().startswith("# tiers.toml")
+    message = _failure(page, 1)  # the fragment quickstart.md once showed
+    assert "docs/page.md:9:" in message and "does not validate" in message
+
+
+def test_console_blocks_check_the_error_they_show(mini: Callable[[str], Page]) -> None:
+    page = mini("<!-- setup: printf '1 1 0 0\\n2 1 0\\n' > cut.lis -->\n```console\n"
+                "$ tiercache simulate cut.lis --capacity 10\n"
+                "tiercache: error: cut.lis:2: not what it prints\n```\n")
+    message = _failure(page, 0)
+    assert "docs/page.md:2:" in message and "the page shows" in message
+    assert "cut.lis:2: expected 4 integers" in message
+
+
+def test_a_redis_conf_redis_refuses_fails(mini: Callable[[str], Page]) -> None:
+    page = mini("```conf\n# redis.conf\nmaxmemory 1gb    # an inline comment\n```\n")
+    message = _failure(page, 0)
+    assert "docs/page.md:1: redis-server refused this redis.conf" in message
+    assert "wrong number of arguments" in message
