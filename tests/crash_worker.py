@@ -139,6 +139,46 @@ def _install_kill_points(rng: random.Random, probability: float) -> None:
     diskcache_store._write_all = write_all
 
 
+def _install_disk_full(rng: random.Random, probability: float) -> None:
+    """Make the disk tiers fail like a full disk, with ``probability`` per call: an lmdb
+    put that *committed* and is then reported failed (ENOSPC in the compaction after
+    the commit, issue 12 item 2), an lmdb or diskcache put that fails before writing,
+    and deletes the medium refuses (a stale entry stays behind, pending)."""
+    import errno
+
+    from tiercache.stores import diskcache_store, lmdb_store
+
+    def full() -> OSError:
+        return OSError(errno.ENOSPC, "No space left on device (injected)")
+
+    def after(owner: Any, name: str) -> None:
+        original = getattr(owner, name)
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)
+            if rng.random() < probability:
+                raise full()  # it landed, but the caller is told it failed
+            return result
+
+        setattr(owner, name, wrapped)
+
+    def before(owner: Any, name: str) -> None:
+        original = getattr(owner, name)
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if rng.random() < probability:
+                raise full()
+            return original(*args, **kwargs)
+
+        setattr(owner, name, wrapped)
+
+    after(lmdb_store.LmdbStore, "put")
+    before(lmdb_store.LmdbStore, "put")
+    before(lmdb_store.LmdbStore, "delete")
+    before(diskcache_store.DiskcacheStore, "put")
+    before(diskcache_store.DiskcacheStore, "delete")
+
+
 def _check(cache: Any, expect: dict[str, dict[str, int | None]]) -> tuple[dict[str, Any],
                                                                          dict[str, int | None]]:
     """Check every key against ``expect``; return a summary and what each key holds now."""
@@ -176,6 +216,7 @@ def _check(cache: Any, expect: dict[str, dict[str, int | None]]) -> tuple[dict[s
 
 def child(root: Path, round_no: int, seed: int, mode: str, expect_file: Path) -> None:
     import tiercache
+    from tiercache.errors import TierCacheError
     from tiercache.stores import lmdb_store
 
     lmdb_store.COMPACT_SLACK_BYTES = 64 * 1024  # compact often, so kills land inside one too
@@ -194,8 +235,10 @@ def child(root: Path, round_no: int, seed: int, mode: str, expect_file: Path) ->
     if mode == "checkonly":
         cache.close()
         return
-    if mode == "self":
+    if mode in ("self", "diskfull"):
         _install_kill_points(rng, probability=0.004)
+    if mode == "diskfull":
+        _install_disk_full(rng, probability=0.03)
     names = keys()
     for op in range(MAX_OPS):
         key = rng.choice(names)
@@ -203,12 +246,20 @@ def child(root: Path, round_no: int, seed: int, mode: str, expect_file: Path) ->
         if r < 0.45:
             version = round_no * 1_000_000 + op
             _say(f"B put {key} {version}")
-            cache.put(key, value(key, version))
+            try:
+                cache.put(key, value(key, version))
+            except TierCacheError:  # served here, not durable: stays "in flight" for the check
+                model[key] = version
+                continue
             model[key] = version
             _say(f"A put {key} {version}")
         elif r < 0.55:
             _say(f"B del {key}")
-            cache.delete(key)
+            try:
+                cache.delete(key)
+            except TierCacheError:  # gone here, not durably: stays "in flight" for the check
+                model[key] = None
+                continue
             model[key] = None
             _say(f"A del {key}")
         else:

@@ -98,7 +98,8 @@ def test_sigkill_anywhere_leaves_right_bytes_or_a_miss(tmp_path: Path) -> None:
     rng = random.Random(20240611)
     zygote = Zygote(tmp_path / "cache", tmp_path / "worker-stderr.txt")
     expect_file = tmp_path / "expect.json"
-    figures: dict[str, Any] = {"kills": 0, "timed_kills": 0, "self_kills": 0, "checks": 0,
+    figures: dict[str, Any] = {"kills": 0, "timed_kills": 0, "self_kills": 0,
+                               "diskfull_kills": 0, "checks": 0,
                                "keys_checked": 0, "acked": 0, "inflight": 0, "miss": 0,
                                "duplicates_dropped": 0, "orphan_files_seen": 0,
                                "compactions": 0, "ops_acknowledged": 0}
@@ -108,7 +109,7 @@ def test_sigkill_anywhere_leaves_right_bytes_or_a_miss(tmp_path: Path) -> None:
     try:
         for round_no in range(ROUNDS + 1):
             last = round_no == ROUNDS
-            mode = "checkonly" if last else ("self" if round_no % 2 else "timed")
+            mode = "checkonly" if last else ("timed", "self", "diskfull")[round_no % 3]
             expect_file.write_text(json.dumps(expect))
             zygote.send(f"RUN {round_no + 1} {rng.getrandbits(32)} {mode} {expect_file}")
             pid = int(zygote.next().split()[1])
