@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -357,3 +358,11 @@ def test_split_policies_respects_parentheses_and_quotes() -> None:
                        ("x(a='b)", "quote is not closed")):
         with pytest.raises(PolicyError, match=match):
             split_policies(bad)
+
+
+def test_to_dataframe_without_pandas_names_the_install_command(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    results = simulate(Trace(np.array(random_trace(8, 300))), "lru", [10])
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"to_dataframe needs pandas.*pip install pandas"):
+        results.to_dataframe()

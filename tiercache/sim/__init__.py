@@ -1,7 +1,8 @@
 """The policy lab: replay recorded traces through eviction policies and tier layouts.
 
 >>> from tiercache import sim
->>> results = sim.simulate("OLTP.lis.zst", ["lru", "arc"], [1000, "5%"])  # doctest: +SKIP
+>>> oltp = "data/traces/arc/OLTP.lis.zst"                                # doctest: +SKIP
+>>> results = sim.simulate(oltp, ["lru", "arc"], [1000, "5%"])          # doctest: +SKIP
 >>> results.to_records()[0]                                             # doctest: +SKIP
 {'policy': 'lru', 'capacity': 1000, 'unit': 'objects', 'requests': 914145, ...}
 >>> sim.plot_mrc(results, "mrc.png")                                    # doctest: +SKIP
@@ -23,6 +24,7 @@ from .replay import (
     load_policy,
     make_policy,
     parse_capacity,
+    parse_policy_spec,
     replay,
     replay_hits,
     resolve_capacity,
@@ -43,6 +45,7 @@ __all__ = [
     "load_policy",
     "make_policy",
     "parse_capacity",
+    "parse_policy_spec",
     "plot_mrc",
     "progress_bar",
     "read_trace",

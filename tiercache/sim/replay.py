@@ -124,9 +124,17 @@ class SimResults(list[SimResult]):
         return [r.to_dict() for r in self]
 
     def to_dataframe(self) -> Any:
-        """A ``pandas.DataFrame`` of :meth:`to_records` (needs pandas, imported lazily)."""
-        import pandas as pd  # type: ignore[import-not-found, import-untyped, unused-ignore]
+        """A ``pandas.DataFrame`` of :meth:`to_records`. O(n).
 
+        pandas is not a dependency of tiercache: it is imported here, and an
+        :class:`ImportError` naming the install command is raised without it.
+        """
+        try:
+            import pandas as pd  # type: ignore[import-not-found, import-untyped, unused-ignore]
+        except ImportError:
+            raise ImportError("SimResults.to_dataframe needs pandas, which tiercache does not "
+                              "install: pip install pandas (or use to_records(), a list of "
+                              "dicts)") from None
         return pd.DataFrame(self.to_records())
 
     def policies(self) -> list[str]:
