@@ -166,3 +166,113 @@ def test_reader_slot_of_a_killed_process_is_freed_on_open(tmp_path: Path) -> Non
     with store:
         readers = store._env_or_raise().readers()
         assert str(child.pid) not in readers.split(), readers
+
+
+def _lru_put(store: LmdbStore, live: dict[str, int], capacity: int, key: str,
+             value: np.ndarray) -> None:
+    """Put like a tier with an LRU policy: delete the oldest keys until the value fits."""
+    need = store.stored_size(value)
+    while live and sum(live.values()) + need > capacity:
+        oldest = next(iter(live))
+        store.delete(oldest)
+        del live[oldest]
+    store.put(key, value)
+    live[key] = need
+
+
+def test_lmdb_holds_its_bound_when_small_shards_give_way_to_large_ones(tmp_path: Path) -> None:
+    """Issue 12.13: 4 MiB tier, 4,000 puts of 2.1 KiB, then 1 MiB shards, then the small
+    ones deleted. The threshold used to follow the file up after each compaction and never
+    come down: du stayed at 7.89 MiB against a bound of 6.02 MiB. It now follows the live
+    pages both ways, and a delete may compact too."""
+    capacity = 4 * MiB
+    folder = tmp_path / "tier"
+    store = LmdbStore(folder, capacity_bytes=capacity, sync=False)
+    live: dict[str, int] = {}
+    thresholds = []
+
+    def check(step: str) -> None:
+        used, bound = du(folder), lmdb_bound(capacity, len(live))
+        assert used <= bound, f"{step}: du {used} > bound {bound:.0f} ({len(live)} shards)"
+
+    with store:
+        small = np.full(2150 // 4, 1, np.float32)
+        for i in range(4000):
+            _lru_put(store, live, capacity, f"s{i}", small)
+            if i % 250 == 0:
+                check(f"small put {i}")
+        thresholds.append(store.compact_above_bytes)
+        for i in range(3):
+            _lru_put(store, live, capacity, f"big{i}", np.full(MiB // 4, i, np.float32))
+            check(f"big put {i}")
+        for key in [k for k in live if k.startswith("s")]:
+            store.delete(key)
+            del live[key]
+        check("small ones deleted")
+        thresholds.append(store.compact_above_bytes)
+        assert thresholds[1] is not None and thresholds[0] is not None
+        assert thresholds[1] < thresholds[0]  # the threshold came back down
+        assert store.compactions >= 2
+        assert du(folder) <= 1.25 * (3 * (MiB + 8 * KiB)) + MiB + 16 * KiB
+
+
+def _fail_compaction_copy(path: Path) -> None:
+    if lmdb_store._COMPACT_DIR in str(path):
+        raise OSError(28, "No space left on device", str(path))
+    _REAL_FSYNC(path)
+
+
+_REAL_FSYNC = lmdb_store._fsync_path
+
+
+def test_a_put_that_committed_stands_when_the_compaction_after_it_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 12.2 (store side): compaction on a full disk used to turn a committed put into a
+    reported failure. The put now returns, the value reads back, the failure is logged and
+    counted, and a later write compacts once the disk has room."""
+    with LmdbStore(tmp_path / "tier", sync=False) as setup:  # no capacity: never compacts
+        for i in range(24):
+            setup.put(f"k{i}", np.full(64 * KiB, i, np.float32))  # 256 KiB each
+        for i in range(20):
+            setup.delete(f"k{i}")  # ~5 MiB of free pages, 1 MiB live
+    store = LmdbStore(tmp_path / "tier", capacity_bytes=MiB, sync=False)
+    with store:
+        before = store.compactions
+        monkeypatch.setattr(lmdb_store, "_fsync_path", _fail_compaction_copy)
+        value = np.full(64 * KiB, 263, np.float32)
+        with caplog.at_level("WARNING", logger="tiercache"):
+            assert store.put("k6", value) == store.stored_size(value)  # no StoreError
+        got = store.get("k6")
+        assert got is not None and np.array_equal(got, value)
+        assert store.compactions == before and store.compaction_failures == 1
+        assert "No space left on device" in caplog.text and "the write stands" in caplog.text
+        store.put("k7", value)  # within the back-off: no second attempt
+        assert store.compaction_failures == 1
+        monkeypatch.setattr(lmdb_store, "_fsync_path", _REAL_FSYNC)  # the disk has room again
+        store._compact_retry_at = 0.0  # the back-off has passed
+        store.put("k8", value)
+        assert store.compactions == before + 1
+        assert store.file_nbytes() <= store.compact_above_bytes  # type: ignore[operator]
+        for key in ("k6", "k7", "k8", "k23"):
+            got = store.get(key)
+            assert got is not None and got[0] == (23 if key == "k23" else 263)
+
+
+def test_an_lmdb_put_that_does_not_commit_leaves_the_old_value(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tiercache.errors import StoreError
+
+    store = LmdbStore(tmp_path / "tier", capacity_bytes=MiB, map_size_bytes=256 * KiB,
+                      sync=False)
+    with store:
+        old = np.full(1024, 1, np.float32)
+        store.put("k", old)
+
+        def refuse(self: LmdbStore, need: int) -> None:
+            raise StoreError("map growth refused")
+
+        monkeypatch.setattr(LmdbStore, "_remap", refuse)
+        with pytest.raises(StoreError, match="refused"):
+            store.put("k", np.full(MiB // 4, 2, np.float32))  # does not fit the map
+        got = store.get("k")
+        assert got is not None and np.array_equal(got, old)

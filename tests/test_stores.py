@@ -727,3 +727,80 @@ def _no_leaked_threads() -> Iterator[None]:
     before = threading.active_count()
     yield
     assert threading.active_count() <= before
+
+
+# -- one process per tier folder (lock_tier_folder) -----------------------------------------
+
+TIER_STORES: dict[str, Callable[[Path], Store]] = {
+    "lmdb": lambda p: LmdbStore(p, capacity_bytes=1 << 20, map_size_bytes=64 << 20),
+    "diskcache": lambda p: DiskcacheStore(p, capacity_bytes=1 << 20),
+}
+
+
+def _try_to_open(backend: str, folder: Path) -> str:
+    """In a second process: open the tier's store, report how it went."""
+    from tiercache.errors import StoreError
+
+    try:
+        TIER_STORES[backend](folder).close()
+    except StoreError as exc:
+        return str(exc)
+    return "opened"
+
+
+@pytest.mark.parametrize("backend", sorted(TIER_STORES))
+def test_a_second_process_cannot_open_a_tier_folder_in_use(tmp_path: Path,
+                                                           backend: str) -> None:
+    import os
+
+    from memcap import run_capped
+
+    folder = tmp_path / "tier"
+    store = TIER_STORES[backend](folder)
+    store.put("k", np.arange(4, dtype=np.int8))
+    try:
+        other = run_capped(_try_to_open, backend, folder, timeout_s=60)
+        assert other.ok, other.describe()
+        message = other.value
+        assert f"tier folder {folder} is in use by another process (pid {os.getpid()})" in \
+            message, message
+        assert "redis" in message and "its own folder" in message
+        store.reopen()  # releases the lock and takes it again
+        again = run_capped(_try_to_open, backend, folder, timeout_s=60)
+        assert again.ok and "in use" in again.value, again
+    finally:
+        store.close()
+    after = run_capped(_try_to_open, backend, folder, timeout_s=60)  # closed: free again
+    assert after.ok and after.value == "opened", after
+
+
+def test_the_folder_lock_is_close_on_exec_and_records_the_pid(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    from tiercache.errors import StoreError
+    from tiercache.stores.base import LOCK_FILE_NAME, lock_tier_folder
+
+    handle = lock_tier_folder(tmp_path / "t")  # creates the folder
+    assert handle.held and handle.path == tmp_path / "t" / LOCK_FILE_NAME
+    assert (tmp_path / "t" / LOCK_FILE_NAME).read_text().strip() == str(os.getpid())
+    fd = handle._fd
+    assert fd is not None and fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+    with pytest.raises(StoreError, match="in use"):  # a second store in this process too
+        lock_tier_folder(tmp_path / "t")
+    handle.release()
+    handle.release()  # idempotent
+    assert not handle.held
+    lock_tier_folder(tmp_path / "t").release()  # free again
+
+
+def test_stores_opened_without_a_capacity_share_a_folder(tmp_path: Path) -> None:
+    """Readers beside one writer (docs/reliability.md#concurrency) stay possible: only a
+    tier's store (given a capacity) or ``exclusive=True`` takes the lock."""
+    from tiercache.errors import StoreError
+
+    with DiskcacheStore(tmp_path / "d") as a, DiskcacheStore(tmp_path / "d") as b:
+        a.put("k", np.arange(3, dtype=np.int8))
+        assert b.get("k") is not None
+    with DiskcacheStore(tmp_path / "e", exclusive=True), pytest.raises(StoreError, match="use"):
+        DiskcacheStore(tmp_path / "e", capacity_bytes=1 << 20)
