@@ -10,6 +10,7 @@ for real where the OS allows it (a removed folder; a full tmpfs, root only).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -148,12 +149,15 @@ def test_eacces_on_delete_never_serves_the_stale_copy(cache: TieredCache,
     denied = ssd.fail(errno.EACCES, ops={"delete"})
     cache.put("k", shard(2))  # must not fail although the old copy cannot be deleted
     np.testing.assert_array_equal(cache.get("k"), shard(2))
-    assert cache.where("k") == ["ram"]
+    # written through to a persistent tier too: its newer write sequence beats the stale
+    # SSD copy if the process dies before the delete is retried
+    assert cache.where("k") == ["ram", "hdd"]
     s = _state(cache, "ssd")
     assert s["degraded"] and "Permission denied" in s["degraded_reason"]
     assert s["pending_deletes"] == 1
     assert ssd.inner.get("k") is not None  # the stale entry is still on the medium ...
-    cache.delete("k")
+    with pytest.raises(StoreError, match="not durable"):  # a restart now would bring it back
+        cache.delete("k")
     assert cache.get("k", None) is None  # ... but never served
     denied.clear()
     _wait_backoff()
@@ -168,7 +172,8 @@ def test_pending_delete_is_retried_at_close(tmp_path: Path) -> None:
         (ssd,) = _faulty(cache, "ssd")
         cache.put("k", shard(1), tier="ssd")
         denied = ssd.fail(errno.EACCES, ops={"delete"})
-        cache.delete("k")
+        with pytest.raises(StoreError, match="not durable"):
+            cache.delete("k")
         denied.clear()
     with tiercache.open(cfg) as cache:
         assert cache.get("k", None) is None  # not resurrected by the restart
@@ -181,7 +186,7 @@ def test_demotion_into_a_failing_tier_tries_the_next(cache: TieredCache) -> None
         cache.put(f"k{i}", shard(i))
     assert _state(cache, "hdd")["demotions_in"] >= 4
     hdd.fail(errno.ENOSPC, ops={"put"})  # now nothing below RAM takes anything
-    with pytest.raises(TierCacheError, match="no room"):
+    with pytest.raises(TierCacheError, match=r"could not be stored.*could not make room"):
         for i in range(8, 16):
             cache.put(f"k{i}", shard(i))
     for i in range(8):  # everything acknowledged is still served
@@ -315,7 +320,9 @@ def test_intermittent_faults_everywhere_never_wrong_never_raise(
                 except TierCacheError:
                     put_failures += 1  # only when no tier at all could take it now
             elif r < 0.45:
-                cache.delete(keys[int(rng.integers(len(keys)))])
+                # a disk may refuse the delete: not durable (StoreError), never served again
+                with contextlib.suppress(StoreError):
+                    cache.delete(keys[int(rng.integers(len(keys)))])
             else:
                 key = (keys + list(extra))[int(rng.integers(len(keys) + len(extra)))]
                 got = cache.get(key, None)
