@@ -75,8 +75,7 @@ def tier_problem(tier: dict[str, Any]) -> str | None:
         return str(tier.get("degraded_reason") or "degraded")
     errors = int(tier.get("errors") or 0)
     if errors:
-        return (f"{errors} I/O error{'s' if errors != 1 else ''} (e.g. its medium or server was "
-                "unreachable when the cache opened: see the warnings above)")
+        return f"{errors} I/O error{'s' if errors != 1 else ''} (see the warnings logged above)"
     return None
 
 
@@ -136,8 +135,9 @@ def render_stats(stats: dict[str, Any], *, loop: bool | None = None,
                       f"{_fmt_latency(origin['get_latency_p50_s'])}/"
                       f"{_fmt_latency(origin['get_latency_p99_s'])}", markup=False,
                       highlight=False)
-    for name, why in problems.items():
-        console.print(f"tier {name} degraded: {why}", markup=False, highlight=False)
+    for name, why in problems.items():  # one line each, however long the reason
+        console.print(f"tier {name} degraded: {why}", markup=False, highlight=False,
+                      soft_wrap=True)
     loop_stats = stats.get("loop")
     show_loop = loop if loop is not None else bool(loop_stats and loop_stats.get("gets"))
     if show_loop and loop_stats:
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine import TieredCache
 
     cfg = load_config(args.config)
-    with TieredCache.from_config(cfg) as cache:
+    with TieredCache.from_config(cfg, read_only=True) as cache:  # changes nothing
         stats = cache.stats()
     if args.json:
         print(json.dumps(stats, indent=2))
