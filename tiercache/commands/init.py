@@ -104,15 +104,17 @@ def run(args: argparse.Namespace) -> int:
                               model_name=name)
     cfg = load_config(tomllib.loads(text), base_dir=output.resolve().parent)  # as it will read
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    if args.force:
+    if args.force:  # whole file or nothing: a temporary file renamed over the old one
+        tmp = output.with_name(output.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, output)
     else:
-        try:  # never replace a file created meanwhile
-            os.link(tmp, output)
-        finally:
-            tmp.unlink()
+        try:  # "x": never replace a file created meanwhile
+            with output.open("x", encoding="utf-8") as fh:
+                fh.write(text)
+        except FileExistsError:
+            raise FileExistsError(f"{output}: already exists; pass --force to overwrite "
+                                  "it") from None
     ram, ssd = cfg.tiers[0], cfg.tiers[1]
     print(f"wrote {output}: {name}, {total / 2**20:.0f} MiB of weights; RAM tier "
           f"{ram.capacity_bytes / 2**20:.0f} MiB ({ram.policy}), SSD tier {ssd.backend} "
