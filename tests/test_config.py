@@ -352,3 +352,26 @@ def test_packed_is_a_disk_backend_that_serves_views(tmp_path: Path) -> None:
         assert cache.tier("ssd").store.backend == "packed"
         assert cache.tier("ssd").zero_copy
     assert (tmp_path / "ssd" / "index.sqlite").is_file()
+
+
+def test_unknown_policy_option_from_the_class_itself() -> None:
+    """The message comes from the policy base class, so every caller (config, simulate,
+    your own code) gets it: the option is *unknown*, with the closest one it takes."""
+    from tiercache.policies import TwoQPolicy, UnknownPolicyOptionError, policy_option_names
+
+    with pytest.raises(UnknownPolicyOptionError) as info:
+        TwoQPolicy(100, a_in_size_ratoi=0.3)
+    assert isinstance(info.value, TypeError) and info.value.options == ["a_in_size_ratoi"]
+    assert str(info.value) == ("unknown option 'a_in_size_ratoi' for TwoQPolicy; did you mean "
+                               "'a_in_size_ratio'? (its options: a_in_size_ratio, "
+                               "a_out_size_ratio)")
+
+    class Tuned(TwoQPolicy):  # options along the MRO: its own and its parent's
+        def __init__(self, capacity: int, *, boost: int = 1, **options: Any) -> None:
+            super().__init__(capacity, **options)
+            self.boost = boost
+
+    assert policy_option_names(Tuned) == ["a_in_size_ratio", "a_out_size_ratio", "boost"]
+    with pytest.raises(TypeError, match="'bost' for Tuned; did you mean 'boost'"):
+        Tuned(100, bost=2)
+    assert Tuned(100, boost=2, a_in_size_ratio=0.5).boost == 2
