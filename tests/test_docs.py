@@ -44,6 +44,7 @@ import os
 import re
 import selectors
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -168,7 +169,8 @@ def console_commands(code: str) -> list[tuple[str, list[str]]]:
             commands.append((line[2:], []))
         elif commands:
             commands[-1][1].append(line)
-        continued = bool(commands) and line.endswith("\\")
+            continue  # an output line never continues
+        continued = line.endswith("\\")
     return commands
 
 
@@ -347,20 +349,20 @@ class Page:
                  str(self.folder), "--daemonize", "no", "--logfile", ""],
                 stdout=sink, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         try:
-            client = redis.Redis(host=HOST, port=port, socket_timeout=2,
-                                 socket_connect_timeout=2)
             until = min(deadline, time.monotonic() + 20)
-            while True:
+            while True:  # until it listens, or exits on a config error
                 if proc.poll() is not None:
                     raise BlockFailed(f"{block.where}: redis-server refused this "
                                       f"redis.conf:\n{out.read_text(errors='replace')}")
                 if time.monotonic() > until:
                     raise BlockFailed(f"{block.where}: redis-server did not answer")
                 try:
-                    if client.ping():
-                        break
-                except redis.RedisError:
+                    socket.create_connection((HOST, port), timeout=1).close()
+                    break
+                except OSError:
                     time.sleep(0.02)
+            client = redis.Redis(host=HOST, port=port, socket_timeout=5,
+                                 socket_connect_timeout=5)
             for line in block.code.splitlines():
                 words = shlex.split(line, comments=True)
                 if words and not client.config_get(words[0]):
@@ -468,3 +470,9 @@ def test_a_redis_conf_redis_refuses_fails(mini: Callable[[str], Page]) -> None:
     message = _failure(page, 0)
     assert "docs/page.md:1: redis-server refused this redis.conf" in message
     assert "wrong number of arguments" in message
+
+
+def test_console_commands_and_their_output() -> None:
+    code = "$ tiercache a \\\n    --b\nshown \\\n$ tiercache c\n"
+    assert console_commands(code) == [("tiercache a \\\n    --b", ["shown \\"]),
+                                      ("tiercache c", [])]
