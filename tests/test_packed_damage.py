@@ -244,6 +244,26 @@ def test_a_damaged_index_is_medium_damaged_at_open(tmp_path: Path, damage: str) 
         PackedStore(folder)
 
 
+@pytest.mark.parametrize("damage", ["generation-blob", "not-a-database"])
+def test_failed_opens_of_a_damaged_index_leak_nothing(tmp_path: Path, damage: str) -> None:
+    """Tiers retry opens: each failed one closes its sqlite connection and epoch map."""
+    folder = tmp_path / "tier"
+    _base_store(folder)
+    if damage == "generation-blob":
+        _rewrite_row(folder, "UPDATE meta SET value = ? WHERE name = 'generation'", b"\x02x")
+    else:
+        raw = bytearray((folder / INDEX_NAME).read_bytes())
+        raw[:16] = b"garbage garbage!"
+        (folder / INDEX_NAME).write_bytes(raw)
+    with pytest.raises(MediumDamagedError):
+        PackedStore(folder, capacity_bytes=1 << 20)  # warm-up
+    fds, maps = _fds(), _maps()
+    for _ in range(20):
+        with pytest.raises(MediumDamagedError):
+            PackedStore(folder, capacity_bytes=1 << 20)  # the folder lock is released too
+    assert _fds() - fds <= 1 and _maps() - maps <= 1
+
+
 def test_compaction_drops_rows_past_the_end_of_the_data_file(tmp_path: Path) -> None:
     """Rows an OS crash left pointing at lost bytes no longer make every compaction fail."""
     folder = tmp_path / "tier"

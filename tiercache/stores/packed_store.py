@@ -283,6 +283,10 @@ class PackedStore(Store):
             lock.release()
 
     def _open_files(self) -> None:
+        """Open the index, the epoch counter and the data file (folder lock held if
+        exclusive). Whatever it opened is closed again when it fails."""
+        conn: sqlite3.Connection | None = None
+        epoch_map: mmap.mmap | None = None
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
@@ -295,7 +299,6 @@ class PackedStore(Store):
                 conn.executescript(_SCHEMA)
                 fmt = self._meta(conn, "format")
                 if fmt != FORMAT:
-                    conn.close()
                     raise MediumDamagedError(
                         f"packed store {self.path}: {INDEX_NAME} says format {fmt} (damaged, "
                         f"or written by another tiercache version); this tiercache reads "
@@ -306,24 +309,31 @@ class PackedStore(Store):
                 try:
                     if os.fstat(fd).st_size < 8:
                         os.ftruncate(fd, 8)
-                    self._epoch_map = mmap.mmap(fd, 8, access=mmap.ACCESS_WRITE)
+                    epoch_map = mmap.mmap(fd, 8, access=mmap.ACCESS_WRITE)
                 finally:
                     os.close(fd)
                 generation = self._meta(conn, "generation")
                 has_rows = conn.execute("SELECT 1 FROM shards LIMIT 1").fetchone() is not None
                 data_path = self.path / data_name(generation)
                 if has_rows and not data_path.exists():
-                    conn.close()
                     raise self._damaged(f"it names shards in {data_name(generation)}, which "
                                         "is missing (the folder lost files, or the index its "
                                         "generation)")
                 self._data = _DataFile(data_path, generation, create=True)
-        except sqlite3.Error as exc:
-            raise self._index_error(exc, f"packed store {self.path}: cannot open the "
-                                         "index") from exc
-        except OSError as exc:
-            raise StoreError(f"packed store {self.path}: cannot open ({exc}); check the path "
-                             "is a writable directory") from exc
+        except BaseException as exc:
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            if epoch_map is not None:
+                epoch_map.close()
+            if isinstance(exc, sqlite3.Error):
+                raise self._index_error(exc, f"packed store {self.path}: cannot open the "
+                                             "index") from exc
+            if isinstance(exc, OSError):
+                raise StoreError(f"packed store {self.path}: cannot open ({exc}); check the "
+                                 "path is a writable directory") from exc
+            raise
+        self._epoch_map = epoch_map
         self._conn = conn
         self._epoch = memoryview(self._epoch_map).cast("Q")
         self._epoch_seen = self._epoch[0]
