@@ -120,9 +120,11 @@ def lock_tier_folder(path: Path) -> LockHandle:
         holder = _read_pid(fd)
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            who = f"pid {holder}" if holder is not None else "pid unknown"
             if holder == os.getpid():
-                who += ", this process: another store has it open"
+                raise StoreError(f"tier folder {path} is in use by another store of this "
+                                 f"process (pid {holder}); open each tier folder once (close "
+                                 "the other cache or store first)") from None
+            who = f"pid {holder}" if holder is not None else "pid unknown"
             raise StoreError(f"tier folder {path} is in use by another process ({who}); a "
                              "disk tier belongs to one process -- give each worker its own "
                              "folder or share through a redis tier") from None

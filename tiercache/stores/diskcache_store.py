@@ -40,6 +40,20 @@ Space on disk
     growing to ~4 MiB (sqlite's default). Value files round up to 4 KiB
     blocks and live in ``xx/yy/`` folders (4 KiB each). Measured overheads
     are in docs/reliability.md.
+Damaged index
+    sqlite keeps no checksums either. A ``cache.db`` that sqlite calls
+    malformed or not a database, a Settings table diskcache cannot use, or a
+    stored key that is not valid UTF-8 (or is pickled or TEXT: tiercache
+    writes only BLOB keys) raises :class:`~tiercache.errors.MediumDamagedError`
+    naming the file -- from the constructor, :meth:`DiskcacheStore.keys` or a
+    read -- rather than being skipped: the rest of the index cannot be trusted
+    either. The engine opens such a tier degraded; ``tiercache verify
+    --repair`` empties it. A damaged value (header, payload, length) stays
+    :class:`~tiercache.errors.CorruptShardError`.
+One process
+    A store given a ``capacity_bytes`` (a tier's store) locks its folder
+    (:func:`~tiercache.stores.base.lock_tier_folder`): several writer processes
+    on one folder grew the WAL to 22 MB for a 2 MiB tier.
 
 Thread-safety: :class:`diskcache.Cache` keeps one sqlite connection per
 thread and serialises writers with sqlite transactions (``retry=True``), so a

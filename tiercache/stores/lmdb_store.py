@@ -45,14 +45,37 @@ Space on disk
     value, so churn fragments it: measured, ``data.mdb`` plateaued at 1.7-2.2x
     the bytes held (docs/reliability.md). A store that knows its tier's
     ``capacity_bytes`` therefore compacts itself (``env.copy(compact=True)``,
-    then an atomic rename over ``data.mdb``) when the file passes
-    :data:`COMPACT_RATIO` x capacity + :data:`COMPACT_SLACK_BYTES` (or that much
-    over its size after the last compaction, if more shards than capacity's
-    worth of pages are live). While it runs, the folder briefly holds the
-    compacted copy too (at most the live data). A crash during a compaction
-    leaves the old file intact; the leftover copy is removed at the next open.
-    Compaction replaces the file, so a tier with a capacity belongs to one
-    process; processes sharing an environment must open it without one.
+    then an atomic rename over ``data.mdb``) when, after a put or a delete, the
+    file passes :data:`COMPACT_RATIO` x the bytes of the pages in use (every
+    tree's branch, leaf and overflow pages: what a compaction keeps) +
+    :data:`COMPACT_SLACK_BYTES`. The threshold follows the live data down as
+    well as up, so ``du`` stays within 1.25 x live + 1 MiB however the mix of
+    shard sizes changes; a compaction costs O(live) and comes after at least
+    0.25 x live + 1 MiB written or deleted. A compaction that fails (a full
+    disk) never fails the write that triggered it -- that write is committed --
+    it is logged, counted (``compaction_failures``) and retried by a later
+    write after a back-off (1 s doubling to 60 s). While it runs, the folder
+    briefly holds the compacted copy too (at most the live data). A crash
+    during a compaction leaves the old file intact; the leftover copy is removed
+    at the next open. Compaction replaces the file, so a tier with a capacity
+    belongs to one process: such a store locks its folder
+    (:func:`~tiercache.stores.base.lock_tier_folder`); processes sharing an
+    environment must open it without a capacity.
+Damaged files
+    lmdb keeps no checksums of its own pages and maps the file: a page past
+    the end of a truncated ``data.mdb`` faults with SIGBUS when touched. Every
+    open (and reopen) therefore first reads the two meta pages with plain reads
+    (:func:`check_data_file`): both must be valid and the file must hold every
+    page up to the newer one's ``mm_last_pg``; the named databases' roots must
+    lie within those pages. Otherwise, and for lmdb's own "corrupted" errors
+    and stored keys that are not UTF-8, the store raises
+    :class:`~tiercache.errors.MediumDamagedError` naming the file (the engine
+    opens the tier degraded). A damaged shard (header or payload) stays
+    :class:`~tiercache.errors.CorruptShardError`. Not covered: a flipped bit in a
+    leaf node's overflow page number or value length can still point lmdb past
+    the end of the file, and py-lmdb touches every page of a value before
+    returning it, so no check can run in between (SIGBUS; found by a targeted
+    test, not in 150 random flips).
 
 Thread-safety: one :class:`lmdb.Environment` is shared by all threads (opened
 with ``lock=True``); lmdb runs one write transaction at a time and any number
@@ -65,7 +88,7 @@ store, opened *after* any ``fork()``: a store used in a process other than
 the one that opened it raises :class:`~tiercache.errors.StoreError` instead
 of corrupting lmdb's lock table. py-lmdb refuses to open one environment
 twice in a process. A store given a ``capacity_bytes`` compacts (replaces
-its file), so only stores without one may be shared.
+its file) and locks the folder, so only stores without one may be shared.
 """
 
 from __future__ import annotations
