@@ -341,3 +341,30 @@ def test_cli_limit_streams_and_max_requests_refuses(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"tiercache: error: {path}:1: n_blocks 268,435,456 makes "
                                   "the trace expand to more than max_requests=1,000")
+
+
+def test_lis_read_in_many_small_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks split anywhere: keys, line numbers of errors and limits stay exact."""
+    from tiercache.sim import traces
+
+    rng = np.random.default_rng(3)
+    rows = [(int(s), int(c)) for s, c in zip(rng.integers(0, 1000, 300),
+                                             rng.choice([1, 1, 1, 2, 5], 300), strict=True)]
+    rows[:40] = [(s, 1) for s, _ in rows[:40]]  # whole blocks of one-request lines
+    text = "".join(f"{s} {c} 0 {i}\n" + ("\n" if i % 17 == 0 else "")
+                   for i, (s, c) in enumerate(rows))
+    want = [s + j for s, c in rows for j in range(c)]
+    path = write(tmp_path, "t.lis", text.encode(), "zst")
+    monkeypatch.setattr(traces, "_LIS_BLOCK_BYTES", 37)
+    assert read_trace(path).keys.tolist() == want
+    assert read_trace(path, limit=401).keys.tolist() == want[:401]
+    bad = text.splitlines()
+    bad[250] = "7 x 0 0"
+    with pytest.raises(TraceError, match="'x' is not an integer") as info:
+        read_trace(write(tmp_path, "bad.lis", "\n".join(bad).encode()))
+    assert info.value.line == 251
+    with pytest.raises(TraceError, match="max_requests=100 requests") as info:
+        read_trace(path, max_requests=100)
+    assert info.value.line == text.splitlines().index(
+        next(f"{s} {c} 0 {i}" for i, (s, c) in enumerate(rows)
+             if sum(c2 for _, c2 in rows[:i + 1]) > 100)) + 1

@@ -579,7 +579,7 @@ def _lis_table(block: bytes, path: Path, lines_before: int) -> npt.NDArray[np.in
 
 def _read_lis(path: Path, compression: Compression | None, bounds: _Bounds) -> Trace:
     starts: list[npt.NDArray[np.int64]] = []
-    counts: list[npt.NDArray[np.int64]] = []
+    counts: list[npt.NDArray[np.int64] | None] = []  # None: every line of the block is 1
     total = 0
     try:
         with _open_binary(path, compression) as raw:
@@ -617,7 +617,7 @@ def _read_lis(path: Path, compression: Compression | None, bounds: _Bounds) -> T
                                      "the largest 64-bit block number", file=path,
                                      line=line_of(row))
                 starts.append(start.copy())
-                counts.append(count.copy())
+                counts.append(None if int(count.max()) == 1 else count.copy())
                 total = int(running[-1])
                 if bounds.limit is not None and total >= bounds.limit:
                     break
@@ -626,10 +626,11 @@ def _read_lis(path: Path, compression: Compression | None, bounds: _Bounds) -> T
     if not total:
         return Trace(np.empty(0, np.int64), source=str(path))
     start = np.concatenate(starts)
-    count = np.concatenate(counts)
-    del starts, counts
-    if int(count.max()) == 1:
+    if all(c is None for c in counts):  # one request a line (OLTP): the starts are the keys
         return Trace(start, source=str(path))
+    count = np.concatenate([np.ones(s.size, np.int64) if c is None else c
+                            for s, c in zip(starts, counts, strict=True)])
+    del starts, counts
     # keys[i] = start of i's line + (i - first request of i's line), built in place:
     # one array of `total` int64 plus O(_EXPAND_CHUNK) temporaries.
     first = np.cumsum(count) - count
