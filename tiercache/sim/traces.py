@@ -387,7 +387,7 @@ def read_trace(path: str | os.PathLike[str], fmt: str | None = None, *,
             raise ValueError(f"read_trace({str(file)!r}): {name} must be a whole number from 1 "
                              f"to 2**40, got {value!r}")
     cap = _MAX_MAX_REQUESTS if max_requests is None else max_requests
-    bounds = _Bounds(limit, cap, max_requests is not None)
+    bounds = _Bounds(limit, cap)
     kind, compression = detect_format(file, fmt)
     if kind == "csv":
         trace = _read_csv(file, compression, bounds)
@@ -406,7 +406,6 @@ class _Bounds:
 
     limit: int | None
     cap: int
-    capped: bool  # whether the cap was set by the caller's max_requests (for messages)
 
     def too_many(self, what: str) -> str:
         """The reason of a trace refused for holding more than ``cap`` requests."""
