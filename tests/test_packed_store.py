@@ -370,7 +370,7 @@ def test_a_tier_store_holds_its_folder_against_other_processes(tmp_path: Path) -
         assert refused.ok, refused.describe()
         assert refused.value.startswith("StoreError: tier folder"), refused.value
         assert f"in use by another process (pid {os.getpid()})" in refused.value
-        with pytest.raises(StoreError, match="this process: another store has it open"):
+        with pytest.raises(StoreError, match=r"in use by another store of this process"):
             PackedStore(folder, capacity_bytes=1 << 20)
         store.reopen()
         assert "in use" in run_capped(_try_open, str(folder), timeout_s=60).value
