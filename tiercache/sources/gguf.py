@@ -249,7 +249,9 @@ def _parse_header(buf: Any, size: int, file: Path) -> GGUFHeader:
         raise cur.fail(f"the header declares {tensor_count} tensors (at most "
                        f"{MAX_TENSOR_COUNT} allowed)")
     cur.need(kv_count * 14, f"{kv_count} metadata keys")  # each: key length, a byte, type, value
-    meta: dict[str, Any] = {}
+    # the header's own fields, under the names gguf.GGUFReader gives them
+    meta: dict[str, Any] = {"GGUF.version": version, "GGUF.tensor_count": tensor_count,
+                            "GGUF.kv_count": kv_count}
     types: dict[str, int] = {}
     for index in range(kv_count):
         key = cur.string(f"metadata key #{index}", MAX_KEY_BYTES)
