@@ -188,6 +188,21 @@ def test_the_72_byte_array_bomb_is_72_bytes(tmp_path: Path) -> None:
     assert len(GGUF_CASES["array of 2^40 bytes"][0]) == 72  # the file measured in the issue
 
 
+def _cli_import(path: str, out: str) -> int:
+    return main(["import", path, "--npy-dir", out, "--no-progress"])
+
+
+@pytest.mark.parametrize("case", ["string of 2^62 bytes", "array of 2^40 bytes"])
+def test_the_cli_refuses_a_hostile_gguf_with_exit_2(tmp_path: Path, case: str) -> None:
+    """The 2^62-byte string imported "0 shards" with exit status 0."""
+    path = tmp_path / "hostile.gguf"
+    path.write_bytes(GGUF_CASES[case][0])
+    result = run_capped(_cli_import, str(path), str(tmp_path / "out"), limit_bytes=CAP,
+                        timeout_s=TIMEOUT_S)
+    assert result.ok and result.value == 2, result.describe()
+    assert not (tmp_path / "out" / "tiercache-model.json").exists()
+
+
 def test_a_valid_hand_built_gguf_imports(tmp_path: Path) -> None:
     """The builder above makes files the importer accepts (so the cases test one fault each)."""
     path = tmp_path / "ok.gguf"
