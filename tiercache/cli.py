@@ -3,7 +3,8 @@
 Subcommands live in :mod:`tiercache.commands`, one module each. Every expected
 failure (bad config, missing file, unreadable store) prints one line to
 stderr and exits with status 2; no traceback reaches the user unless
-``TIERCACHE_DEBUG=1`` is set.
+``TIERCACHE_DEBUG=1`` is set. ``tiercache stats`` exits with status 1 when it
+could read the cache but a tier is degraded.
 """
 
 from __future__ import annotations
