@@ -332,6 +332,10 @@ def test_load_model_errors_and_close(synthetic: Path, tmp_path: Path) -> None:
         model.generate("hi", temperature=-1)
     with pytest.raises(ValueError, match="empty"):
         model.generate("", stream=False)
+    with pytest.raises(ValueError, match="needs chat=True"):
+        model.generate("hi", system="Be brief.")
+    with pytest.raises(ValueError, match="needs chat=True"):
+        model.generate([{"role": "user", "content": "hi"}])
     model.close()
     model.close()  # idempotent
     with pytest.raises(tiercache.TierCacheError, match="closed"):

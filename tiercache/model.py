@@ -298,19 +298,19 @@ class Model:
         ``{"role", "content"}`` messages), with an optional ``system`` message.
         ``ValueError`` for an empty prompt. O(len(text))."""
         if chat:
-            messages: list[dict[str, str]] = []
+            messages: list[Mapping[str, str]] = []
             if system is not None:
                 messages.append({"role": "system", "content": system})
             if isinstance(text, str):
                 messages.append({"role": "user", "content": text})
             else:
-                messages.extend(dict(m) for m in text)
+                messages.extend(text)  # apply_chat_template checks each message
             template = (self.manifest.tokenizer or {}).get("chat_template")
             text = apply_chat_template(template, messages)
         elif not isinstance(text, str):
             raise ValueError("a list of chat messages needs chat=True")
         elif system is not None:
-            raise ValueError("system= needs chat=True")
+            raise ValueError("a system message (system= / --system) needs chat=True / --chat")
         ids = self.tokenizer.encode(text)
         if not ids:
             raise ValueError("the prompt is empty: give some text")
