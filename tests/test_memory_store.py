@@ -80,7 +80,7 @@ def test_zero_size_shards_are_not_free() -> None:
     assert store.stored_size(empty) >= ENTRY_OVERHEAD_BYTES
     assert store.put("e", empty) == store.stored_size(empty)
     with tiercache.TieredCache.from_config(_ram_only(1)) as cache:
-        with pytest.raises(TierCacheError, match="fits no tier|too small"):
+        with pytest.raises(TierCacheError, match=r"fits no tier|too small"):
             cache.put("e", empty)
         assert cache.stats()["tiers"]["ram"]["resident_count"] == 0
     capacity = 10 * shard_cost_nbytes(0)
@@ -258,3 +258,23 @@ def test_memmap_is_a_plain_buffer_and_is_accepted(tmp_path: Path) -> None:
         cache.put("w", mm)
         got = cache.get("w")
         assert type(got) is np.ndarray and (got == 1.5).all()
+
+
+def test_trusted_code_can_still_hand_a_hit_to_tensorflow_without_a_copy() -> None:
+    """The TensorFlow adapter exports a RAM hit through DLPack, which needs a writable
+    array: it takes one from the buffer under the hit (``writable_view``), the
+    documented way around the protection; numpy's own API still refuses."""
+    from tiercache.adapters.tensorflow import _writable_alias, zero_copy_ok
+    from tiercache.stores.memory import writable_view
+
+    store = MemoryStore()
+    for nbytes in (256, 2 * MIN_POOLED_BYTES):
+        store.put("w", np.arange(nbytes // 4, dtype=np.float32).reshape(-1, 8))
+        hit = store.get("w")
+        assert hit is not None
+        alias = writable_view(hit)
+        assert alias is not None and alias.flags.writeable
+        assert alias.ctypes.data == hit.ctypes.data and alias.shape == hit.shape
+        assert alias.dtype == hit.dtype and np.array_equal(alias, hit)
+        assert zero_copy_ok(hit) and _writable_alias(hit) is not None
+    assert writable_view(np.zeros(3)) is None  # not a memory store's array

@@ -54,6 +54,7 @@ from ..sources.manifest import (
     llama_layer_keys,
     llama_schedule,
 )
+from ..stores.memory import writable_view
 from . import WeightSource
 
 #: Alignment TensorFlow's CPU kernels require of tensor memory (EIGEN_MAX_ALIGN_BYTES).
@@ -94,12 +95,14 @@ def _address(array: np.ndarray) -> int:
 
 
 def _writable_alias(array: np.ndarray) -> np.ndarray | None:
-    """A writable view of the read-only ``array``'s memory, or None if numpy refuses."""
+    """A writable view of the read-only ``array``'s memory, or None if numpy refuses.
+    A RAM-tier hit lies over a read-only memoryview (numpy refuses): its alias is
+    taken from the buffer under it (:func:`tiercache.stores.memory.writable_view`)."""
     view = array.view()
     try:
         view.flags.writeable = True
     except ValueError:
-        return None
+        return writable_view(array)
     return view
 
 

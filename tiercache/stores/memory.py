@@ -17,8 +17,10 @@ Read-only, for real: the array a hit returns (and every view of it) lies over
 a read-only :class:`memoryview`, so numpy refuses ``a.flags.writeable = True``
 (``ValueError``) and no write through the numpy API can change the cached
 value. What this does not stop is code that deliberately reaches the writable
-buffer underneath (``a.base.obj``) or writes through raw pointers
-(``a.ctypes``, C extensions): the cache trusts its own process.
+buffer underneath (``a.base.obj``, :func:`writable_view`, which the TensorFlow
+adapter uses to hand a shard to TensorFlow without a copy) or writes through
+raw pointers (``a.ctypes``, ``__array_interface__``, C extensions): the cache
+trusts its own process.
 
 Thread-safety: dict operations are atomic under the GIL; safe from any thread.
 """
@@ -61,6 +63,29 @@ def shard_cost_nbytes(nbytes: int) -> int:
     """What a memory tier's capacity is charged for a shard of ``nbytes`` payload
     bytes: :func:`allocated_nbytes` plus :data:`ENTRY_OVERHEAD_BYTES`. O(1)."""
     return allocated_nbytes(nbytes) + ENTRY_OVERHEAD_BYTES
+
+
+def writable_view(array: np.ndarray) -> np.ndarray | None:
+    """A writable array over the same bytes as ``array``, a read-only array a memory
+    store handed out, or ``None`` if ``array`` does not lie over such a buffer.
+
+    The deliberate way around the protection described in the module docstring,
+    for trusted code that must pass the bytes to a consumer needing a writable
+    export and that never writes through it: TensorFlow's DLPack import
+    (:func:`tiercache.adapters.tensorflow.to_tensor`). Writing through the result
+    changes the cached value. O(1). Thread-safe.
+    """
+    base = array.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if not isinstance(base, memoryview) or not isinstance(base.obj, np.ndarray):
+        return None
+    owner = base.obj
+    if not owner.flags.writeable:
+        return None
+    offset = array.__array_interface__["data"][0] - owner.__array_interface__["data"][0]
+    return np.ndarray(array.shape, array.dtype, buffer=owner, offset=offset,
+                      strides=array.strides)
 
 
 def _frozen(owner: np.ndarray, offset: int, like: np.ndarray) -> np.ndarray:
