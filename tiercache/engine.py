@@ -351,6 +351,9 @@ class TieredCache:
                 self._drop_corrupt(tier, key, exc, version)
                 continue
             except StoreError as exc:
+                if self._closed:  # the cache was closed under this read
+                    raise CacheClosedError(f"the cache was closed while {key!r} was read") \
+                        from exc
                 with self._lock:
                     tier.stats.errors += 1
                     tier.note_failure(exc, "get")  # logs when the tier becomes degraded

@@ -583,7 +583,7 @@ class RedisStore(Store):
         check_verify_mode(verify)
         if (url is None) == (not cluster_nodes):
             raise ValueError("give exactly one of url and cluster_nodes")
-        if not isinstance(namespace, str) or not NAMESPACE_RE.match(namespace):
+        if not isinstance(namespace, str) or not NAMESPACE_RE.fullmatch(namespace):
             raise ValueError(f"namespace {namespace!r} must be 1-128 characters of "
                              "A-Z a-z 0-9 _ . : / -")
         if isinstance(timeout_s, bool) or not 0 < timeout_s <= 3600:
