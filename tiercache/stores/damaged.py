@@ -27,7 +27,26 @@ from ..errors import StoreError
 from .base import ShardInfo, Store
 
 
-class DamagedStore(Store):
+class _EmptyStore(Store):
+    """A persistent stand-in that holds nothing: no keys, no info."""
+
+    persistent = True
+
+    def __init__(self, backend: str, path: Path | None) -> None:
+        self.backend = backend  # type: ignore[misc]  # per instance: stands in for any backend
+        self.path = path
+
+    def info(self, key: str) -> ShardInfo | None:
+        return None
+
+    def keys(self) -> Iterator[str]:
+        return iter(())
+
+    def stored_size(self, array: np.ndarray) -> int:
+        return stored_nbytes(array)
+
+
+class DamagedStore(_EmptyStore):
     """A persistent medium that could not be opened; every operation fails or is empty.
 
     Parameters
@@ -40,11 +59,8 @@ class DamagedStore(Store):
         Why the medium cannot be used (the :class:`MediumDamagedError` message).
     """
 
-    persistent = True
-
     def __init__(self, backend: str, path: Path | None, reason: str) -> None:
-        self.backend = backend  # type: ignore[misc]  # per instance: stands in for any backend
-        self.path = path
+        super().__init__(backend, path)
         self.reason = reason
 
     def _fail(self) -> StoreError:
@@ -59,15 +75,6 @@ class DamagedStore(Store):
     def delete(self, key: str) -> bool:
         raise self._fail()
 
-    def info(self, key: str) -> ShardInfo | None:
-        return None
-
-    def keys(self) -> Iterator[str]:
-        return iter(())
-
-    def stored_size(self, array: np.ndarray) -> int:
-        return stored_nbytes(array)
-
     def check_health(self) -> str | None:
         return f"medium damaged: {self.reason}"
 
@@ -75,14 +82,8 @@ class DamagedStore(Store):
         raise self._fail()
 
 
-class AbsentStore(Store):
+class AbsentStore(_EmptyStore):
     """An empty, read-only stand-in for a disk tier whose folder does not exist yet."""
-
-    persistent = True
-
-    def __init__(self, backend: str, path: Path | None) -> None:
-        self.backend = backend  # type: ignore[misc]
-        self.path = path
 
     def get(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
         return None
@@ -93,12 +94,3 @@ class AbsentStore(Store):
 
     def delete(self, key: str) -> bool:
         return False
-
-    def info(self, key: str) -> ShardInfo | None:
-        return None
-
-    def keys(self) -> Iterator[str]:
-        return iter(())
-
-    def stored_size(self, array: np.ndarray) -> int:
-        return stored_nbytes(array)
