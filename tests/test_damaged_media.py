@@ -140,6 +140,8 @@ def check(results: list[dict[str, Any]], name: str) -> dict[str, int]:
                 assert name in message, message  # names the file
         end = r["error"][0] if r["error"] else ("refused some" if r["refused"] else "clean")
         counts[end] = counts.get(end, 0) + 1
+    reads = sum(r["read"] for r in results)
+    print(f"{name}: {len(results)} trials, {counts}, {reads} reads right")
     return counts
 
 

@@ -214,6 +214,10 @@ def test_lmdb_holds_its_bound_when_small_shards_give_way_to_large_ones(tmp_path:
         assert thresholds[1] < thresholds[0]  # the threshold came back down
         assert store.compactions >= 2
         assert du(folder) <= 1.25 * (3 * (MiB + 8 * KiB)) + MiB + 16 * KiB
+        print(f"lmdb small -> large: du {du(folder) / MiB:.2f} MiB, bound "
+              f"{lmdb_bound(capacity, len(live)) / MiB:.2f} MiB, threshold "
+              f"{thresholds[0] / MiB:.2f} -> {thresholds[1] / MiB:.2f} MiB, "
+              f"{store.compactions} compactions")
 
 
 def _fail_compaction_copy(path: Path) -> None:
