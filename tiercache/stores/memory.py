@@ -17,10 +17,10 @@ Read-only, for real: the array a hit returns (and every view of it) lies over
 a read-only :class:`memoryview`, so numpy refuses ``a.flags.writeable = True``
 (``ValueError``) and no write through the numpy API can change the cached
 value. What this does not stop is code that deliberately reaches the writable
-buffer underneath (``a.base.obj``, :func:`writable_view`, which the TensorFlow
-adapter uses to hand a shard to TensorFlow without a copy) or writes through
-raw pointers (``a.ctypes``, ``__array_interface__``, C extensions): the cache
-trusts its own process.
+buffer under the memoryview (its ``.obj``, or :func:`writable_view`, which the
+TensorFlow adapter uses to hand a shard to TensorFlow without a copy) or
+writes through raw pointers (``a.ctypes``, ``__array_interface__``, C
+extensions): the cache trusts its own process.
 
 Thread-safety: dict operations are atomic under the GIL; safe from any thread.
 """
@@ -44,10 +44,11 @@ SMALL_ALIGN_BYTES = 64
 #: shard (its buffer's array, the read-only memoryview and its managed buffer, the
 #: array handed out, their shape/stride blocks), the store's dict slot and malloc's
 #: per-block headers, plus the engine's per-entry bookkeeping in the tier index and
-#: the eviction policy, and the key string (room for a key of ~60 characters).
-#: Measured at ~700 bytes per one-byte shard (the RSS growth per entry of a memory
-#: tier filled through :class:`~tiercache.TieredCache` with 100k shards, LRU and
-#: ARC); rounded up.
+#: the eviction policy, and the key string.
+#: Measured: RSS grew ~1,040 bytes per one-byte shard (64 of them its buffer) when
+#: 100k shards with 27-character keys filled a memory tier through
+#: :class:`~tiercache.TieredCache` (LRU and ARC alike), the store's own part being
+#: ~700 bytes (tracemalloc); rounded up to 1 KiB. Longer keys cost more.
 ENTRY_OVERHEAD_BYTES = 1024
 
 
