@@ -38,6 +38,9 @@ _DTYPES: dict[str, str] = {
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 #: Most dimensions a tensor may have (numpy 1.x's limit).
 MAX_DIMS = 32
+#: numpy refuses a shape whose non-zero dimensions multiply to more than its index type
+#: holds, even for an array of zero elements.
+_MAX_SHAPE_BYTES = 1 << 62
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -119,7 +122,9 @@ def check_entry(name: str, entry: Any, data_bytes: int, data_start: int,
     ``dtype`` must be a known name, ``shape`` a list of at most :data:`MAX_DIMS`
     whole numbers, ``data_offsets`` two whole numbers ``begin <= end`` inside
     the data, and ``end - begin`` the tensor's size (computed with Python
-    integers: a shape of ``[2**32, 2**32]`` cannot wrap to zero). Raises
+    integers: a shape of ``[2**32, 2**32]`` cannot wrap to zero); the
+    non-zero dimensions must multiply to less than 2**62 bytes (numpy's limit,
+    which holds for ``[0, 2**70]`` too). Raises
     :class:`ModelFormatError` naming the file and the tensor. O(rank).
     """
     what = f"tensor {name!r}"
@@ -151,6 +156,10 @@ def check_entry(name: str, entry: Any, data_bytes: int, data_start: int,
         shown = repr(offsets)[:80]
         raise ModelFormatError(f"{what}: data_offsets is {shown}, expected [begin, end] with "
                                "0 <= begin <= end", file=file)
+    if math.prod(max(n, 1) for n in shape) * stored.itemsize >= _MAX_SHAPE_BYTES:
+        zeros = " (leaving out its zeros)" if 0 in shape else ""
+        raise ModelFormatError(f"{what}: shape {repr(shape)[:80]} is too large: its "
+                               f"dimensions{zeros} multiply to 2**62 bytes or more", file=file)
     begin, end = offsets
     if end > data_bytes:
         raise ModelFormatError(f"truncated: {what} ends at byte {data_start + end} of "
