@@ -140,7 +140,7 @@ def test_record_trace_config(tmp_path: Path) -> None:
         assert info.value.key == "record_trace"
     disk = [*tiers, {"name": "ssd", "backend": "lmdb", "path": str(tmp_path / "ssd"),
                      "capacity": "1MiB"}]
-    with pytest.raises(ConfigError, match=r"inside the folder of tiers\[1\] \(ssd\)"):
+    with pytest.raises(ConfigError, match=r"inside the folder of tier.*ssd"):
         load_config({"tiers": disk, "record_trace": str(tmp_path / "ssd" / "t.csv")})
     with tiercache.open(toml) as cache:
         cache.put("x", np.ones(3, np.float32))
