@@ -278,3 +278,24 @@ def test_trusted_code_can_still_hand_a_hit_to_tensorflow_without_a_copy() -> Non
         assert alias.dtype == hit.dtype and np.array_equal(alias, hit)
         assert zero_copy_ok(hit) and _writable_alias(hit) is not None
     assert writable_view(np.zeros(3)) is None  # not a memory store's array
+
+
+def test_a_dropped_large_shard_gives_its_buffer_back_to_the_pool() -> None:
+    """The read-only memoryview holds the pooled buffer exactly as long as an array
+    over it lives: once the store and every hit let go, the pool reuses it."""
+    gc.collect()  # earlier tests' garbage frees its pool buffers now, not midway
+    pool_buffer = codec.empty_aligned(2 * MIN_POOLED_BYTES)
+    address = pool_buffer.ctypes.data
+    del pool_buffer
+    store = MemoryStore()
+    store.put("k", np.ones(2 * MIN_POOLED_BYTES, np.uint8))
+    hit = store.get("k")
+    assert hit is not None and hit.ctypes.data == address  # the freed pool buffer, reused
+    store.delete("k")
+    gc.collect()
+    other = codec.empty_aligned(2 * MIN_POOLED_BYTES)
+    assert other.ctypes.data != address  # `hit` still lies over it
+    assert (hit == 1).all()
+    del hit, other
+    gc.collect()
+    assert codec.empty_aligned(2 * MIN_POOLED_BYTES).ctypes.data == address
