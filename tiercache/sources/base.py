@@ -19,7 +19,7 @@ keys written so far (a :class:`CacheSink` deletes them from every tier, an
 :class:`NpyDirSink` removes their files) before the error propagates.
 
 Progress goes to stderr: a rich live bar on a terminal, and on anything else
-(a file, a pipe, a CI log) at most a dozen plain lines of at most
+(a file, a pipe, a CI log) at most ten plain lines of at most
 :data:`PLAIN_PROGRESS_WIDTH` characters, one per 10 % (see :class:`ImportProgress`).
 
 Thread-safety: a sink is used by one importer thread at a time.
@@ -209,7 +209,7 @@ class ImportProgress:
     On a terminal: a rich live bar. Anywhere else -- a file, a pipe, a CI log,
     even one that claims colour support (``FORCE_COLOR``) -- a live bar would
     be written out once per refresh and wrap, so this prints plain lines
-    instead: one each time another 10 % is done (at most 11), each at most
+    instead: one each time another 10 % is done (at most 10), each at most
     :data:`PLAIN_PROGRESS_WIDTH` characters, no escape codes. A context
     manager; O(1) per :meth:`advance`. Thread-safety: one importer thread.
     """
