@@ -519,3 +519,25 @@ def test_the_cli_progress_in_a_ci_log_does_not_wrap(tmp_path: Path) -> None:
     assert "\x1b" not in proc.stderr and "\r" not in proc.stderr
     assert lines[-1].startswith("importing a-model-file") and "100%" in lines[-1]
     assert "200 shards" in proc.stdout
+
+
+# --- the safetensors origin (the Rust reader) on the same files --------------------------------
+def _read_origin(path: str) -> list[tuple[str, tuple[int, ...]]]:
+    from tiercache.origins import SafetensorsOrigin
+
+    origin = SafetensorsOrigin(path)
+    return [(key, np.shape(origin.get(key))) for key in origin.keys()]
+
+
+@pytest.mark.parametrize("case", list(ST_CASES))
+def test_the_safetensors_origin_refuses_the_same_files_with_store_error(tmp_path: Path,
+                                                                        case: str) -> None:
+    """The origin parses headers with the ``safetensors`` package (Rust), not tiercache's
+    reader; it too must answer each hostile file with its one error, within the cap."""
+    pytest.importorskip("safetensors")
+    path = tmp_path / "hostile.safetensors"
+    path.write_bytes(ST_CASES[case][0])
+    result = run_capped(_read_origin, str(path), limit_bytes=CAP, timeout_s=TIMEOUT_S)
+    assert result.ok or result.error_type == "StoreError", result.describe()
+    if not result.ok:
+        assert str(path) in (result.error_message or "")
