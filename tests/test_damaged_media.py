@@ -94,8 +94,10 @@ def probe(kind: str, path: Path) -> dict[str, Any]:
 
 
 def run_trials(kind: str, original: Path, work: Path,
-               trials: list[tuple[str, int]]) -> list[dict[str, Any]]:
-    """Copy ``original``, damage it (``("cut", size)`` or ``("flip", bit)``) and probe it,
+               trials: list[tuple[str, int]] | list[tuple[str, int, bytes]]
+               ) -> list[dict[str, Any]]:
+    """Copy ``original``, damage it (``("cut", size)``, ``("flip", bit)`` or ``("poke",
+    offset, new bytes)``) and probe it,
     one trial after another inside ONE capped child (the child records each trial's
     start, so a signal names the trial). Returns the outcomes."""
     progress = work / "progress.txt"
@@ -103,13 +105,17 @@ def run_trials(kind: str, original: Path, work: Path,
 
     def all_trials() -> list[dict[str, Any]]:
         results = []
-        for n, (how, where) in enumerate(trials):
+        for n, (how, where, *rest) in enumerate(trials):
             folder = work / f"t{n}"
             shutil.copytree(original, folder)
             progress.write_text(f"{n} {how} {where}")
             target = folder / name
             if how == "cut":
                 os.truncate(target, where)
+            elif how == "poke":
+                with open(target, "r+b") as f:
+                    f.seek(where)
+                    f.write(rest[0])
             else:
                 with open(target, "r+b") as f:
                     f.seek(where // 8)
@@ -254,3 +260,44 @@ def test_lmdb_meta_page_bit_flips_are_caught_before_mapping(tmp_path: Path) -> N
                          [("flip", b) for b in bits])
     counts = check(results, data.name)
     assert counts.get("MediumDamagedError", 0) > 100, counts
+
+
+def leaf_nodes(data: Path) -> list[tuple[int, int, int, int]]:
+    """``(node offset, flags, key length, value length)`` of every node on the file's leaf
+    pages (the file is compacted: every page is live). lmdb 0.9, 64-bit little-endian:
+    a 16-byte page header (``mp_flags`` at 10, ``mp_lower`` at 12), then 2-byte node
+    offsets; a node is ``mn_lo, mn_hi, mn_flags, mn_ksize`` (u16 each), key, value."""
+    raw = data.read_bytes()
+    nodes = []
+    for page in range(2, len(raw) // PAGE):
+        base = page * PAGE
+        pgno, flags, lower = struct.unpack_from("<QxxHH", raw, base)
+        if pgno != page or flags != 0x02:  # P_LEAF
+            continue
+        for i in range((lower - 16) // 2):
+            offset = base + struct.unpack_from("<H", raw, base + 16 + 2 * i)[0]
+            lo, hi, node_flags, ksize = struct.unpack_from("<HHHH", raw, offset)
+            nodes.append((offset, node_flags, ksize, lo | hi << 16))
+    return nodes
+
+
+def test_an_lmdb_node_pointing_past_the_file_is_a_corrupt_shard_not_sigbus(
+        tmp_path: Path) -> None:
+    """py-lmdb touches every page of a value before returning it: a node whose overflow page
+    number (or inline length) points past the end of data.mdb used to fault with SIGBUS.
+    The store reads the node's header first and refuses that entry."""
+    data = build("lmdb", tmp_path / "orig")
+    last_pg = data.stat().st_size // PAGE - 1
+    nodes = leaf_nodes(data)
+    overflow = [n for n in nodes if n[1] & 0x01][:6]  # F_BIGDATA: payloads > 2 KiB
+    inline = [n for n in nodes if not n[1] and n[3] < 1000][:6]  # headers, small payloads
+    assert len(overflow) == 6 and len(inline) == 6
+    trials: list[tuple[str, int, bytes]] = []
+    for offset, _flags, ksize, _size in overflow:  # the overflow run starts at the last page
+        trials.append(("poke", offset + 8 + ksize, struct.pack("<Q", last_pg)))
+    for offset, _flags, _ksize, _size in inline:  # mn_hi: 2 GiB more than the page holds
+        trials.append(("poke", offset + 2, struct.pack("<H", 0x8000)))
+    results = run_trials("lmdb", tmp_path / "orig", tmp_path / "work", trials)
+    counts = check(results, data.name)
+    refused = sum(r["refused"] for r in results)
+    assert refused + counts.get("MediumDamagedError", 0) >= len(trials), (counts, results)

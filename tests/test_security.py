@@ -220,4 +220,5 @@ def test_the_cache_keeps_traversal_keys_inside_its_tiers(tmp_path: Path) -> None
     assert {p.name for p in tmp_path.iterdir()} == {"t"}
     assert {p.name for p in (tmp_path / "t").iterdir()} == {"ssd", "hdd"}
     assert not any(".." in str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
-    assert sorted(os.listdir(tmp_path / "t" / "ssd")) == ["data.mdb", "lock.mdb"]
+    assert sorted(os.listdir(tmp_path / "t" / "ssd")) == [".tiercache.lock", "data.mdb",
+                                                          "lock.mdb"]

@@ -71,11 +71,15 @@ Damaged files
     and stored keys that are not UTF-8, the store raises
     :class:`~tiercache.errors.MediumDamagedError` naming the file (the engine
     opens the tier degraded). A damaged shard (header or payload) stays
-    :class:`~tiercache.errors.CorruptShardError`. Not covered: a flipped bit in a
-    leaf node's overflow page number or value length can still point lmdb past
-    the end of the file, and py-lmdb touches every page of a value before
-    returning it, so no check can run in between (SIGBUS; found by a targeted
-    test, not in 150 random flips).
+    :class:`~tiercache.errors.CorruptShardError`, and so is an entry whose node
+    points past the end of the file (a flipped bit in its overflow page number
+    or value length): py-lmdb touches every page of a value before returning
+    it, which would fault with SIGBUS, so reads position a cursor on the key
+    (the value untouched), read the node's header just before the key and
+    check the value's extent -- within its leaf page, or its overflow pages
+    within the file (``fstat`` of the store's own descriptor of ``data.mdb``)
+    -- before fetching it. Not covered: damage that makes lmdb itself read out
+    of bounds while searching (a branch or leaf page's own offsets).
 
 Thread-safety: one :class:`lmdb.Environment` is shared by all threads (opened
 with ``lock=True``); lmdb runs one write transaction at a time and any number
@@ -94,6 +98,7 @@ its file) and locks the folder, so only stores without one may be shared.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import logging
 import os
@@ -134,6 +139,8 @@ COMPACT_SLACK_BYTES = 1 << 20
 COMPACT_RETRY_S = 1.0
 COMPACT_RETRY_MAX_S = 60.0
 _COMPACT_DIR = ".compact.tmp"
+#: Environments a forked child closed its store over: kept referenced, never freed here.
+_INHERITED_ENVS: list[lmdb.Environment] = []
 #: lmdb errors that mean the file's structure is damaged (not an I/O or usage error).
 _DAMAGE_ERRORS: tuple[type[lmdb.Error], ...] = (
     lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
@@ -229,6 +236,7 @@ class LmdbStore(Store):
         self._map_size_bytes = _round_up(map_size_bytes, codec.PAGE_BYTES)
         self._sync = sync
         self._env: lmdb.Environment | None = None
+        self._data_fd: int | None = None
         #: Whether writes compact the file (a capacity is known: the store owns its folder).
         self.compacting = capacity_bytes is not None
         self.compactions = 0
@@ -272,13 +280,22 @@ class LmdbStore(Store):
                 lock=True, sync=self._sync, metasync=False, readahead=True, mode=0o644,
                 max_spare_txns=16)
             try:
+                # our own descriptor of the file lmdb mapped: its size even once unlinked
+                data_fd = os.open(data_file, os.O_RDONLY | os.O_CLOEXEC)
+            except BaseException:
+                env.close()
+                raise
+            try:
+                self._psize = int(env.stat()["psize"])
+                self._file_bytes = os.fstat(data_fd).st_size
                 self._check_named_roots(env, data_file)
                 self._main = env.open_db(None)
                 self._hdr = env.open_db(b"hdr")
                 self._data = env.open_db(b"data")
                 env.reader_check()
-                st = os.stat(data_file)
+                st = os.fstat(data_fd)
             except BaseException:
+                os.close(data_fd)
                 env.close()
                 raise
         except _DAMAGE_ERRORS as exc:
@@ -290,17 +307,29 @@ class LmdbStore(Store):
         self._broken = None
         self._pid = os.getpid()
         self._env = env
+        self._close_data_fd()
+        self._data_fd = data_fd
 
-    @staticmethod
-    def _check_named_roots(env: lmdb.Environment, data_file: Path) -> None:
+    def _close_data_fd(self) -> None:
+        fd, self._data_fd = self._data_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _check_named_roots(self, env: lmdb.Environment, data_file: Path) -> None:
         """Raise MediumDamagedError if a named database's record in the main tree is
         not a 48-byte ``MDB_db`` whose root page lies within the used pages. O(1)."""
         last_pg = int(env.info()["last_pgno"])
-        with env.begin() as txn:
+        with env.begin(buffers=True) as txn:
+            cursor = txn.cursor()
             for name in (b"hdr", b"data"):
-                record = txn.get(name)
-                if record is None:
+                if not cursor.set_key(name):
                     continue
+                try:
+                    record = bytes(self._value(cursor, str(data_file), "database record"))
+                except CorruptShardError as exc:
+                    raise MediumDamagedError(f"lmdb data file {data_file} is damaged: "
+                                             f"{exc}") from None
                 if len(record) != 48:
                     raise MediumDamagedError(
                         f"lmdb data file {data_file} is damaged: the record of database "
@@ -310,6 +339,44 @@ class LmdbStore(Store):
                     raise MediumDamagedError(
                         f"lmdb data file {data_file} is damaged: database {name.decode()!r} "
                         f"has its root at page {root}, outside pages 2..{last_pg}")
+
+    def _value(self, cursor: lmdb.Cursor, where: str, what: str) -> memoryview:
+        """The value under ``cursor`` (positioned on an entry, zero-copy), after checking
+        that the node lmdb found points inside ``data.mdb``.
+
+        py-lmdb touches every page of a value before returning it, so a node whose
+        overflow page number or length a flipped bit has damaged would fault with
+        SIGBUS past the end of the file. The node's header sits just before its key
+        (``MDB_node``: ``mn_lo``, ``mn_hi``, ``mn_flags``, ``mn_ksize``), and the key is
+        handed out without touching the value: read the header from there, check the
+        value's extent -- inline: within the leaf page; on overflow pages: within the
+        file -- and only then fetch it. Raises
+        :class:`~tiercache.errors.CorruptShardError`. O(1) (one ``stat`` when the file
+        has grown since the last).
+        """
+        key = memoryview(cursor.key())
+        start = int(np.frombuffer(key, np.uint8).__array_interface__["data"][0])
+        lo, hi, flags, ksize = struct.unpack("<HHHH", ctypes.string_at(start - 8, 8))
+        size = lo | hi << 16
+        if ksize != key.nbytes:
+            raise CorruptShardError(f"{where}: the lmdb node of its {what} is damaged (key "
+                                    f"length {ksize}, found {key.nbytes})")
+        if flags & _F_BIGDATA:
+            pgno = int.from_bytes(ctypes.string_at(start + ksize, 8), "little")
+            end = pgno * self._psize + _PAGE_HEADER_BYTES + size
+            fd = self._data_fd
+            if end > self._file_bytes and fd is not None:
+                with contextlib.suppress(OSError):
+                    self._file_bytes = os.fstat(fd).st_size
+            if pgno < 2 or end > self._file_bytes:
+                raise CorruptShardError(
+                    f"{where}: the lmdb node of its {what} points at page {pgno} and "
+                    f"{size} bytes, past the end of {self.path / 'data.mdb'} "
+                    f"({self._file_bytes} bytes): the entry is damaged")
+        elif start % self._psize + ksize + size > self._psize:
+            raise CorruptShardError(f"{where}: the lmdb node of its {what} claims {size} "
+                                    "bytes, more than its page holds: the entry is damaged")
+        return memoryview(cursor.value())
 
     # -- keys -----------------------------------------------------------------
 
@@ -397,14 +464,16 @@ class LmdbStore(Store):
 
         def op(env: lmdb.Environment) -> np.ndarray | None:
             with env.begin(buffers=True) as txn:
-                raw_header = txn.get(db_key, db=self._hdr)
-                if raw_header is None:
+                cursor = txn.cursor(db=self._hdr)
+                if not cursor.set_key(db_key):
                     return None
-                header = codec.decode_header(raw_header, key, where=where)
+                header = codec.decode_header(self._value(cursor, where, "header"), key,
+                                             where=where)
                 result = codec.prepare_out(header, out, key)
-                payload = txn.get(db_key, db=self._data)
-                if payload is None:
+                cursor = txn.cursor(db=self._data)
+                if not cursor.set_key(db_key):
                     raise CorruptShardError(f"{where}: header present but payload missing")
+                payload = self._value(cursor, where, "payload")
                 codec.copy_verified(codec.byte_view(result), payload,
                                     header.payload_checksum if expect else None, where=where)
                 return result
@@ -454,15 +523,19 @@ class LmdbStore(Store):
         O(header).
         """
         db_key, _digest = self._db_key(key)
+        where = self._where(key)
 
         def op(env: lmdb.Environment) -> bytes | None:
-            with env.begin() as txn:
-                return txn.get(db_key, db=self._hdr)
+            with env.begin(buffers=True) as txn:
+                cursor = txn.cursor(db=self._hdr)
+                if not cursor.set_key(db_key):
+                    return None
+                return bytes(self._value(cursor, where, "header"))
 
         raw_header = self._run(op)
         if raw_header is None:
             return None
-        header = codec.decode_header(raw_header, key, where=self._where(key))
+        header = codec.decode_header(raw_header, key, where=where)
         return ShardInfo.from_header(header)
 
     def __contains__(self, key: object) -> bool:
@@ -473,7 +546,7 @@ class LmdbStore(Store):
 
         def op(env: lmdb.Environment) -> bool:
             with env.begin(buffers=True) as txn:
-                return txn.get(db_key, db=self._hdr) is not None
+                return bool(txn.cursor(db=self._hdr).set_key(db_key))  # the value untouched
 
         return self._run(op)
 
@@ -491,8 +564,10 @@ class LmdbStore(Store):
 
         def op(env: lmdb.Environment) -> list[str]:
             found: list[str] = []
-            with env.begin() as txn:
-                for db_key, raw_header in txn.cursor(db=self._hdr).iternext():
+            with env.begin(buffers=True) as txn:
+                cursor = txn.cursor(db=self._hdr)
+                for key_view in cursor.iternext(keys=True, values=False):
+                    db_key = bytes(key_view)
                     if not db_key.startswith(_DIGEST_PREFIX):
                         try:
                             found.append(codec.key_from_bytes(db_key))
@@ -503,6 +578,7 @@ class LmdbStore(Store):
                                 f"byte {exc.start})") from None
                         continue
                     try:
+                        raw_header = self._value(cursor, f"lmdb store {self.path}", "header")
                         stored = codec.decode_header(raw_header).key
                     except CorruptShardError:
                         continue
@@ -644,14 +720,19 @@ class LmdbStore(Store):
         with self._close_lock:
             if self._env is None:  # closed, or a reopen failed: still let the folder go
                 if self._pid == os.getpid():
+                    self._close_data_fd()
                     self._release_folder()
                 return
             self._guard.acquire_exclusive()
             try:
                 env, self._env = self._env, None
-                if self._pid == os.getpid():  # a forked child must not touch the parent's env
+                if self._pid == os.getpid():
                     env.close()
+                    self._close_data_fd()
                     self._release_folder()
+                else:  # a forked child must not touch the parent's env -- not even free it:
+                    _INHERITED_ENVS.append(env)  # that closes it, clearing the parent's
+                    # reader slots in lock.mdb (its next read: MDB_BAD_RSLOT)
             finally:
                 self._guard.release_exclusive()
 
@@ -675,6 +756,10 @@ _MDB_MAGIC = 0xBEEFC0DE
 _MDB_DATA_VERSION = 1
 _P_META = 0x08
 _P_INVALID = (1 << 64) - 1
+#: ``MDB_node.mn_flags``: the value lives on overflow pages; the node holds their number.
+_F_BIGDATA = 0x01
+#: Bytes of an lmdb page header (``PAGEHDRSZ``): an overflow value starts after it.
+_PAGE_HEADER_BYTES = 16
 #: Bytes of a meta page that are read: page header (16) + MDB_meta (152 - 16).
 _META_BYTES = 152
 # MDB_meta of lmdb 0.9 on a 64-bit little-endian build, offsets within its page:
