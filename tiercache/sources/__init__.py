@@ -12,6 +12,12 @@ Each writes one shard per tensor into a :class:`ShardSink`
 :class:`ModelManifest` for the caller to save (see
 :mod:`tiercache.sources.manifest` for the format). Frameworks (gguf, keras)
 are imported only when used.
+
+Untrusted files: every importer checks the whole file -- every count, length,
+dtype, shape and offset against the file's size and sane limits -- before the
+first shard is written, and a failure while writing removes the shards already
+written (:func:`write_shards`); every problem is one :class:`ModelFormatError`
+naming the file and the key or tensor.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from .base import (
     default_import_tier,
     write_shards,
 )
-from .gguf import import_gguf, read_gguf_metadata, smollm2_path
+from .gguf import import_gguf, read_gguf_header, read_gguf_metadata, smollm2_path
 from .keras import import_keras
 from .manifest import (
     LlamaHParams,
@@ -70,6 +76,7 @@ __all__ = [
     "load_manifest",
     "manifest_path_for_config",
     "manifest_path_for_npy_dir",
+    "read_gguf_header",
     "read_gguf_metadata",
     "resolve_model",
     "smollm2_path",

@@ -159,6 +159,7 @@ class DictSink:
         pass
 
     def abort(self, keys: list[str]) -> None:
+        """Forget ``keys``. O(len(keys))."""
         for key in keys:
             self.arrays.pop(key, None)
 
