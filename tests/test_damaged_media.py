@@ -301,3 +301,43 @@ def test_an_lmdb_node_pointing_past_the_file_is_a_corrupt_shard_not_sigbus(
     counts = check(results, data.name)
     refused = sum(r["refused"] for r in results)
     assert refused + counts.get("MediumDamagedError", 0) >= len(trials), (counts, results)
+
+
+def test_verify_and_repair_of_a_cache_with_a_truncated_lmdb_tier_exit_cleanly(
+        tmp_path: Path) -> None:
+    """Issue 12.5 end to end: ``verify`` and ``verify --repair`` on a cache whose lmdb tier
+    lost the tail of ``data.mdb``. What the engine does with the damaged tier (open it
+    degraded, empty it on repair) is its business; here the process must survive and every
+    error must be tiercache's own."""
+    import tiercache
+
+    folder = tmp_path / "ssd"
+    cfg: dict[str, Any] = {"tiers": [
+        {"name": "ram", "backend": "memory", "capacity": "64KiB"},
+        {"name": "ssd", "backend": "lmdb", "path": str(folder), "capacity": "4MiB"}]}
+    with tiercache.open(cfg) as cache:
+        for i in range(40):
+            cache.put(f"w{i}", np.full(8192, i, np.float32), tier="ssd")
+    data = folder / "data.mdb"
+    os.truncate(data, data.stat().st_size // 2)
+
+    def scrub() -> list[Any]:
+        reports: list[Any] = []
+        for repair in (False, True):
+            try:
+                with tiercache.open(cfg) as cache:
+                    report = cache.verify(repair=repair)
+                    reports.append(report["tiers"]["ssd"].get("degraded_reason"))
+                    for i in range(40):  # misses or the exact bytes, never others
+                        got = cache.get(f"w{i}", None)
+                        assert got is None or float(got[0]) == i
+            except TierCacheError as exc:
+                reports.append(f"{type(exc).__name__}: {exc}")
+        return reports
+
+    # the 4 GiB map is address space only: the cap allows it, not more
+    capped = run_capped(scrub, limit_bytes=(4 << 30) + (768 << 20), timeout_s=120)
+    assert capped.signal is None and not capped.timed_out, capped.describe()
+    assert capped.ok, capped.describe()
+    assert any("data.mdb" in str(r) for r in capped.value), capped.value
+    print(capped.value)
