@@ -341,3 +341,16 @@ def test_verify_and_repair_of_a_cache_with_a_truncated_lmdb_tier_exit_cleanly(
     assert capped.ok, capped.describe()
     assert any("data.mdb" in str(r) for r in capped.value), capped.value
     print(capped.value)
+
+
+def test_diskcache_schema_and_settings_bit_flips_are_medium_damage(tmp_path: Path) -> None:
+    """The first three pages of cache.db: sqlite's header, the schema and diskcache's
+    Settings table, which diskcache reads on every connection. Garbled rows there used to
+    escape as a bare AttributeError or UnicodeDecodeError."""
+    data = build("diskcache", tmp_path / "orig")
+    rng = random.Random(2)
+    bits = [rng.randrange(8 * 3 * PAGE) for _ in range(100)]
+    results = run_trials("diskcache", tmp_path / "orig", tmp_path / "work",
+                         [("flip", b) for b in bits])
+    counts = check(results, data.name)
+    assert counts.get("MediumDamagedError", 0) >= 5, counts

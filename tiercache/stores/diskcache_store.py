@@ -42,13 +42,16 @@ Space on disk
     are in docs/reliability.md.
 Damaged index
     sqlite keeps no checksums either. A ``cache.db`` that sqlite calls
-    malformed or not a database, a Settings table diskcache cannot use, or a
-    stored key that is not valid UTF-8 (or is pickled or TEXT: tiercache
-    writes only BLOB keys) raises :class:`~tiercache.errors.MediumDamagedError`
-    naming the file -- from the constructor, :meth:`DiskcacheStore.keys` or a
-    read -- rather than being skipped: the rest of the index cannot be trusted
-    either. The engine opens such a tier degraded; ``tiercache verify
-    --repair`` empties it. A damaged value (header, payload, length) stays
+    malformed or not a database, a Settings table diskcache cannot use, a row
+    whose columns a damaged page garbled (TEXT that is not UTF-8, NULL where a
+    string belongs: diskcache and sqlite3 then raise ``ValueError``,
+    ``TypeError``, ``AttributeError``...), or a stored key that is not valid
+    UTF-8 (or is pickled or TEXT: tiercache writes only BLOB keys) raises
+    :class:`~tiercache.errors.MediumDamagedError` naming the file -- from the
+    constructor, :meth:`DiskcacheStore.keys` or any other call -- rather than
+    being skipped: the rest of the index cannot be trusted either. The engine
+    opens such a tier degraded; ``tiercache verify --repair`` empties it. A
+    damaged value (header, payload, length) stays
     :class:`~tiercache.errors.CorruptShardError`.
 One process
     A store given a ``capacity_bytes`` (a tier's store) locks its folder
@@ -103,9 +106,17 @@ _SQLITE_DAMAGE_CODES = (11, 26)
 _DAMAGE_MESSAGES = ("malformed", "not a database", "could not decode")
 
 
+#: What diskcache and Python's sqlite3 raise on a row whose columns a damaged page garbled
+#: (TEXT that is not UTF-8, NULL or a number where a string belongs): never raised on an
+#: intact index, so taken as damage.
+_GARBLED_ROW_ERRORS = (ValueError, TypeError, AttributeError, KeyError, OverflowError)
+
+
 def _is_damage(exc: BaseException) -> bool:
     """Whether ``exc`` (from sqlite3 or diskcache) says the database file is damaged
     rather than busy, unwritable or full. O(1)."""
+    if isinstance(exc, _GARBLED_ROW_ERRORS):
+        return True
     code = getattr(exc, "sqlite_errorcode", None)
     if isinstance(code, int) and code & 0xFF in _SQLITE_DAMAGE_CODES:
         return True
@@ -253,8 +264,16 @@ class DiskcacheStore(Store):
 
     def _damaged(self, what: str, exc: BaseException) -> MediumDamagedError:
         """The error for a database that cannot be read, naming the file."""
-        return MediumDamagedError(f"diskcache index {self._db_file} is damaged: {what} ({exc}); "
-                                  "`tiercache verify --repair` empties the tier")
+        return MediumDamagedError(f"diskcache index {self._db_file} is damaged: {what} "
+                                  f"({type(exc).__name__}: {exc}); `tiercache verify "
+                                  "--repair` empties the tier")
+
+    def _failure(self, exc: BaseException, what: str, where: str) -> StoreError:
+        """:class:`MediumDamagedError` if ``exc`` says the index is damaged, else a
+        :class:`StoreError` for ``where``: ``what`` failed."""
+        if _is_damage(exc):
+            return self._damaged(f"{what} ({where})", exc)
+        return StoreError(f"{where}: {what} failed ({exc})")
 
     def _open_cache(self) -> None:
         """Open (or reopen) the diskcache directory at :attr:`path`."""
@@ -265,15 +284,12 @@ class DiskcacheStore(Store):
                 sqlite_wal_autocheckpoint=WAL_AUTOCHECKPOINT_PAGES,
                 sqlite_journal_size_limit=WAL_SIZE_LIMIT_BYTES)
             st = os.stat(self._db_file)
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, *_GARBLED_ROW_ERRORS) as exc:
+            # (diskcache reads its Settings table at open: garbled rows give bad values)
             if _is_damage(exc):
                 raise self._damaged("cannot open it", exc) from exc
             raise StoreError(f"diskcache store {self.path}: cannot open ({exc}); check the "
                              "path is a writable directory") from exc
-        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
-            # diskcache reads its Settings table at open: garbled rows give bad values
-            raise self._damaged("its settings table holds values diskcache cannot use",
-                                exc) from exc
         self._identity = (st.st_dev, st.st_ino)
         self._cache = cache
 
@@ -290,9 +306,9 @@ class DiskcacheStore(Store):
         """The raw value: ``bytes`` (inline), an unbuffered file, or ``None``."""
         try:
             return self._cache_or_raise().get(codec.key_bytes(key), read=True, retry=True)
-        except (OSError, sqlite3.Error) as exc:
-            if isinstance(exc, sqlite3.Error) and _is_damage(exc):
-                raise self._damaged(f"reading key {key!r}", exc) from exc
+        except (sqlite3.Error, *_GARBLED_ROW_ERRORS) as exc:
+            raise self._failure(exc, "read", self._where(key)) from exc
+        except OSError as exc:
             raise StoreError(f"{self._where(key)}: read failed ({exc})") from exc
 
     def check(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
@@ -429,7 +445,12 @@ class DiskcacheStore(Store):
             self._views.pop(key, None)
             self._cache_or_raise().set(codec.key_bytes(key), _Encoded(header, payload),
                                        retry=True)
-        except (OSError, sqlite3.Error) as exc:
+        except (sqlite3.Error, *_GARBLED_ROW_ERRORS) as exc:
+            if _is_damage(exc):
+                raise self._damaged(f"writing key {key!r}", exc) from exc
+            raise StoreError(f"{self._where(key)}: write failed ({exc}); is the disk "
+                             "full?") from exc
+        except OSError as exc:
             raise StoreError(f"{self._where(key)}: write failed ({exc}); is the disk "
                              "full?") from exc
         return codec.stored_nbytes(array)
@@ -439,8 +460,8 @@ class DiskcacheStore(Store):
         try:
             self._views.pop(key, None)
             return bool(self._cache_or_raise().delete(codec.key_bytes(key), retry=True))
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"{self._where(key)}: delete failed ({exc})") from exc
+        except (OSError, sqlite3.Error, *_GARBLED_ROW_ERRORS) as exc:
+            raise self._failure(exc, "delete", self._where(key)) from exc
 
     def info(self, key: str) -> ShardInfo | None:
         """Dtype, shape and stored size of ``key`` from its header (payload not read).
@@ -468,8 +489,8 @@ class DiskcacheStore(Store):
             return False
         try:
             return codec.key_bytes(key) in self._cache_or_raise()
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"{self._where(key)}: lookup failed ({exc})") from exc
+        except (OSError, sqlite3.Error, *_GARBLED_ROW_ERRORS) as exc:
+            raise self._failure(exc, "lookup", self._where(key)) from exc
 
     def keys(self) -> Iterator[str]:
         """Snapshot of all keys (sqlite key order). O(number of shards).
@@ -491,10 +512,9 @@ class DiskcacheStore(Store):
                                         exc) from None
         except CorruptShardError as exc:  # a pickled or TEXT key row
             raise self._damaged("a key row tiercache did not write", exc) from exc
-        except (OSError, sqlite3.Error) as exc:
-            if isinstance(exc, sqlite3.Error) and _is_damage(exc):
-                raise self._damaged("listing the keys failed", exc) from exc
-            raise StoreError(f"diskcache store {self.path}: listing keys failed ({exc})") from exc
+        except (OSError, sqlite3.Error, *_GARBLED_ROW_ERRORS) as exc:
+            raise self._failure(exc, "listing the keys", f"diskcache store {self.path}") \
+                from exc
         return iter(found)
 
     # -- health, reopening, orphans -----------------------------------------------------
@@ -532,8 +552,9 @@ class DiskcacheStore(Store):
         try:
             rows = cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")
             referenced = {os.path.normpath(name) for (name,) in rows.fetchall()}
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"diskcache store {self.path}: cannot list files ({exc})") from exc
+        except (OSError, sqlite3.Error, *_GARBLED_ROW_ERRORS) as exc:
+            raise self._failure(exc, "listing the value files",
+                                f"diskcache store {self.path}") from exc
         now = time.time()
         found = 0
         for folder, _dirs, files in os.walk(self.path):
