@@ -667,7 +667,7 @@ class LmdbStore(Store):
             if limit is None or self.file_nbytes() <= limit:
                 return
             self.compact()
-        except StoreError as exc:
+        except (StoreError, OSError, lmdb.Error) as exc:  # e.g. the rename's fsync: EIO
             self.compaction_failures += 1
             self._compact_retry_at = time.monotonic() + self._compact_backoff_s
             log.warning("lmdb store %s: %s; the write stands, compaction retried in %.0f s",
