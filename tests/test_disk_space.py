@@ -226,14 +226,23 @@ def _fail_compaction_copy(path: Path) -> None:
     _REAL_FSYNC(path)
 
 
+def _fail_compaction_rename(path: Path) -> None:
+    if path.name == "tier":  # the folder, fsynced after the rename
+        raise OSError(5, "Input/output error", str(path))
+    _REAL_FSYNC(path)
+
+
 _REAL_FSYNC = lmdb_store._fsync_path
 
 
+@pytest.mark.parametrize("step", ["copy", "rename"])
 def test_a_put_that_committed_stands_when_the_compaction_after_it_fails(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        step: str) -> None:
     """Issue 12.2 (store side): compaction on a full disk used to turn a committed put into a
     reported failure. The put now returns, the value reads back, the failure is logged and
-    counted, and a later write compacts once the disk has room."""
+    counted, and a later write compacts once the disk has room. ``rename``: the copy is in
+    place, the folder's fsync fails (an ``OSError``, not a ``StoreError``)."""
     with LmdbStore(tmp_path / "tier", sync=False) as setup:  # no capacity: never compacts
         for i in range(24):
             setup.put(f"k{i}", np.full(64 * KiB, i, np.float32))  # 256 KiB each
@@ -242,20 +251,23 @@ def test_a_put_that_committed_stands_when_the_compaction_after_it_fails(
     store = LmdbStore(tmp_path / "tier", capacity_bytes=MiB, sync=False)
     with store:
         before = store.compactions
-        monkeypatch.setattr(lmdb_store, "_fsync_path", _fail_compaction_copy)
+        monkeypatch.setattr(lmdb_store, "_fsync_path", _fail_compaction_copy
+                            if step == "copy" else _fail_compaction_rename)
         value = np.full(64 * KiB, 263, np.float32)
         with caplog.at_level("WARNING", logger="tiercache"):
             assert store.put("k6", value) == store.stored_size(value)  # no StoreError
         got = store.get("k6")
         assert got is not None and np.array_equal(got, value)
         assert store.compactions == before and store.compaction_failures == 1
-        assert "No space left on device" in caplog.text and "the write stands" in caplog.text
+        reason = "No space left on device" if step == "copy" else "Input/output error"
+        assert reason in caplog.text and "the write stands" in caplog.text
         store.put("k7", value)  # within the back-off: no second attempt
         assert store.compaction_failures == 1
         monkeypatch.setattr(lmdb_store, "_fsync_path", _REAL_FSYNC)  # the disk has room again
         store._compact_retry_at = 0.0  # the back-off has passed
         store.put("k8", value)
-        assert store.compactions == before + 1
+        # the copy step left the file as it was: compacted now; the rename step had done it
+        assert store.compactions == before + (1 if step == "copy" else 0)
         assert store.file_nbytes() <= store.compact_above_bytes  # type: ignore[operator]
         for key in ("k6", "k7", "k8", "k23"):
             got = store.get(key)
