@@ -239,3 +239,35 @@ def test_a_closed_cache_raises_cache_closed_error(tmp_path: Path) -> None:
         cache.get("k")
     with pytest.raises(CacheClosedError):
         cache.put("k", shard(1))
+
+
+def _hold_open(cfg: dict[str, Any], ready: Any, done: Any) -> None:
+    with tiercache.open(cfg):
+        ready.set()
+        done.wait(60)
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "diskcache", "packed"])
+def test_stats_and_verify_read_beside_the_owner_and_repair_is_refused(
+        tmp_path: Path, backend: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import multiprocessing
+
+    cfg = _two_tier(tmp_path, backend, "4MiB")
+    with tiercache.open(cfg) as cache:
+        cache.put("k", shard(1), tier="ssd")
+    toml = _write_toml(tmp_path / "tiers.toml", cfg)
+    ctx = multiprocessing.get_context("spawn")
+    ready, done = ctx.Event(), ctx.Event()
+    owner = ctx.Process(target=_hold_open, args=(cfg, ready, done))
+    owner.start()
+    try:
+        assert ready.wait(60)
+        assert main(["stats", str(toml)]) == 0      # a reader beside the owner
+        assert main(["verify", str(toml)]) == 0
+        capsys.readouterr()
+        assert main(["verify", "--repair", str(toml)]) == 2  # a writer is refused, clearly
+        assert "in use by another process" in capsys.readouterr().err
+    finally:
+        done.set()
+        owner.join(60)
+    assert owner.exitcode == 0

@@ -69,7 +69,8 @@ def build_tier(cfg: TierConfig, *, drop_corrupt: bool = True, read_only: bool = 
     ``drop_corrupt=False`` leaves entries with a damaged header in place (not
     indexed) for :meth:`TieredCache.verify` to report; see :meth:`Tier.load_existing`.
     ``read_only`` creates nothing: a disk tier whose folder does not exist opens
-    empty. A medium too damaged to open (:class:`MediumDamagedError`) gives a
+    empty, and a disk tier's folder lock is not taken (a reader beside the process
+    that owns the cache, e.g. ``tiercache stats`` while a server runs). A medium too damaged to open (:class:`MediumDamagedError`) gives a
     *degraded* tier that holds nothing (:class:`DamagedStore`) instead of an error:
     the cache still opens and serves from its other tiers and the origin.
     """
@@ -83,7 +84,8 @@ def build_tier(cfg: TierConfig, *, drop_corrupt: bool = True, read_only: bool = 
         return new_tier(AbsentStore(cfg.backend, cfg.path))
     try:
         store = open_store(cfg.backend, cfg.path, verify=cfg.verify,
-                           capacity_bytes=cfg.capacity_bytes, options=cfg.options)
+                           capacity_bytes=cfg.capacity_bytes, options=cfg.options,
+                           exclusive=False if read_only else None)
     except MediumDamagedError as exc:
         return _damaged_tier(new_tier, cfg, exc)
     tier = new_tier(store)

@@ -43,7 +43,7 @@ class _DiskStoreClass(Protocol):
     """Constructor shared by the persistent stores."""
 
     def __call__(self, path: Path, *, verify: VerifyMode = "always",
-                 capacity_bytes: int | None = None) -> Store: ...
+                 capacity_bytes: int | None = None, exclusive: bool | None = None) -> Store: ...
 
 
 class _SharedStoreClass(Protocol):
@@ -85,7 +85,8 @@ def available_backends() -> list[str]:
 
 def open_store(backend: str, path: Path | None, *, verify: VerifyMode = "always",
                capacity_bytes: int | None = None,
-               options: Mapping[str, Any] | None = None) -> Store:
+               options: Mapping[str, Any] | None = None,
+               exclusive: bool | None = None) -> Store:
     """Open the store for ``backend``.
 
     Parameters
@@ -99,6 +100,11 @@ def open_store(backend: str, path: Path | None, *, verify: VerifyMode = "always"
         Payload checksum checking on reads (``"always"`` or ``"never"``).
     capacity_bytes:
         Sizing hint; lmdb sizes its initial map from it.
+    exclusive:
+        For a disk store: hold the tier folder's lock (one process owns a tier
+        folder; a second one is refused). ``None`` (default): lock when
+        ``capacity_bytes`` is given, as every tier of a cache does; ``False``: a
+        reader beside the owner (``tiercache stats`` / ``verify``).
     options:
         Keyword arguments for a shared store's constructor (``redis``: ``url`` or
         ``cluster_nodes``, ``namespace``, ``timeout_s``, ``chunk_bytes``); such a
@@ -120,4 +126,4 @@ def open_store(backend: str, path: Path | None, *, verify: VerifyMode = "always"
     if path is None:
         raise ValueError(f"the {backend} backend needs a path (a directory it owns)")
     factory = cast(_DiskStoreClass, cls)
-    return factory(Path(path), verify=verify, capacity_bytes=capacity_bytes)
+    return factory(Path(path), verify=verify, capacity_bytes=capacity_bytes, exclusive=exclusive)
