@@ -70,9 +70,10 @@ def build_tier(cfg: TierConfig, *, drop_corrupt: bool = True, read_only: bool = 
     indexed) for :meth:`TieredCache.verify` to report; see :meth:`Tier.load_existing`.
     ``read_only`` creates nothing: a disk tier whose folder does not exist opens
     empty, and a disk tier's folder lock is not taken (a reader beside the process
-    that owns the cache, e.g. ``tiercache stats`` while a server runs). A medium too damaged to open (:class:`MediumDamagedError`) gives a
-    *degraded* tier that holds nothing (:class:`DamagedStore`) instead of an error:
-    the cache still opens and serves from its other tiers and the origin.
+    that owns the cache, e.g. ``tiercache stats`` while a server runs). A medium
+    too damaged to open (:class:`MediumDamagedError`) gives a *degraded* tier that
+    holds nothing (:class:`DamagedStore`) instead of an error: the cache still
+    opens and serves from its other tiers and the origin.
     """
     def new_tier(store: Store) -> Tier:
         policy = get_policy_class(cfg.policy)(cfg.capacity_bytes, **dict(cfg.policy_options))
