@@ -1,0 +1,199 @@
+"""Newcomer layouts against all-in-RAM: decode speed and disk writes per token.
+
+What a user gets without reading docs/serving.md: SmolLM2 imported with
+``tiercache import smollm2 --config X`` into each layout, then served with
+``tiercache.load_model(X)`` (schedule declared and prefetch on, the defaults),
+greedy decoding of one prompt. Layouts (RAM = 25 % of the 513 MiB of float32
+weights = 128 MiB, where there is a RAM tier):
+
+``all-in-RAM``
+    one 1 GiB memory tier over a packed SSD tier (the model fits in RAM): the
+    baseline of every ratio.
+``README``
+    README's example: exclusive, ARC RAM tier, lmdb SSD tier 256 MiB with LFU and
+    ``promote_after = 2``, diskcache HDD tier 4 GiB.
+``3-tier opt/packed``
+    opt RAM tier / packed SSD tier 256 MiB (default LRU) / diskcache HDD tier 4 GiB.
+``tiercache init``
+    what ``tiercache init --model smollm2 --ram 25%`` writes (the recommended layout).
+
+Each layout runs a warm-up generation of ``--warmup`` tokens (the tiers settle:
+promotions, the first passes), then ``--repeat`` timed generations of
+``--tokens`` tokens; the figure is the median decode rate (tokens/s of one-token
+passes, ``model.timings``). Layouts are interleaved round by round. Disk writes
+per steady-state token are the bytes written to persistent tiers during the
+timed generations, per decoded token, as a share of the model's bytes.
+
+Usage::
+
+    python bench/bench_layouts.py                      # ~6 min on the 2-core VM
+    python bench/bench_layouts.py --tokens 16 --repeat 3 --json out.json
+
+The figures in docs/performance.md ("Layouts a newcomer writes") come from this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+PROMPT = "The capital of France is"
+
+LAYOUTS: dict[str, str] = {
+    "all-in-RAM": """
+mode = "exclusive"
+[[tiers]]
+name = "ram"
+backend = "memory"
+capacity = "1GiB"
+[[tiers]]
+name = "ssd"
+backend = "packed"
+path = "ssd"
+capacity = "1GiB"
+zero_copy = true
+""",
+    "README": """
+mode = "exclusive"
+[[tiers]]
+name = "ram"
+backend = "memory"
+capacity = "128MiB"
+policy = "arc"
+[[tiers]]
+name = "ssd"
+backend = "lmdb"
+path = "ssd"
+capacity = "256MiB"
+policy = "lfu"
+promote_after = 2
+[[tiers]]
+name = "hdd"
+backend = "diskcache"
+path = "hdd"
+capacity = "4GiB"
+policy = "lru"
+""",
+    "3-tier opt/packed": """
+mode = "exclusive"
+[[tiers]]
+name = "ram"
+backend = "memory"
+capacity = "128MiB"
+policy = "opt"
+[[tiers]]
+name = "ssd"
+backend = "packed"
+path = "ssd"
+capacity = "256MiB"
+[[tiers]]
+name = "hdd"
+backend = "diskcache"
+path = "hdd"
+capacity = "4GiB"
+""",
+}
+
+
+def _tiercache(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "tiercache", *args], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def prepare(root: Path, names: list[str]) -> dict[str, Path]:
+    """Write each layout's TOML and import SmolLM2 into it, as a newcomer would."""
+    configs: dict[str, Path] = {}
+    for name in names:
+        folder = root / name.replace(" ", "_").replace("/", "_")
+        folder.mkdir(parents=True)
+        config = folder / "tiers.toml"
+        if name == "tiercache init":
+            _tiercache("init", "--model", "smollm2", "--ram", "25%", "--output", str(config))
+        else:
+            config.write_text(LAYOUTS[name].lstrip())
+        started = time.perf_counter()
+        _tiercache("import", "smollm2", "--config", str(config), "--no-progress")
+        print(f"  imported into {name!r} in {time.perf_counter() - started:.0f} s", flush=True)
+        configs[name] = config
+    return configs
+
+
+def _disk_written(cache: Any) -> int:
+    return sum(t.stats.bytes_written for t in cache.tiers if t.store.persistent)
+
+
+def measure(model: Any, prompt_ids: list[int], tokens: int) -> dict[str, float]:
+    """One timed greedy generation: decode rate and disk bytes written."""
+    model.timings.reset()
+    written = _disk_written(model.cache)
+    out = list(model.generate_ids(prompt_ids, tokens, stop_at_eos=False))
+    timing = model.timings.as_dict()
+    return {"tokens": len(out), "decode_tokens_per_s": timing["decode_tokens_per_s"],
+            "fetch_s": timing["fetch_s"], "compute_s": timing["compute_s"],
+            "disk_written": _disk_written(model.cache) - written}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=int, default=16, help="timed tokens per run (16)")
+    parser.add_argument("--warmup", type=int, default=8, help="warm-up tokens (8)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per layout (3)")
+    parser.add_argument("--layouts", default="all-in-RAM,README,3-tier opt/packed,tiercache init")
+    parser.add_argument("--json", help="write every measurement to this file")
+    args = parser.parse_args()
+    names = [n.strip() for n in args.layouts.split(",") if n.strip()]
+    import tiercache
+
+    with tempfile.TemporaryDirectory(prefix="tc-layouts-") as tmp:
+        print("importing SmolLM2 into each layout ...", flush=True)
+        configs = prepare(Path(tmp), names)
+        models = {name: tiercache.load_model(configs[name], warn=False) for name in names}
+        model_bytes = next(iter(models.values())).manifest.total_bytes
+        prompt_ids = next(iter(models.values())).encode_prompt(PROMPT)
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+        try:
+            for name, model in models.items():
+                started = time.perf_counter()
+                list(model.generate_ids(prompt_ids, args.warmup, stop_at_eos=False))
+                print(f"  warm-up {name!r}: {time.perf_counter() - started:.1f} s", flush=True)
+            for round_no in range(args.repeat):
+                for name, model in models.items():
+                    runs[name].append(measure(model, prompt_ids, args.tokens))
+                print(f"  round {round_no + 1}/{args.repeat} done", flush=True)
+            stats = {name: model.cache.stats() for name, model in models.items()}
+        finally:
+            for model in models.values():
+                model.close()
+    base = statistics.median(r["decode_tokens_per_s"] for r in runs[names[0]])
+    print(f"\nSmolLM2 float32 ({model_bytes / 2**20:.0f} MiB), {args.tokens} tokens x "
+          f"{args.repeat}, machine {platform.node()} ({os.cpu_count()} CPUs)")
+    print(f"{'layout':<20} {'tok/s':>7} {'x ' + names[0]:>14} {'disk written/token':>20}")
+    results = {}
+    for name in names:
+        rate = statistics.median(r["decode_tokens_per_s"] for r in runs[name])
+        tokens = sum(r["tokens"] for r in runs[name])
+        written = sum(r["disk_written"] for r in runs[name])
+        share = written / tokens / model_bytes
+        results[name] = {"tokens_per_s": rate, "ratio": rate / base,
+                         "disk_written_per_token": written / tokens,
+                         "disk_written_share_of_model": share, "runs": runs[name],
+                         "stats": stats[name]}
+        print(f"{name:<20} {rate:7.2f} {rate / base:13.2f}x {100 * share:19.3f}%")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model_bytes": model_bytes, "results": results},
+                                              indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
