@@ -161,10 +161,6 @@ class Trace:
     def __len__(self) -> int:
         return int(self.keys.size)
 
-    @property
-    def has_sizes(self) -> bool:
-        return self.sizes is not None
-
     def sizes_or_ones(self) -> npt.NDArray[np.int64]:
         """``sizes``, or an array of ones when the trace has none. O(n) for the latter."""
         return self.sizes if self.sizes is not None else np.ones(len(self), dtype=np.int64)
