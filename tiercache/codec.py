@@ -49,15 +49,13 @@ import numpy as np
 import numpy.typing as npt
 import xxhash
 
-from .buffers import MIN_POOLED_BYTES, default_pool
+from .buffers import MIN_POOLED_BYTES, PAGE_BYTES, default_pool
 from .errors import CorruptShardError, ShardFormatError
 
 MAGIC = b"TCSHARD\x00"
 FORMAT_VERSION = 1
 #: Headers are padded to a multiple of this, so the payload stays 64-byte aligned.
 HEADER_ALIGN_BYTES = 64
-#: Alignment of buffers from :func:`empty_aligned` (one x86/ARM page).
-PAGE_BYTES = 4096
 #: Most dimensions a shard may have.
 MAX_NDIM = 32
 #: Largest header accepted when decoding (guards against absurd lengths).
