@@ -26,7 +26,7 @@ demo-numpy: venv
 	$(PY) examples/demo_numpy.py
 
 lint: venv
-	$(PY) -m ruff check tiercache policies tests bench examples
+	$(PY) -m ruff check tiercache tests bench examples
 
 typecheck: venv
 	$(PY) -m mypy

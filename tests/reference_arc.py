@@ -3,7 +3,7 @@
     N. Megiddo and D. S. Modha, "ARC: A Self-Tuning, Low Overhead Replacement
     Cache", USENIX FAST 2003, pp. 115-130.
 
-This module deliberately shares **no code** with ``policies/arc.py``: it keeps
+This module deliberately shares **no code** with ``tiercache/policies/arc.py``: it keeps
 the four LRU lists as plain Python lists (index 0 is the LRU end, the last
 element the MRU end), ``p`` as a real number clamped to ``[0, c]``, and follows
 the figure's case analysis line by line, including the order in which the

@@ -192,7 +192,7 @@ def test_libcachesim_refusals_below_the_exact_capacities() -> None:
 
 @pytest.mark.parametrize("alpha", [0.8, 1.0, 1.2])
 def test_wtinylfu_hit_ratio_close_to_libcachesim(alpha: float) -> None:
-    """Not exact by construction (see policies/wtinylfu.py): within 2 points of
+    """Not exact by construction (see tiercache/policies/wtinylfu.py): within 2 points of
     libCacheSim's WTinyLFU on Zipf traces, and clearly better than LRU."""
     n = 20_000
     for capacity in (100, 400, 1000):

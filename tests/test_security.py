@@ -28,8 +28,7 @@ from tiercache.stores.diskcache_store import DiskcacheStore
 from tiercache.stores.lmdb_store import LmdbStore
 from tiercache.stores.packed_store import PackedStore
 
-PACKAGE_DIRS = [Path(tiercache.__file__).parent,
-                Path(tiercache.__file__).parent.parent / "policies"]
+PACKAGE_DIRS = [Path(tiercache.__file__).parent]  # policies included (tiercache/policies/)
 
 #: Modules that execute data as code when loading it.
 UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "marshal", "shelve",

@@ -1,7 +1,7 @@
 """The eviction-policy interface shared by tiers and the simulator.
 
 A policy keeps **metadata only** (keys and sizes, never values), so the same
-class drives a real tier and a trace replay. The caller (a :class:`~tiercache.tier.Tier`
+class drives a real tier and a trace replay. The caller (a :class:`~tiercache.core.tier.Tier`
 or the simulator) owns capacity accounting and calls the hooks in this order
 when it admits a key that is not resident::
 
@@ -230,7 +230,7 @@ class Policy(ABC):
         replay in chunks (``None``: a fresh one, and the policy must be empty).
         A request is a hit if its key is resident, whatever its size now; a
         miss larger than :attr:`capacity` is refused before ``on_miss``, like
-        :meth:`tiercache.tier.Tier.admit` does, and stays a miss.
+        :meth:`tiercache.core.tier.Tier.admit` does, and stays a miss.
 
         Returns a ``bool`` array of hits. Complexity: O(len(keys) + len(resident))
         plus the hook calls. Not thread-safe.
