@@ -63,28 +63,12 @@ FUZZ = settings(deadline=None, max_examples=300 * SCALE, database=None, derandom
 FUZZ_CAP_BYTES = 1 << 30
 #: A property (300 examples, or a failure and its shrinking) must end within this.
 FUZZ_TIMEOUT_S = 180.0 * SCALE
-#: Counts of inputs tried per parser (reported in docs/reliability.md).
-TRIED: dict[str, int] = {}
-
-
-def _count(name: str) -> None:
-    TRIED[name] = TRIED.get(name, 0) + 1
-
-
-def _run_counted(prop: Callable[[], None]) -> dict[str, int]:
-    TRIED.clear()
-    prop()
-    return dict(TRIED)
-
-
 def in_capped_child(prop: Callable[[], None]) -> None:
     """Run the hypothesis property ``prop`` (all its examples) in a forked child under the
     memory cap; fail with the child's error -- hypothesis's falsifying example included --
     or with the signal, MemoryError or timeout that stopped it."""
-    result = run_capped(_run_counted, prop, limit_bytes=FUZZ_CAP_BYTES, timeout_s=FUZZ_TIMEOUT_S)
+    result = run_capped(prop, limit_bytes=FUZZ_CAP_BYTES, timeout_s=FUZZ_TIMEOUT_S)
     assert result.ok, f"the property failed in its capped child: {result.describe()}"
-    for name, n in result.value.items():
-        TRIED[name] = TRIED.get(name, 0) + n
 
 
 # -- mutations of a valid file -------------------------------------------------------------
@@ -122,7 +106,6 @@ def _only(expected: type[BaseException] | tuple[type[BaseException], ...], name:
     """Run ``call``; let ``expected`` pass (it is the documented failure), fail on any other
     -- and on an ``expected`` error raised while handling a MemoryError or RecursionError (a
     parser that wraps "ran out of memory" in its own error still allocated from the input)."""
-    _count(name)
     try:
         return call()
     except expected as exc:
@@ -171,7 +154,6 @@ def test_decode_header_with_a_plausible_prefix() -> None:
 def _decode_damaged_shards(mutations: list[Mutation], which: bool) -> None:
     source, key = (ENCODED, "blk.0.w") if which else (ENCODED_WITH_KEY, "x" * 600)
     damaged = mutate(source, mutations)
-    _count("codec.decode mutated")
     try:
         got = codec.decode(damaged, key)
     except CorruptShardError:
@@ -202,7 +184,6 @@ def _diskcache_property(dc_store: DiskcacheStore, mutations: list[Mutation], big
         (dc_store.path / filename).write_bytes(damaged)
     else:
         dc_store._cache_or_raise()._sql("UPDATE Cache SET value = ?", (damaged,))
-    _count("diskcache store get")
     try:
         got = dc_store.get("k")
     except CorruptShardError:
@@ -235,7 +216,6 @@ def _packed_property(packed: PackedStore, mutations: list[Mutation], big: bool) 
         f.truncate(offset)  # never below bytes this process mapped for an earlier shard
         f.seek(offset)
         f.write(damaged)
-    _count("packed store get")
     for read in (packed.get, packed.get_view):
         try:
             got = read("k")
@@ -473,11 +453,6 @@ def _safetensors_origin_property(original: bytes, folder: Path, mutations: list[
 def test_safetensors_origin_only_raises_store_error(safetensors_bytes: bytes,
                                                     tmp_path: Path) -> None:
     in_capped_child(lambda: _safetensors_origin_property(safetensors_bytes, tmp_path))
-
-
-def test_zz_report_inputs_tried() -> None:
-    """Print how many inputs each parser saw (for docs/reliability.md)."""
-    print("fuzz inputs tried:", TRIED, "total", sum(TRIED.values()))
 
 
 # -- regressions the fuzzer found ------------------------------------------------------------
