@@ -45,7 +45,7 @@ def model_weight_bytes(model: str, dtype: str | None = None) -> tuple[int, str]:
     path = resolve_model(model)
     kind = detect_format(path)
     if kind == "gguf":
-        from ..sources.gguf import read_gguf_header
+        from ..sources.gguf_header import read_gguf_header
 
         header, _ = read_gguf_header(path)
         itemsize = np.dtype(dtype or _GGUF_DEFAULT_DTYPE).itemsize

@@ -7,7 +7,7 @@
 - :func:`import_model` -- picks the importer from the file (or ``"smollm2"``).
 
 Each writes one shard per tensor into a :class:`ShardSink`
-(:class:`CacheSink` for a :class:`~tiercache.engine.TieredCache` tier,
+(:class:`CacheSink` for a :class:`~tiercache.TieredCache` tier,
 :class:`NpyDirSink` for an ``.npy`` origin folder) and returns a
 :class:`ModelManifest` for the caller to save (see
 :mod:`tiercache.sources.manifest` for the format). Frameworks (gguf, keras)
@@ -38,7 +38,8 @@ from .base import (
     default_import_tier,
     write_shards,
 )
-from .gguf import import_gguf, read_gguf_header, read_gguf_metadata, smollm2_path
+from .gguf import import_gguf, smollm2_path
+from .gguf_header import read_gguf_header, read_gguf_metadata
 from .keras import import_keras
 from .manifest import (
     LlamaHParams,
