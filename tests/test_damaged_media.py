@@ -33,7 +33,8 @@ from memcap import run_capped
 
 from tiercache.errors import MediumDamagedError, TierCacheError
 from tiercache.stores.diskcache_store import DiskcacheStore
-from tiercache.stores.lmdb_store import LmdbStore, check_data_file
+from tiercache.stores.lmdb_meta import check_data_file
+from tiercache.stores.lmdb_store import LmdbStore
 
 #: Small map: the child's address space is capped (the default map reserves 4 GiB).
 MAP_BYTES = 64 << 20

@@ -81,15 +81,8 @@ import numpy as np
 
 from .. import codec
 from ..errors import CorruptShardError, MediumDamagedError, StoreError
-from .base import (
-    LockHandle,
-    ShardInfo,
-    Store,
-    VerifyMode,
-    check_verify_mode,
-    file_identity_problem,
-    lock_tier_folder,
-)
+from .base import ShardInfo, VerifyMode
+from .disk import DiskStore
 
 _MODE_RAW = diskcache.core.MODE_RAW
 _MODE_BINARY = diskcache.core.MODE_BINARY
@@ -199,7 +192,7 @@ def _write_all(fd: int, data: memoryview) -> None:
         pos += os.write(fd, data[pos:])
 
 
-class DiskcacheStore(Store):
+class DiskcacheStore(DiskStore):
     """Persistent store over a python-diskcache directory.
 
     Parameters
@@ -228,39 +221,24 @@ class DiskcacheStore(Store):
     """
 
     backend = "diskcache"
-    persistent = True
-    supports_views = True
+    zero_copy = True
+    identity_file = str(diskcache.core.DBNAME)
 
     def __init__(self, path: str | os.PathLike[str], *, verify: VerifyMode = "always",
                  capacity_bytes: int | None = None, exclusive: bool | None = None) -> None:
-        check_verify_mode(verify)
-        self.path = Path(path)
-        self.verify: VerifyMode = verify
+        super().__init__(path, verify=verify, capacity_bytes=capacity_bytes,
+                         exclusive=exclusive)
         self._cache: diskcache.Cache | None = None
-        self._identity: tuple[int, int] | None = None
         #: Value files whose payload checksum was verified by get_view (by identity).
         self._verified_files: dict[tuple[int, int, int, int], None] = {}
         #: key -> (value file, view): repeated get_view of an unchanged file is O(1)
         self._views: dict[str, tuple[str, np.ndarray]] = {}
         self._close_lock = threading.Lock()
-        self._exclusive = capacity_bytes is not None if exclusive is None else exclusive
-        self._folder_lock: LockHandle | None = None
-        if self._exclusive:
-            self._folder_lock = lock_tier_folder(self.path)
-        try:
-            self._open_cache()
-        except BaseException:
-            self._release_folder()
-            raise
-
-    def _release_folder(self) -> None:
-        lock, self._folder_lock = self._folder_lock, None
-        if lock is not None:
-            lock.release()
+        self._open()
 
     @property
     def _db_file(self) -> Path:
-        return self.path / str(diskcache.core.DBNAME)
+        return self.path / self.identity_file
 
     def _damaged(self, what: str, exc: BaseException) -> MediumDamagedError:
         """The error for a database that cannot be read, naming the file."""
@@ -275,7 +253,10 @@ class DiskcacheStore(Store):
             return self._damaged(f"{what} ({where})", exc)
         return StoreError(f"{where}: {what} failed ({exc})")
 
-    def _open_cache(self) -> None:
+    def _medium_closed(self) -> bool:
+        return self._cache is None
+
+    def _open_medium(self) -> None:
         """Open (or reopen) the diskcache directory at :attr:`path`."""
         try:
             cache = diskcache.Cache(
@@ -290,11 +271,8 @@ class DiskcacheStore(Store):
                 raise self._damaged("cannot open it", exc) from exc
             raise StoreError(f"diskcache store {self.path}: cannot open ({exc}); check the "
                              "path is a writable directory") from exc
-        self._identity = (st.st_dev, st.st_ino)
+        self._remember_identity(st)
         self._cache = cache
-
-    def _where(self, key: str) -> str:
-        return f"diskcache store {self.path}, key {key!r}"
 
     def _cache_or_raise(self) -> diskcache.Cache:
         cache = self._cache
@@ -517,32 +495,17 @@ class DiskcacheStore(Store):
                 from exc
         return iter(found)
 
-    # -- health, reopening, orphans -----------------------------------------------------
+    # -- reopening, orphans ----------------------------------------------------------------
 
-    def check_health(self) -> str | None:
-        """Why the store is unusable, or ``None``. One ``stat`` of ``cache.db``.
-
-        Reports a removed folder or a replaced database (sqlite would go on
-        using the unlinked file while new value files land in a recreated
-        folder), or a closed store.
-        """
-        if self._cache is None:
-            return f"diskcache store {self.path} is closed"
-        return file_identity_problem(self.path / diskcache.core.DBNAME, self._identity)
-
-    def reopen(self) -> None:
-        """Drop the current handle and open the directory now at :attr:`path` (created
-        if missing), releasing the folder lock and taking it again (the folder may be
-        a new one). Threads' old sqlite connections close with the old handle."""
+    def _close_medium(self) -> None:
+        """Drop the current handle for a reopen (:meth:`DiskStore.reopen`; a replaced
+        ``cache.db``: sqlite would go on using the unlinked file). Threads' old sqlite
+        connections close with the old handle."""
         with self._close_lock:
             cache, self._cache = self._cache, None
         if cache is not None:
             with contextlib.suppress(Exception):
                 cache.close()
-        if self._exclusive:
-            self._release_folder()
-            self._folder_lock = lock_tier_folder(self.path)
-        self._open_cache()
 
     def sweep_orphans(self, *, remove: bool = False, min_age_s: float = 60.0) -> int:
         """Count (with ``remove``: delete) ``.val`` files no row refers to, older than
@@ -573,11 +536,6 @@ class DiskcacheStore(Store):
                 except OSError:
                     continue
         return found
-
-    def stored_size(self, array: np.ndarray) -> int:
-        """Header plus payload bytes of ``array`` (what capacity counts). O(1)."""
-        codec.check_storable(array)
-        return codec.stored_nbytes(array)
 
     def close(self) -> None:
         """Close the store; later calls raise :class:`StoreError`. Idempotent."""

@@ -98,12 +98,10 @@ its file) and locks the folder, so only stores without one may be shared.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import logging
 import os
 import shutil
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -114,16 +112,11 @@ import lmdb
 import numpy as np
 
 from .. import codec
+from ..buffers import PAGE_BYTES
 from ..errors import CorruptShardError, MediumDamagedError, StoreError
-from .base import (
-    LockHandle,
-    ShardInfo,
-    Store,
-    VerifyMode,
-    check_verify_mode,
-    file_identity_problem,
-    lock_tier_folder,
-)
+from .base import ShardInfo, VerifyMode
+from .disk import DiskStore
+from .lmdb_meta import ValueBounds, check_data_file, check_named_roots
 
 _T = TypeVar("_T")
 
@@ -190,7 +183,7 @@ class _RemapGuard:
             self._cond.notify_all()
 
 
-class LmdbStore(Store):
+class LmdbStore(DiskStore):
     """Persistent store over one lmdb environment directory.
 
     Parameters
@@ -223,20 +216,20 @@ class LmdbStore(Store):
     """
 
     backend = "lmdb"
-    persistent = True
+    identity_file = "data.mdb"
 
     def __init__(self, path: str | os.PathLike[str], *, verify: VerifyMode = "always",
                  capacity_bytes: int | None = None, map_size_bytes: int | None = None,
                  sync: bool = True, exclusive: bool | None = None) -> None:
-        check_verify_mode(verify)
-        self.path = Path(path)
-        self.verify: VerifyMode = verify
+        super().__init__(path, verify=verify, capacity_bytes=capacity_bytes,
+                         exclusive=exclusive)
         if map_size_bytes is None:
             map_size_bytes = max(DEFAULT_MAP_BYTES, 2 * (capacity_bytes or 0) + _MAP_SLACK_BYTES)
-        self._map_size_bytes = _round_up(map_size_bytes, codec.PAGE_BYTES)
+        self._map_size_bytes = _round_up(map_size_bytes, PAGE_BYTES)
         self._sync = sync
         self._env: lmdb.Environment | None = None
-        self._data_fd: int | None = None
+        #: Checks node extents against ``data.mdb`` (owns a descriptor of it while open).
+        self._bounds = ValueBounds(self.path / "data.mdb", None, PAGE_BYTES)
         #: Whether writes compact the file (a capacity is known: the store owns its folder).
         self.compacting = capacity_bytes is not None
         self.compactions = 0
@@ -244,28 +237,16 @@ class LmdbStore(Store):
         self.compaction_failures = 0
         self._compact_retry_at = 0.0
         self._compact_backoff_s = COMPACT_RETRY_S
-        self._broken: str | None = None
-        self._identity: tuple[int, int] | None = None
         self._pid = os.getpid()
         self._guard = _RemapGuard()
         self._close_lock = threading.Lock()
-        self._exclusive = capacity_bytes is not None if exclusive is None else exclusive
-        self._folder_lock: LockHandle | None = None
-        if self._exclusive:
-            self._folder_lock = lock_tier_folder(self.path)
-        try:
-            self._open_env()
-        except BaseException:
-            self._release_folder()
-            raise
+        self._open()
         self._max_key: int = self._env_or_raise().max_key_size()
 
-    def _release_folder(self) -> None:
-        lock, self._folder_lock = self._folder_lock, None
-        if lock is not None:
-            lock.release()
+    def _medium_closed(self) -> bool:
+        return self._env is None
 
-    def _open_env(self) -> None:
+    def _open_medium(self) -> None:
         """Open (or reopen) the environment at :attr:`path`; free dead readers' slots.
 
         Checks ``data.mdb`` first (:func:`check_data_file`: a truncated file would
@@ -286,9 +267,8 @@ class LmdbStore(Store):
                 env.close()
                 raise
             try:
-                self._psize = int(env.stat()["psize"])
-                self._file_bytes = os.fstat(data_fd).st_size
-                self._check_named_roots(env, data_file)
+                bounds = ValueBounds(data_file, data_fd, int(env.stat()["psize"]))
+                check_named_roots(env, bounds)
                 self._main = env.open_db(None)
                 self._hdr = env.open_db(b"hdr")
                 self._data = env.open_db(b"data")
@@ -303,80 +283,12 @@ class LmdbStore(Store):
         except (OSError, lmdb.Error) as exc:
             raise StoreError(f"lmdb store {self.path}: cannot open ({exc}); check the path "
                              "is a writable directory not opened twice in this process") from exc
-        self._identity = (st.st_dev, st.st_ino)
+        self._remember_identity(st)
         self._broken = None
         self._pid = os.getpid()
         self._env = env
-        self._close_data_fd()
-        self._data_fd = data_fd
-
-    def _close_data_fd(self) -> None:
-        fd, self._data_fd = self._data_fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def _check_named_roots(self, env: lmdb.Environment, data_file: Path) -> None:
-        """Raise MediumDamagedError if a named database's record in the main tree is
-        not a 48-byte ``MDB_db`` whose root page lies within the used pages. O(1)."""
-        last_pg = int(env.info()["last_pgno"])
-        with env.begin(buffers=True) as txn:
-            cursor = txn.cursor()
-            for name in (b"hdr", b"data"):
-                if not cursor.set_key(name):
-                    continue
-                try:
-                    record = bytes(self._value(cursor, str(data_file), "database record"))
-                except CorruptShardError as exc:
-                    raise MediumDamagedError(f"lmdb data file {data_file} is damaged: "
-                                             f"{exc}") from None
-                if len(record) != 48:
-                    raise MediumDamagedError(
-                        f"lmdb data file {data_file} is damaged: the record of database "
-                        f"{name.decode()!r} has {len(record)} bytes, not 48")
-                root = int.from_bytes(record[40:48], "little")
-                if root != _P_INVALID and not 2 <= root <= last_pg:
-                    raise MediumDamagedError(
-                        f"lmdb data file {data_file} is damaged: database {name.decode()!r} "
-                        f"has its root at page {root}, outside pages 2..{last_pg}")
-
-    def _value(self, cursor: lmdb.Cursor, where: str, what: str) -> memoryview:
-        """The value under ``cursor`` (positioned on an entry, zero-copy), after checking
-        that the node lmdb found points inside ``data.mdb``.
-
-        py-lmdb touches every page of a value before returning it, so a node whose
-        overflow page number or length a flipped bit has damaged would fault with
-        SIGBUS past the end of the file. The node's header sits just before its key
-        (``MDB_node``: ``mn_lo``, ``mn_hi``, ``mn_flags``, ``mn_ksize``), and the key is
-        handed out without touching the value: read the header from there, check the
-        value's extent -- inline: within the leaf page; on overflow pages: within the
-        file -- and only then fetch it. Raises
-        :class:`~tiercache.errors.CorruptShardError`. O(1) (one ``stat`` when the file
-        has grown since the last).
-        """
-        key = memoryview(cursor.key())
-        start = int(np.frombuffer(key, np.uint8).__array_interface__["data"][0])
-        lo, hi, flags, ksize = struct.unpack("<HHHH", ctypes.string_at(start - 8, 8))
-        size = lo | hi << 16
-        if ksize != key.nbytes:
-            raise CorruptShardError(f"{where}: the lmdb node of its {what} is damaged (key "
-                                    f"length {ksize}, found {key.nbytes})")
-        if flags & _F_BIGDATA:
-            pgno = int.from_bytes(ctypes.string_at(start + ksize, 8), "little")
-            end = pgno * self._psize + _PAGE_HEADER_BYTES + size
-            fd = self._data_fd
-            if end > self._file_bytes and fd is not None:
-                with contextlib.suppress(OSError):
-                    self._file_bytes = os.fstat(fd).st_size
-            if pgno < 2 or end > self._file_bytes:
-                raise CorruptShardError(
-                    f"{where}: the lmdb node of its {what} points at page {pgno} and "
-                    f"{size} bytes, past the end of {self.path / 'data.mdb'} "
-                    f"({self._file_bytes} bytes): the entry is damaged")
-        elif start % self._psize + ksize + size > self._psize:
-            raise CorruptShardError(f"{where}: the lmdb node of its {what} claims {size} "
-                                    "bytes, more than its page holds: the entry is damaged")
-        return memoryview(cursor.value())
+        old, self._bounds = self._bounds, bounds
+        old.close()
 
     # -- keys -----------------------------------------------------------------
 
@@ -437,7 +349,7 @@ class LmdbStore(Store):
                 return
             current = env.info()["map_size"]
             env.set_mapsize(_round_up(max(2 * current, current + 2 * need + _MAP_SLACK_BYTES),
-                                      codec.PAGE_BYTES))
+                                      PAGE_BYTES))
         except lmdb.Error as exc:
             raise StoreError(f"lmdb store {self.path}: cannot resize the map ({exc})") from exc
         finally:
@@ -467,13 +379,13 @@ class LmdbStore(Store):
                 cursor = txn.cursor(db=self._hdr)
                 if not cursor.set_key(db_key):
                     return None
-                header = codec.decode_header(self._value(cursor, where, "header"), key,
+                header = codec.decode_header(self._bounds.value(cursor, where, "header"), key,
                                              where=where)
                 result = codec.prepare_out(header, out, key)
                 cursor = txn.cursor(db=self._data)
                 if not cursor.set_key(db_key):
                     raise CorruptShardError(f"{where}: header present but payload missing")
-                payload = self._value(cursor, where, "payload")
+                payload = self._bounds.value(cursor, where, "payload")
                 codec.copy_verified(codec.byte_view(result), payload,
                                     header.payload_checksum if expect else None, where=where)
                 return result
@@ -511,7 +423,7 @@ class LmdbStore(Store):
                 found_data = txn.delete(db_key, db=self._data)
                 return bool(found or found_data)
 
-        found = self._run(op, grow_for=codec.PAGE_BYTES)
+        found = self._run(op, grow_for=PAGE_BYTES)
         if found:
             self._maybe_compact()  # fewer live pages: the threshold came down
         return found
@@ -530,7 +442,7 @@ class LmdbStore(Store):
                 cursor = txn.cursor(db=self._hdr)
                 if not cursor.set_key(db_key):
                     return None
-                return bytes(self._value(cursor, where, "header"))
+                return bytes(self._bounds.value(cursor, where, "header"))
 
         raw_header = self._run(op)
         if raw_header is None:
@@ -578,7 +490,7 @@ class LmdbStore(Store):
                                 f"byte {exc.start})") from None
                         continue
                     try:
-                        raw_header = self._value(cursor, f"lmdb store {self.path}", "header")
+                        raw_header = self._bounds.value(cursor, f"lmdb store {self.path}", "header")
                         stored = codec.decode_header(raw_header).key
                     except CorruptShardError:
                         continue
@@ -588,48 +500,32 @@ class LmdbStore(Store):
 
         return iter(self._run(op))
 
-    def stored_size(self, array: np.ndarray) -> int:
-        """Header plus payload bytes of ``array`` (what capacity counts). O(1)."""
-        codec.check_storable(array)
-        return codec.stored_nbytes(array)
+    # -- reopening, compaction ---------------------------------------------------------
 
-    # -- health, reopening, compaction ---------------------------------------------------
-
-    def check_health(self) -> str | None:
-        """Why the environment is unusable, or ``None``. One ``stat`` of ``data.mdb``.
-
-        Reports a removed folder or a replaced ``data.mdb`` (lmdb would go on
-        working on the unlinked file, whose contents vanish at close), a
-        panicked environment, or a closed store.
-        """
-        if self._env is None:
-            return f"lmdb store {self.path} is closed"
-        if self._broken is not None:
-            return self._broken
-        return file_identity_problem(self.path / "data.mdb", self._identity)
+    def _close_medium(self) -> None:
+        """Drop the environment for a reopen (errors suppressed); guard held exclusively."""
+        env, self._env = self._env, None
+        if env is not None:
+            with contextlib.suppress(lmdb.Error):
+                env.close()
 
     def reopen(self) -> None:
         """Close the environment and open the one now at :attr:`path` (created if
         missing), releasing the folder lock and taking it again (the folder may be a
-        new one). Waits for in-flight operations. Raises StoreError on failure
+        new one): :meth:`DiskStore.reopen` -- ``check_health`` reports a replaced
+        ``data.mdb`` (lmdb would go on working on the unlinked file) or a panicked
+        environment. Waits for in-flight operations. Raises StoreError on failure
         (:class:`~tiercache.errors.MediumDamagedError` for a damaged file)."""
         self._guard.acquire_exclusive()
         try:
-            env, self._env = self._env, None
-            if env is not None:
-                with contextlib.suppress(lmdb.Error):
-                    env.close()
-            if self._exclusive:
-                self._release_folder()
-                self._folder_lock = lock_tier_folder(self.path)
-            self._open_env()
+            super().reopen()
         finally:
             self._guard.release_exclusive()
 
     def file_nbytes(self) -> int:
         """Bytes of ``data.mdb`` up to lmdb's high-water page (what ``du`` sees). O(1)."""
         info = self._run(lambda env: env.info())
-        return (int(info["last_pgno"]) + 1) * codec.PAGE_BYTES
+        return (int(info["last_pgno"]) + 1) * PAGE_BYTES
 
     def live_nbytes(self) -> int:
         """Bytes of the pages in use (every tree's branch, leaf and overflow pages plus
@@ -689,7 +585,7 @@ class LmdbStore(Store):
         self._guard.acquire_exclusive()
         try:
             env = self._env_or_raise()
-            before = (int(env.info()["last_pgno"]) + 1) * codec.PAGE_BYTES
+            before = (int(env.info()["last_pgno"]) + 1) * PAGE_BYTES
             tmp = self.path / _COMPACT_DIR
             try:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -707,8 +603,8 @@ class LmdbStore(Store):
                 _fsync_path(self.path)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-                self._open_env()
-            after = (int(self._env_or_raise().info()["last_pgno"]) + 1) * codec.PAGE_BYTES
+                self._open_medium()
+            after = (int(self._env_or_raise().info()["last_pgno"]) + 1) * PAGE_BYTES
         finally:
             self._guard.release_exclusive()
         self.compactions += 1
@@ -720,7 +616,7 @@ class LmdbStore(Store):
         with self._close_lock:
             if self._env is None:  # closed, or a reopen failed: still let the folder go
                 if self._pid == os.getpid():
-                    self._close_data_fd()
+                    self._bounds.close()
                     self._release_folder()
                 return
             self._guard.acquire_exclusive()
@@ -728,7 +624,7 @@ class LmdbStore(Store):
                 env, self._env = self._env, None
                 if self._pid == os.getpid():
                     env.close()
-                    self._close_data_fd()
+                    self._bounds.close()
                     self._release_folder()
                 else:  # a forked child must not touch the parent's env -- not even free it:
                     _INHERITED_ENVS.append(env)  # that closes it, clearing the parent's
@@ -748,87 +644,3 @@ def _fsync_path(path: Path) -> None:
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
-
-
-# -- the data file's meta pages (read with plain file reads, before lmdb maps the file) ------
-
-_MDB_MAGIC = 0xBEEFC0DE
-_MDB_DATA_VERSION = 1
-_P_META = 0x08
-_P_INVALID = (1 << 64) - 1
-#: ``MDB_node.mn_flags``: the value lives on overflow pages; the node holds their number.
-_F_BIGDATA = 0x01
-#: Bytes of an lmdb page header (``PAGEHDRSZ``): an overflow value starts after it.
-_PAGE_HEADER_BYTES = 16
-#: Bytes of a meta page that are read: page header (16) + MDB_meta (152 - 16).
-_META_BYTES = 152
-# MDB_meta of lmdb 0.9 on a 64-bit little-endian build, offsets within its page:
-# 0 mp_pgno Q, 10 mp_flags H, 16 mm_magic I, 20 mm_version I, 40 mm_psize
-# (= mm_dbs[FREE_DBI].md_pad) I, 80 free root Q, 128 main root Q, 136 mm_last_pg Q,
-# 144 mm_txnid Q.
-_META = struct.Struct("<Q2xH4xII16xI36xQ40xQQQ")
-
-
-def _parse_meta(raw: bytes, index: int) -> tuple[int, int, int, int, int] | str:
-    """``(psize, last_pg, txnid, free_root, main_root)`` of meta page ``index``, or why
-    it is not a valid meta page. O(1)."""
-    if len(raw) < _META_BYTES:
-        return f"meta page {index} is cut short ({len(raw)} of {_META_BYTES} bytes)"
-    pgno, flags, magic, version, psize, free_root, main_root, last_pg, txnid = \
-        _META.unpack_from(raw)
-    if magic != _MDB_MAGIC:
-        return f"meta page {index} has no lmdb magic (0x{magic:08x})"
-    if version != _MDB_DATA_VERSION:
-        return f"meta page {index} has format version {version}, not {_MDB_DATA_VERSION}"
-    if pgno != index or not flags & _P_META:
-        return f"meta page {index} has page number {pgno} and flags 0x{flags:x}"
-    if psize < 512 or psize > 1 << 16 or psize & (psize - 1):
-        return f"meta page {index} records an impossible page size {psize}"
-    if last_pg < 1 or last_pg >= _P_INVALID // psize:
-        return f"meta page {index} records an impossible last page {last_pg}"
-    for name, root in (("free-list", free_root), ("main", main_root)):
-        if root != _P_INVALID and not 2 <= root <= last_pg:
-            return (f"meta page {index}: the {name} tree's root page {root} is outside "
-                    f"pages 2..{last_pg}")
-    return psize, last_pg, txnid, free_root, main_root
-
-
-def check_data_file(path: Path) -> int:
-    """Check lmdb's ``data.mdb`` at ``path`` before it is mapped; return the file's size.
-
-    Reads the two meta pages with plain reads (lmdb would fault with SIGBUS on a
-    mapped page past the end of a truncated file): both must be valid -- magic,
-    version, page number, page size, tree roots within the used pages -- and the
-    file must hold every page up to ``mm_last_pg`` of the newer one (larger
-    ``mm_txnid``, the one lmdb uses). A missing or empty file is fine (lmdb starts
-    a new environment). Raises :class:`~tiercache.errors.MediumDamagedError`
-    naming the file and what is wrong. O(1): two small reads. Thread-safe.
-    """
-    try:
-        with open(path, "rb", buffering=0) as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                return 0
-            first = _parse_meta(f.read(_META_BYTES), 0)
-            if isinstance(first, str):
-                raise MediumDamagedError(f"lmdb data file {path} is damaged: {first}")
-            psize = first[0]
-            f.seek(psize)
-            second = _parse_meta(f.read(_META_BYTES), 1)
-    except FileNotFoundError:
-        return 0
-    except OSError as exc:
-        raise MediumDamagedError(f"lmdb data file {path} cannot be read ({exc})") from exc
-    if isinstance(second, str):
-        raise MediumDamagedError(f"lmdb data file {path} is damaged: {second}")
-    if second[0] != psize:
-        raise MediumDamagedError(f"lmdb data file {path} is damaged: its meta pages disagree "
-                                 f"on the page size ({psize} and {second[0]})")
-    current = max((first, second), key=lambda meta: meta[2])
-    need = (current[1] + 1) * psize
-    if size < need:
-        raise MediumDamagedError(
-            f"lmdb data file {path} is truncated: {size} bytes, but its meta page "
-            f"(transaction {current[2]}) uses pages 0..{current[1]} of {psize} bytes "
-            f"= {need} bytes")
-    return size
