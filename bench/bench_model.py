@@ -49,7 +49,7 @@ def config(root: Path, ram_bytes: int, policy: str,
 
 
 def run(root: Path, manifest: ModelManifest, fraction: float, args: argparse.Namespace) -> None:
-    from tiercache.adapters.tensorflow import LlamaModel
+    from tiercache.models.runtime.tensorflow import LlamaModel
 
     tokenizer = BPETokenizer.from_dict(manifest.tokenizer or {})
     ids = tokenizer.encode(PROMPT)
@@ -81,7 +81,7 @@ def run(root: Path, manifest: ModelManifest, fraction: float, args: argparse.Nam
 
 
 def handoff(repeat: int) -> None:
-    from tiercache.adapters.tensorflow import tf_module, to_tensor
+    from tiercache.models.runtime.tensorflow import tf_module, to_tensor
 
     tf = tf_module()
     print("handoff numpy -> tf.Tensor (median of", repeat, "runs):")

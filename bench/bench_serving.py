@@ -6,7 +6,7 @@ CacheSink(cache, tier))``, copies the shards from there into every other
 medium (a diskcache tier, a packed tier, a dict of arrays, one ``.npy`` file per shard, one
 memory-mapped weights file, a throw-away ``redis-server``), and then runs
 greedy decoding of "The capital of France is" through one
-:class:`~tiercache.adapters.tensorflow.LlamaModel` whose weight source is
+:class:`~tiercache.models.runtime.tensorflow.LlamaModel` whose weight source is
 switched between configurations (so TensorFlow traces once):
 
 baselines
@@ -535,7 +535,7 @@ def open_source(prep: Prepared, spec: Spec, arrays: dict[str, np.ndarray],
 def timed_generation(model: Any, source: Any, cache: Any, spec: Spec, ids: list[int],
                      args: argparse.Namespace, *, warm: bool = True) -> dict[str, Any]:
     """Warm-up, then a timed generation; figures per decoded token (prompt pass excluded)."""
-    model.source = source
+    model.provider = source
     if cache is not None:
         cache.declare_schedule(model.schedule())
         if spec.prefetch:
@@ -604,7 +604,7 @@ def run_rounds(title: str, model: Any, prep: Prepared, specs: list[Spec],
         for spec in todo:
             with open_source(prep, spec, arrays, redis_client) as (source, cache):
                 r = timed_generation(model, source, cache, spec, ids, args)
-            model.source = None
+            model.provider = None
             gc.collect()
             r["round"] = round_
             r["load1"] = load1()
@@ -651,7 +651,7 @@ def child_main(job_path: str) -> None:
     group = Path(job["cgroup"]) if job["cgroup"] else None
     if group is not None:
         (group / "cgroup.procs").write_text(f"{os.getpid()}\n")
-    from tiercache.adapters.tensorflow import LlamaModel
+    from tiercache.models.runtime.tensorflow import LlamaModel
 
     prep = Prepared(**{**job["prep"], "root": Path(job["prep"]["root"]),
                        "manifest_path": Path(job["prep"]["manifest_path"])})
@@ -662,7 +662,7 @@ def child_main(job_path: str) -> None:
     ids = tokenizer.encode(PROMPT)
     model = LlamaModel.from_manifest(ZeroSource(manifest), manifest)
     model.generate(ids, 2)  # trace the prompt and decode shapes without reading weights
-    model.source = None
+    model.provider = None
     gc.collect()
     out: dict[str, Any] = {}
     if group is not None:
@@ -680,7 +680,7 @@ def child_main(job_path: str) -> None:
         if group is None:  # uncapped: the timed generation's prompt pass is the cold pass
             r = timed_generation(model, source, cache, spec, ids, args, warm=False)
         else:  # capped: a cold first pass, then warm-up and the timed steady state
-            model.source = source
+            model.provider = source
             if cache is not None:
                 cache.declare_schedule(model.schedule())
                 if spec.prefetch:
@@ -891,7 +891,7 @@ def main() -> None:
     cold_ok = not args.no_cold and can_drop_caches()
     if not args.no_cold and not cold_ok:
         print("cannot write /proc/sys/vm/drop_caches (not root?): skipping cold runs")
-    from tiercache.adapters.tensorflow import LlamaModel, tf_module
+    from tiercache.models.runtime.tensorflow import LlamaModel, tf_module
 
     report["tensorflow"] = tf_module().__version__
     tmp = Path(tempfile.mkdtemp(prefix="tiercache-bench-serving-"))

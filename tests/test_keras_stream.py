@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import tiercache
-from tiercache.adapters.keras import StreamingKerasModel
 from tiercache.cli import main
+from tiercache.models.runtime.keras import StreamingKerasModel
 from tiercache.sources import (
     CacheSink,
     DictSink,

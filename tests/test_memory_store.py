@@ -264,7 +264,7 @@ def test_trusted_code_can_still_hand_a_hit_to_tensorflow_without_a_copy() -> Non
     """The TensorFlow adapter exports a RAM hit through DLPack, which needs a writable
     array: it takes one from the buffer under the hit (``writable_view``), the
     documented way around the protection; numpy's own API still refuses."""
-    from tiercache.adapters.tensorflow import _writable_alias, zero_copy_ok
+    from tiercache.models.runtime.tensorflow import _writable_alias, zero_copy_ok
     from tiercache.stores.memory import writable_view
 
     store = MemoryStore()

@@ -18,9 +18,9 @@ import tensorflow as tf
 from reference_llama import RefConfig, ReferenceLlama, load_gguf
 
 import tiercache
-from tiercache.adapters import MappingSource
-from tiercache.adapters.tensorflow import LlamaModel, to_tensor, zero_copy_ok
 from tiercache.cli import main
+from tiercache.models.runtime import MappingProvider
+from tiercache.models.runtime.tensorflow import LlamaModel, to_tensor, zero_copy_ok
 from tiercache.sources import (
     BPETokenizer,
     CacheSink,
@@ -102,7 +102,7 @@ def test_import_writes_every_tensor_and_the_manifest(smollm2: SmolLM2) -> None:
 
 # --- the model --------------------------------------------------------------------------------
 def test_schedule_lists_one_forward_pass(smollm2: SmolLM2) -> None:
-    model = LlamaModel(MappingSource({}), smollm2.hparams)
+    model = LlamaModel(MappingProvider({}), smollm2.hparams)
     schedule = model.schedule()
     assert len(schedule) == 1 + 9 * 30 + 2
     assert schedule[0] == schedule[-1] == "token_embd.weight"  # tied: lookup and output
@@ -150,7 +150,7 @@ def test_streaming_equals_in_ram_equals_reference(smollm2: SmolLM2, reference: A
         # TensorFlow aliased these arrays; it must not have written to them
         assert all(np.array_equal(ram_cache.get(k), v) for k, v in plain.items())
     # plain numpy arrays (not 64-byte aligned: handed over by copy)
-    copied_model = LlamaModel.from_manifest(MappingSource(plain), smollm2.manifest)
+    copied_model = LlamaModel.from_manifest(MappingProvider(plain), smollm2.manifest)
     copied = copied_model.generate(PROMPT_IDS, NEW_TOKENS, eos_id=tok.eos_id)
 
     assert streamed == in_ram == copied == expected
@@ -242,7 +242,8 @@ def test_synthetic_streaming_equals_in_ram_and_reference(tmp_path: Path, dtype: 
         model = LlamaModel.from_manifest(cache, manifest)
         streamed = model.generate([1, 2, 3], 12)
         assert cache.stats()["tiers"]["ssd"]["hits"] > 0
-    in_ram = LlamaModel.from_manifest(MappingSource(sink.arrays), manifest).generate([1, 2, 3], 12)
+    in_ram_model = LlamaModel.from_manifest(MappingProvider(sink.arrays), manifest)
+    in_ram = in_ram_model.generate([1, 2, 3], 12)
     weights = {k: v.astype(np.float32) for k, v in sink.arrays.items()}
     expected = ReferenceLlama(weights, _ref_config(hp)).generate([1, 2, 3], 12)
     assert streamed == in_ram == expected
@@ -282,7 +283,7 @@ def test_the_model_holds_at_most_one_block(tmp_path: Path) -> None:
 def test_missing_shard_names_the_key() -> None:
     hp = synthetic_hparams(layers=1, dim=64, vocab=300)
     with pytest.raises(tiercache.ShardNotFoundError, match=r"token_embd\.weight.*import"):
-        LlamaModel(MappingSource({}), hp).forward([1])
+        LlamaModel(MappingProvider({}), hp).forward([1])
 
 
 def test_wrong_model_in_cache_is_reported() -> None:
@@ -291,9 +292,9 @@ def test_wrong_model_in_cache_is_reported() -> None:
                                progress=False)
     other = synthetic_hparams(layers=1, dim=128, vocab=300)
     with pytest.raises(tiercache.TierCacheError, match="another model"):
-        LlamaModel(MappingSource(sink.arrays), other).forward([1])
+        LlamaModel(MappingProvider(sink.arrays), other).forward([1])
     with pytest.raises(ValueError, match="token ids"):
-        LlamaModel.from_manifest(MappingSource(sink.arrays), manifest).forward([300])
+        LlamaModel.from_manifest(MappingProvider(sink.arrays), manifest).forward([300])
 
 
 # --- handoff ----------------------------------------------------------------------------------

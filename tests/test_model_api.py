@@ -19,7 +19,7 @@ import tiercache
 from tiercache.advice import knows_schedule, layout_warnings, ram_bytes_for, recommended_layout
 from tiercache.cli import main
 from tiercache.config import load_config
-from tiercache.model import Sampler, TextStream, find_manifest
+from tiercache.models.api import Sampler, TextStream, find_manifest
 from tiercache.sources import BPETokenizer
 from tiercache.sources.tokenizer import apply_chat_template, chatml_default_system
 
@@ -36,9 +36,9 @@ SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Huggin
 # --- import tiercache stays light ------------------------------------------------------------
 def test_import_tiercache_does_not_import_tensorflow() -> None:
     code = ("import sys, tiercache\n"
-            "assert 'tensorflow' not in sys.modules and 'tiercache.model' not in sys.modules\n"
+            "assert 'tensorflow' not in sys.modules and 'tiercache.models' not in sys.modules\n"
             "f = tiercache.load_model\n"
-            "assert callable(f) and f is tiercache.model.load_model\n"
+            "assert callable(f) and f is tiercache.models.api.load_model\n"
             "assert 'tensorflow' not in sys.modules, 'load_model imported TensorFlow'\n"
             "print('ok')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -277,7 +277,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_load_model_generates_the_greedy_tokens(synthetic: Path) -> None:
-    from tiercache.adapters.tensorflow import LlamaModel
+    from tiercache.models.runtime.tensorflow import LlamaModel
     from tiercache.sources import load_manifest
 
     with tiercache.load_model(synthetic) as model:

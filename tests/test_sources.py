@@ -124,7 +124,7 @@ def test_gguf_float16_and_prefix(tiny_gguf: Path) -> None:
 
 def test_gguf_model_runs_like_the_reference(tiny_gguf: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorflow")
-    from tiercache.adapters.tensorflow import LlamaModel
+    from tiercache.models.runtime.tensorflow import LlamaModel
 
     cfg = {"tiers": [
         {"name": "ram", "backend": "memory", "capacity": "64KiB"},

@@ -29,16 +29,16 @@ from .policies import Policy, available_policies, get_policy_class, register_pol
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .model import Model, load_model
+    from .models.api import Model, load_model
 
 
 def __getattr__(name: str) -> Any:
-    """``load_model`` and ``Model`` load :mod:`tiercache.model` on first use (lazily:
+    """``load_model`` and ``Model`` load :mod:`tiercache.models.api` on first use (lazily:
     ``import tiercache`` imports neither it nor TensorFlow)."""
     if name in ("load_model", "Model"):
-        from . import model
+        from .models import api
 
-        return getattr(model, name)
+        return getattr(api, name)
     raise AttributeError(f"module 'tiercache' has no attribute {name!r}")
 
 

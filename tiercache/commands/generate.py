@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..model import DEFAULT_PREFETCH
+from ..models.api import DEFAULT_PREFETCH
 
 
 def _prompt_text(args: argparse.Namespace) -> str:
@@ -51,7 +51,7 @@ def _warning(text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..model import Sampler, TextStream, load_model
+    from ..models.api import Sampler, TextStream, load_model
 
     if args.max_new_tokens < 0:
         raise ValueError("--max-new-tokens must be >= 0")

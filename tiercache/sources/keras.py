@@ -4,7 +4,7 @@ Each variable is stored under its Keras path (``variable.path``, e.g.
 ``sequential/dense/kernel``), optionally behind a key prefix. The manifest's
 ``keras`` section keeps what a streaming runner needs to rebuild the model one
 layer at a time without loading any weights up front
-(:class:`tiercache.adapters.keras.StreamingKerasModel`)::
+(:class:`tiercache.models.runtime.keras.StreamingKerasModel`)::
 
     "keras": {
       "class_name": "Sequential" | "Functional" | ...,

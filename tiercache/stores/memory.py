@@ -73,7 +73,7 @@ def writable_view(array: np.ndarray) -> np.ndarray | None:
     The deliberate way around the protection described in the module docstring,
     for trusted code that must pass the bytes to a consumer needing a writable
     export and that never writes through it: TensorFlow's DLPack import
-    (:func:`tiercache.adapters.tensorflow.to_tensor`). Writing through the result
+    (:func:`tiercache.models.runtime.tensorflow.to_tensor`). Writing through the result
     changes the cached value. O(1). Thread-safe.
     """
     base = array.base

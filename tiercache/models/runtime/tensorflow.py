@@ -4,8 +4,9 @@
 (SmolLM2, TinyLlama, Llama 2/3 without RoPE scaling): RMSNorm, rotary position
 embeddings, grouped-query attention with its own KV cache, a SwiGLU MLP, and
 an output projection that may be tied to the embedding table. It holds **no
-weights**: each block's nine shards are fetched from a :class:`WeightSource`
-(a :class:`~tiercache.engine.TieredCache` qualifies) right before that block
+weights**: each block's nine shards are fetched from a
+:class:`~tiercache.models.runtime.WeightProvider`
+(a :class:`~tiercache.TieredCache` qualifies) right before that block
 runs and released right after, so a model larger than the RAM tier runs.
 :meth:`LlamaModel.schedule` lists the keys of one forward pass in the order
 they are read, for a prefetcher or a schedule-aware eviction policy.
@@ -23,7 +24,7 @@ array that is not 64-byte aligned must never go through DLPack -- TensorFlow
 accepts it, then aborts the process (``Check failed: IsAligned()``) in the
 first kernel that reads it -- so those are copied into an aligned buffer
 first. tiercache's stores return page-aligned arrays, so with a
-:class:`~tiercache.engine.TieredCache` every handoff is zero-copy. The
+:class:`~tiercache.TieredCache` every handoff is zero-copy. The
 aliasing is safe: the tensor keeps the numpy array alive, and tiercache's
 buffer pool reuses a buffer only when nothing references it.
 
@@ -31,7 +32,7 @@ buffer pool reuses a buffer only when nothing references it.
 
 Thread-safety: a :class:`LlamaModel` keeps per-sequence state (the KV
 cache) and timing counters; use one instance per thread. Several instances
-may share one source.
+may share one provider.
 """
 
 from __future__ import annotations
@@ -45,17 +46,17 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ShardNotFoundError
-from ..sources.base import ModelFormatError
-from ..sources.manifest import (
+from ...errors import ShardNotFoundError
+from ...sources.base import ModelFormatError
+from ...sources.manifest import (
     LLAMA_LAYER_TENSORS,
     LlamaHParams,
     ModelManifest,
     llama_layer_keys,
     llama_schedule,
 )
-from ..stores.memory import writable_view
-from . import WeightSource
+from ...stores.memory import writable_view
+from . import WeightProvider
 
 #: Alignment TensorFlow's CPU kernels require of tensor memory (EIGEN_MAX_ALIGN_BYTES).
 TF_ALIGN_BYTES = 64
@@ -137,7 +138,7 @@ def to_tensor(array: np.ndarray) -> tuple[Any, bool]:
 class ModelTimings:
     """Where a model's time went, cumulative since construction or :meth:`reset`.
 
-    ``fetch_s`` waiting on ``source.get``; ``handoff_s`` numpy -> ``tf.Tensor``
+    ``fetch_s`` waiting on ``provider.get``; ``handoff_s`` numpy -> ``tf.Tensor``
     (plus a float16 -> float32 cast); ``compute_s`` in TensorFlow; ``prefill_s``
     and ``decode_s`` wall time of prompt passes and of one-token passes.
     """
@@ -176,8 +177,9 @@ class LlamaModel:
 
     Parameters
     ----------
-    source:
-        Serves the shards (``get(key) -> np.ndarray``).
+    provider:
+        Serves the shards (``get(key) -> np.ndarray``): a
+        :class:`~tiercache.TieredCache`, a :class:`~tiercache.models.runtime.MappingProvider`, ...
     hparams:
         The architecture (``manifest.llama_hparams()``).
     key_prefix:
@@ -187,9 +189,9 @@ class LlamaModel:
         overhead than eager execution). Results are the same either way.
     """
 
-    def __init__(self, source: WeightSource, hparams: LlamaHParams, *, key_prefix: str = "",
+    def __init__(self, provider: WeightProvider, hparams: LlamaHParams, *, key_prefix: str = "",
                  compile: bool = True) -> None:
-        self.source = source
+        self.provider = provider
         self.hparams = hparams
         self.key_prefix = key_prefix
         self.timings = ModelTimings()
@@ -209,10 +211,10 @@ class LlamaModel:
         self.reset()
 
     @classmethod
-    def from_manifest(cls, source: WeightSource, manifest: ModelManifest, *,
+    def from_manifest(cls, provider: WeightProvider, manifest: ModelManifest, *,
                       compile: bool = True) -> LlamaModel:
         """The model described by an import's manifest."""
-        return cls(source, manifest.llama_hparams(), key_prefix=manifest.key_prefix,
+        return cls(provider, manifest.llama_hparams(), key_prefix=manifest.key_prefix,
                    compile=compile)
 
     # --- public API ----------------------------------------------------------------------
@@ -298,7 +300,7 @@ class LlamaModel:
         starts empty; without, ``prompt_ids`` continue the current sequence.
         ``on_token`` is called with each new id as soon as it is chosen.
         ``sampler`` picks each token from the float32 logits (e.g.
-        :class:`tiercache.model.Sampler`); without it, greedy: ties in the
+        :class:`tiercache.models.api.Sampler`); without it, greedy: ties in the
         logits go to the lowest id. One forward pass per token.
         """
         out: list[int] = []
@@ -344,7 +346,7 @@ class LlamaModel:
         t = self.timings
         t0 = time.perf_counter()
         try:
-            array = self.source.get(key)
+            array = self.provider.get(key)
         except KeyError:
             raise ShardNotFoundError(f"model shard {key!r} is not in the cache or its origin: "
                                      "import the model first (tiercache import MODEL "

@@ -3,7 +3,7 @@
 :class:`StreamingKerasModel` never builds the whole model. For each layer, in
 call order, it rebuilds that one layer from its saved config (Keras
 ``deserialize_keras_object``, which also builds it from its ``build_config``),
-sets its weights from the :class:`~tiercache.adapters.WeightSource` just before
+sets its weights from the :class:`~tiercache.models.runtime.WeightProvider` just before
 calling it (``layer.set_weights``), calls it, and drops it -- so at most one
 layer's weights are held at a time and a model larger than the RAM tier runs.
 Outputs equal the plain model's (same layers, same kernels).
@@ -17,7 +17,7 @@ manifest holds the config and each layer's weight keys.
 
 Complexity: one pass over the layers per call, plus rebuilding each layer
 (milliseconds for Dense/Conv). Thread-safety: calls do not share state beyond
-the source and timing counters; use one instance per thread.
+the provider and timing counters; use one instance per thread.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..sources.base import ModelFormatError
-from ..sources.keras import keras_module
-from ..sources.manifest import ModelManifest
-from . import WeightSource
+from ...sources.base import ModelFormatError
+from ...sources.keras import keras_module
+from ...sources.manifest import ModelManifest
+from . import WeightProvider
 
 
 @dataclass
 class KerasTimings:
-    """Cumulative seconds waiting on ``source.get``, setting weights, and in layer calls."""
+    """Cumulative seconds waiting on ``provider.get``, setting weights, and in layer calls."""
 
     fetch_s: float = 0.0
     set_weights_s: float = 0.0
@@ -60,15 +60,15 @@ class StreamingKerasModel:
     ----------
     manifest:
         From :func:`~tiercache.sources.import_keras` (``manifest.keras`` is required).
-    source:
-        Serves the weight shards (a :class:`~tiercache.engine.TieredCache`, ...).
+    provider:
+        Serves the weight shards (a :class:`~tiercache.TieredCache`, ...).
     """
 
-    def __init__(self, manifest: ModelManifest, source: WeightSource) -> None:
+    def __init__(self, manifest: ModelManifest, provider: WeightProvider) -> None:
         if manifest.keras is None:
             raise ModelFormatError(f"model {manifest.name!r} was not imported from Keras")
         self.manifest = manifest
-        self.source = source
+        self.provider = provider
         self.timings = KerasTimings()
         section = manifest.keras
         self.class_name = str(section["class_name"])
@@ -119,7 +119,7 @@ class StreamingKerasModel:
             if not layer.built:
                 raise ModelFormatError(f"layer {layer.name!r} cannot be built from its config")
             t0 = time.perf_counter()
-            arrays = [self.source.get(k) for k in keys]
+            arrays = [self.provider.get(k) for k in keys]
             t1 = time.perf_counter()
             if len(arrays) != len(layer.weights):
                 raise ModelFormatError(f"layer {layer.name!r} has {len(layer.weights)} "

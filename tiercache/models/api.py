@@ -9,7 +9,7 @@
 :func:`load_model` finds the model's manifest next to the config (as
 ``tiercache generate`` does: ``tiers.toml`` -> ``tiers.model.json``, or the
 ``.npy`` origin folder's ``tiercache-model.json``), opens the cache, builds the
-TensorFlow decoder (:class:`~tiercache.adapters.tensorflow.LlamaModel`),
+TensorFlow decoder (:class:`~tiercache.models.runtime.tensorflow.LlamaModel`),
 declares its schedule to the cache (so ``opt`` tiers and the prefetcher know the
 loop's order) and starts the prefetcher (``prefetch=0`` leaves it off).
 
@@ -20,7 +20,7 @@ cut to the ``top_k`` largest, then to the smallest set whose probability
 reaches ``top_p``, and one token is drawn with a ``numpy`` generator seeded by
 ``seed`` (the same seed gives the same tokens).
 
-This module imports neither TensorFlow nor the adapter at import time;
+This module imports neither TensorFlow nor the runtime at import time;
 ``import tiercache`` stays light (``tiercache.load_model`` is resolved lazily).
 """
 
@@ -37,20 +37,20 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
-from .config import CacheConfig, load_config
-from .errors import CacheClosedError
-from .sources.manifest import (
+from ..config import CacheConfig, load_config
+from ..errors import CacheClosedError
+from ..sources.manifest import (
     ModelManifest,
     load_manifest,
     manifest_path_for_config,
     manifest_path_for_npy_dir,
 )
-from .sources.tokenizer import BPETokenizer, apply_chat_template
-from .units import format_size
+from ..sources.tokenizer import BPETokenizer, apply_chat_template
+from ..units import format_size
 
 if TYPE_CHECKING:
-    from .adapters.tensorflow import LlamaModel, ModelTimings
-    from .engine import TieredCache
+    from ..core.cache import TieredCache
+    from .runtime.tensorflow import LlamaModel, ModelTimings
 
 __all__ = ["Model", "Sampler", "TextStream", "find_manifest", "load_model"]
 
@@ -218,9 +218,9 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
     (importing TensorFlow, tracing the block function); the returned
     :class:`Model` owns the cache: close it (or use ``with``).
     """
-    from .advice import layout_warnings
-    from .engine import TieredCache
-    from .sources.manifest import llama_schedule
+    from ..advice import layout_warnings
+    from ..core.cache import TieredCache
+    from ..sources.manifest import llama_schedule
 
     cfg = config if isinstance(config, CacheConfig) else load_config(config)
     if isinstance(manifest, ModelManifest):
@@ -249,7 +249,7 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
 
     status = on_status or (lambda _line: None)
     status("loading TensorFlow…")
-    from .adapters.tensorflow import LlamaModel, tf_module
+    from .runtime.tensorflow import LlamaModel, tf_module
 
     tf_module()
     status(f"loading {loaded.name or 'the model'} ({len(loaded.tensors)} shards, "
@@ -269,7 +269,7 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
 class Model:
     """A model served from a cache, as :func:`load_model` returns it.
 
-    Attributes: ``cache`` (the :class:`~tiercache.engine.TieredCache`, owned:
+    Attributes: ``cache`` (the :class:`~tiercache.TieredCache`, owned:
     :meth:`close` closes it), ``manifest``, ``tokenizer``, ``llama`` (the
     TensorFlow decoder), ``layout_warnings`` (problems of the tier layout).
 
