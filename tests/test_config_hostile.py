@@ -22,7 +22,7 @@ from memcap import run_capped
 import tiercache
 from tiercache import ConfigError, load_config
 from tiercache.errors import PolicyError
-from tiercache.sim.replay import load_policy
+from tiercache.sim.policy_specs import load_policy
 
 #: Address space a child may add to what it inherits from the test process.
 HEADROOM_BYTES = 512 << 20

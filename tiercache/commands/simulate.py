@@ -31,7 +31,8 @@ def _split(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from ..errors import SimulationError
     from ..sim import report
-    from ..sim.replay import infer_unit, simulate, split_policies
+    from ..sim.policy_specs import split_policies
+    from ..sim.replay import infer_unit, simulate
     from ..sim.traces import DEFAULT_MAX_REQUESTS, read_trace
 
     for flag, value in (("--limit", args.limit), ("--max-requests", args.max_requests)):

@@ -9,6 +9,7 @@
 
 * :mod:`~tiercache.sim.traces` -- CSV / ARC ``.lis`` / ``.npy`` readers (``.zst``, ``.gz``);
 * :mod:`~tiercache.sim.replay` -- one trace through many policies and capacities;
+* :mod:`~tiercache.sim.policy_specs` -- ``"2q(a_in_size_ratio=0.3)"`` policy specs;
 * :mod:`~tiercache.sim.tiers` -- a whole TOML layout on a virtual clock;
 * :mod:`~tiercache.sim.report` -- tables, CSV/JSON, miss-ratio-curve plots.
 
@@ -18,13 +19,11 @@ docs/experiments.md. Nothing here imports matplotlib until a plot is drawn.
 
 from __future__ import annotations
 
+from .policy_specs import load_policy, make_policy, parse_policy_spec
 from .replay import (
     SimResult,
     SimResults,
-    load_policy,
-    make_policy,
     parse_capacity,
-    parse_policy_spec,
     replay,
     replay_hits,
     resolve_capacity,
