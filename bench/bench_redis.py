@@ -43,12 +43,9 @@ import numpy as np
 import redis
 
 from tiercache import codec
-from tiercache.stores.redis_store import (
-    DEFAULT_CHUNK_BYTES,
-    RedisStore,
-    _RespConnection,
-    pack_command,
-)
+from tiercache.stores.redis import RedisStore
+from tiercache.stores.redis.options import DEFAULT_CHUNK_BYTES
+from tiercache.stores.redis.resp import RespConnection, pack_command
 from tiercache.units import parse_size
 
 
@@ -122,7 +119,7 @@ def redis_server(url: str | None) -> Iterator[str]:
 
 def raw_get_into(address: tuple[str, int], key: bytes, dst: memoryview) -> Callable[[], None]:
     """One GET over a raw RESP connection into ``dst`` (no checksum): the socket ceiling."""
-    conn = _RespConnection(address, time.monotonic() + 10)
+    conn = RespConnection(address, time.monotonic() + 10)
 
     def run() -> None:
         deadline = time.monotonic() + 60

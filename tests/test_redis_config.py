@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 from tiercache import config as config_module
 from tiercache.config import load_config
 from tiercache.errors import ConfigError
-from tiercache.stores import redis_store
+from tiercache.stores.redis import store as redis_store  # its limits are options.py's
 
 
 def _cfg(**redis: Any) -> dict[str, Any]:

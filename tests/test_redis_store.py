@@ -19,7 +19,7 @@ from tiercache import codec
 from tiercache.errors import CacheClosedError, CorruptShardError, StoreError
 from tiercache.stores import open_store
 from tiercache.stores.base import Store, VerifyMode
-from tiercache.stores.redis_store import (
+from tiercache.stores.redis import (
     PREFIX_BYTES,
     RedisStore,
     key_digest,
@@ -122,7 +122,7 @@ def test_inline_value_is_prefix_header_raw_payload(store: RedisStore,
                                                   redis_standalone: RedisServer) -> None:
     array = np.arange(100, dtype=">i4").reshape(10, 10)
     store.put("small", array)
-    value = redis_standalone.client().get(store._names("small").head)
+    value = redis_standalone.client().get(store.names("small").head)
     assert value is not None
     assert value.startswith(b"TCREDIS1")
     assert value[PREFIX_BYTES:PREFIX_BYTES + 8] == codec.MAGIC
@@ -190,9 +190,9 @@ def damaged(request: pytest.FixtureRequest, redis_standalone: RedisServer,
 
 
 def _chunk_key(s: RedisStore, key: str, index: int) -> bytes:
-    head = s._fetch_head(s._names(key), key, "")
+    head = s.head(key)
     assert head is not None
-    return s._names(key).chunk(head.generation, index)
+    return s.names(key).chunk(head.generation, index)
 
 
 def test_flipped_payload_byte_is_detected(damaged: tuple[RedisStore, redis.Redis]) -> None:
@@ -213,7 +213,7 @@ def test_flipped_payload_byte_is_detected(damaged: tuple[RedisStore, redis.Redis
 def test_flipped_inline_payload_byte_is_detected(damaged: tuple[RedisStore, redis.Redis]
                                                  ) -> None:
     s, client = damaged
-    head = s._names("small").head
+    head = s.names("small").head
     client.setrange(head, int(client.strlen(head)) - 1, b"\x7f")
     with pytest.raises(CorruptShardError, match="checksum"):
         s.get("small")
@@ -222,7 +222,7 @@ def test_flipped_inline_payload_byte_is_detected(damaged: tuple[RedisStore, redi
 @pytest.mark.parametrize("offset", [0, 9, 30, 63, PREFIX_BYTES + 17])
 def test_damaged_head_is_detected(damaged: tuple[RedisStore, redis.Redis], offset: int) -> None:
     s, client = damaged
-    head = s._names("k").head
+    head = s.names("k").head
     byte = client.getrange(head, offset, offset)
     client.setrange(head, offset, bytes([byte[0] ^ 0x20]))
     with pytest.raises(CorruptShardError):
@@ -238,7 +238,7 @@ def test_damaged_head_is_detected(damaged: tuple[RedisStore, redis.Redis], offse
 def test_wrong_lengths_and_foreign_values_are_detected(
         damaged: tuple[RedisStore, redis.Redis], edit: str) -> None:
     s, client = damaged
-    head = s._names("k").head
+    head = s.names("k").head
     if edit == "short chunk":
         client.set(_chunk_key(s, "k", 1), b"\x00" * 100)
     elif edit == "long chunk":
@@ -246,7 +246,7 @@ def test_wrong_lengths_and_foreign_values_are_detected(
     elif edit == "foreign head":
         client.set(head, b"x" * 500)
     elif edit == "other key":
-        client.set(head, client.get(s._names("small").head) or b"")
+        client.set(head, client.get(s.names("small").head) or b"")
     else:
         client.set(head, (client.get(head) or b"")[:100])
     with pytest.raises(CorruptShardError):
@@ -256,7 +256,7 @@ def test_wrong_lengths_and_foreign_values_are_detected(
 def test_foreign_redis_type_is_corrupt_and_deletable(damaged: tuple[RedisStore, redis.Redis]
                                                     ) -> None:
     s, client = damaged
-    head = s._names("k").head
+    head = s.names("k").head
     client.delete(head)
     client.rpush(head, b"not a shard")
     with pytest.raises(CorruptShardError, match="not a string"):
@@ -275,12 +275,12 @@ def test_evicted_chunk_is_a_miss_and_the_remains_are_removed(
     assert s.get("k") is None
     assert "k" not in s and s.info("k") is None
     assert sorted(s.keys()) == ["small"]
-    assert _namespace_keys(client, redis_namespace) == [s._names("small").head]
+    assert _namespace_keys(client, redis_namespace) == [s.names("small").head]
 
 
 def test_evicted_head_is_a_miss(damaged: tuple[RedisStore, redis.Redis]) -> None:
     s, client = damaged
-    client.delete(s._names("k").head)
+    client.delete(s.names("k").head)
     assert s.get("k") is None
     assert s.info("k") is None and "k" not in s
     assert sorted(s.keys()) == ["small"]
@@ -331,7 +331,7 @@ def test_concurrent_overwrites_never_mix_values(redis_standalone: RedisServer,
         assert reads["hit"] > 10
         final = s.get("k")
         assert final is not None
-        head = s._fetch_head(s._names("k"), "k", "")
+        head = s.head("k")
         assert head is not None
         expected = 1 + head.chunk_count
         assert len(_namespace_keys(redis_standalone.client(), redis_namespace)) == expected
@@ -565,8 +565,8 @@ def test_cluster_redirect_falls_back_to_redis_py(redis_cluster: list[RedisServer
     with RedisStore(cluster_nodes=[redis_cluster[0].node], namespace=redis_namespace,
                     chunk_bytes=SMALL_CHUNK) as s:
         s.put("k", value)
-        client: Any = s._client()
-        right = client.get_node_from_key(s._names("k").head)
+        client: Any = s.client
+        right = client.get_node_from_key(s.names("k").head)
         wrong = next(n for n in client.get_primaries() if n.port != right.port)
         monkeypatch.setattr(client, "get_node_from_key", lambda *_a, **_k: wrong)
         assert_same(s.get("k"), value)

@@ -684,7 +684,7 @@ TestPackedModel.settings = _model_settings
 
 
 def test_registry(tmp_path: Path) -> None:
-    from tiercache.stores.redis_store import RedisStore  # the redis extra is a test dependency
+    from tiercache.stores.redis import RedisStore  # the redis extra is a test dependency
 
     assert available_backends() == ["diskcache", "lmdb", "memory", "packed", "redis"]
     backends = stores_pkg.STORE_BACKENDS

@@ -29,7 +29,7 @@ _LOCATIONS: dict[str, str] = {
     "lmdb": ".lmdb_store:LmdbStore",
     "diskcache": ".diskcache_store:DiskcacheStore",
     "packed": ".packed_store:PackedStore",
-    "redis": ".redis_store:RedisStore",
+    "redis": ".redis:RedisStore",
 }
 _loaded: dict[str, type[Store]] = {"memory": MemoryStore}
 _load_lock = threading.Lock()
