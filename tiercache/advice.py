@@ -38,13 +38,13 @@ def _mib(nbytes: int) -> str:
 
 def knows_schedule(policy: str) -> bool:
     """Whether the policy ``policy`` (a name or ``"module:Class"``) uses a declared
-    schedule (has ``set_schedule``, e.g. ``opt``). A policy that cannot be
+    schedule (declares ``uses_schedule``, e.g. ``opt``). A policy that cannot be
     loaded counts as not knowing it. O(1) after the first load."""
     try:
         cls = get_policy_class(policy)
     except (LookupError, ImportError, TypeError):
         return False
-    return callable(getattr(cls, "set_schedule", None))
+    return cls.uses_schedule
 
 
 def _fed_by_the_loop(cfg: CacheConfig, index: int) -> bool:

@@ -23,8 +23,8 @@ Two more sequences are allowed: ``victim()`` + ``on_evict`` to shed a key with
 no incoming one (e.g. a tier shrinking), and ``on_insert`` *without*
 ``on_miss`` while there is room, when a tier re-indexes what a persistent store
 already holds after a restart. ``victim(incoming)`` is only asked with a
-non-resident ``incoming``. The contract test-kit ``tests/policy_contract.py``
-checks all of this for every registered policy; see docs/policies.md.
+non-resident ``incoming``. The contract test-kit :mod:`tiercache.testing`
+(``PolicyContract``) checks all of this for every registered policy; see docs/policies.md.
 
 Thread-safety: policies are not thread-safe; the owner serialises calls.
 """
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Iterator, MutableMapping, Sequence
 from typing import Any, ClassVar
@@ -117,6 +118,36 @@ class Policy(ABC):
 
     #: Registry name (``"lru"``); set by each subclass.
     name: ClassVar[str] = ""
+    #: Capability: the policy uses a declared schedule, i.e. its :meth:`set_schedule`
+    #: and :meth:`on_cursor` do something (``opt``). Callers may skip both hooks when it
+    #: is ``False``; a layout advisor counts such a tier as knowing the loop's order. A
+    #: subclass that overrides either hook without declaring it gets ``True``.
+    uses_schedule: ClassVar[bool] = False
+    #: Capability: the constructor takes ``future=``, the whole request sequence (an
+    #: offline policy such as ``opt``); the simulator then passes the trace it replays
+    #: and refuses to build the policy without one. A subclass whose ``__init__`` has a
+    #: ``future`` parameter but does not declare this gets ``True`` (and a
+    #: :class:`DeprecationWarning`).
+    needs_future: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Derive the capabilities a subclass written before they were declared implies
+        (see :attr:`uses_schedule`, :attr:`needs_future`). O(1) per class definition."""
+        super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        if "uses_schedule" not in own and ("set_schedule" in own or "on_cursor" in own):
+            cls.uses_schedule = True
+        init = own.get("__init__")
+        if "needs_future" not in own and not cls.needs_future and init is not None:
+            try:
+                takes_future = "future" in inspect.signature(init).parameters
+            except (TypeError, ValueError):  # no signature to read
+                takes_future = False
+            if takes_future:
+                warnings.warn(f"{cls.__qualname__} takes `future=` but does not declare "
+                              "`needs_future = True`; set it (the inference from the "
+                              "signature will go)", DeprecationWarning, stacklevel=3)
+                cls.needs_future = True
 
     def __init__(self, capacity: int, **options: Any) -> None:
         if options:  # a subclass passes on what its own parameters did not take
@@ -162,6 +193,18 @@ class Policy(ABC):
     def on_evict(self, key: Key) -> None:
         """Resident ``key`` was evicted. Ghost-keeping policies override this."""
         self.on_remove(key)
+
+    # --- optional schedule hooks (see ``uses_schedule``) ---------------------------------
+    def set_schedule(self, schedule: Sequence[Key] | None) -> None:  # noqa: B027 - optional
+        """The loop's declared order changed: ``schedule`` is one period of it (keys in
+        request order), ``None`` when it is withdrawn. The engine calls it on every
+        tier's policy when :meth:`tiercache.TieredCache.declare_schedule` is called and
+        when a tier is rebuilt. Default: ignore it (O(1)); ``opt`` re-ranks its keys."""
+
+    def on_cursor(self, position: int) -> None:  # noqa: B027 - optional hook
+        """The loop is about to request position ``position`` of the declared schedule
+        (called before the lookup of a key in it). Default: ignore it (O(1)); ``opt``
+        moves its clock there."""
 
     @abstractmethod
     def victim(self, incoming: Key | None = None) -> Key:

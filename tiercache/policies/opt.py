@@ -195,6 +195,12 @@ class _ScheduleOracle:
         j = bisect_left(occ, phase)
         return u + occ[j] - phase if j < len(occ) else u + self._period - phase + occ[0]
 
+    def next_use_after(self, key: Key, position: int) -> int:
+        """The first position after ``position`` (absolute) that requests ``key``;
+        :data:`NEVER` for a key not in the schedule. O(log occurrences), pure."""
+        occ = self._occ.get(key)
+        return NEVER if occ is None else self._after(occ, position)
+
     def access(self, key: Key) -> tuple[int, int] | None:
         occ = self._occ.get(key)
         if occ is None:
@@ -221,7 +227,7 @@ class _ScheduleOracle:
         return u, target
 
     def next_use(self, key: Key) -> int:
-        occ = self._occ.get(key)
+        occ = self._occ.get(key)  # next_use_after, inlined: called on every request
         return NEVER if occ is None else self._after(occ, self.time)
 
     def key_at(self, position: int) -> Key:
@@ -266,6 +272,8 @@ class OPTPolicy(Policy):
     """
 
     name = "opt"
+    uses_schedule = True
+    needs_future = True
 
     def __init__(self, capacity: int, *, future: Sequence[Key] | npt.NDArray[Any] | None = None,
                  schedule: Sequence[Key] | None = None, **options: Any) -> None:
@@ -443,7 +451,7 @@ class OPTPolicy(Policy):
         if isinstance(oracle, _ScheduleOracle) and incoming == oracle.time + 1:
             # `key` is the request being served right now: what matters is its use
             # after this one
-            incoming = oracle._after(oracle._occ[key], incoming)
+            incoming = oracle.next_use_after(key, incoming)
         need = size - free
         for resident, nxt in sorted(self._next.items(), key=lambda item: -item[1]):
             if nxt <= incoming:
