@@ -4,6 +4,8 @@ Redis Cluster slots. No mocks: every test talks to a server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +27,8 @@ from tiercache.stores.redis import (
     key_digest,
     pack_command,
 )
+from tiercache.stores.redis import options as redis_options
+from tiercache.stores.redis.options import parse_options
 
 SMALL_CHUNK = 4096
 
@@ -172,6 +176,69 @@ def test_bad_arguments_are_refused(kwargs: dict[str, Any]) -> None:
 def test_pack_command() -> None:
     assert pack_command(b"GET", b"k") == b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
     assert pack_command(b"SET", b"", b"\r\n") == b"*3\r\n$3\r\nSET\r\n$0\r\n\r\n$2\r\n\r\n\r\n"
+
+
+# -- the tier options (no server) -----------------------------------------------------------
+
+
+class _Refused(Exception):
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+
+
+def test_parse_options_fills_defaults_and_names_the_key_at_fault() -> None:
+    assert parse_options({"url": "redis://127.0.0.1:6379/2", "name": "ignored"}, _Refused) == {
+        "url": "redis://127.0.0.1:6379/2", "timeout_s": redis_options.DEFAULT_TIMEOUT_S,
+        "chunk_bytes": redis_options.DEFAULT_CHUNK_BYTES}
+    assert parse_options({"cluster_nodes": ["[::1]:7000"], "namespace": "m", "timeout": 1,
+                          "chunk_size": "1KiB"}, _Refused) == {
+        "cluster_nodes": ("[::1]:7000",), "namespace": "m", "timeout_s": 1.0,
+        "chunk_bytes": redis_options.MIN_CHUNK_BYTES}
+    for table, key, reason in [
+            ({}, "url", "give exactly one of url"),
+            ({"url": "http://h"}, "url", "scheme 'http'"),
+            ({"cluster_nodes": ["h"]}, "cluster_nodes", "is not \"host:port\""),
+            ({"url": "redis://h", "namespace": "a{b}"}, "namespace", "no braces"),
+            ({"url": "redis://h", "timeout": 3601}, "timeout", "<= 3600"),
+            ({"url": "redis://h", "chunk_size": "512MiB"}, "chunk_size", "between 1KiB")]:
+        with pytest.raises(_Refused, match=reason) as err:
+            parse_options(table, _Refused)
+        assert err.value.key == key, table
+
+
+def test_the_store_and_its_options_share_one_set_of_limits() -> None:
+    """The constructor refuses exactly what parse_options refuses at the edges."""
+    url = "redis://127.0.0.1:1/0"
+    for chunk in (redis_options.MIN_CHUNK_BYTES, redis_options.MAX_CHUNK_BYTES):
+        RedisStore(url, chunk_bytes=chunk).close()
+    for chunk in (redis_options.MIN_CHUNK_BYTES - 1, redis_options.MAX_CHUNK_BYTES + 1):
+        with pytest.raises(ValueError, match="chunk_bytes"):
+            RedisStore(url, chunk_bytes=chunk)
+    with pytest.raises(ValueError, match="timeout_s"):
+        RedisStore(url, timeout_s=redis_options.MAX_TIMEOUT_S + 1)
+    assert RedisStore(url).namespace == redis_options.DEFAULT_NAMESPACE
+
+
+def test_options_import_without_the_redis_driver() -> None:
+    """A configuration is validated (and told the driver is missing) without redis-py:
+    neither the package nor its options module may import it."""
+    code = ("import sys; sys.modules['redis'] = None\n"
+            "import tiercache.stores.redis as pkg\n"
+            "from tiercache.stores.redis.options import parse_options\n"
+            "class E(Exception): pass\n"
+            "try:\n"
+            "    parse_options({'url': 'redis://h'}, lambda k, r: E(k + ': ' + r))\n"
+            "except E as e: print(e)\n"
+            "try:\n"
+            "    pkg.RedisStore\n"
+            "except ImportError: print('store needs the driver')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "backend: the redis backend needs the redis package: pip install 'tiercache[redis]'",
+        "store needs the driver"]
 
 
 # -- integrity: corruption and partial eviction are detected ------------------------------
