@@ -101,7 +101,8 @@ def _die() -> None:
 
 def _install_kill_points(rng: random.Random, probability: float) -> None:
     """Wrap internal steps so that each call SIGKILLs this process with ``probability``."""
-    from tiercache import engine, tier
+    from tiercache.core import cache as engine
+    from tiercache.core import tier
     from tiercache.stores import diskcache_store, lmdb_store
 
     def maybe() -> None:

@@ -13,7 +13,7 @@ from helpers import shard, three_tier_config
 
 import tiercache
 from tiercache.origins import NpyDirOrigin
-from tiercache.prefetch import Prefetcher
+from tiercache.serving.prefetcher import Prefetcher
 
 KiB = 1024
 LAYERS = [f"blk.{i}.weight" for i in range(12)]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import tiercache
+from tiercache.core.recording import TRACE_HEADER, TraceRecorder
 from tiercache.errors import TierCacheError
 from tiercache.origins import NpyDirOrigin
-from tiercache.recording import TRACE_HEADER, TraceRecorder
 from tiercache.sim import read_trace
 
 

@@ -12,9 +12,9 @@ import pytest
 
 import tiercache
 from tiercache.config import load_config
+from tiercache.core.recording import TraceRecorder
 from tiercache.errors import ConfigError
 from tiercache.origins import NpyDirOrigin
-from tiercache.recording import TraceRecorder
 from tiercache.sim import Trace, read_trace, simulate
 from tiercache.stores.memory import shard_cost_nbytes
 

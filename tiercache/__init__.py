@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .config import CacheConfig, OriginConfig, TierConfig, load_config
-from .engine import TieredCache, open
+from .core.cache import TieredCache, open
 from .errors import (
     ConfigError,
     CorruptShardError,

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             manifest_path_for_npy_dir(args.npy_dir)
     else:
         from ..config import load_config
-        from ..engine import TieredCache
+        from ..core.cache import TieredCache
 
         cfg = load_config(args.config)
         with TieredCache.from_config(cfg) as cache:

@@ -149,7 +149,7 @@ def render_stats(stats: dict[str, Any], *, loop: bool | None = None,
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
-    from ..engine import TieredCache
+    from ..core.cache import TieredCache
 
     cfg = load_config(args.config)
     with TieredCache.from_config(cfg, read_only=True) as cache:  # changes nothing

@@ -93,7 +93,7 @@ def _manifest_keys(args: argparse.Namespace) -> list[str] | None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
-    from ..engine import TieredCache
+    from ..core.cache import TieredCache
 
     cfg = load_config(args.config)
     expected = _manifest_keys(args)

@@ -4,7 +4,7 @@
 :func:`tiercache.config.load_config` reads), what share of the requests each
 tier would serve and how long each request would take. The behaviour is
 *literally the engine's*: it builds a real :class:`tiercache.TieredCache` over
-real :class:`tiercache.tier.Tier` objects with the configured policies,
+real :class:`tiercache.core.tier.Tier` objects with the configured policies,
 capacities, promotion rules and mode, and only swaps the media for
 :class:`SimStore`, a metadata-only stand-in that keeps each shard's size and
 charges every read, write and delete the engine performs to a
@@ -55,12 +55,12 @@ import numpy.typing as npt
 
 from .. import codec
 from ..config import CacheConfig, load_config
+from ..core.tier import PromotionRule, Tier
 from ..errors import ConfigError, PolicyError, SimulationError
 from ..origins import Origin
 from ..policies import get_policy_class
 from ..stores.base import ShardInfo, Store
 from ..stores.memory import shard_cost_nbytes
-from ..tier import PromotionRule, Tier
 from ..units import parse_size
 from .replay import ProgressFn
 from .traces import Trace, read_trace
@@ -503,7 +503,7 @@ def simulate_tiers(trace: Trace | str | os.PathLike[str],
     else:
         raise SimulationError(f"trace {trace.source} has no sizes: give every object a size "
                               "(object_size=..., --object-size 64MiB)")
-    from ..engine import TieredCache  # the engine imports config/stores; keep it lazy
+    from ..core.cache import TieredCache  # the engine imports config/stores; keep it lazy
 
     clock = VirtualClock()
     tiers: list[Tier] = []

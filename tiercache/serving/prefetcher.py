@@ -27,12 +27,28 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .engine import TieredCache
+
+class _Sized(Protocol):
+    @property
+    def capacity_bytes(self) -> int: ...
+
+
+class PrefetchTarget(Protocol):
+    """What a :class:`Prefetcher` needs of its cache (a :class:`tiercache.TieredCache`)."""
+
+    @property
+    def schedule(self) -> tuple[str, ...]: ...
+
+    @property
+    def tiers(self) -> Sequence[_Sized]: ...
+
+    def advise(self, key: str) -> int | None: ...
+
+    def prefetch(self, key: str) -> int: ...
 
 log = logging.getLogger("tiercache")
 
@@ -55,7 +71,7 @@ class Prefetcher:
         time leaves a fast disk idle between shards; two keep it busy.
     """
 
-    def __init__(self, cache: TieredCache, *, depth: int = 8,
+    def __init__(self, cache: PrefetchTarget, *, depth: int = 8,
                  max_bytes: int | None = None, workers: int = 2) -> None:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from .errors import TierCacheError
+from ..errors import TierCacheError
 
 __all__ = ["TRACE_HEADER", "TraceRecorder"]
 

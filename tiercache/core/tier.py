@@ -7,15 +7,8 @@ hands each victim to a ``demote`` callback supplied by the engine, and forgets
 the victim only after the callback returned (the bytes are safe below, or the
 engine chose to drop them).
 
-Faults: a write (put, delete) that fails with :class:`~tiercache.errors.StoreError`
-or :class:`OSError` never escapes the tier. The tier becomes *degraded* (a
-reason is kept for ``stats()``), skips admissions until a retry time that backs
-off from :data:`RETRY_BACKOFF_S` to :data:`RETRY_BACKOFF_MAX_S`, and recovers
-on the first write that succeeds after it. A delete that failed leaves a stale
-entry on the medium: the index forgets it at once (it is never served) and the
-delete is retried on recovery (:attr:`Tier.pending_deletes`). A medium that is
-gone (folder removed, file replaced: :meth:`Store.check_health`) is dropped
-from the index and reopened, empty, at the next retry.
+Faults (degraded state, back-off, reopen, pending deletes) are handled by the
+base class :class:`~tiercache.core.health.TierHealth`.
 
 Thread-safety: not thread-safe; the engine serialises every call that changes
 state. :meth:`read` touches only the store and may run outside the engine lock.
@@ -24,24 +17,19 @@ state. :meth:`read` touches only the store and may run outside the engine lock.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from .codec import observe_write_sequence
-from .errors import CorruptShardError, StoreError
-from .policies import Policy
+from ..codec import observe_write_sequence
+from ..errors import CorruptShardError, StoreError
+from ..policies import Policy
+from ..stores.base import Store
+from .health import TierHealth
 from .stats import TierStats
-from .stores.base import Store
 
 log = logging.getLogger("tiercache")
-
-#: First pause before a degraded tier is written to again; doubles per failed retry.
-RETRY_BACKOFF_S = 1.0
-#: Longest pause between two retries of a degraded tier.
-RETRY_BACKOFF_MAX_S = 5.0
 
 #: Demotion callback: move the victim's bytes below, or decide to drop them.
 #: Raise :class:`DemotionFailed` to keep the victim (the admission is then abandoned).
@@ -66,7 +54,7 @@ class PromotionRule:
         return self.after_hits is not None and hits >= self.after_hits
 
 
-class Tier:
+class Tier(TierHealth):
     """One level of the hierarchy.
 
     Parameters
@@ -97,17 +85,7 @@ class Tier:
         self.is_memory = not store.persistent and store.backend == "memory"
         #: Serve plain reads as zero-copy views of the medium (``zero_copy = true``).
         self.zero_copy = False
-        #: Why the tier is degraded (its medium failed), or ``None`` while healthy.
-        self.degraded_reason: str | None = None
-        #: Seconds before the first retry of a degraded tier (doubles per failure).
-        self.retry_backoff_s = RETRY_BACKOFF_S
-        #: Cap on the pause between retries.
-        self.retry_backoff_max_s = RETRY_BACKOFF_MAX_S
-        self._backoff_s = 0.0
-        self._retry_at = 0.0
-        self._needs_reopen = False
-        #: Keys whose stale entry the medium refused to delete; retried on recovery.
-        self.pending_deletes: set[str] = set()
+        self._init_health()
         #: Keys :meth:`load_existing` found damaged and left in place (``drop_corrupt=False``).
         self.unindexed_corrupt: list[str] = []
         #: Keys :meth:`load_existing` found damaged (dropped or left), for ``verify``.
@@ -122,6 +100,18 @@ class Tier:
 
     def keys(self) -> list[str]:
         return list(self._sizes)
+
+    def _indexed(self, key: str) -> bool:
+        return key in self._sizes
+
+    def _forget_everything(self) -> int:
+        lost = len(self._sizes)
+        for key in list(self._sizes):
+            self.policy.on_remove(key)
+        self._sizes.clear()
+        self._hits_here.clear()
+        self.used_bytes = 0
+        return lost
 
     def size_of(self, key: str) -> int:
         return self._sizes[key]
@@ -248,111 +238,6 @@ class Tier:
         self._hits_here[key] = hits
         return self.promotion.due(hits)
 
-    # --- faults -----------------------------------------------------------------------
-    @property
-    def degraded(self) -> bool:
-        """Whether the medium failed recently (see :attr:`degraded_reason`)."""
-        return self.degraded_reason is not None
-
-    def note_failure(self, exc: BaseException, op: str) -> None:
-        """Record that ``op`` failed on the medium: degrade the tier and schedule the
-        next retry (exponential backoff). If the medium is gone altogether
-        (:meth:`Store.check_health`), forget every entry and reopen it at the
-        retry. Logs once per transition into the degraded state. O(1), or
-        O(entries) when the medium is lost. Engine lock held.
-        """
-        reason = f"{op}: {exc}"
-        if self.degraded_reason is None:
-            log.warning("tier %s degraded, serving from the other tiers: %s", self.name, reason)
-        self.degraded_reason = reason
-        self._backoff_s = min(max(2 * self._backoff_s, self.retry_backoff_s),
-                              self.retry_backoff_max_s)
-        self._retry_at = time.monotonic() + self._backoff_s
-        if not self._needs_reopen:
-            self.check_medium()
-
-    def note_success(self) -> None:
-        """A write went through: leave the degraded state and retry pending deletes."""
-        if self.degraded_reason is not None:
-            log.warning("tier %s recovered (was: %s)", self.name, self.degraded_reason)
-            self.degraded_reason = None
-            self._backoff_s = 0.0
-            self.stats.recoveries += 1
-        self.retry_pending_deletes()
-
-    def retry_pending_deletes(self) -> None:
-        """Delete the stale entries a failing medium refused to delete before (those
-        re-admitted since were replaced by that put). Stops at the first failure.
-        O(pending). Engine lock held."""
-        for key in list(self.pending_deletes):
-            if key in self._sizes:  # re-admitted since: that put replaced the stale entry
-                self.pending_deletes.discard(key)
-                continue
-            try:
-                self.store.delete(key)
-            except (StoreError, OSError) as exc:
-                self.stats.errors += 1
-                self.note_failure(exc, "delete")
-                return
-            self.pending_deletes.discard(key)
-
-    def check_medium(self) -> bool:
-        """Whether the medium is still the one opened (:meth:`Store.check_health`, one
-        ``stat``). If not, forget every entry (they are gone, or will be at close)
-        and reopen the medium at the next retry. Engine lock held."""
-        reason = self.store.check_health() if self.store.persistent else None
-        if reason is None:
-            return True
-        lost = len(self._sizes)
-        for key in list(self._sizes):
-            self.policy.on_remove(key)
-        self._sizes.clear()
-        self._hits_here.clear()
-        self.used_bytes = 0
-        self.pending_deletes.clear()
-        self.stats.lost += lost
-        self._needs_reopen = True
-        if self.degraded_reason is None:
-            log.warning("tier %s degraded, serving from the other tiers: %s", self.name, reason)
-            self._backoff_s = self.retry_backoff_s
-            self._retry_at = time.monotonic() + self._backoff_s
-        self.degraded_reason = f"medium lost: {reason} ({lost} entries forgotten)"
-        return False
-
-    def writable(self, *, force: bool = False) -> bool:
-        """Whether a write may be tried now: healthy, or degraded and due for a retry
-        (a lost medium is reopened first, and what it holds indexed). ``force``
-        ignores the retry time: the engine's last resort before failing a put.
-        Engine lock held."""
-        if self.degraded_reason is None:
-            return True
-        if not force and time.monotonic() < self._retry_at:
-            return False
-        if self._needs_reopen:
-            try:
-                self.store.reopen()
-                self._needs_reopen = False
-                self.load_existing()
-            except (StoreError, OSError) as exc:
-                self._needs_reopen = True
-                self.stats.errors += 1
-                self.note_failure(exc, "reopen")
-                return False
-        return True
-
-    def mark_damaged(self, reason: str) -> None:
-        """The medium could not be opened (damaged): degraded until repaired, every
-        write skipped; a retry reopens nothing (:class:`DamagedStore`). O(1)."""
-        self.degraded_reason = f"medium damaged: {reason}"
-        self._backoff_s = self.retry_backoff_max_s
-        self._retry_at = time.monotonic() + self._backoff_s
-
-    @property
-    def damaged(self) -> bool:
-        """Whether the medium could not be opened at all (see :meth:`mark_damaged`)."""
-        return self.degraded_reason is not None and \
-            self.degraded_reason.startswith("medium damaged: ")
-
     def forget_index(self, key: str) -> None:
         """Drop ``key`` from the index and the policy without touching the medium (a
         read-only cache resolving a duplicate, a shared store's copy). O(1)."""
@@ -376,22 +261,7 @@ class Tier:
         if key in self.unindexed_corrupt:
             self.unindexed_corrupt.remove(key)
 
-    def _delete_from_store(self, key: str) -> None:
-        """Delete ``key`` from the medium; on failure remember it for a retry."""
-        try:
-            self.store.delete(key)
-        except (StoreError, OSError) as exc:
-            self.stats.errors += 1
-            if not self.store.shared:
-                self.pending_deletes.add(key)
-            self.note_failure(exc, "delete")
-        else:
-            self.pending_deletes.discard(key)
-
     # --- writes ---------------------------------------------------------------------
-    def fits(self, nbytes: int) -> bool:
-        return nbytes <= self.capacity_bytes
-
     def wants(self, key: str, nbytes: int) -> bool:
         """Whether an optional move of ``key`` into this tier (promotion, prefetch) is
         worth it: it fits and the policy's admission test agrees. Counts refusals."""

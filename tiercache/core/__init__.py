@@ -1,0 +1,1 @@
+"""The engine: a cache of tiers (see :mod:`tiercache.core.cache`)."""

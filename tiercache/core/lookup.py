@@ -1,0 +1,225 @@
+"""Lookup: a get walks the tiers top-down, then shared tiers, then the origin.
+
+Probing a tier that lacks a key touches only an in-memory index, never the
+medium, and does not disturb its policy. A RAM hit returns the stored array
+(read-only, no copy); a disk read runs outside the lock and a per-key version
+makes a read that raced a put or delete start over, so a stale value is never
+returned or promoted. A hit counts toward the tier's promotion rule.
+
+Thread-safety: safe from any thread (the prefetcher calls get while the loop does).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from ..errors import (
+    CacheClosedError,
+    CorruptShardError,
+    ShardNotFoundError,
+    StoreError,
+)
+from ..serving.prefetch import Prefetching
+from .state import _MISSING
+
+_MAX_RETRIES = 8
+#: Longest a get waits for a prefetch of the same shard before reading it itself.
+PREFETCH_WAIT_TIMEOUT_S = 30.0
+
+log = logging.getLogger("tiercache")
+
+class Lookup(Prefetching):
+    """The read path of a cache."""
+
+    def get(self, key: str, default: Any = _MISSING, *, out: np.ndarray | None = None) -> Any:
+        """Return the shard ``key`` (dtype and shape as put).
+
+        Served from the highest tier that holds it, else from the origin. With
+        ``out`` the bytes are copied into that preallocated, C-contiguous array
+        (same dtype and shape) and ``out`` is returned. Without it, the result
+        may be read-only (a RAM-tier hit returns the cached array itself, no
+        copy). Raises :class:`~tiercache.errors.ShardNotFoundError` (a
+        ``KeyError``) when no tier and no origin has it, unless ``default`` is
+        given. With ``record_trace`` configured, a get that returns a shard
+        appends ``key,size`` (the shard's ``nbytes``) to the trace.
+        """
+        position = self._schedule_index.get(key)
+        if position is None:
+            value = self._get(key, default, out)
+        else:
+            value = self._get_scheduled(key, position, default, out)
+        recorder = self._recorder
+        if recorder is not None and isinstance(value, np.ndarray) and value is not default:
+            recorder.record(key, value.nbytes)
+        return value
+
+    def _get_scheduled(self, key: str, where: int | tuple[int, ...], default: Any,
+                       out: np.ndarray | None) -> Any:
+        """A get by the loop of a key in the declared schedule: move the cursor and
+        account stall time (time spent on a shard not in the top tier)."""
+        self._move_cursor(where)
+        stats = self.loop_stats
+        if key in self._tiers[0] or key in self._staged:
+            return self._get(key, default, out)
+        started = time.perf_counter()
+        try:
+            return self._get(key, default, out)
+        finally:
+            stats.stalls += 1
+            stats.stall_s += time.perf_counter() - started
+
+    def _get(self, key: str, default: Any, out: np.ndarray | None) -> Any:
+        """The lookup behind :meth:`get` (which adds trace recording)."""
+        started = time.perf_counter()
+        self._check_open()
+        for _ in range(_MAX_RETRIES):
+            with self._lock:
+                found = self._locate(key)
+                pending = self._inflight.get(key) if found is None or found[0] > 0 else None
+                if found is None and pending is None:
+                    break
+                if pending is None and found is not None:
+                    index, tier = found
+                    for above in self._tiers[:index]:
+                        above.stats.misses += 1
+                    version = self._version(key)
+                    staged = self._take_staged(key, index, version) if self._staged else None
+                    if tier.is_memory:
+                        array = tier.store.get(key)
+                        if array is None:  # index and store disagree: repair and retry
+                            tier.remove(key)
+                            continue
+                        result = array if out is None else self._copy_out(key, array, out)
+                        if tier.record_hit(key, array.nbytes, time.perf_counter() - started) \
+                                and index > 0:
+                            self._promote(index, key, array, private=False)
+                        return result
+            if pending is not None:  # the prefetcher is reading it: wait, don't read twice
+                waited = time.perf_counter()
+                pending.wait(PREFETCH_WAIT_TIMEOUT_S)
+                self.loop_stats.prefetch_wait_s += time.perf_counter() - waited
+                continue
+            # disk tier: read outside the lock (unless the prefetcher staged a copy)
+            try:
+                if staged is not None:
+                    array = staged if out is None else self._copy_out(key, staged, out)
+                else:
+                    array = tier.read(key, out)
+            except CorruptShardError as exc:
+                self._drop_corrupt(tier, key, exc, version)
+                continue
+            except StoreError as exc:
+                if self._closed:  # the cache was closed under this read
+                    raise CacheClosedError(f"the cache was closed while {key!r} was read") \
+                        from exc
+                with self._lock:
+                    tier.stats.errors += 1
+                    tier.note_failure(exc, "get")  # logs when the tier becomes degraded
+                log.debug("tier %s failed to read %r: %s", tier.name, key, exc)
+                array = None
+                if self._version(key) == version:
+                    # skip this tier for this read: serve from below or the origin
+                    return self._get_below(key, index, default, out, started)
+                continue
+            if array is None:  # moved meanwhile, or the medium lost it (Redis evicts)
+                self._forget_lost(tier, key, version)
+                continue
+            with self._lock:
+                if self._version(key) != version or key not in tier:
+                    continue
+                due = tier.record_hit(key, array.nbytes, time.perf_counter() - started)
+                if due and index > 0:
+                    private = out is None and (staged is not None or not tier.zero_copy)
+                    if self._promote(index, key, array, private=private) and private:
+                        array = self._kept(key, array)
+            return array
+        shared = self._get_shared(key, out, started)
+        if shared is not None:
+            return shared
+        return self._get_from_origin(key, default, out, started)
+
+    def _get_shared(self, key: str, out: np.ndarray | None, started: float) -> Any:
+        """``key`` from a shared tier (Redis) whose index lacks it -- another process may
+        have put it there -- or None. A shard found is indexed if it fits without
+        evicting anything. O(shared tiers) reads; nothing to do without shared tiers."""
+        for index, tier in enumerate(self._tiers):
+            if not tier.store.shared or key in tier:
+                continue
+            with self._lock:
+                version = self._version(key)
+            try:
+                array = tier.read(key, out)
+            except StoreError as exc:  # a corrupt copy is overwritten by the next admission
+                with self._lock:
+                    tier.stats.errors += 1
+                log.warning("tier %s failed to read %r: %s", tier.name, key, exc)
+                continue
+            if array is None:
+                continue
+            with self._lock:
+                for above in self._tiers[:index]:
+                    above.stats.misses += 1
+                latency = time.perf_counter() - started
+                if self._version(key) == version and self._locate(key) is None and \
+                        tier.index_existing(key, tier.store.stored_size(array)):
+                    if tier.record_hit(key, array.nbytes, latency) and index > 0 and \
+                            self._promote(index, key, array, private=out is None) and out is None:
+                        array = self._kept(key, array)
+                else:
+                    tier.stats.hits += 1
+                    tier.stats.bytes_read += array.nbytes
+                    tier.stats.latency.record(latency)
+            return array
+        return None
+
+    def _get_below(self, key: str, failed_index: int, default: Any, out: np.ndarray | None,
+                   started: float) -> Any:
+        for tier in self._tiers[failed_index + 1:]:
+            if key in tier:
+                try:
+                    array = tier.read(key, out)
+                except CorruptShardError as exc:
+                    with self._lock:
+                        version = self._version(key)
+                    self._drop_corrupt(tier, key, exc, version)
+                    continue
+                except StoreError:
+                    continue
+                if array is not None:
+                    with self._lock:
+                        tier.record_hit(key, array.nbytes, time.perf_counter() - started)
+                    return array
+        return self._get_from_origin(key, default, out, started, admit=False)
+
+    def _get_from_origin(self, key: str, default: Any, out: np.ndarray | None, started: float,
+                         *, admit: bool = True) -> Any:
+        with self._lock:
+            for tier in self._tiers:
+                tier.stats.misses += 1
+            version = self._version(key)
+        origin = self.origin
+        array = origin.get(key) if origin is not None else None
+        if array is None:
+            if default is _MISSING:
+                where = " or the origin" if origin is not None else ""
+                raise ShardNotFoundError(f"shard {key!r} is in no tier{where}")
+            return default
+        stats = self.origin_stats
+        with self._lock:
+            stats.hits += 1
+            stats.bytes_read += array.nbytes
+            stats.latency.record(time.perf_counter() - started)
+            if admit and not self.read_only and self._version(key) == version \
+                    and self._locate(key) is None \
+                    and self._admit_from(0, key, array, adopt=origin is not None
+                                         and origin.fresh_arrays) and out is None:
+                array = self._kept(key, array)
+        if out is not None:
+            return self._copy_out(key, array, out)
+        if self.origin is not None and self.origin.fresh_arrays:
+            array.flags.writeable = False
+        return array

@@ -1,0 +1,1 @@
+"""Model serving on top of the engine: the declared schedule and prefetching."""

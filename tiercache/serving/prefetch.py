@@ -1,0 +1,185 @@
+"""The cache side of prefetching: read ahead, bring up, stage, wait for in-flight reads.
+
+:class:`~tiercache.serving.prefetcher.Prefetcher` (a background thread) calls
+:meth:`Prefetching.advise` and :meth:`Prefetching.prefetch` for the shards after
+the cursor. A shard the top tier does not admit is *staged* (held within the
+prefetcher's byte budget) until the loop's get takes it; a get for a shard
+being prefetched waits for that read instead of issuing its own.
+
+Thread-safety: reads run outside the cache lock; index, staging and in-flight
+state change under it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+
+from ..errors import (
+    CorruptShardError,
+    StoreError,
+)
+from .prefetcher import Prefetcher
+from .schedule import Scheduling
+
+log = logging.getLogger("tiercache")
+
+class Prefetching(Scheduling):
+    """Read-ahead, prefetch into the top tier, staging of prefetched copies."""
+
+    def start_prefetcher(self, *, depth: int = 8, max_bytes: int | None = None,
+                         workers: int = 2) -> Prefetcher:
+        """Start (or restart) the background prefetcher along the declared schedule
+        (see :class:`~tiercache.serving.prefetcher.Prefetcher` for the parameters)."""
+        self.stop_prefetcher()
+        prefetcher = Prefetcher(self, depth=depth, max_bytes=max_bytes, workers=workers)
+        with self._lock:
+            self._staging_max_bytes = prefetcher.max_bytes
+        self._prefetcher = prefetcher.start()
+        return prefetcher
+
+    def stop_prefetcher(self) -> None:
+        """Stop the background prefetcher, if any. Idempotent."""
+        prefetcher, self._prefetcher = self._prefetcher, None
+        if prefetcher is not None:
+            prefetcher.stop()
+        with self._lock:
+            self._staged.clear()
+            self._staged_bytes = 0
+            self._staging_max_bytes = 0
+
+    def advise(self, key: str) -> int | None:
+        """Start reading ``key`` ahead of use if that needs no copy: when its fastest
+        copy is on a ``zero_copy`` tier, ask that store to read it into the page cache
+        asynchronously (:meth:`Store.willneed`) and return the bytes advised. Returns 0
+        when there is nothing to do (already in a memory top tier, or nowhere), and
+        ``None`` when bringing it up means a copy or reading it whole to verify its
+        checksum first (:meth:`prefetch`'s job, on the prefetcher's threads). Cheap
+        enough for the loop's thread: one lock, one index lookup, a system call or
+        two."""
+        with self._lock:
+            if self._closed:
+                return 0
+            found = self._locate(key)
+            if found is None:
+                return None if self.origin is not None else 0
+            index, tier = found
+            if not tier.zero_copy:
+                return None if index > 0 else 0
+            if tier.store.needs_check(key):
+                return None
+        try:
+            advised = tier.willneed(key)
+        except StoreError as exc:
+            log.debug("read-ahead of %r on tier %s failed: %s", key, tier.name, exc)
+            return 0
+        if advised:
+            with self._lock:
+                self.loop_stats.prefetched += 1
+                self.loop_stats.prefetched_bytes += advised
+        return advised
+
+    def prefetch(self, key: str) -> int:
+        """Bring ``key`` into the top tier ahead of use, from a lower tier or the origin.
+
+        Returns the bytes brought up (0 if it was already there, is being fetched,
+        or exists nowhere). Reads run outside the cache lock; a concurrent ``get``
+        of the same key waits for this read instead of issuing its own.
+        Ignores promotion rules: prefetching is an explicit request.
+        """
+        top = self._tiers[0]
+        with self._lock:
+            if self._closed or self.read_only or key in top or key in self._inflight \
+                    or key in self._staged:
+                return 0
+            found = self._locate(key)
+            if found is None and self.origin is None:
+                return 0
+            version = self._version(key)
+            event = self._inflight[key] = threading.Event()
+        try:
+            if found is None:
+                array = self.origin.get(key) if self.origin is not None else None
+                private = self.origin is not None and self.origin.fresh_arrays
+            elif found[1].zero_copy:
+                # a view-serving tier: start the page cache filling and, here on the
+                # prefetcher's thread, verify a shard not verified yet (its first view
+                # reads it whole) instead of copying the shard into RAM
+                advised = found[1].willneed(key)
+                if not advised:
+                    return 0
+                if found[1].store.needs_check(key):
+                    found[1].read(key)
+                with self._lock:
+                    self.loop_stats.prefetched += 1
+                    self.loop_stats.prefetched_bytes += advised
+                return advised
+            else:
+                array = found[1].read(key)
+                private = not found[1].is_memory
+            if array is None:
+                return 0
+            with self._lock:
+                if self._version(key) != version or key in top:
+                    return 0
+                if found is None:
+                    if self._locate(key) is not None:
+                        return 0
+                    self.origin_stats.bytes_read += array.nbytes
+                    if not self._admit_from(0, key, array, adopt=private):
+                        return 0
+                else:
+                    index, tier = found
+                    if key not in tier:
+                        return 0
+                    tier.stats.bytes_read += array.nbytes
+                    if private and self._staging_max_bytes:
+                        # the prefetcher's copy waits for the loop's get, which then
+                        # applies the top tier's promotion rule and policy (OPT keeps
+                        # what is worth keeping; a streamed shard just passes through)
+                        if not self._stage(index, key, version, array):
+                            return 0
+                    elif not self._promote(index, key, array, private=private, to_top=True):
+                        return 0
+                self.loop_stats.prefetched += 1
+                self.loop_stats.prefetched_bytes += array.nbytes
+                return int(array.nbytes)
+        except CorruptShardError as exc:
+            if found is not None:
+                self._drop_corrupt(found[1], key, exc, version)
+            return 0
+        except StoreError as exc:
+            log.warning("prefetch of %r failed: %s", key, exc)
+            return 0
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
+            event.set()
+
+    def _stage(self, index: int, key: str, version: int, array: np.ndarray) -> bool:
+        """Hold a prefetched copy the top tier refused until the loop reads it, within
+        the prefetcher's byte budget (oldest dropped first). Lock held. O(1) amortised."""
+        if array.nbytes > self._staging_max_bytes:
+            return False
+        old = self._staged.pop(key, None)
+        if old is not None:
+            self._staged_bytes -= old[2].nbytes
+        while self._staged and self._staged_bytes + array.nbytes > self._staging_max_bytes:
+            self._staged_bytes -= self._staged.pop(next(iter(self._staged)))[2].nbytes
+        self._staged[key] = (index, version, array)
+        self._staged_bytes += array.nbytes
+        return True
+
+    def _take_staged(self, key: str, index: int, version: int) -> np.ndarray | None:
+        """The staged copy of ``key`` if it is still current (read from tier ``index`` at
+        ``version``), removing it from staging. Lock held. O(1)."""
+        staged = self._staged.pop(key, None)
+        if staged is None:
+            return None
+        self._staged_bytes -= staged[2].nbytes
+        if staged[0] != index or staged[1] != version:
+            return None
+        self.loop_stats.staged_hits += 1
+        return staged[2]
