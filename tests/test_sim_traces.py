@@ -368,3 +368,54 @@ def test_lis_read_in_many_small_blocks(tmp_path: Path, monkeypatch: pytest.Monke
     assert info.value.line == text.splitlines().index(
         next(f"{s} {c} 0 {i}" for i, (s, c) in enumerate(rows)
              if sum(c2 for _, c2 in rows[:i + 1]) > 100)) + 1
+
+
+# --- layout (issue 13): small modules, the public names unchanged ------------------------
+
+#: The most lines a module, and a class, of ``tiercache/sim`` and ``tiercache/sources`` may
+#: span (``sim/tiers.py`` is checked with the engine's modules).
+MAX_MODULE_LINES, MAX_CLASS_LINES = 600, 400
+
+
+def test_sim_and_importer_modules_stay_small() -> None:
+    """Counted with :mod:`ast` as the issue counts them: a module's lines, a class's
+    ``end_lineno - lineno``. Fails naming every module or class over its limit."""
+    import ast
+
+    import tiercache.sim
+    import tiercache.sources
+
+    over = []
+    for package in (tiercache.sim, tiercache.sources):
+        folder = Path(package.__file__).parent
+        for path in sorted(folder.rglob("*.py")):
+            if path == folder / "tiers.py" and package is tiercache.sim:
+                continue
+            text = path.read_text(encoding="utf-8")
+            name = path.relative_to(ROOT)
+            if len(text.splitlines()) > MAX_MODULE_LINES:
+                over.append(f"{name}: {len(text.splitlines())} lines > {MAX_MODULE_LINES}")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.ClassDef):
+                    span = (node.end_lineno or node.lineno) - node.lineno
+                    if span > MAX_CLASS_LINES:
+                        over.append(f"{name}:{node.lineno}: class {node.name} spans {span} "
+                                    f"lines > {MAX_CLASS_LINES}")
+    assert not over, "\n".join(over)
+
+
+def test_trace_names_unchanged_by_the_package_split() -> None:
+    """What ``tiercache.sim`` and ``tiercache.sim.traces`` exported before the split."""
+    import tiercache.sim
+    import tiercache.sim.traces as traces
+
+    assert set(traces.__all__) == {"COMPRESSIONS", "DEFAULT_MAX_REQUESTS", "FORMATS",
+                                   "MAX_LINE_BYTES", "Trace", "TraceFormat", "detect_format",
+                                   "read_trace", "write_trace_csv"}
+    assert {"Trace", "detect_format", "read_trace", "write_trace_csv", "load_policy",
+            "make_policy", "parse_policy_spec"} <= set(tiercache.sim.__all__)
+    for module in (tiercache.sim, traces):
+        missing = [n for n in module.__all__ if not hasattr(module, n)]
+        assert not missing, f"{module.__name__} lacks {missing}"
+    assert traces.read_trace is tiercache.sim.read_trace
+    assert traces.MAX_LINE_BYTES == 1 << 20 and traces.DEFAULT_MAX_REQUESTS == 1 << 26
