@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from tiercache import config as config_module
+from tiercache.config import digest as digest_module
 from tiercache.config import load_config
 from tiercache.errors import ConfigError
-from tiercache.stores.redis import store as redis_store  # its limits are options.py's
+from tiercache.stores.redis import options as redis_options
+from tiercache.stores.registry import backend_spec
 
 
 def _cfg(**redis: Any) -> dict[str, Any]:
@@ -41,7 +43,7 @@ def test_defaults_and_cluster_nodes(tmp_path: Path) -> None:
     with_origin = {**_cfg(url="redis://localhost"),
                    "origin": {"kind": "npy", "path": str(tmp_path / "my model")}}
     namespace = load_config(with_origin).tiers[1].options["namespace"]
-    assert config_module._REDIS_NAMESPACE_RE.fullmatch(namespace)
+    assert redis_options.NAMESPACE_RE.fullmatch(namespace)
     assert namespace.startswith("tiercache:") and namespace.endswith(":shared")
 
 
@@ -99,8 +101,12 @@ def test_default_namespace_is_memoised_and_follows_changes(
     first = _namespace(origin)
     opened: list[str] = []
     real_open = open
-    monkeypatch.setattr("builtins.open", lambda f, *a, **k: (opened.append(str(f)),
-                                                            real_open(f, *a, **k))[1])
+
+    def spy(f: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(str(f))
+        return real_open(f, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", spy)
     assert _namespace(origin) == first and opened == []  # a stat, no read
     data = bytearray(path.read_bytes())
     data[-1] ^= 1  # one byte of one value changes; size and name stay
@@ -140,7 +146,7 @@ def test_unreadable_origin_is_a_config_error(tmp_path: Path,
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(config_module, "open", refuse, raising=False)
+    monkeypatch.setattr(digest_module, "open", refuse, raising=False)
     with pytest.raises(ConfigError, match="give that tier a namespace") as err:
         load_config({**_cfg(url="redis://h"), "origin": {"kind": "safetensors",
                                                           "path": str(path)}})
@@ -225,16 +231,17 @@ def test_two_redis_tiers_may_not_share_a_namespace(tmp_path: Path) -> None:
 
 
 def test_missing_driver_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = config_module.importlib.util.find_spec
-    monkeypatch.setattr(config_module.importlib.util, "find_spec",
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "redis" else real(name, *a))
     with pytest.raises(ConfigError, match=r"pip install 'tiercache\[redis\]'"):
         load_config(_cfg(url="redis://h"))
 
 
-def test_limits_match_the_store() -> None:
-    assert config_module._REDIS_CHUNK_RANGE == (redis_store.MIN_CHUNK_BYTES,
-                                                redis_store.MAX_CHUNK_BYTES)
-    assert config_module._REDIS_DEFAULT_CHUNK == redis_store.DEFAULT_CHUNK_BYTES
-    assert config_module._REDIS_DEFAULT_TIMEOUT_S == redis_store.DEFAULT_TIMEOUT_S
-    assert config_module._REDIS_NAMESPACE_RE.pattern == redis_store.NAMESPACE_RE.pattern
+def test_the_registry_validates_the_redis_keys() -> None:
+    """Config asks the registry: the redis spec takes exactly the keys its options module
+    validates, and that parser is the one the configuration runs."""
+    spec = backend_spec("redis")
+    assert spec.kind == "remote" and not spec.zero_copy
+    assert spec.option_keys == redis_options.OPTION_KEYS
+    assert spec.parse_options is redis_options.parse_options

@@ -2,7 +2,7 @@
 
 A :class:`Store` keeps named numpy arrays on one medium (process memory, an
 lmdb environment, a diskcache directory, ...). It does not decide what to
-keep: the :class:`~tiercache.tier.Tier` that owns it does. Disk stores keep
+keep: the :class:`~tiercache.core.tier.Tier` that owns it does. Disk stores keep
 each shard as raw array bytes behind a small header (see
 :mod:`tiercache.codec`) -- never pickle -- and verify the checksum on read.
 
@@ -172,8 +172,9 @@ class Store(ABC):
     backend: ClassVar[str] = ""
     #: Whether contents survive :meth:`close` and a process restart.
     persistent: ClassVar[bool] = False
-    #: Whether :meth:`get_view` serves zero-copy views of the medium.
-    supports_views: ClassVar[bool] = False
+    #: Whether :meth:`get_view` serves zero-copy views of the medium (what a tier's
+    #: ``zero_copy = true`` needs).
+    zero_copy: ClassVar[bool] = False
     #: Whether other processes may add, replace and delete shards at any time (a server
     #: shared by many workers, such as Redis). Such a store is located by backend options
     #: (a URL) rather than a path; the engine looks there for keys its index lacks, and
@@ -204,7 +205,7 @@ class Store(ABC):
     def get_view(self, key: str) -> np.ndarray | None:
         """A read-only, zero-copy array over the stored bytes (e.g. a memory map), or
         ``None`` if absent. Valid for as long as it is referenced, even if the key is
-        overwritten or evicted meanwhile. Only stores with :attr:`supports_views`."""
+        overwritten or evicted meanwhile. Only stores with :attr:`zero_copy`."""
         raise NotImplementedError(f"the {self.backend} store does not serve zero-copy views")
 
     def willneed(self, key: str) -> int:

@@ -1,10 +1,12 @@
-"""Configuration: a TOML file (or a dict) into validated, frozen objects.
+"""Reading and validating a configuration: TOML, paths, backends, policies, origin.
 
 Everything is checked before anything touches disk: unknown keys, bad sizes,
 unknown policies or backends, missing or unusable paths all raise one
 :class:`~tiercache.errors.ConfigError` naming the file, the key and the reason.
 Relative paths resolve against the folder of the TOML file (or the current
-directory for a dict). See docs/configuration.md for every key.
+directory for a dict). What a backend is, which keys it takes and how they are
+validated comes from :mod:`tiercache.stores.registry`. See docs/configuration.md
+for every key.
 """
 
 from __future__ import annotations
@@ -12,90 +14,38 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import errno
-import importlib.util
 import inspect
 import os
 import re
-import threading
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
 import psutil
-import xxhash
 
-from .errors import ConfigError
-from .policies import Policy, UnknownPolicyOptionError, get_policy_class
-from .stores.base import VerifyMode
-from .units import parse_percent, parse_size, show
+from ..errors import ConfigError
+from ..policies import Policy, UnknownPolicyOptionError, get_policy_class
+from ..stores.registry import BackendSpec, backend_names, backend_spec, backend_specs
+from ..units import parse_percent, parse_size, show
+from .digest import origin_digest
+from .schema import (
+    DEFAULT_PROMOTE_AFTER,
+    ORIGIN_KINDS,
+    CacheConfig,
+    Mode,
+    OriginConfig,
+    TierConfig,
+)
 
-Mode = Literal["exclusive", "inclusive"]
-
-MEMORY_BACKENDS = frozenset({"memory"})
-DISK_BACKENDS = frozenset({"lmdb", "diskcache", "packed"})
-#: Backends on a server shared by many processes: no path, located by url / cluster_nodes.
-REMOTE_BACKENDS = frozenset({"redis"})
-KNOWN_BACKENDS = MEMORY_BACKENDS | DISK_BACKENDS | REMOTE_BACKENDS
-ORIGIN_KINDS = ("npy", "safetensors")
-DEFAULT_PROMOTE_AFTER = 2
+__all__ = ["load_config"]
 
 _TOP_KEYS = {"mode", "tiers", "origin", "flush_on_close", "record_trace"}
-#: Keys only a redis tier takes (checked against tiercache.stores.redis_store by the tests).
-_REDIS_KEYS = {"url", "cluster_nodes", "namespace", "timeout", "chunk_size"}
 #: Keys every tier takes, whatever its backend.
 _COMMON_TIER_KEYS = {"name", "backend", "capacity", "policy", "policy_options",
                      "promote_after", "verify"}
-_TIER_KEYS = _COMMON_TIER_KEYS | {"path", "zero_copy"} | _REDIS_KEYS
-#: Backends whose store serves zero-copy views (``zero_copy = true``).
-VIEW_BACKENDS = frozenset({"diskcache", "packed"})
-_REDIS_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
-_REDIS_CHUNK_RANGE = (1 << 10, 256 << 20)
-_REDIS_DEFAULT_CHUNK = 8 << 20
-_REDIS_DEFAULT_TIMEOUT_S = 5.0
 _ORIGIN_KEYS = {"kind", "path"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-@dataclass(frozen=True)
-class TierConfig:
-    """One tier, validated. ``promote_after`` is None for "never"."""
-
-    name: str
-    backend: str
-    capacity_bytes: int
-    policy: str = "lru"
-    path: Path | None = None
-    promote_after: int | None = DEFAULT_PROMOTE_AFTER
-    verify: VerifyMode = "always"
-    zero_copy: bool = False
-    policy_options: Mapping[str, Any] = field(default_factory=dict)
-    #: Keyword arguments for a shared store (redis: ``url`` or ``cluster_nodes``,
-    #: ``namespace``, ``timeout_s``, ``chunk_bytes``); empty for the other backends.
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class OriginConfig:
-    """The read-only source of truth consulted when a shard is in no tier."""
-
-    kind: str
-    path: Path
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    """A whole cache: tiers fastest first, mode, optional origin."""
-
-    tiers: tuple[TierConfig, ...]
-    mode: Mode = "exclusive"
-    origin: OriginConfig | None = None
-    flush_on_close: bool = True
-    source: str = "<dict>"
-    #: CSV file the cache appends every get's ``key,size`` to (see tiercache.recording).
-    record_trace: Path | None = None
 
 
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any], *,
@@ -139,75 +89,6 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any], *,
     return _Validator(str(path), base, config_path=path).config(data)
 
 
-# --- origin digests: the default namespace of a redis tier ------------------------------
-
-#: (realpath, size, mtime_ns, inode, device) -> xxh3_128 hex of the file's bytes.
-_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
-_DIGESTS_LOCK = threading.Lock()
-_DIGESTS_MAX = 1 << 16
-_DIGEST_CHUNK = 8 << 20
-
-
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """The xxh3-128 hex digest of a file's bytes, memoised in the process per
-    (realpath, size, mtime_ns, inode, device), so validating the same config again
-    costs a ``stat``.
-
-    O(file size) the first time (page-cache speed, one reused 8 MiB buffer), O(1)
-    after. Thread-safe (two threads may both hash a new file; both get the same
-    answer). Raises :class:`OSError` when the file cannot be read.
-    """
-    real = os.path.realpath(path)
-    before = os.stat(real)
-    ident = (real, before.st_size, before.st_mtime_ns, before.st_ino, before.st_dev)
-    with _DIGESTS_LOCK:
-        known = _DIGESTS.get(ident)
-    if known is not None:
-        return known
-    hasher = xxhash.xxh3_128()
-    buf = bytearray(min(_DIGEST_CHUNK, max(before.st_size, 1)))
-    view = memoryview(buf)
-    with open(real, "rb") as fh:
-        while n := fh.readinto(buf):
-            hasher.update(view[:n])
-    digest = hasher.hexdigest()
-    after = os.stat(real)
-    if (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns):
-        with _DIGESTS_LOCK:  # a file changing while it is read is not remembered
-            if len(_DIGESTS) >= _DIGESTS_MAX:
-                _DIGESTS.clear()
-            _DIGESTS[ident] = digest
-    return digest
-
-
-def origin_digest(kind: str, path: str | os.PathLike[str]) -> str | None:
-    """A digest of an origin's *content*: equal for two origins exactly when they serve
-    the same bytes (whatever their file names or folders).
-
-    ``safetensors``: the whole file. ``npy``: the sorted (file name, bytes) of the
-    ``.npy`` files in the folder (other files are not shards and do not count).
-    ``None`` for a ``"module:Class"`` origin, which has no bytes tiercache can read.
-
-    O(total bytes) the first time per file, a ``stat`` per file after
-    (:func:`file_digest`). Thread-safe. Raises :class:`OSError` when a file cannot
-    be read.
-    """
-    hasher = xxhash.xxh3_128()
-    hasher.update(f"tiercache-origin\0{kind}\0".encode())
-    if kind == "safetensors":
-        hasher.update(file_digest(path).encode())
-    elif kind == "npy":
-        with os.scandir(path) as entries:
-            names = sorted(e.name for e in entries if e.name.endswith(".npy") and e.is_file())
-        for name in names:
-            encoded = os.fsencode(name)
-            hasher.update(len(encoded).to_bytes(8, "little") + encoded)
-            hasher.update(file_digest(os.path.join(path, name)).encode())
-    else:
-        return None
-    return str(hasher.hexdigest())
-
-
 def _link_problem(path: Path) -> str | None:
     """Why ``path`` (or a folder on the way to it) cannot be used although something is
     there: a symlink loop, a dangling symlink, or a component that cannot be looked up.
@@ -244,17 +125,37 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _backend_keys(backend: object) -> set[str]:
-    """The keys a tier of ``backend`` takes (every tier key for an unknown backend)."""
+def _all_tier_keys() -> set[str]:
+    """Every key some tier may take: the common ones, ``path``, ``zero_copy`` and the
+    option keys of every registered backend. O(backends)."""
+    keys = _COMMON_TIER_KEYS | {"path", "zero_copy"}
+    for spec in backend_specs():
+        keys |= spec.option_keys
+    return keys
+
+
+def _backend_keys(spec: BackendSpec | None) -> set[str]:
+    """The keys a tier of backend ``spec`` takes (every tier key for an unknown one).
+    O(backends)."""
+    if spec is None:
+        return _all_tier_keys()
+    keys = _COMMON_TIER_KEYS | spec.option_keys
+    if spec.kind == "disk":
+        keys |= {"path"}
+    if spec.zero_copy:
+        keys |= {"zero_copy"}
+    return keys
+
+
+def _find_spec(backend: object) -> tuple[BackendSpec | None, str | None]:
+    """``backend``'s spec, or ``None`` and why not (``None`` for an unknown name, whose
+    message the caller writes). Imports a ``"module:Class"`` backend. O(1) when known."""
     if not isinstance(backend, str):
-        return set(_TIER_KEYS)
-    if backend in MEMORY_BACKENDS:
-        return set(_COMMON_TIER_KEYS)
-    if backend in DISK_BACKENDS:
-        return _COMMON_TIER_KEYS | {"path"} | ({"zero_copy"} if backend in VIEW_BACKENDS else set())
-    if backend in REMOTE_BACKENDS:
-        return _COMMON_TIER_KEYS | _REDIS_KEYS
-    return set(_TIER_KEYS)
+        return None, None
+    try:
+        return backend_spec(backend), None
+    except (LookupError, ImportError, TypeError, ValueError) as exc:
+        return None, (str(exc) if ":" in backend else None)
 
 
 class _Validator:
@@ -366,24 +267,27 @@ class _Validator:
     def tier(self, index: int, t: Mapping[str, Any]) -> TierConfig:
         where = f"tiers[{index}]"
         backend = t.get("backend")
-        what = (f"a tier of backend {backend} takes"
-                if isinstance(backend, str) and backend in KNOWN_BACKENDS else "a tier takes")
+        spec, problem = _find_spec(backend)
+        what = f"a tier of backend {backend} takes" if spec is not None else "a tier takes"
         name = t.get("name")
         named = isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
-        self.check_keys(f"{where} ({name})" if named else where, t, _TIER_KEYS,
-                        listed=_backend_keys(backend), what=what)
+        self.check_keys(f"{where} ({name})" if named else where, t, _all_tier_keys(),
+                        listed=_backend_keys(spec), what=what)
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise self.error(f"{where}.name", "required: a short name of letters, digits, "
                              f"'_', '-' or '.', got {show(name)}")
         where = f"tiers[{index}] ({name})"
-        if not isinstance(backend, str) or backend not in KNOWN_BACKENDS:
-            known = ", ".join(sorted(KNOWN_BACKENDS))
-            close = (difflib.get_close_matches(backend, sorted(KNOWN_BACKENDS), n=1)
+        if problem is not None:
+            raise self.error(f"{where}.backend", problem)
+        if spec is None or not isinstance(backend, str):
+            names = backend_names()
+            known = ", ".join(names)
+            close = (difflib.get_close_matches(backend, names, n=1)
                      if isinstance(backend, str) else [])
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise self.error(f"{where}.backend",
                              f"unknown backend {show(backend)}{hint} (known: {known})")
-        capacity = self.capacity(f"{where}.capacity", t.get("capacity"), backend)
+        capacity = self.capacity(f"{where}.capacity", t.get("capacity"), spec)
         policy = t.get("policy", "lru")
         if not isinstance(policy, str) or not policy:
             raise self.error(f"{where}.policy", f"must be a policy name, got {show(policy)}")
@@ -395,8 +299,8 @@ class _Validator:
         if not isinstance(options, Mapping):
             raise self.error(f"{where}.policy_options", "must be a table")
         self.policy_options(where, policy, policy_cls, capacity, options)
-        path = self.tier_path(where, t.get("path"), backend)
-        store_options = self.redis_options(where, t, backend)
+        path = self.tier_path(where, t.get("path"), spec)
+        store_options = self.store_options(where, t, spec)
         promote_after = self.promote_after(f"{where}.promote_after",
                                            t.get("promote_after", DEFAULT_PROMOTE_AFTER))
         verify = t.get("verify", "always")
@@ -406,8 +310,8 @@ class _Validator:
         zero_copy = t.get("zero_copy", False)
         if not isinstance(zero_copy, bool):
             raise self.error(f"{where}.zero_copy", f"must be true or false, got {show(zero_copy)}")
-        if zero_copy and backend not in VIEW_BACKENDS:
-            can = ", ".join(sorted(VIEW_BACKENDS))
+        if zero_copy and not spec.zero_copy:
+            can = ", ".join(sorted(s.name for s in backend_specs() if s.zero_copy))
             raise self.error(f"{where}.zero_copy", f"the {backend} backend cannot serve "
                              f"zero-copy views (backends that can: {can})")
         return TierConfig(name=name, backend=backend, capacity_bytes=capacity, policy=policy,
@@ -443,110 +347,44 @@ class _Validator:
             raise self.error(key, f"policy {show(policy)} refuses these options: "
                              f"{type(exc).__name__}: {exc}") from None
 
-    def redis_options(self, where: str, t: Mapping[str, Any], backend: str) -> dict[str, Any]:
-        """The redis-only keys, validated into RedisStore keyword arguments.
+    def store_options(self, where: str, t: Mapping[str, Any], spec: BackendSpec
+                      ) -> dict[str, Any]:
+        """The backend's own keys, validated by its spec into store keyword arguments.
 
-        Any of them on another backend is an error. The namespace, when not
-        given, is filled in later from the tier name and origin
-        (:meth:`default_namespace`).
+        A key only another backend takes is an error naming that backend. For a
+        remote tier, the namespace, when not given, is filled in later from the tier
+        name and origin (:meth:`default_namespace`). O(keys * backends).
         """
-        given = sorted(k for k in _REDIS_KEYS if k in t)
-        if backend not in REMOTE_BACKENDS:
-            if given:
-                raise self.error(f"{where}.{given[0]}", f"only a redis tier takes this key "
-                                 f"(this tier's backend is {backend}); remove it")
-            return {}
-        if importlib.util.find_spec("redis") is None:
-            raise self.error(f"{where}.backend", "the redis backend needs the redis package: "
-                             "pip install 'tiercache[redis]'")
-        url, nodes = t.get("url"), t.get("cluster_nodes")
-        if (url is None) == (nodes is None):
-            raise self.error(f"{where}.url", "give exactly one of url = \"redis://host:6379/0\" "
-                             "(one server) and cluster_nodes = [\"host:port\", ...] (Redis "
-                             "Cluster)")
-        options: dict[str, Any] = {}
-        if url is not None:
-            options["url"] = self.redis_url(f"{where}.url", url)
-        else:
-            options["cluster_nodes"] = self.cluster_nodes(f"{where}.cluster_nodes", nodes)
-        if "namespace" in t:
-            namespace = t["namespace"]
-            if not isinstance(namespace, str) or not _REDIS_NAMESPACE_RE.fullmatch(namespace):
-                raise self.error(f"{where}.namespace", "must be 1-128 characters of A-Z a-z 0-9 "
-                                 f"_ . : / - (no braces or spaces), got {show(namespace)}")
-            options["namespace"] = namespace
-        timeout = t.get("timeout", _REDIS_DEFAULT_TIMEOUT_S)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
-                or not 0 < timeout <= 3600:
-            raise self.error(f"{where}.timeout", "must be a number of seconds > 0 and <= 3600, "
-                             f"got {show(timeout)}")
-        options["timeout_s"] = float(timeout)
-        try:
-            chunk = parse_size(t.get("chunk_size", _REDIS_DEFAULT_CHUNK))
-        except ValueError as exc:
-            raise self.error(f"{where}.chunk_size", str(exc)) from None
-        low, high = _REDIS_CHUNK_RANGE
-        if not low <= chunk <= high:
-            raise self.error(f"{where}.chunk_size", f"must be between 1KiB and 256MiB, got "
-                             f"{chunk} bytes")
-        options["chunk_bytes"] = chunk
-        return options
-
-    def redis_url(self, key: str, value: Any) -> str:
-        """A redis://, rediss:// or unix:// URL with a valid port and database number."""
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(key, f"must be a URL such as \"redis://127.0.0.1:6379/0\", got "
-                             f"{show(value)}")
-        try:
-            parts = urlsplit(value)
-            port = parts.port
-        except ValueError as exc:
-            raise self.error(key, f"not a valid URL ({exc})") from None
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise self.error(key, f"scheme {parts.scheme!r} is not redis://, rediss:// or "
-                             "unix://")
-        if parts.scheme == "unix":
-            if not parts.path:
-                raise self.error(key, "a unix:// URL needs the socket path")
-            return value
-        if not parts.hostname:
-            raise self.error(key, "needs a host, as in redis://127.0.0.1:6379/0")
-        if port == 0:
-            raise self.error(key, "port 0 is not a valid port")
-        db = parts.path.strip("/")
-        if db and not (db.isascii() and db.isdigit()):
-            raise self.error(key, f"the path must be a database number, got {show(parts.path)}")
-        return value
-
-    def cluster_nodes(self, key: str, value: Any) -> tuple[str, ...]:
-        """A non-empty list of "host:port" strings (IPv6 as "[addr]:port")."""
-        if not isinstance(value, list) or not value:
-            raise self.error(key, "must be a non-empty list such as [\"127.0.0.1:7000\"]")
-        for node in value:
-            host, sep, port = node.rpartition(":") if isinstance(node, str) else ("", "", "")
-            if not sep or not host or not (port.isascii() and port.isdigit() and len(port) <= 5
-                                           and 0 < int(port) < 65536):
-                raise self.error(key, f"{show(node)} is not \"host:port\"")
-        return tuple(value)
+        foreign = sorted(k for k in t if isinstance(k, str) and k not in spec.option_keys
+                         and k not in _COMMON_TIER_KEYS and k not in ("path", "zero_copy"))
+        for key in foreign:
+            owner = next((s.name for s in sorted(backend_specs(), key=lambda s: s.name)
+                          if key in s.option_keys), None)
+            if owner is not None:
+                raise self.error(f"{where}.{key}", f"only a {owner} tier takes this key "
+                                 f"(this tier's backend is {spec.name}); remove it")
+        return spec.parse_options(t, lambda key, reason: self.error(f"{where}.{key}", reason))
 
     def default_namespace(self, index: int, tier: TierConfig,
                           origin: OriginConfig | None) -> TierConfig:
-        """Give a redis tier without a ``namespace`` one that names the model's *content*:
+        """Give a remote (redis) tier without a ``namespace`` one that names the model's *content*:
         ``tiercache:<digest>:<tier name>``, the digest being :func:`origin_digest` (xxh3-128
         of the origin's bytes). Workers whose origins hold the same bytes share the tier;
         origins that differ in one byte -- same file names and shapes, other values --
         do not. Without an origin, or with a ``"module:Class"`` origin tiercache cannot
         read, there is nothing to name the model by: the namespace must be given.
         O(origin bytes) the first time in the process, a ``stat`` per file after."""
-        if tier.backend not in REMOTE_BACKENDS or "namespace" in tier.options:
+        spec = backend_spec(tier.backend)
+        if spec.kind != "remote" or "namespace" not in spec.option_keys \
+                or "namespace" in tier.options:
             return tier
         key = f"tiers[{index}] ({tier.name}).namespace"
         advice = ("name the namespace after the model (e.g. namespace = \"smollm2-135m-f32\"), "
                   "so that only caches of the same model share it")
         if origin is None:
-            raise self.error(key, "required for a redis tier when there is no origin: whoever "
-                             "uses the same server and namespace shares its shards, so sharing "
-                             f"must be chosen; {advice}")
+            raise self.error(key, f"required for a {tier.backend} tier when there is no "
+                             "origin: whoever uses the same server and namespace shares its "
+                             f"shards, so sharing must be chosen; {advice}")
         try:
             digest = origin_digest(origin.kind, origin.path)
         except OSError as exc:
@@ -554,7 +392,7 @@ class _Validator:
                              f"the default namespace of tiers[{index}] ({tier.name}): "
                              f"{exc.strerror or exc}; give that tier a namespace") from None
         if digest is None:
-            raise self.error(key, f"required for a redis tier when the origin is a "
+            raise self.error(key, f"required for a {tier.backend} tier when the origin is a "
                              f"{origin.kind!r} class: tiercache cannot digest its content to "
                              f"tell one model from another; {advice}")
         namespace = f"tiercache:{digest}:{tier.name}"
@@ -564,7 +402,7 @@ class _Validator:
         """Two redis tiers on the same server and namespace would hold each other's shards."""
         seen: dict[tuple[object, ...], int] = {}
         for i, t in enumerate(tiers):
-            if t.backend not in REMOTE_BACKENDS:
+            if backend_spec(t.backend).kind != "remote":
                 continue
             where = t.options.get("url") or tuple(t.options.get("cluster_nodes", ()))
             ident = (where, t.options.get("namespace"))
@@ -574,7 +412,7 @@ class _Validator:
                                  "same server and namespace; give each tier its own namespace")
             seen[ident] = i
 
-    def capacity(self, key: str, value: Any, backend: str) -> int:
+    def capacity(self, key: str, value: Any, spec: BackendSpec) -> int:
         if value is None:
             raise self.error(key, "required: a size such as \"256MiB\"")
         try:
@@ -582,23 +420,24 @@ class _Validator:
         except ValueError as exc:
             raise self.error(key, str(exc)) from None
         if fraction is not None:
-            if backend not in MEMORY_BACKENDS:
+            if spec.kind != "memory":
                 raise self.error(key, f"a percentage is only allowed for memory tiers "
-                                 f"(it means a share of available RAM); give {backend} a size")
+                                 f"(it means a share of available RAM); give {spec.name} a size")
             return max(1, int(psutil.virtual_memory().available * fraction))
         try:
             return parse_size(value)
         except ValueError as exc:
             raise self.error(key, str(exc)) from None
 
-    def tier_path(self, where: str, value: Any, backend: str) -> Path | None:
+    def tier_path(self, where: str, value: Any, spec: BackendSpec) -> Path | None:
         key = f"{where}.path"
-        if backend in REMOTE_BACKENDS:
+        backend = spec.name
+        if spec.kind == "remote":
             if value is not None:
                 raise self.error(key, f"a {backend} tier has no path (it lives on the server "
                                  "named by url or cluster_nodes); remove the key")
             return None
-        if backend in MEMORY_BACKENDS:
+        if spec.kind == "memory":
             if value is not None:
                 raise self.error(key, "a memory tier has no path; remove the key")
             return None
@@ -645,7 +484,7 @@ class _Validator:
             raise self.error("origin.kind", f"unknown origin kind {show(kind)} (known: "
                              f"{', '.join(ORIGIN_KINDS)}, or 'package.module:ClassName')")
         if kind not in ORIGIN_KINDS:
-            from .origins import load_origin_class  # runs the module: trusted configs only
+            from ..origins import load_origin_class  # runs the module: trusted configs only
             try:
                 load_origin_class(kind)
             except LookupError as exc:
