@@ -20,7 +20,7 @@ import tiercache
 import tiercache.policies as policies_module
 from tiercache.advice import knows_schedule
 from tiercache.policies import LRUPolicy, OPTPolicy, Policy, available_policies, get_policy_class
-from tiercache.sim.replay import make_policy
+from tiercache.sim.policy_specs import make_policy
 
 POLICY_DIR = Path(policies_module.__file__).parent
 

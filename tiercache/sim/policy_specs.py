@@ -13,7 +13,6 @@ Thread-safety: pure functions; no shared state.
 from __future__ import annotations
 
 import ast
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -149,20 +148,13 @@ def load_policy(spec: PolicySpec) -> tuple[str, type[Policy]]:
         raise PolicyError(str(exc)) from None
 
 
-def _takes_future(cls: type[Policy]) -> bool:
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
-    return "future" in params
-
-
 def make_policy(cls: type[Policy], capacity: int,
                 future: Sequence[Any] | npt.NDArray[Any] | None = None,
                 **options: Any) -> Policy:
-    """Construct ``cls(capacity, **options)``, adding ``future=`` when the constructor
-    takes it (offline policies such as OPT get the trace's key sequence)."""
-    if _takes_future(cls):
+    """Construct ``cls(capacity, **options)``, adding ``future=`` when the class declares
+    :attr:`~tiercache.policies.Policy.needs_future` (offline policies such as OPT get the
+    trace's key sequence)."""
+    if cls.needs_future:
         if future is None:
             raise SimulationError(f"{cls.__name__} needs the future (future=): it is an "
                                   "offline policy and can only replay a whole trace")
