@@ -55,6 +55,7 @@ class Unavailable(Exception):
 
 
 def _remaining(deadline: float) -> float:
+    """Seconds left until ``deadline`` (``time.monotonic()``); TimeoutError if none. O(1)."""
     left = deadline - time.monotonic()
     if left <= 0:
         raise TimeoutError("timed out")
@@ -109,6 +110,7 @@ class RespConnection:
             raise
 
     def send(self, data: bytes, deadline: float) -> None:
+        """Send ``data`` (one or more packed commands) before ``deadline``. O(len(data))."""
         self.sock.settimeout(_remaining(deadline))
         self.sock.sendall(data)
 
@@ -183,6 +185,7 @@ class RespConnection:
             pos += got
 
     def expect_crlf(self, deadline: float) -> None:
+        """Consume the CRLF that ends a bulk reply; ProtocolError if it is not there."""
         while self._end - self._start < 2:
             self._fill(deadline)
         if self._buf[self._start:self._start + 2] != b"\r\n":
@@ -203,6 +206,7 @@ class RespConnection:
         return False  # EOF (server gone or restarted) or unsolicited bytes
 
     def close(self) -> None:
+        """Close the socket (idempotent, never raises)."""
         with suppress(OSError):
             self.sock.close()
 
@@ -218,6 +222,8 @@ class RawPool:
         self.closed = False
 
     def acquire(self, address: tuple[str, int], deadline: float) -> RespConnection:
+        """An idle connection to ``address`` that is still usable, or a new one (which
+        connects, authenticates and selects the database before ``deadline``)."""
         while True:
             with self._lock:
                 if self.closed:
@@ -231,6 +237,7 @@ class RawPool:
             conn.close()
 
     def release(self, conn: RespConnection) -> None:
+        """Keep ``conn`` for reuse (at most 8 idle per node), or close it."""
         with self._lock:
             idle = self._idle.setdefault(conn.address, [])
             if not self.closed and len(idle) < _MAX_IDLE_PER_NODE:

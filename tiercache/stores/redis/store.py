@@ -243,6 +243,7 @@ class RedisStore(Store):
     # -- plumbing -----------------------------------------------------------------------
 
     def _where(self, key: str | None = None) -> str:
+        """The store (and key) for messages; the url's password is redacted."""
         where = f"redis store {self.location} namespace {self.namespace!r}"
         return f"{where}, key {key!r}" if key is not None else where
 
@@ -269,9 +270,11 @@ class RedisStore(Store):
         return self._client()
 
     def _connect_raw(self, address: tuple[str, int], deadline: float) -> RespConnection:
+        """A new raw connection with the url's credentials and database."""
         return RespConnection(address, deadline, **self._raw_auth)
 
     def _closed_error(self) -> CacheClosedError:
+        """The error of a call made after (or running into) :meth:`close`."""
         return CacheClosedError(f"{self._where()}: the store was closed")
 
     @contextmanager
