@@ -23,6 +23,16 @@ from .tier import PromotionRule, Tier
 
 log = logging.getLogger("tiercache")
 
+def tier_from_config(cfg: TierConfig, store: Store) -> Tier:
+    """The tier ``cfg`` describes over an already opened ``store``: its policy (with
+    its options), capacity, promotion rule and zero-copy reads (when the store can).
+    The one place a Tier is assembled, for caches and for the simulator. O(1)."""
+    policy = get_policy_class(cfg.policy)(cfg.capacity_bytes, **dict(cfg.policy_options))
+    tier = Tier(cfg.name, store, policy, cfg.capacity_bytes, PromotionRule(cfg.promote_after))
+    tier.zero_copy = cfg.zero_copy and store.zero_copy
+    return tier
+
+
 def build_tier(cfg: TierConfig, *, drop_corrupt: bool = True, read_only: bool = False) -> Tier:
     """Create the store and policy of one configured tier (creates its folder).
 
@@ -36,10 +46,7 @@ def build_tier(cfg: TierConfig, *, drop_corrupt: bool = True, read_only: bool = 
     opens and serves from its other tiers and the origin.
     """
     def new_tier(store: Store) -> Tier:
-        policy = get_policy_class(cfg.policy)(cfg.capacity_bytes, **dict(cfg.policy_options))
-        tier = Tier(cfg.name, store, policy, cfg.capacity_bytes, PromotionRule(cfg.promote_after))
-        tier.zero_copy = cfg.zero_copy and store.zero_copy
-        return tier
+        return tier_from_config(cfg, store)
 
     if read_only and cfg.path is not None and not cfg.path.exists():
         return new_tier(AbsentStore(cfg.backend, cfg.path))

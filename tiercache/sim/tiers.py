@@ -55,10 +55,9 @@ import numpy.typing as npt
 
 from .. import codec
 from ..config import CacheConfig, load_config
-from ..core.tier import PromotionRule, Tier
+from ..core.tier import Tier
 from ..errors import ConfigError, PolicyError, SimulationError
 from ..origins import Origin
-from ..policies import get_policy_class
 from ..stores.base import ShardInfo, Store
 from ..stores.memory import shard_cost_nbytes
 from ..units import parse_size
@@ -503,7 +502,8 @@ def simulate_tiers(trace: Trace | str | os.PathLike[str],
     else:
         raise SimulationError(f"trace {trace.source} has no sizes: give every object a size "
                               "(object_size=..., --object-size 64MiB)")
-    from ..core.cache import TieredCache  # the engine imports config/stores; keep it lazy
+    from ..core.build import tier_from_config  # the engine imports config/stores: lazy
+    from ..core.cache import TieredCache
 
     clock = VirtualClock()
     tiers: list[Tier] = []
@@ -511,13 +511,11 @@ def simulate_tiers(trace: Trace | str | os.PathLike[str],
         model = _model_for(tc.name, tc.backend, models)
         store = sim_store_class(tc.backend)(tc.name, model, clock)
         try:
-            policy = get_policy_class(tc.policy)(tc.capacity_bytes, **dict(tc.policy_options))
+            tiers.append(tier_from_config(tc, store))
         except TypeError as exc:
             raise PolicyError(f"tier {tc.name!r}: cannot construct policy {tc.policy!r} "
                               f"({exc}); offline policies (future=) cannot run in a tier"
                               ) from None
-        tiers.append(Tier(tc.name, store, policy, tc.capacity_bytes,
-                          PromotionRule(tc.promote_after)))
     origin_model = models.get("origin")
     if isinstance(origin_model, Mapping):
         origin_model = TierModel.from_mapping(origin_model, base=DEFAULT_ORIGIN_MODEL,
