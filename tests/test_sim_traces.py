@@ -345,7 +345,7 @@ def test_cli_limit_streams_and_max_requests_refuses(tmp_path: Path) -> None:
 
 def test_lis_read_in_many_small_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks split anywhere: keys, line numbers of errors and limits stay exact."""
-    from tiercache.sim.traces import lisfile
+    from tiercache.sim.traces import arcfile
 
     rng = np.random.default_rng(3)
     rows = [(int(s), int(c)) for s, c in zip(rng.integers(0, 1000, 300),
@@ -355,7 +355,7 @@ def test_lis_read_in_many_small_blocks(tmp_path: Path, monkeypatch: pytest.Monke
                    for i, (s, c) in enumerate(rows))
     want = [s + j for s, c in rows for j in range(c)]
     path = write(tmp_path, "t.lis", text.encode(), "zst")
-    monkeypatch.setattr(lisfile, "BLOCK_BYTES", 37)
+    monkeypatch.setattr(arcfile, "BLOCK_BYTES", 37)
     assert read_trace(path).keys.tolist() == want
     assert read_trace(path, limit=401).keys.tolist() == want[:401]
     bad = text.splitlines()

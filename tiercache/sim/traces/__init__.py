@@ -38,7 +38,7 @@ allocated. ``limit=N`` reads only the first ``N`` requests of a longer trace
 
 Modules: :mod:`.core` (:class:`Trace`, limits, :func:`detect_format`),
 :mod:`.streams` (decompression, stream errors), one reader per format family --
-:mod:`.csvfile` (and :func:`write_trace_csv`), :mod:`.lisfile`, :mod:`.npyfile` --
+:mod:`.csvfile` (and :func:`write_trace_csv`), :mod:`.arcfile` (``.lis``), :mod:`.npyfile` --
 and :mod:`.reader` (:func:`read_trace`, which picks one). This package re-exports
 the public names.
 

@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 
 from ...errors import TraceError
+from .arcfile import read_arc
 from .core import DEFAULT_MAX_REQUESTS, MAX_MAX_REQUESTS, Bounds, Trace, detect_format
 from .csvfile import read_csv
-from .lisfile import read_lis
 from .npyfile import read_npy
 
 __all__ = ["read_trace"]
@@ -55,7 +55,7 @@ def read_trace(path: str | os.PathLike[str], fmt: str | None = None, *,
     if kind == "csv":
         trace = read_csv(file, compression, bounds)
     elif kind == "arc":
-        trace = read_lis(file, compression, bounds)
+        trace = read_arc(file, compression, bounds)
     else:
         trace = read_npy(file, compression, bounds)
     if len(trace) == 0:

@@ -1,6 +1,6 @@
 """ARC ``.lis`` traces: ``start_block n_blocks ignored request_no`` per line.
 
-:func:`read_lis` parses blocks of whole lines with numpy and expands each line
+:func:`read_arc` parses blocks of whole lines with numpy and expands each line
 into ``n_blocks`` one-block requests; errors name the exact line even when
 blocks split the file anywhere.
 
@@ -22,7 +22,7 @@ from ...errors import TraceError
 from .core import INT64_MAX, MAX_LINE_BYTES, Bounds, Compression, Trace
 from .streams import STREAM_ERRORS, open_binary, stream_error
 
-__all__ = ["BLOCK_BYTES", "read_lis"]
+__all__ = ["BLOCK_BYTES", "read_arc"]
 
 #: Decompressed text per block of the .lis parser.
 BLOCK_BYTES = 4 << 20
@@ -103,7 +103,7 @@ def _lis_table(block: bytes, path: Path, lines_before: int) -> npt.NDArray[np.in
     return table[:, :2]
 
 
-def read_lis(path: Path, compression: Compression | None, bounds: Bounds) -> Trace:
+def read_arc(path: Path, compression: Compression | None, bounds: Bounds) -> Trace:
     """The trace of a ``.lis`` file. O(file size); memory O(requests kept)."""
     starts: list[npt.NDArray[np.int64]] = []
     counts: list[npt.NDArray[np.int64] | None] = []  # None: every line of the block is 1
