@@ -195,13 +195,14 @@ def test_parse_options_fills_defaults_and_names_the_key_at_fault() -> None:
                           "chunk_size": "1KiB"}, _Refused) == {
         "cluster_nodes": ("[::1]:7000",), "namespace": "m", "timeout_s": 1.0,
         "chunk_bytes": redis_options.MIN_CHUNK_BYTES}
-    for table, key, reason in [
-            ({}, "url", "give exactly one of url"),
-            ({"url": "http://h"}, "url", "scheme 'http'"),
-            ({"cluster_nodes": ["h"]}, "cluster_nodes", "is not \"host:port\""),
-            ({"url": "redis://h", "namespace": "a{b}"}, "namespace", "no braces"),
-            ({"url": "redis://h", "timeout": 3601}, "timeout", "<= 3600"),
-            ({"url": "redis://h", "chunk_size": "512MiB"}, "chunk_size", "between 1KiB")]:
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        ({}, "url", "give exactly one of url"),
+        ({"url": "http://h"}, "url", "scheme 'http'"),
+        ({"cluster_nodes": ["h"]}, "cluster_nodes", "is not \"host:port\""),
+        ({"url": "redis://h", "namespace": "a{b}"}, "namespace", "no braces"),
+        ({"url": "redis://h", "timeout": 3601}, "timeout", "<= 3600"),
+        ({"url": "redis://h", "chunk_size": "512MiB"}, "chunk_size", "between 1KiB")]
+    for table, key, reason in cases:
         with pytest.raises(_Refused, match=reason) as err:
             parse_options(table, _Refused)
         assert err.value.key == key, table
