@@ -211,6 +211,7 @@ class FutureLRU(LRUPolicy):
     """An 'offline' policy: records the future it was given."""
 
     name = "future-lru"
+    needs_future = True
     seen: list[Any] = []  # noqa: RUF012 - test probe
 
     def __init__(self, capacity: int, *, future: Sequence[Key], **options: Any) -> None:
