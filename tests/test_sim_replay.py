@@ -43,7 +43,8 @@ def random_trace(seed: int, n: int = 3000) -> list[int]:
 
 
 def generic_hits(policy: Policy, keys: Sequence[Key]) -> list[bool]:
-    return Policy.replay_count(policy, keys).tolist()
+    hits: list[bool] = Policy.replay_count(policy, keys).tolist()
+    return hits
 
 
 def state(policy: Policy) -> Any:
