@@ -30,9 +30,10 @@ import numpy as np
 import pytest
 
 import tiercache
-from tiercache.stores import lmdb_store, packed_store
+from tiercache.stores import lmdb_store
+from tiercache.stores.packed import store as packed_store
 from tiercache.stores.lmdb_store import LmdbStore
-from tiercache.stores.packed_store import PackedStore
+from tiercache.stores.packed import PackedStore
 
 KiB = 1024
 MiB = 1 << 20

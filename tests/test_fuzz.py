@@ -53,7 +53,7 @@ from tiercache.sources.base import DictSink, ModelFormatError
 from tiercache.sources.gguf import import_gguf
 from tiercache.sources.safetensors import import_safetensors
 from tiercache.stores.diskcache_store import DiskcacheStore
-from tiercache.stores.packed_store import PackedStore
+from tiercache.stores.packed import PackedStore
 
 SCALE = int(os.environ.get("TIERCACHE_FUZZ_EXAMPLES", "1"))
 FUZZ = settings(deadline=None, max_examples=300 * SCALE, database=None, derandomize=True,

@@ -28,7 +28,7 @@ from tiercache.cli import main
 from tiercache.origins import NpyDirOrigin
 from tiercache.stores.diskcache_store import DiskcacheStore
 from tiercache.stores.lmdb_store import LmdbStore
-from tiercache.stores.packed_store import PackedStore
+from tiercache.stores.packed import PackedStore
 
 KiB = 1024
 

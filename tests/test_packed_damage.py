@@ -31,8 +31,9 @@ from tiercache.errors import (
     TierCacheError,
 )
 from tiercache.origins import NpyDirOrigin
-from tiercache.stores.faulty import FaultyStore
-from tiercache.stores.packed_store import INDEX_NAME, PackedStore
+from tiercache.stores.packed import PackedStore
+from tiercache.stores.packed.index import INDEX_NAME
+from tiercache.testing import FaultyStore
 
 KiB = 1024
 
@@ -341,15 +342,15 @@ class _CommitFails:
 def test_every_write_reports_the_first_error(tmp_path: Path, op: str) -> None:
     with PackedStore(tmp_path / "tier") as store:
         store.put("a", _value(1))
-        real = store._conn
-        store._conn = _CommitFails(real)  # type: ignore[assignment]
+        real = store._index.conn
+        store._index.conn = _CommitFails(real)  # type: ignore[assignment]
         calls: dict[str, Callable[[], object]] = {
             "put": lambda: store.put("b", _value(2)), "delete": lambda: store.delete("a"),
             "compact": store.compact}
         with pytest.raises(StoreError, match="database or disk is full") as info:
             calls[op]()
         assert "rollback" not in str(info.value)
-        store._conn = real
+        store._index.conn = real
         assert np.array_equal(store.get("a"), _value(1))  # nothing half-done
         assert store.get("b") is None
 
@@ -414,7 +415,7 @@ def test_faults_reach_the_views_of_a_wrapped_zero_copy_tier(tmp_path: Path) -> N
     with tiercache.open(cfg) as cache:
         tier = cache.tier("ssd")
         tier.store = wrapped = FaultyStore.wrap(tier.store)
-        assert wrapped.supports_views
+        assert wrapped.zero_copy
         for key, array in arrays.items():
             cache.put(key, array, tier="ssd")
         view = cache.get("w0")

@@ -21,7 +21,6 @@ from helpers import shard, three_tier_config
 from memcap import run_capped
 
 import tiercache
-from tests.store_contract import ARRAYS, assert_same
 from tiercache import codec
 from tiercache.buffers import MIN_POOLED_BYTES, BufferPool
 from tiercache.errors import CacheClosedError, CorruptShardError, StoreError
@@ -29,13 +28,14 @@ from tiercache.origins import NpyDirOrigin
 from tiercache.sources.base import CacheSink, PlannedShard, in_reading_order
 from tiercache.sources.manifest import LlamaHParams, llama_schedule
 from tiercache.sources.synthetic import synthetic_hparams, synthetic_llama
-from tiercache.stores import packed_store
-from tiercache.stores.packed_store import (
+from tiercache.stores.packed import PackedStore
+from tiercache.stores.packed import store as packed_store
+from tiercache.stores.packed.datafile import (
     LARGE_ALIGN_BYTES,
     LARGE_SHARD_BYTES,
     SMALL_ALIGN_BYTES,
-    PackedStore,
 )
+from tiercache.testing import ARRAYS, assert_same
 
 KiB = 1024
 MiB = 1 << 20

@@ -26,7 +26,7 @@ from tiercache.origins import NpyDirOrigin, npy_filename
 from tiercache.stores.base import Store
 from tiercache.stores.diskcache_store import DiskcacheStore
 from tiercache.stores.lmdb_store import LmdbStore
-from tiercache.stores.packed_store import PackedStore
+from tiercache.stores.packed import PackedStore
 
 PACKAGE_DIRS = [Path(tiercache.__file__).parent]  # policies included (tiercache/policies/)
 

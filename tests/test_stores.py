@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, rule
 
 import tiercache.stores as stores_pkg
-from tests.store_contract import StoreContract, assert_same
 from tiercache import codec
 from tiercache.errors import CorruptShardError, ShardFormatError
 from tiercache.stores import available_backends, open_store
@@ -26,7 +25,8 @@ from tiercache.stores.base import Store, VerifyMode
 from tiercache.stores.diskcache_store import DiskcacheStore
 from tiercache.stores.lmdb_store import LmdbStore
 from tiercache.stores.memory import MemoryStore
-from tiercache.stores.packed_store import PackedStore
+from tiercache.stores.packed import PackedStore
+from tiercache.testing import StoreContract, assert_same
 
 BACKENDS = ["memory", "lmdb", "diskcache", "packed"]
 

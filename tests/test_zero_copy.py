@@ -16,7 +16,7 @@ from tiercache import codec
 from tiercache.errors import ConfigError, CorruptShardError
 from tiercache.stores.base import Store
 from tiercache.stores.diskcache_store import DiskcacheStore
-from tiercache.stores.packed_store import PackedStore
+from tiercache.stores.packed import PackedStore
 
 KiB = 1024
 #: The backends whose stores serve views (``zero_copy = true``).
