@@ -14,11 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 
 import tiercache
 import tiercache.policies as policies_module
 from tiercache.advice import knows_schedule
+from tiercache.errors import SimulationError
 from tiercache.policies import LRUPolicy, OPTPolicy, Policy, available_policies, get_policy_class
 from tiercache.sim.policy_specs import make_policy
 
@@ -103,6 +105,28 @@ def test_a_policy_that_overrides_a_schedule_hook_uses_the_schedule() -> None:
     assert Legacy.uses_schedule and Child.uses_schedule
     assert not Declared.uses_schedule
     assert not LRUPolicy.uses_schedule
+
+
+def test_needs_future_is_declared_and_the_simulator_reads_it() -> None:
+    """make_policy passes ``future=`` to a class that declares ``needs_future`` (even one
+    whose constructor only has ``**options``), and to no other."""
+
+    class Offline(_Empty):
+        needs_future = True
+        got: ClassVar[list[Any]] = []
+
+        def __init__(self, capacity: int, **options: Any) -> None:
+            Offline.got.append(options.pop("future"))
+            super().__init__(capacity, **options)
+
+    keys = np.arange(5, dtype=np.int64)
+    make_policy(Offline, 3, future=keys)
+    assert Offline.got[-1] is keys
+    with pytest.raises(SimulationError, match="Offline needs the future"):
+        make_policy(Offline, 3)
+    assert isinstance(make_policy(LRUPolicy, 3, future=keys), LRUPolicy)  # not passed on
+    assert OPTPolicy.needs_future
+    assert make_policy(OPTPolicy, 3, future=[1, 2, 1]).extra_stats()["time"] == -1
 
 
 def test_a_legacy_policy_taking_future_still_gets_it_with_a_deprecation_warning() -> None:
