@@ -132,7 +132,7 @@ class TieredCache(Lookup, Maintenance):
                        tier_configs=cfg.tiers)
         except BaseException:
             for t in tiers:
-                t.store.close()
+                t.close()
             if origin is not None:
                 origin.close()
             raise
@@ -169,9 +169,9 @@ class TieredCache(Lookup, Maintenance):
                     f"shard {key!r} ({array.nbytes} bytes) could not be stored: "
                     + "; ".join(self._refusal(t, array) for t in self._tiers[start:]))
             stale = self._stale_tiers(key)
-            if stale and not any(key in t for t in self._tiers if t.store.persistent):
-                first = next((i for i, t in enumerate(self._tiers) if t.store.persistent
-                              and not t.store.shared), None)
+            if stale and not any(key in t for t in self._tiers if t.persistent):
+                first = next((i for i, t in enumerate(self._tiers) if t.persistent
+                              and not t.shared), None)
                 if first is None or not self._admit_from(first, key, array, adopt=False):
                     raise StoreError(
                         f"put of {key!r} is not durable: tier(s) {', '.join(stale)} could not "
@@ -263,7 +263,7 @@ class TieredCache(Lookup, Maintenance):
                 for tier in self._tiers:
                     if tier.pending_deletes and not self.read_only:
                         tier.retry_pending_deletes()  # last chance: no stale entry outlives us
-                    tier.store.close()
+                    tier.close()
                 if self.origin is not None:
                     self.origin.close()
                 if self._recorder is not None:
@@ -277,7 +277,7 @@ class TieredCache(Lookup, Maintenance):
         self.close()
 
     def __repr__(self) -> str:
-        layout = ", ".join(f"{t.name}:{t.store.backend}/{t.policy.name}" for t in self._tiers)
+        layout = ", ".join(f"{t.name}:{t.backend}/{t.policy.name}" for t in self._tiers)
         return f"<TieredCache {self.mode} [{layout}]>"
 
 

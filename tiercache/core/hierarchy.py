@@ -24,7 +24,6 @@ from ..errors import (
     CorruptShardError,
     StoreError,
 )
-from ..stores.memory import MemoryStore
 from .state import CacheState
 from .tier import DemotionFailed, Tier
 
@@ -48,7 +47,7 @@ class Hierarchy(CacheState):
                                   adopt=adopt and tier.is_memory, force=force):
                         return True
                 except StoreError as exc:  # e.g. Redis is down: try the tiers below
-                    tier.stats.errors += 1
+                    tier.count("errors")
                     log.warning("tier %s failed to take %r: %s", tier.name, key, exc)
         return False
 
@@ -66,21 +65,21 @@ class Hierarchy(CacheState):
         source = self._tiers[index]
         below = self._tiers[index + 1:]
         if any(key in t for t in below):
-            source.stats.clean_drops += 1
+            source.count("clean_drops")
             return  # a copy of this version already lives below: writing it again is waste
-        if source.store.persistent:  # never leave a persisted shard only in memory
-            below = [t for t in below if t.store.persistent]
+        if source.persistent:  # never leave a persisted shard only in memory
+            below = [t for t in below if t.persistent]
         if not below:
-            source.stats.dropped += 1  # evicted out of the hierarchy
+            source.count("dropped")  # evicted out of the hierarchy
             return
         try:
             array = self._read_for_move(index, key)
         except CorruptShardError as exc:
             self._report_corrupt(source, key, exc)
-            source.stats.corrupt += 1
+            source.count("corrupt")
             return
         except (StoreError, OSError) as exc:  # unreadable now: keep it, degrade the tier
-            source.stats.errors += 1
+            source.count("errors")
             source.note_failure(exc, "read")
             raise DemotionFailed(key) from exc
         if array is None:
@@ -93,11 +92,11 @@ class Hierarchy(CacheState):
                 try:
                     if target.admit(key, array, self._demoter(offset), adopt=False,
                                     force=force):
-                        source.stats.demotions_out += 1
-                        target.stats.demotions_in += 1
+                        source.count("demotions_out")
+                        target.count("demotions_in")
                         return
                 except StoreError as exc:
-                    target.stats.errors += 1
+                    target.count("errors")
                     log.warning("tier %s failed to take demoted %r: %s", target.name, key, exc)
         raise DemotionFailed(key)
 
@@ -105,8 +104,8 @@ class Hierarchy(CacheState):
         """Read a shard that is about to move, into tier ``index``'s reused scratch buffer."""
         tier = self._tiers[index]
         if tier.is_memory:
-            return tier.store.get(key)
-        info = tier.store.info(key)
+            return tier.read(key)
+        info = tier.info(key)
         if info is None:
             return None
         nbytes = int(np.prod(info.shape, dtype=np.int64)) * info.dtype.itemsize
@@ -114,8 +113,8 @@ class Hierarchy(CacheState):
         if scratch is None or scratch.nbytes < nbytes:
             scratch = self._scratch[index] = empty_aligned(max(nbytes, 1 << 20))
         out = scratch[:nbytes].view(info.dtype).reshape(info.shape)
-        array = tier.store.get(key, out)
-        tier.stats.bytes_read += nbytes
+        array = tier.read(key, out)
+        tier.count("bytes_read", nbytes)
         return array
 
     def _kept(self, key: str, array: np.ndarray) -> np.ndarray:
@@ -123,8 +122,8 @@ class Hierarchy(CacheState):
         array that tier keeps, which numpy cannot make writable again (``array`` itself
         can be), or ``array`` if no memory store holds ``key``. Lock held. O(tiers)."""
         for tier in self._tiers:
-            if isinstance(tier.store, MemoryStore) and key in tier:
-                kept = tier.store.get(key)
+            if tier.holds_arrays and key in tier:
+                kept = tier.read(key)
                 if kept is not None:
                     return kept
         return array
@@ -147,29 +146,29 @@ class Hierarchy(CacheState):
         targets = range(0, index) if to_top else range(index - 1, -1, -1)
         for target_index in targets:
             target = self._tiers[target_index]
-            size = target.store.stored_size(array)
+            size = target.stored_size(array)
             if not target.wants(key, size):
                 continue
             if not self._worth_promoting(target, key, size):
-                target.stats.bypassed += 1
+                target.count("bypassed")
                 return False
-            keep_source = self.inclusive or (source.store.persistent
-                                             and not target.store.persistent)
+            keep_source = self.inclusive or (source.persistent
+                                             and not target.persistent)
             if not keep_source:
                 source.remove(key)  # the bytes are in `array`; re-admitted below on failure
             adopt = private and target.is_memory
             try:
                 moved = target.admit(key, array, self._demoter(target_index), adopt=adopt)
             except StoreError as exc:
-                target.stats.errors += 1
+                target.count("errors")
                 log.warning("tier %s failed to take promoted %r: %s", target.name, key, exc)
                 moved = False
             if moved:
-                source.stats.promotions_out += 1
-                target.stats.promotions_in += 1
+                source.count("promotions_out")
+                target.count("promotions_in")
             elif not keep_source and not self._admit_from(index, key, array, adopt=False):
                 log.warning("shard %r could not be kept after a failed promotion", key)
-                source.stats.dropped += 1
+                source.count("dropped")
             return moved
         return False
 
@@ -210,7 +209,7 @@ class Hierarchy(CacheState):
     def _stale_tiers(self, key: str) -> list[str]:
         """Persistent private tiers still holding an older copy of ``key`` on the medium
         (their delete failed and waits for a retry). O(tiers). Lock held."""
-        return [t.name for t in self._tiers if t.store.persistent and not t.store.shared
+        return [t.name for t in self._tiers if t.persistent and not t.shared
                 and key in t.pending_deletes]
 
     @staticmethod
@@ -218,7 +217,7 @@ class Hierarchy(CacheState):
         """Why ``tier`` did not take ``array`` (for the error of a failed put). O(1)."""
         if tier.degraded_reason is not None:
             return f"tier {tier.name} is degraded ({tier.degraded_reason})"
-        size = tier.store.stored_size(array)
+        size = tier.stored_size(array)
         if size > tier.capacity_bytes:
             return (f"tier {tier.name} is too small ({size} bytes stored > capacity "
                     f"{tier.capacity_bytes})")

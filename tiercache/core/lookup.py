@@ -85,11 +85,11 @@ class Lookup(Prefetching):
                 if pending is None and found is not None:
                     index, tier = found
                     for above in self._tiers[:index]:
-                        above.stats.misses += 1
+                        above.count("misses")
                     version = self._version(key)
                     staged = self._take_staged(key, index, version) if self._staged else None
                     if tier.is_memory:
-                        array = tier.store.get(key)
+                        array = tier.read(key)
                         if array is None:  # index and store disagree: repair and retry
                             tier.remove(key)
                             continue
@@ -117,7 +117,7 @@ class Lookup(Prefetching):
                     raise CacheClosedError(f"the cache was closed while {key!r} was read") \
                         from exc
                 with self._lock:
-                    tier.stats.errors += 1
+                    tier.count("errors")
                     tier.note_failure(exc, "get")  # logs when the tier becomes degraded
                 log.debug("tier %s failed to read %r: %s", tier.name, key, exc)
                 array = None
@@ -147,7 +147,7 @@ class Lookup(Prefetching):
         have put it there -- or None. A shard found is indexed if it fits without
         evicting anything. O(shared tiers) reads; nothing to do without shared tiers."""
         for index, tier in enumerate(self._tiers):
-            if not tier.store.shared or key in tier:
+            if not tier.shared or key in tier:
                 continue
             with self._lock:
                 version = self._version(key)
@@ -155,23 +155,23 @@ class Lookup(Prefetching):
                 array = tier.read(key, out)
             except StoreError as exc:  # a corrupt copy is overwritten by the next admission
                 with self._lock:
-                    tier.stats.errors += 1
+                    tier.count("errors")
                 log.warning("tier %s failed to read %r: %s", tier.name, key, exc)
                 continue
             if array is None:
                 continue
             with self._lock:
                 for above in self._tiers[:index]:
-                    above.stats.misses += 1
+                    above.count("misses")
                 latency = time.perf_counter() - started
                 if self._version(key) == version and self._locate(key) is None and \
-                        tier.index_existing(key, tier.store.stored_size(array)):
+                        tier.index_existing(key, tier.stored_size(array)):
                     if tier.record_hit(key, array.nbytes, latency) and index > 0 and \
                             self._promote(index, key, array, private=out is None) and out is None:
                         array = self._kept(key, array)
                 else:
-                    tier.stats.hits += 1
-                    tier.stats.bytes_read += array.nbytes
+                    tier.count("hits")
+                    tier.count("bytes_read", array.nbytes)
                     tier.stats.latency.record(latency)
             return array
         return None
@@ -199,7 +199,7 @@ class Lookup(Prefetching):
                          *, admit: bool = True) -> Any:
         with self._lock:
             for tier in self._tiers:
-                tier.stats.misses += 1
+                tier.count("misses")
             version = self._version(key)
         origin = self.origin
         array = origin.get(key) if origin is not None else None

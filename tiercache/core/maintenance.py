@@ -45,7 +45,7 @@ class Maintenance(Hierarchy):
         """
         holders: dict[str, list[int]] = {}
         for index, tier in enumerate(self._tiers):
-            if tier.store.persistent:
+            if tier.persistent:
                 for key in tier.keys():
                     holders.setdefault(key, []).append(index)
         dropped = 0
@@ -55,7 +55,7 @@ class Maintenance(Hierarchy):
             infos: list[ShardInfo | None] = []
             for index in where:
                 try:
-                    infos.append(self._tiers[index].store.info(key))
+                    infos.append(self._tiers[index].info(key))
                 except (StoreError, OSError):
                     infos.append(None)
             sequences = [info.sequence if info is not None else -1 for info in infos]
@@ -72,7 +72,7 @@ class Maintenance(Hierarchy):
                 if same[j] and (self.inclusive or j == keep_first):
                     continue
                 tier = self._tiers[index]
-                if self.read_only or tier.store.shared:
+                if self.read_only or tier.shared:
                     tier.forget_index(key)
                 else:
                     tier.remove(key)
@@ -89,17 +89,17 @@ class Maintenance(Hierarchy):
         written = 0
         with self._lock:
             for index, tier in enumerate(self._tiers):
-                if tier.store.persistent:
+                if tier.persistent:
                     continue
                 for key in tier.keys():
-                    if any(key in t for t in self._tiers if t.store.persistent):
+                    if any(key in t for t in self._tiers if t.persistent):
                         continue
-                    array = tier.store.get(key)
+                    array = tier.read(key)
                     if array is None:
                         continue
                     for below in range(index + 1, len(self._tiers)):
                         target = self._tiers[below]
-                        if target.store.persistent and target.admit(
+                        if target.persistent and target.admit(
                                 key, array, self._demoter(below)):
                             written += 1
                             if not self.inclusive:
@@ -144,7 +144,7 @@ class Maintenance(Hierarchy):
                                   "missing_keys": [], "tiers": {}}
         for index, tier in enumerate(self._tiers):
             entry: dict[str, Any] = {
-                "backend": tier.store.backend, "checked": 0, "ok": 0, "corrupt": 0,
+                "backend": tier.backend, "checked": 0, "ok": 0, "corrupt": 0,
                 "unreadable": 0, "repaired": 0, "orphans": 0,
                 "corrupt_keys": [], "unreadable_keys": []}
             report["tiers"][tier.name] = entry
@@ -165,7 +165,7 @@ class Maintenance(Hierarchy):
                     entry["corrupt_keys"].append(key)
             try:
                 with self._lock:
-                    keys = list(tier.store.keys())
+                    keys = list(tier.medium_keys())
             except (StoreError, OSError) as exc:
                 entry["unreadable"] += 1
                 entry["unreadable_keys"].append(f"<listing keys failed: {exc}>")
@@ -180,7 +180,7 @@ class Maintenance(Hierarchy):
                 if status == "corrupt" and repair:
                     entry["repaired"] += 1
             try:
-                entry["orphans"] = tier.store.sweep_orphans(remove=repair,
+                entry["orphans"] = tier.sweep_orphans(remove=repair,
                                                             min_age_s=orphan_min_age_s)
             except (StoreError, OSError) as exc:
                 log.warning("tier %s: cannot look for orphan files: %s", tier.name, exc)
@@ -205,7 +205,7 @@ class Maintenance(Hierarchy):
             for key in keys:
                 if self._locate(key) is not None:
                     continue
-                if any(t.store.shared and key in t.store for t in self._tiers):
+                if any(t.shared and t.medium_has(key) for t in self._tiers):
                     continue
                 if origin is not None and key in origin:
                     continue
@@ -224,7 +224,7 @@ class Maintenance(Hierarchy):
         assert folder is not None
         with self._lock:
             try:
-                old.store.close()
+                old.close()
                 if folder.is_dir():
                     for child in folder.iterdir():
                         if child.is_dir() and not child.is_symlink():
@@ -253,17 +253,17 @@ class Maintenance(Hierarchy):
             try:
                 if tier.is_memory:
                     return "ok"
-                info = tier.store.info(key)
+                info = tier.info(key)
                 if info is None:
                     return "ok"  # deleted since the listing
                 nbytes = int(np.prod(info.shape, dtype=np.int64)) * info.dtype.itemsize
                 scratch = self._scratch.get(-1 - index)
                 if scratch is None or scratch.nbytes < nbytes:
                     scratch = self._scratch[-1 - index] = empty_aligned(max(nbytes, 1 << 20))
-                tier.store.check(key, scratch[:nbytes].view(info.dtype).reshape(info.shape))
+                tier.check(key, scratch[:nbytes].view(info.dtype).reshape(info.shape))
                 return "ok"
             except CorruptShardError as exc:
-                tier.stats.corrupt += 1
+                tier.count("corrupt")
                 self._report_corrupt(tier, key, exc, "removed corrupt copy of %r (%s)" if repair
                                      else "found corrupt copy of %r (%s)")
                 if repair:
@@ -273,7 +273,7 @@ class Maintenance(Hierarchy):
                         tier.delete_unindexed(key)
                 return "corrupt"
             except (StoreError, OSError) as exc:
-                tier.stats.errors += 1
+                tier.count("errors")
                 log.warning("tier %s: cannot read %r while verifying: %s", tier.name, key, exc)
                 return "unreadable"
 
@@ -285,6 +285,6 @@ class Maintenance(Hierarchy):
             if not self.inclusive:  # exclusive: one persistent copy, one volatile at most
                 for tier in self._tiers:
                     for key in tier.keys():
-                        kept = [t.store.persistent for t in self._tiers if key in t]
+                        kept = [t.persistent for t in self._tiers if key in t]
                         assert kept.count(True) <= 1 and kept.count(False) <= 1, (
                             f"{key!r} in several tiers: {self.where(key)}")

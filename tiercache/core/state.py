@@ -114,7 +114,7 @@ class CacheState:
 
     def _drop_corrupt(self, tier: Tier, key: str, exc: Exception, version: int) -> None:
         with self._lock:
-            tier.stats.corrupt += 1
+            tier.count("corrupt")
             if self._version(key) == version and key in tier:
                 tier.remove(key)
         self._report_corrupt(tier, key, exc)
@@ -141,7 +141,7 @@ class CacheState:
             if not tier.check_medium():
                 return  # the folder was removed: every entry is forgotten, tier degraded
             try:
-                if key in tier.store:
+                if tier.medium_has(key):
                     return  # moved away and back meanwhile: the copy is there
             except StoreError:
                 return  # cannot tell now; the next read tries again

@@ -68,7 +68,7 @@ class Prefetching(Scheduling):
             index, tier = found
             if not tier.zero_copy:
                 return None if index > 0 else 0
-            if tier.store.needs_check(key):
+            if tier.needs_check(key):
                 return None
         try:
             advised = tier.willneed(key)
@@ -110,7 +110,7 @@ class Prefetching(Scheduling):
                 advised = found[1].willneed(key)
                 if not advised:
                     return 0
-                if found[1].store.needs_check(key):
+                if found[1].needs_check(key):
                     found[1].read(key)
                 with self._lock:
                     self.loop_stats.prefetched += 1
@@ -134,7 +134,7 @@ class Prefetching(Scheduling):
                     index, tier = found
                     if key not in tier:
                         return 0
-                    tier.stats.bytes_read += array.nbytes
+                    tier.count("bytes_read", array.nbytes)
                     if private and self._staging_max_bytes:
                         # the prefetcher's copy waits for the loop's get, which then
                         # applies the top tier's promotion rule and policy (OPT keeps
