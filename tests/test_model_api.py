@@ -282,7 +282,7 @@ def test_load_model_generates_the_greedy_tokens(synthetic: Path) -> None:
 
     with tiercache.load_model(synthetic) as model:
         assert model.cache.schedule == tuple(model.llama.schedule())  # declared
-        assert model.cache._prefetcher is not None  # prefetching by default
+        assert model.cache.prefetcher is not None  # prefetching by default
         ids = model.encode_prompt("hello")
         text = model.generate("hello", max_new_tokens=12, stream=False)
         pieces = list(model.generate("hello", max_new_tokens=12))
@@ -298,7 +298,7 @@ def test_load_model_generates_the_greedy_tokens(synthetic: Path) -> None:
 
 def test_seeded_sampling_is_reproducible_through_load_model(synthetic: Path) -> None:
     with tiercache.load_model(synthetic, prefetch=0) as model:
-        assert model.cache._prefetcher is None  # prefetch=0: off
+        assert model.cache.prefetcher is None  # prefetch=0: off
         assert model.cache.schedule  # the schedule is declared anyway
         ids = model.encode_prompt("ab")
         # the random model's logits are peaked: sample from a flat softmax
@@ -325,7 +325,7 @@ def test_load_model_errors_and_close(synthetic: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="prefetch"):
         tiercache.load_model(synthetic, prefetch=-1)
     model = tiercache.load_model(synthetic, prefetch=False)
-    assert model.cache._prefetcher is None
+    assert model.cache.prefetcher is None
     with pytest.raises(ValueError, match="chat template"):
         model.generate("hi", chat=True)  # the synthetic tokenizer has none
     with pytest.raises(ValueError, match="temperature"):

@@ -228,7 +228,7 @@ def test_the_version_map_stays_bounded(tmp_path: Path) -> None:
         for i in range(140_000):
             cache.put(f"k{i}", one)
             cache.delete(f"k{i}")
-        assert len(cache._versions) <= 65_536 + 1
+        assert cache.versions_tracked <= 65_536 + 1
 
 
 def test_a_closed_cache_raises_cache_closed_error(tmp_path: Path) -> None:

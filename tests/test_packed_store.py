@@ -866,7 +866,7 @@ def test_prefetcher_reads_ahead_on_a_zero_copy_packed_tier_without_copies(tmp_pa
                 assert not got.flags.writeable  # a view of the data file
         loop = cache.stats()["loop"]
         assert loop["prefetched"] >= len(LAYERS) and loop["staged_hits"] == 0
-        assert cache._staged == {}
+        assert cache.staged() == {}
         assert all(cache.where(key) == ["hdd"] for key in LAYERS)
 
 
@@ -890,18 +890,18 @@ def test_prefetched_copies_are_staged_for_the_loop(tmp_path: Path) -> None:
         assert loop["gets"] == 4 * len(LAYERS)
         assert loop["staged_hits"] > 0
         assert loop["stalls"] < loop["gets"] // 2
-        assert cache._staged_bytes <= cache._staging_max_bytes
+        assert sum(cache.staged().values()) <= cache.staging_max_bytes
         cache.put("extra", shard(50), tier="ssd")  # not scheduled: stays staged until read
         assert cache.prefetch("extra") == shard(50).nbytes
-        assert "extra" in cache._staged and cache._staged_bytes >= shard(50).nbytes
+        assert cache.staged().get("extra", 0) >= shard(50).nbytes
         cache.stop_prefetcher()
-        assert cache._staged == {} and cache._staged_bytes == 0
+        assert cache.staged() == {}
         assert_same(cache.get("extra"), shard(50))
         staged_hits = loop["staged_hits"]
         for i, key in enumerate(LAYERS):  # without a prefetcher nothing is staged
             assert_same(cache.get(key), shard(i))
         assert cache.prefetch(LAYERS[5]) in (0, shard(5).nbytes)
-        assert cache._staged == {}
+        assert cache.staged() == {}
         assert cache.stats()["loop"]["staged_hits"] == staged_hits
 
 
@@ -914,20 +914,20 @@ def test_a_staged_copy_never_outlives_a_put_or_delete(tmp_path: Path) -> None:
         key = "extra"  # not in the schedule: its gets move no cursor, wake no prefetcher
         cache.put(key, shard(50), tier="ssd")
         assert cache.prefetch(key) == shard(50).nbytes
-        assert key in cache._staged and cache.where(key) == ["ssd"]
+        assert key in cache.staged() and cache.where(key) == ["ssd"]
         assert cache.prefetch(key) == 0  # already staged
         cache.put(key, shard(55), tier="ssd")  # a new value: the staged copy is stale
-        assert key not in cache._staged
+        assert key not in cache.staged()
         assert cache.stats()["loop"]["staged_hits"] == 0
         assert cache.prefetch(key) == shard(55).nbytes
         assert_same(cache.get(key), shard(55))  # served from staging
         assert cache.stats()["loop"]["staged_hits"] == 1
-        assert key not in cache._staged
+        assert key not in cache.staged()
         other = "extra2"
         cache.put(other, shard(60), tier="ssd")
         assert cache.prefetch(other) == shard(60).nbytes
         cache.delete(other)
-        assert other not in cache._staged and cache._staged_bytes == 0
+        assert cache.staged() == {}
         assert cache.get(other, None) is None
         assert cache.stats()["loop"]["staged_hits"] == 1
 

@@ -140,7 +140,7 @@ def test_a_key_listed_twice_moves_the_cursor_to_its_next_occurrence(tmp_path: Pa
         seen = []
         for key in schedule * 2:
             cache.get(key)
-            seen.append(cache._cursor)
+            seen.append(cache.cursor)
         assert seen == [0, 1, 2, 3, 0, 1, 2, 3]
         with pytest.raises(ValueError):
             cache.declare_schedule([])

@@ -210,6 +210,11 @@ class TieredCache(Lookup, Maintenance):
         if not self.delete(key):
             raise KeyError(key)
 
+    @property
+    def versions_tracked(self) -> int:
+        """Entries in the per-key write-version map (bounded, see :meth:`_bump`)."""
+        return len(self._versions)
+
     def _indexed_count(self) -> int:
         return sum(len(t) for t in self._tiers)
 

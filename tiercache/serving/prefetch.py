@@ -29,6 +29,21 @@ log = logging.getLogger("tiercache")
 class Prefetching(Scheduling):
     """Read-ahead, prefetch into the top tier, staging of prefetched copies."""
 
+    @property
+    def prefetcher(self) -> Prefetcher | None:
+        """The running prefetcher, or ``None``."""
+        return self._prefetcher
+
+    def staged(self) -> dict[str, int]:
+        """Prefetched copies waiting for the loop's get: key -> bytes (a snapshot). O(n)."""
+        with self._lock:
+            return {key: entry[2].nbytes for key, entry in self._staged.items()}
+
+    @property
+    def staging_max_bytes(self) -> int:
+        """The staging budget (the prefetcher's ``max_bytes``; 0 without a prefetcher)."""
+        return self._staging_max_bytes
+
     def start_prefetcher(self, *, depth: int = 8, max_bytes: int | None = None,
                          workers: int = 2) -> Prefetcher:
         """Start (or restart) the background prefetcher along the declared schedule

@@ -49,6 +49,11 @@ class Scheduling(Hierarchy):
                 if setter is not None:
                     setter(list(keys))
 
+    @property
+    def cursor(self) -> int:
+        """The schedule position of the loop's last get (-1 before the first)."""
+        return self._cursor
+
     def _move_cursor(self, where: int | tuple[int, ...]) -> None:
         """A get by the loop of a key in the declared schedule: move the cursor to its
         position (for a key read several times per pass, its next occurrence after
