@@ -73,7 +73,7 @@ class Maintenance(Hierarchy):
                     continue
                 tier = self._tiers[index]
                 if self.read_only or tier.shared:
-                    tier.forget_index(key)
+                    tier.forget(key)
                 else:
                     tier.remove(key)
                 dropped += 1
@@ -237,10 +237,8 @@ class Maintenance(Hierarchy):
             fresh = build_tier(cfg)
             if fresh.damaged:
                 return False
-            if self._schedule_index:
-                setter = getattr(fresh.policy, "set_schedule", None)
-                if setter is not None:
-                    setter(list(self.schedule))
+            if self._schedule_index and fresh.policy.uses_schedule:
+                fresh.policy.set_schedule(list(self.schedule))
             self._tiers[index] = fresh
             log.warning("tier %s: damaged medium emptied and reopened at %s", fresh.name, folder)
         return True
@@ -270,7 +268,7 @@ class Maintenance(Hierarchy):
                     if key in tier:
                         tier.remove(key)
                     else:
-                        tier.delete_unindexed(key)
+                        tier.remove_unindexed(key)
                 return "corrupt"
             except (StoreError, OSError) as exc:
                 tier.count("errors")

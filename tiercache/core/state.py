@@ -145,7 +145,7 @@ class CacheState:
                     return  # moved away and back meanwhile: the copy is there
             except StoreError:
                 return  # cannot tell now; the next read tries again
-            tier.forget_lost(key)
+            tier.forget(key, lost=True)
         log.info("tier %s: %r was gone from the medium; dropped from its index", tier.name, key)
 
     @staticmethod

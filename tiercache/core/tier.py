@@ -299,21 +299,19 @@ class Tier(TierHealth):
         self._hits_here[key] = hits
         return self.promotion.due(hits)
 
-    def forget_index(self, key: str) -> None:
-        """Drop ``key`` from the index and the policy without touching the medium (a
-        read-only cache resolving a duplicate, a shared store's copy). O(1)."""
+    def forget(self, key: str, *, lost: bool = False) -> None:
+        """Drop ``key`` from the index and the policy without touching the medium: a
+        read-only cache resolving a duplicate, a shared store's copy, or (``lost``)
+        an entry the medium no longer has -- counted in ``lost``, and the whole
+        medium is checked. O(1). Engine lock held."""
         if key in self._sizes:
             self._forget_index(key, evicted=False)
+            if lost:
+                self.stats.lost += 1
+        if lost:
+            self.check_medium()
 
-    def forget_lost(self, key: str) -> None:
-        """``key`` is indexed but the medium no longer has it: forget it, and check
-        whether the whole medium went away. Engine lock held."""
-        if key in self._sizes:
-            self._forget_index(key, evicted=False)
-            self.stats.lost += 1
-        self.check_medium()
-
-    def delete_unindexed(self, key: str) -> None:
+    def remove_unindexed(self, key: str) -> None:
         """Delete an entry the index does not list (a damaged one left by
         :meth:`load_existing`); failures are remembered like any delete. Engine lock held."""
         if key in self._sizes:

@@ -45,9 +45,8 @@ class Scheduling(Hierarchy):
             self._schedule_index = index
             self._cursor = -1
             for tier in self._tiers:
-                setter = getattr(tier.policy, "set_schedule", None)
-                if setter is not None:
-                    setter(list(keys))
+                if tier.policy.uses_schedule:
+                    tier.policy.set_schedule(list(keys))
 
     @property
     def cursor(self) -> int:
@@ -64,9 +63,8 @@ class Scheduling(Hierarchy):
             position = next((p for p in where if p > self._cursor), where[0])
         self._cursor = position
         for tier in self._tiers:
-            hook = getattr(tier.policy, "on_cursor", None)
-            if hook is not None:
-                hook(position)
+            if tier.policy.uses_schedule:
+                tier.policy.on_cursor(position)
         prefetcher = self._prefetcher
         if prefetcher is not None:
             prefetcher.notify(position)
