@@ -3,7 +3,7 @@
 The cache must keep serving from the other tiers and the origin, mark the failing
 tier ``degraded`` (with a reason) in ``stats()``, and recover once the fault is
 gone; no exception reaches a caller while a good copy exists. Faults are
-injected by :class:`tiercache.stores.faulty.FaultyStore` wrapped around the real
+injected by :class:`tiercache.testing.FaultyStore` wrapped around the real
 lmdb and diskcache stores (raw ``OSError`` with an errno, the worst case), and
 for real where the OS allows it (a removed folder; a full tmpfs, root only).
 """
@@ -29,7 +29,7 @@ from tiercache import TieredCache
 from tiercache.errors import StoreError, TierCacheError
 from tiercache.origins import NpyDirOrigin
 from tiercache.stores import lmdb_store
-from tiercache.stores.faulty import FaultyStore
+from tiercache.testing import FaultyStore
 
 KiB = 1024
 BACKOFF_S = 0.05

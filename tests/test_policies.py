@@ -1,7 +1,7 @@
 """Eviction policies: the contract, exactness against independent references,
 ARC against a transliteration of Figure 4, and loading user policies.
 
-* :class:`TestContract` runs ``tests/policy_contract.py`` for every name in
+* :class:`TestContract` runs :class:`tiercache.testing.PolicyContract` for every name in
   :func:`available_policies`, so a newly registered policy is covered at once.
 * Exactness: LRU, LFU and ARC in count mode make the same hit/miss decision as
   libCacheSim (``libcachesim.LRU/LFU/ARC``) and as small references written here
@@ -27,8 +27,6 @@ from typing import Protocol
 
 import libcachesim
 import pytest
-from policy_contract import PolicyContract, ProtocolDriver, apply_op, random_ops
-from policy_contract import make_trace as shared_make_trace
 from reference_arc import ReferenceARC
 
 import tiercache.policies as policies_module
@@ -41,6 +39,8 @@ from tiercache.policies import (
     get_policy_class,
     register_policy,
 )
+from tiercache.testing import PolicyContract, ProtocolDriver, apply_op, random_ops
+from tiercache.testing import make_trace as shared_make_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """The policy lab: FIFO, CLOCK, 2Q, SIEVE, S3-FIFO, W-TinyLFU and OPT.
 
-The generic contract (``tests/policy_contract.py``) already runs for each of
+The generic contract (:class:`tiercache.testing.PolicyContract`) already runs for each of
 them through ``tests/test_policies.py`` (every name in ``available_policies()``).
 This file adds:
 
@@ -39,8 +39,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis.stateful import run_state_machine_as_test
-from policy_contract import ProtocolDriver, make_policy_machine
-from policy_contract import make_trace as shared_make_trace
 
 from tiercache.policies import (
     ARCPolicy,
@@ -58,6 +56,8 @@ from tiercache.policies import (
     get_policy_class,
 )
 from tiercache.policies.opt import NEVER
+from tiercache.testing import ProtocolDriver, make_policy_machine
+from tiercache.testing import make_trace as shared_make_trace
 
 NEW_POLICIES: dict[str, type[Policy]] = {
     "fifo": FIFOPolicy, "clock": CLOCKPolicy, "2q": TwoQPolicy, "sieve": SIEVEPolicy,

@@ -16,7 +16,6 @@ import pytest
 import redis
 from redis_fixtures import RedisServer, free_port
 
-from tests.store_contract import StoreContract, assert_same
 from tiercache import codec
 from tiercache.errors import CacheClosedError, CorruptShardError, StoreError
 from tiercache.stores import open_store
@@ -29,6 +28,7 @@ from tiercache.stores.redis import (
 )
 from tiercache.stores.redis import options as redis_options
 from tiercache.stores.redis.options import parse_options
+from tiercache.testing import StoreContract, assert_same
 
 SMALL_CHUNK = 4096
 

@@ -13,13 +13,13 @@ from typing import Any
 import libcachesim
 import numpy as np
 import pytest
-from policy_contract import ProtocolDriver
 
 from tiercache.errors import PolicyError, SimulationError
 from tiercache.policies import ARCPolicy, Key, LFUPolicy, LRUPolicy, Policy
 from tiercache.sim import Trace, replay, replay_hits, resolve_capacity, simulate
 from tiercache.sim.policy_specs import parse_policy_spec, split_policies
 from tiercache.sim.replay import infer_unit, parse_capacity
+from tiercache.testing import ProtocolDriver
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,30 @@ Use by subclassing :class:`StoreContract` in a test module and providing a
 ``make_store`` fixture: a callable ``make_store(verify="always") -> Store``
 that opens the store under test, always on the same directory
 (``store_dir``, ``None`` for volatile stores) within one test, so calling it
-again after ``close()`` reopens the same contents.
+again after ``close()`` reopens the same contents. Needs the
+``tiercache[testing]`` extra (pytest, hypothesis)::
+
+    import pytest
+    from tiercache.testing import StoreContract
+
+    class TestMyStore(StoreContract):
+        @pytest.fixture
+        def store_dir(self, tmp_path):
+            return tmp_path / "tier"
+
+        @pytest.fixture
+        def make_store(self, store_dir):
+            return lambda verify="always": MyStore(store_dir, verify=verify)
+
+Tests are gated by what the store *declares*, never by trying a call and
+catching the failure: ``persistent`` stores must reopen with their contents
+and return private page-aligned arrays; ``zero_copy`` stores must serve
+read-only zero-copy views (:meth:`~tiercache.stores.base.Store.get_view`) that
+outlive an overwrite or a delete; the view tests are skipped for a store that
+does not declare them.
+
+Each test builds its own store; nothing here is shared between threads. The
+whole contract puts a few MiB per store and runs in about a second per store.
 """
 
 from __future__ import annotations
@@ -14,10 +37,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from tiercache.errors import ShardFormatError
-from tiercache.stores.base import Store
+from ..errors import ShardFormatError
+from ..stores.base import Store
+from . import missing_extra
+
+try:
+    import pytest
+except ImportError as exc:  # pragma: no cover - exercised in a child process
+    raise missing_extra(exc, __name__) from exc
 
 MakeStore = Callable[..., Store]
 
@@ -79,6 +107,13 @@ class StoreContract:
         store = make_store()
         yield store
         store.close()
+
+    @pytest.fixture
+    def view_store(self, store: Store) -> Store:
+        """``store``, when it declares zero-copy views (``zero_copy``); else skip."""
+        if not store.zero_copy:
+            pytest.skip(f"{type(store).__name__} does not declare zero_copy")
+        return store
 
     # -- roundtrips -----------------------------------------------------------
 
@@ -261,3 +296,30 @@ class StoreContract:
                 assert info is not None and info.stored_nbytes == reopened.stored_size(array)
         finally:
             reopened.close()
+
+    # -- zero-copy views (stores that declare zero_copy) -------------------
+
+    def test_view_roundtrip_read_only(self, view_store: Store) -> None:
+        for name, array in ARRAYS.items():
+            view_store.put(name, array)
+        for name, array in ARRAYS.items():
+            view = view_store.get_view(name)
+            assert_same(view, array)
+            assert view is not None and not view.flags.writeable, f"view of {name!r} is writable"
+
+    def test_view_of_missing_is_none(self, view_store: Store) -> None:
+        assert view_store.get_view("nope") is None
+        assert view_store.willneed("nope") == 0
+        view_store.put("k", ARRAYS["file-sized"])
+        view_store.delete("k")
+        assert view_store.get_view("k") is None
+
+    def test_view_outlives_overwrite_and_delete(self, view_store: Store) -> None:
+        array = ARRAYS["file-sized"]
+        view_store.put("k", array)
+        assert view_store.willneed("k") >= 0
+        view = view_store.get_view("k")
+        view_store.put("k", ARRAYS["int64"])
+        assert_same(view_store.get_view("k"), ARRAYS["int64"])
+        view_store.delete("k")
+        assert_same(view, array)

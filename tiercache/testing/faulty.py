@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .base import ShardInfo, Store
+from ..stores.base import ShardInfo, Store
 
 #: Operations a fault can target.
 OPS = frozenset({"get", "put", "delete", "info", "keys", "contains", "reopen", "health"})
@@ -122,7 +122,7 @@ class FaultyStore(Store):
         sub: type[FaultyStore] = type(
             f"Faulty{type(inner).__name__}", (cls,),
             {"backend": inner.backend, "persistent": inner.persistent, "shared": inner.shared,
-             "supports_views": inner.supports_views})
+             "zero_copy": inner.zero_copy})
         return sub(inner)
 
     # -- control -------------------------------------------------------------------------
