@@ -25,6 +25,7 @@ from .errors import (
 )
 from .origins import NpyDirOrigin, Origin, SafetensorsOrigin
 from .policies import Policy, available_policies, get_policy_class, register_policy
+from .stores.registry import register_backend
 
 __version__ = "0.1.0"
 
@@ -65,5 +66,6 @@ __all__ = [
     "load_config",
     "load_model",
     "open",
+    "register_backend",
     "register_policy",
 ]

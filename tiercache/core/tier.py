@@ -83,7 +83,7 @@ class Tier(TierHealth):
         self._opened_over_bytes = 0
         self._sizes: dict[str, int] = {}
         self._hits_here: dict[str, int] = {}
-        self.is_memory = not store.persistent and store.backend == "memory"
+        self.is_memory = not store.persistent  # a volatile, in-process medium
         #: Serve plain reads as zero-copy views of the medium (``zero_copy = true``).
         self.zero_copy = False
         self._init_health()
