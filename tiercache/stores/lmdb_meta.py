@@ -12,6 +12,9 @@ checks, with plain reads and pointer arithmetic, what lmdb would otherwise trust
 - :meth:`ValueBounds.value`: before fetching a value, the node's extent lies within
   its leaf page or, on overflow pages, within the file.
 
+It also holds :class:`RemapGuard`, the lock that keeps every read transaction and
+zero-copy value out of the way of a remap (lmdb invalidates them all).
+
 Each raises :class:`~tiercache.errors.MediumDamagedError` (the file) or
 :class:`~tiercache.errors.CorruptShardError` (one entry) naming the file and what
 is wrong. Layouts are those of lmdb 0.9 on a 64-bit little-endian build.
@@ -26,6 +29,8 @@ import contextlib
 import ctypes
 import os
 import struct
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import lmdb
@@ -33,7 +38,69 @@ import numpy as np
 
 from ..errors import CorruptShardError, MediumDamagedError
 
-__all__ = ["ValueBounds", "check_data_file", "check_named_roots"]
+__all__ = ["DAMAGE_ERRORS", "RemapGuard", "ValueBounds", "check_data_file", "check_named_roots",
+           "round_up"]
+
+
+#: lmdb errors that mean the file's structure is damaged (not an I/O or usage error).
+DAMAGE_ERRORS: tuple[type[lmdb.Error], ...] = (
+    lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
+    lmdb.IncompatibleError)
+
+
+def round_up(value: int, multiple: int) -> int:
+    """``value`` rounded up to a multiple of ``multiple`` (map and page sizes). O(1)."""
+    return -(-value // multiple) * multiple
+
+
+class RemapGuard:
+    """Shared/exclusive lock: map users hold it shared, a remap holds it exclusively.
+
+    Writer-preferring (a waiting remap stops new shared holders) so a remap is
+    not starved by a stream of reads. Not re-entrant. O(1) per acquisition.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    def acquire_shared(self) -> None:
+        with self._cond:
+            while self._exclusive or self._waiting:
+                self._cond.wait()
+            self._shared += 1
+
+    def release_shared(self) -> None:
+        with self._cond:
+            self._shared -= 1
+            if not self._shared:
+                self._cond.notify_all()
+
+    def acquire_exclusive(self) -> None:
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self._exclusive or self._shared:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            self._exclusive = True
+
+    def release_exclusive(self) -> None:
+        with self._cond:
+            self._exclusive = False
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the guard exclusively for the ``with`` body."""
+        self.acquire_exclusive()
+        try:
+            yield
+        finally:
+            self.release_exclusive()
 
 
 class ValueBounds:

@@ -73,13 +73,10 @@ Damaged files
     opens the tier degraded). A damaged shard (header or payload) stays
     :class:`~tiercache.errors.CorruptShardError`, and so is an entry whose node
     points past the end of the file (a flipped bit in its overflow page number
-    or value length): py-lmdb touches every page of a value before returning
-    it, which would fault with SIGBUS, so reads position a cursor on the key
-    (the value untouched), read the node's header just before the key and
-    check the value's extent -- within its leaf page, or its overflow pages
-    within the file (``fstat`` of the store's own descriptor of ``data.mdb``)
-    -- before fetching it. Not covered: damage that makes lmdb itself read out
-    of bounds while searching (a branch or leaf page's own offsets).
+    or value length), checked before py-lmdb touches the value
+    (:meth:`.lmdb_meta.ValueBounds.value`: it would fault with SIGBUS). Not
+    covered: damage that makes lmdb itself read out of bounds while searching
+    (a branch or leaf page's own offsets).
 
 Thread-safety: one :class:`lmdb.Environment` is shared by all threads (opened
 with ``lock=True``); lmdb runs one write transaction at a time and any number
@@ -116,7 +113,14 @@ from ..buffers import PAGE_BYTES
 from ..errors import CorruptShardError, MediumDamagedError, StoreError
 from .base import ShardInfo, VerifyMode
 from .disk import DiskStore
-from .lmdb_meta import ValueBounds, check_data_file, check_named_roots
+from .lmdb_meta import (
+    DAMAGE_ERRORS,
+    RemapGuard,
+    ValueBounds,
+    check_data_file,
+    check_named_roots,
+    round_up,
+)
 
 _T = TypeVar("_T")
 
@@ -134,88 +138,18 @@ COMPACT_RETRY_MAX_S = 60.0
 _COMPACT_DIR = ".compact.tmp"
 #: Environments a forked child closed its store over: kept referenced, never freed here.
 _INHERITED_ENVS: list[lmdb.Environment] = []
-#: lmdb errors that mean the file's structure is damaged (not an I/O or usage error).
-_DAMAGE_ERRORS: tuple[type[lmdb.Error], ...] = (
-    lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
-    lmdb.IncompatibleError)
 
 log = logging.getLogger("tiercache")
 
 
-class _RemapGuard:
-    """Shared/exclusive lock: map users hold it shared, a remap holds it exclusively.
+class _LmdbEnvironment(DiskStore):
+    """The open lmdb environment of a store and its life: opening (after the file checks
+    of :mod:`.lmdb_meta`), running operations under the remap guard (growing or adopting
+    the map), reopening, compacting, closing -- and refusing use across ``fork()``.
 
-    Writer-preferring (a waiting remap stops new shared holders) so a remap is
-    not starved by a stream of reads. Not re-entrant. O(1) per acquisition.
+    :class:`LmdbStore` adds the shard API over it. Thread-safety: as :class:`LmdbStore`.
     """
 
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._shared = 0
-        self._exclusive = False
-        self._waiting = 0
-
-    def acquire_shared(self) -> None:
-        with self._cond:
-            while self._exclusive or self._waiting:
-                self._cond.wait()
-            self._shared += 1
-
-    def release_shared(self) -> None:
-        with self._cond:
-            self._shared -= 1
-            if not self._shared:
-                self._cond.notify_all()
-
-    def acquire_exclusive(self) -> None:
-        with self._cond:
-            self._waiting += 1
-            try:
-                while self._exclusive or self._shared:
-                    self._cond.wait()
-            finally:
-                self._waiting -= 1
-            self._exclusive = True
-
-    def release_exclusive(self) -> None:
-        with self._cond:
-            self._exclusive = False
-            self._cond.notify_all()
-
-
-class LmdbStore(DiskStore):
-    """Persistent store over one lmdb environment directory.
-
-    Parameters
-    ----------
-    path:
-        Directory of the environment; created if missing.
-    verify:
-        ``"always"`` checks the payload checksum on every read (the header is
-        always checked); ``"never"`` skips the payload check, so a damaged
-        payload is returned as stored.
-    capacity_bytes:
-        The tier's capacity, used only to size the initial map.
-    map_size_bytes:
-        Initial map size, overriding the one derived from ``capacity_bytes``.
-    sync:
-        ``fdatasync`` the data on every commit (see the module docstring).
-    exclusive:
-        Lock the folder (:func:`~tiercache.stores.base.lock_tier_folder`) for as long
-        as the store is open, so no other process (or store) can open it with a lock
-        too. Default: when ``capacity_bytes`` is given -- a tier's store, which
-        compacts (replaces) its file. Stores shared by several processes (readers
-        beside one writer) are opened without a capacity.
-
-    Raises :class:`~tiercache.errors.MediumDamagedError` when ``data.mdb`` is
-    truncated or its structure is damaged, and
-    :class:`~tiercache.errors.StoreError` when the folder cannot be opened or is
-    locked by another process.
-
-    Capacity counts :func:`tiercache.codec.stored_nbytes`: header plus payload.
-    """
-
-    backend = "lmdb"
     identity_file = "data.mdb"
 
     def __init__(self, path: str | os.PathLike[str], *, verify: VerifyMode = "always",
@@ -225,7 +159,7 @@ class LmdbStore(DiskStore):
                          exclusive=exclusive)
         if map_size_bytes is None:
             map_size_bytes = max(DEFAULT_MAP_BYTES, 2 * (capacity_bytes or 0) + _MAP_SLACK_BYTES)
-        self._map_size_bytes = _round_up(map_size_bytes, PAGE_BYTES)
+        self._map_size_bytes = round_up(map_size_bytes, PAGE_BYTES)
         self._sync = sync
         self._env: lmdb.Environment | None = None
         #: Checks node extents against ``data.mdb`` (owns a descriptor of it while open).
@@ -238,7 +172,7 @@ class LmdbStore(DiskStore):
         self._compact_retry_at = 0.0
         self._compact_backoff_s = COMPACT_RETRY_S
         self._pid = os.getpid()
-        self._guard = _RemapGuard()
+        self._guard = RemapGuard()
         self._close_lock = threading.Lock()
         self._open()
         self._max_key: int = self._env_or_raise().max_key_size()
@@ -278,7 +212,7 @@ class LmdbStore(DiskStore):
                 os.close(data_fd)
                 env.close()
                 raise
-        except _DAMAGE_ERRORS as exc:
+        except DAMAGE_ERRORS as exc:
             raise MediumDamagedError(f"lmdb data file {data_file} is damaged ({exc})") from exc
         except (OSError, lmdb.Error) as exc:
             raise StoreError(f"lmdb store {self.path}: cannot open ({exc}); check the path "
@@ -289,18 +223,6 @@ class LmdbStore(DiskStore):
         self._env = env
         old, self._bounds = self._bounds, bounds
         old.close()
-
-    # -- keys -----------------------------------------------------------------
-
-    def _db_key(self, key: str) -> tuple[bytes, bool]:
-        """The lmdb key for ``key`` and whether it is a digest. O(len(key))."""
-        raw = codec.key_bytes(key)
-        if 0 < len(raw) <= self._max_key:
-            return raw, False
-        return _DIGEST_PREFIX + hashlib.blake2b(raw, digest_size=32).digest(), True
-
-    def _where(self, key: str) -> str:
-        return f"lmdb store {self.path}, key {key!r}"
 
     # -- guarded access -------------------------------------------------------
 
@@ -326,7 +248,7 @@ class LmdbStore(DiskStore):
                 if not grow_for:
                     raise StoreError(f"lmdb store {self.path}: map full on a read") from None
                 need = grow_for
-            except _DAMAGE_ERRORS as exc:
+            except DAMAGE_ERRORS as exc:
                 self._broken = f"lmdb data file {self.path / 'data.mdb'} is damaged ({exc})"
                 raise MediumDamagedError(self._broken) from exc
             except lmdb.Error as exc:
@@ -348,12 +270,179 @@ class LmdbStore(DiskStore):
                 env.set_mapsize(0)
                 return
             current = env.info()["map_size"]
-            env.set_mapsize(_round_up(max(2 * current, current + 2 * need + _MAP_SLACK_BYTES),
+            env.set_mapsize(round_up(max(2 * current, current + 2 * need + _MAP_SLACK_BYTES),
                                       PAGE_BYTES))
         except lmdb.Error as exc:
             raise StoreError(f"lmdb store {self.path}: cannot resize the map ({exc})") from exc
         finally:
             self._guard.release_exclusive()
+
+    # -- reopening, compaction ---------------------------------------------------------
+
+    def _close_medium(self) -> None:
+        """Drop the environment for a reopen (errors suppressed); guard held exclusively."""
+        env, self._env = self._env, None
+        if env is not None:
+            with contextlib.suppress(lmdb.Error):
+                env.close()
+
+    def reopen(self) -> None:
+        """Close the environment and open the one now at :attr:`path` (created if
+        missing), releasing the folder lock and taking it again (the folder may be a
+        new one): :meth:`DiskStore.reopen` -- ``check_health`` reports a replaced
+        ``data.mdb`` (lmdb would go on working on the unlinked file) or a panicked
+        environment. Waits for in-flight operations. Raises StoreError on failure
+        (:class:`~tiercache.errors.MediumDamagedError` for a damaged file)."""
+        with self._guard.exclusive():
+            super().reopen()
+
+    def file_nbytes(self) -> int:
+        """Bytes of ``data.mdb`` up to lmdb's high-water page (what ``du`` sees). O(1)."""
+        info = self._run(lambda env: env.info())
+        return (int(info["last_pgno"]) + 1) * PAGE_BYTES
+
+    def live_nbytes(self) -> int:
+        """Bytes of the pages in use (every tree's branch, leaf and overflow pages plus
+        the two meta pages): what :meth:`compact` would leave. O(1): three tree stats."""
+
+        def op(env: lmdb.Environment) -> int:
+            with env.begin() as txn:
+                pages = 2
+                for db in (self._main, self._hdr, self._data):
+                    st = txn.stat(db)
+                    pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+                return pages * int(st["psize"])
+
+        return self._run(op)
+
+    @property
+    def compact_above_bytes(self) -> int | None:
+        """File size above which a write compacts: :data:`COMPACT_RATIO` x the live
+        pages' bytes + :data:`COMPACT_SLACK_BYTES`; ``None`` for a store that does not
+        compact (opened without a capacity). Follows the live data down as well as
+        up. O(1)."""
+        if not self.compacting:
+            return None
+        return int(COMPACT_RATIO * self.live_nbytes()) + COMPACT_SLACK_BYTES
+
+    def _maybe_compact(self) -> None:
+        """Compact if the file passed :attr:`compact_above_bytes`. Never raises: it runs
+        after a committed write, which stands whatever happens here; a failure is
+        logged and retried after a back-off (1 s doubling to 60 s). O(1) unless it
+        compacts."""
+        if not self.compacting or time.monotonic() < self._compact_retry_at:
+            return
+        try:
+            limit = self.compact_above_bytes
+            if limit is None or self.file_nbytes() <= limit:
+                return
+            self.compact()
+        except (StoreError, OSError, lmdb.Error) as exc:  # e.g. the rename's fsync: EIO
+            self.compaction_failures += 1
+            self._compact_retry_at = time.monotonic() + self._compact_backoff_s
+            log.warning("lmdb store %s: %s; the write stands, compaction retried in %.0f s",
+                        self.path, exc, self._compact_backoff_s)
+            self._compact_backoff_s = min(2 * self._compact_backoff_s, COMPACT_RETRY_MAX_S)
+        else:
+            self._compact_backoff_s = COMPACT_RETRY_S
+
+    def compact(self) -> int:
+        """Rewrite ``data.mdb`` without its free pages; return the new size in bytes.
+
+        Copies the live pages (``env.copy(compact=True)``) into a folder beside
+        the file, fsyncs the copy, closes the environment, renames the copy over
+        ``data.mdb`` and reopens. O(live bytes); every other operation on this
+        store waits meanwhile. Only for a store no other process has open.
+        Raises :class:`~tiercache.errors.StoreError` on failure (the old file
+        then stays in use).
+        """
+        with self._guard.exclusive():
+            env = self._env_or_raise()
+            before = (int(env.info()["last_pgno"]) + 1) * PAGE_BYTES
+            tmp = self.path / _COMPACT_DIR
+            try:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+                env.copy(str(tmp), compact=True)
+                _fsync_path(tmp / "data.mdb")
+            except (OSError, lmdb.Error) as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise StoreError(f"lmdb store {self.path}: compaction failed ({exc}); the "
+                                 "uncompacted file stays in use") from exc
+            self._env = None
+            env.close()
+            try:
+                os.replace(tmp / "data.mdb", self.path / "data.mdb")
+                _fsync_path(self.path)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+                self._open_medium()
+            after = (int(self._env_or_raise().info()["last_pgno"]) + 1) * PAGE_BYTES
+        self.compactions += 1
+        log.info("lmdb store %s compacted: %d -> %d bytes", self.path, before, after)
+        return after
+
+    def close(self) -> None:
+        """Close the environment (waits for in-flight operations). Idempotent."""
+        with self._close_lock:
+            if self._env is None:  # closed, or a reopen failed: still let the folder go
+                if self._pid == os.getpid():
+                    self._bounds.close()
+                    self._release_folder()
+                return
+            with self._guard.exclusive():
+                env, self._env = self._env, None
+                if self._pid == os.getpid():
+                    env.close()
+                    self._bounds.close()
+                    self._release_folder()
+                else:  # a forked child must not touch the parent's env -- not even free it:
+                    _INHERITED_ENVS.append(env)  # that closes it, clearing the parent's
+                    # reader slots in lock.mdb (its next read: MDB_BAD_RSLOT)
+
+
+class LmdbStore(_LmdbEnvironment):
+    """Persistent store over one lmdb environment directory.
+
+    Parameters
+    ----------
+    path:
+        Directory of the environment; created if missing.
+    verify:
+        ``"always"`` checks the payload checksum on every read (the header is
+        always checked); ``"never"`` skips the payload check, so a damaged
+        payload is returned as stored.
+    capacity_bytes:
+        The tier's capacity, used only to size the initial map.
+    map_size_bytes:
+        Initial map size, overriding the one derived from ``capacity_bytes``.
+    sync:
+        ``fdatasync`` the data on every commit (see the module docstring).
+    exclusive:
+        Lock the folder (:func:`~tiercache.stores.base.lock_tier_folder`) for as long
+        as the store is open, so no other process (or store) can open it with a lock
+        too. Default: when ``capacity_bytes`` is given -- a tier's store, which
+        compacts (replaces) its file. Stores shared by several processes (readers
+        beside one writer) are opened without a capacity.
+
+    Raises :class:`~tiercache.errors.MediumDamagedError` when ``data.mdb`` is
+    truncated or its structure is damaged, and
+    :class:`~tiercache.errors.StoreError` when the folder cannot be opened or is
+    locked by another process.
+
+    Capacity counts :func:`tiercache.codec.stored_nbytes`: header plus payload.
+    """
+
+    backend = "lmdb"
+
+    # -- keys -----------------------------------------------------------------
+
+    def _db_key(self, key: str) -> tuple[bytes, bool]:
+        """The lmdb key for ``key`` and whether it is a digest. O(len(key))."""
+        raw = codec.key_bytes(key)
+        if 0 < len(raw) <= self._max_key:
+            return raw, False
+        return _DIGEST_PREFIX + hashlib.blake2b(raw, digest_size=32).digest(), True
 
     # -- Store API --------------------------------------------------------------
 
@@ -500,138 +589,6 @@ class LmdbStore(DiskStore):
 
         return iter(self._run(op))
 
-    # -- reopening, compaction ---------------------------------------------------------
-
-    def _close_medium(self) -> None:
-        """Drop the environment for a reopen (errors suppressed); guard held exclusively."""
-        env, self._env = self._env, None
-        if env is not None:
-            with contextlib.suppress(lmdb.Error):
-                env.close()
-
-    def reopen(self) -> None:
-        """Close the environment and open the one now at :attr:`path` (created if
-        missing), releasing the folder lock and taking it again (the folder may be a
-        new one): :meth:`DiskStore.reopen` -- ``check_health`` reports a replaced
-        ``data.mdb`` (lmdb would go on working on the unlinked file) or a panicked
-        environment. Waits for in-flight operations. Raises StoreError on failure
-        (:class:`~tiercache.errors.MediumDamagedError` for a damaged file)."""
-        self._guard.acquire_exclusive()
-        try:
-            super().reopen()
-        finally:
-            self._guard.release_exclusive()
-
-    def file_nbytes(self) -> int:
-        """Bytes of ``data.mdb`` up to lmdb's high-water page (what ``du`` sees). O(1)."""
-        info = self._run(lambda env: env.info())
-        return (int(info["last_pgno"]) + 1) * PAGE_BYTES
-
-    def live_nbytes(self) -> int:
-        """Bytes of the pages in use (every tree's branch, leaf and overflow pages plus
-        the two meta pages): what :meth:`compact` would leave. O(1): three tree stats."""
-
-        def op(env: lmdb.Environment) -> int:
-            with env.begin() as txn:
-                pages = 2
-                for db in (self._main, self._hdr, self._data):
-                    st = txn.stat(db)
-                    pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
-                return pages * int(st["psize"])
-
-        return self._run(op)
-
-    @property
-    def compact_above_bytes(self) -> int | None:
-        """File size above which a write compacts: :data:`COMPACT_RATIO` x the live
-        pages' bytes + :data:`COMPACT_SLACK_BYTES`; ``None`` for a store that does not
-        compact (opened without a capacity). Follows the live data down as well as
-        up. O(1)."""
-        if not self.compacting:
-            return None
-        return int(COMPACT_RATIO * self.live_nbytes()) + COMPACT_SLACK_BYTES
-
-    def _maybe_compact(self) -> None:
-        """Compact if the file passed :attr:`compact_above_bytes`. Never raises: it runs
-        after a committed write, which stands whatever happens here; a failure is
-        logged and retried after a back-off (1 s doubling to 60 s). O(1) unless it
-        compacts."""
-        if not self.compacting or time.monotonic() < self._compact_retry_at:
-            return
-        try:
-            limit = self.compact_above_bytes
-            if limit is None or self.file_nbytes() <= limit:
-                return
-            self.compact()
-        except (StoreError, OSError, lmdb.Error) as exc:  # e.g. the rename's fsync: EIO
-            self.compaction_failures += 1
-            self._compact_retry_at = time.monotonic() + self._compact_backoff_s
-            log.warning("lmdb store %s: %s; the write stands, compaction retried in %.0f s",
-                        self.path, exc, self._compact_backoff_s)
-            self._compact_backoff_s = min(2 * self._compact_backoff_s, COMPACT_RETRY_MAX_S)
-        else:
-            self._compact_backoff_s = COMPACT_RETRY_S
-
-    def compact(self) -> int:
-        """Rewrite ``data.mdb`` without its free pages; return the new size in bytes.
-
-        Copies the live pages (``env.copy(compact=True)``) into a folder beside
-        the file, fsyncs the copy, closes the environment, renames the copy over
-        ``data.mdb`` and reopens. O(live bytes); every other operation on this
-        store waits meanwhile. Only for a store no other process has open.
-        Raises :class:`~tiercache.errors.StoreError` on failure (the old file
-        then stays in use).
-        """
-        self._guard.acquire_exclusive()
-        try:
-            env = self._env_or_raise()
-            before = (int(env.info()["last_pgno"]) + 1) * PAGE_BYTES
-            tmp = self.path / _COMPACT_DIR
-            try:
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir()
-                env.copy(str(tmp), compact=True)
-                _fsync_path(tmp / "data.mdb")
-            except (OSError, lmdb.Error) as exc:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise StoreError(f"lmdb store {self.path}: compaction failed ({exc}); the "
-                                 "uncompacted file stays in use") from exc
-            self._env = None
-            env.close()
-            try:
-                os.replace(tmp / "data.mdb", self.path / "data.mdb")
-                _fsync_path(self.path)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-                self._open_medium()
-            after = (int(self._env_or_raise().info()["last_pgno"]) + 1) * PAGE_BYTES
-        finally:
-            self._guard.release_exclusive()
-        self.compactions += 1
-        log.info("lmdb store %s compacted: %d -> %d bytes", self.path, before, after)
-        return after
-
-    def close(self) -> None:
-        """Close the environment (waits for in-flight operations). Idempotent."""
-        with self._close_lock:
-            if self._env is None:  # closed, or a reopen failed: still let the folder go
-                if self._pid == os.getpid():
-                    self._bounds.close()
-                    self._release_folder()
-                return
-            self._guard.acquire_exclusive()
-            try:
-                env, self._env = self._env, None
-                if self._pid == os.getpid():
-                    env.close()
-                    self._bounds.close()
-                    self._release_folder()
-                else:  # a forked child must not touch the parent's env -- not even free it:
-                    _INHERITED_ENVS.append(env)  # that closes it, clearing the parent's
-                    # reader slots in lock.mdb (its next read: MDB_BAD_RSLOT)
-            finally:
-                self._guard.release_exclusive()
-
 
 def _fsync_path(path: Path) -> None:
     """fsync a file or a folder (its entries) by path."""
@@ -640,7 +597,3 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
