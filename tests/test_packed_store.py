@@ -5,6 +5,7 @@ buffer pool's bound on free buffers."""
 
 from __future__ import annotations
 
+import ast
 import multiprocessing
 import os
 import shutil
@@ -23,11 +24,19 @@ from memcap import run_capped
 import tiercache
 from tiercache import codec
 from tiercache.buffers import MIN_POOLED_BYTES, BufferPool
-from tiercache.errors import CacheClosedError, CorruptShardError, StoreError
+from tiercache.errors import (
+    CacheClosedError,
+    CorruptShardError,
+    MediumDamagedError,
+    StoreError,
+)
 from tiercache.origins import NpyDirOrigin
 from tiercache.sources.base import CacheSink, PlannedShard, in_reading_order
 from tiercache.sources.manifest import LlamaHParams, llama_schedule
 from tiercache.sources.synthetic import synthetic_hparams, synthetic_llama
+from tiercache.stores.disk import DiskStore
+from tiercache.stores.diskcache_store import DiskcacheStore
+from tiercache.stores.lmdb_store import LmdbStore
 from tiercache.stores.packed import PackedStore
 from tiercache.stores.packed import store as packed_store
 from tiercache.stores.packed.datafile import (
@@ -969,3 +978,79 @@ def test_buffer_pool_bound_still_recycles_and_skips_oversized_buffers() -> None:
     assert pool.stats()["tracked_bytes"] == pool.size_class(N)
     del big
     assert pool.stats()["free_bytes"] == pool.size_class(N)
+
+
+# -- the disk-store base every disk store shares (issue 13) -----------------------------------
+
+#: Each disk store and the file whose identity its health check compares.
+DISK_STORES: list[tuple[type[DiskStore], str]] = [
+    (PackedStore, "index.sqlite"), (LmdbStore, "data.mdb"), (DiskcacheStore, "cache.db")]
+
+
+def _store_id(value: object) -> str:
+    return getattr(value, "__name__", str(value))
+
+
+def _disk_store(cls: type[DiskStore], folder: Path, **kwargs: Any) -> DiskStore:
+    if cls is LmdbStore:
+        kwargs.setdefault("map_size_bytes", 64 << 20)  # a small map: many of them open at once
+    return cls(folder, **kwargs)
+
+
+@pytest.mark.parametrize(("cls", "identity_file"), DISK_STORES, ids=_store_id)
+def test_every_disk_store_reports_and_recovers_through_the_shared_base(
+        tmp_path: Path, cls: type[DiskStore], identity_file: str) -> None:
+    folder = tmp_path / "tier"
+    store = _disk_store(cls, folder, capacity_bytes=1 << 20)
+    assert isinstance(store, DiskStore) and store.persistent and store.identity_file == \
+        identity_file
+    with pytest.raises(ValueError, match="verify must be"):
+        _disk_store(cls, tmp_path / "other", verify="sometimes")
+    store.put("a", shard(1))
+    assert store.check_health() is None
+    shutil.rmtree(folder)
+    assert f"{folder / identity_file} was removed" in (store.check_health() or "")
+    store.reopen()  # a new, empty folder, locked again
+    assert store.check_health() is None and store.get("a") is None
+    with pytest.raises(StoreError, match="in use by another store of this process"):
+        _disk_store(cls, folder, capacity_bytes=1 << 20)
+    store.close()
+    assert store.check_health() == f"{cls.backend} store {folder} is closed"
+    _disk_store(cls, folder, capacity_bytes=1 << 20).close()  # the lock went with the close
+
+
+@pytest.mark.parametrize(("cls", "identity_file"), DISK_STORES, ids=_store_id)
+def test_a_failed_reopen_keeps_the_folder_until_close(
+        tmp_path: Path, cls: type[DiskStore], identity_file: str) -> None:
+    """Every disk store alike: a reopen that finds a damaged medium keeps the tier folder's
+    lock (the tier retries; no other process slips in meanwhile), and close releases it."""
+    folder = tmp_path / "tier"
+    store = _disk_store(cls, folder, capacity_bytes=1 << 20)
+    store.put("a", shard(1))
+    shutil.rmtree(folder)
+    folder.mkdir()
+    (folder / identity_file).write_bytes(b"not a medium " * 512)
+    with pytest.raises(MediumDamagedError, match=identity_file):
+        store.reopen()
+    with pytest.raises(StoreError, match="in use by another store of this process"):
+        _disk_store(cls, folder, capacity_bytes=1 << 20)
+    store.close()
+    with pytest.raises(MediumDamagedError, match=identity_file):  # the lock is free again
+        _disk_store(cls, folder, capacity_bytes=1 << 20)
+
+
+def test_no_store_module_over_600_lines_nor_class_over_400() -> None:
+    """The size limits of issue 13, for the stores: a module that outgrows them is split
+    along its seams (as packed/ and lmdb_meta.py were)."""
+    root = Path(tiercache.__file__).parent / "stores"
+    too_big = []
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > 600:
+            too_big.append(f"{path.relative_to(root)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef) and node.end_lineno is not None \
+                    and node.end_lineno - node.lineno + 1 > 400:
+                too_big.append(f"{path.relative_to(root)}: class {node.name} has "
+                               f"{node.end_lineno - node.lineno + 1} lines")
+    assert not too_big, too_big

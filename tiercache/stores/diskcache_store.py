@@ -197,27 +197,18 @@ class DiskcacheStore(DiskStore):
 
     Parameters
     ----------
-    path:
-        Directory of the cache; created if missing.
-    verify:
-        ``"always"`` checks the payload checksum on every read (the header and
-        the length are always checked); ``"never"`` skips the payload check, so
-        a damaged payload is returned as stored.
-    capacity_bytes:
-        Accepted for a uniform constructor; only decides ``exclusive``'s default
-        (diskcache does not size anything up front).
-    exclusive:
-        Lock the folder (:func:`~tiercache.stores.base.lock_tier_folder`) for as long
-        as the store is open, so no other process (or store) can open it with a lock
-        too (several writers would also grow sqlite's WAL far past its limit).
-        Default: when ``capacity_bytes`` is given, as for a tier's store.
+    path, verify, capacity_bytes, exclusive:
+        As :class:`~tiercache.stores.disk.DiskStore`; ``path`` is the cache's
+        directory. ``verify="never"`` skips only the payload check (the header and the
+        length are always checked): a damaged payload is returned as stored.
+        diskcache sizes nothing up front, so ``capacity_bytes`` only decides
+        ``exclusive``, whose lock also keeps several writers from growing sqlite's WAL
+        far past its limit.
 
     Raises :class:`~tiercache.errors.MediumDamagedError` when ``cache.db`` is not a
     readable sqlite database of diskcache's (garbled, truncated), and
     :class:`~tiercache.errors.StoreError` when the folder cannot be opened or is
     locked by another process.
-
-    Capacity counts :func:`tiercache.codec.stored_nbytes`: header plus payload.
     """
 
     backend = "diskcache"

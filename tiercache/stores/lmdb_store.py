@@ -406,31 +406,23 @@ class LmdbStore(_LmdbEnvironment):
 
     Parameters
     ----------
-    path:
-        Directory of the environment; created if missing.
-    verify:
-        ``"always"`` checks the payload checksum on every read (the header is
-        always checked); ``"never"`` skips the payload check, so a damaged
-        payload is returned as stored.
+    path, verify, exclusive:
+        As :class:`~tiercache.stores.disk.DiskStore`; ``path`` is the environment's
+        directory. ``verify="never"`` skips only the payload check (the header is
+        always checked): a damaged payload is returned as stored. A store given a
+        capacity compacts (replaces) its file, hence its folder lock; stores shared by
+        several processes (readers beside one writer) are opened without a capacity.
     capacity_bytes:
-        The tier's capacity, used only to size the initial map.
+        The tier's capacity: sizes the initial map and makes writes compact the file.
     map_size_bytes:
         Initial map size, overriding the one derived from ``capacity_bytes``.
     sync:
         ``fdatasync`` the data on every commit (see the module docstring).
-    exclusive:
-        Lock the folder (:func:`~tiercache.stores.base.lock_tier_folder`) for as long
-        as the store is open, so no other process (or store) can open it with a lock
-        too. Default: when ``capacity_bytes`` is given -- a tier's store, which
-        compacts (replaces) its file. Stores shared by several processes (readers
-        beside one writer) are opened without a capacity.
 
     Raises :class:`~tiercache.errors.MediumDamagedError` when ``data.mdb`` is
     truncated or its structure is damaged, and
     :class:`~tiercache.errors.StoreError` when the folder cannot be opened or is
     locked by another process.
-
-    Capacity counts :func:`tiercache.codec.stored_nbytes`: header plus payload.
     """
 
     backend = "lmdb"

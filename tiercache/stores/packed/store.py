@@ -302,25 +302,18 @@ class PackedStore(_PackedFiles):
 
     Parameters
     ----------
-    path:
-        Directory of the store; created if missing.
-    verify:
-        ``"always"`` checks the payload checksum on every copying read and on the
-        first view of each shard; ``"never"`` skips the payload check (headers and
-        lengths are always checked).
-    capacity_bytes:
-        Accepted for a uniform constructor; only decides ``exclusive``'s default.
-    exclusive:
-        Hold :func:`~tiercache.stores.base.lock_tier_folder`'s lock while open, so no
-        other process (or exclusive store) can open the folder: what a tier's store
-        does. Default: when ``capacity_bytes`` is given, as for a tier's store.
+    path, verify, capacity_bytes, exclusive:
+        As :class:`~tiercache.stores.disk.DiskStore`; ``path`` is the store's
+        directory, ``capacity_bytes`` only decides ``exclusive``'s default.
+        ``verify="always"`` checks the payload checksum on every copying read and on
+        the first view of each shard (headers and lengths are always checked).
 
     Raises :class:`~tiercache.errors.MediumDamagedError` when ``index.sqlite`` is
     damaged, and :class:`~tiercache.errors.StoreError` when the folder cannot be
     opened or another process holds it.
 
     Capacity counts :func:`tiercache.codec.stored_nbytes` (header plus payload);
-    alignment padding and dead space are not counted (see the module docstring
+    alignment padding and dead space are not counted (see :mod:`tiercache.stores.packed`
     for the bound on disk use).
     """
 
