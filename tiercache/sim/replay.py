@@ -10,7 +10,7 @@ driven through their replay methods:
 * **byte mode** (``unit="bytes"``): sizes from the trace, capacity in bytes --
   :meth:`Policy.replay_bytes`, the generic hook protocol with a tier's
   capacity accounting (a miss larger than the capacity is refused, as
-  :meth:`tiercache.tier.Tier.admit` refuses it).
+  :meth:`tiercache.core.tier.Tier.admit` refuses it).
 
 Both are cold-start: every request counts, a first touch is a miss. A policy
 whose constructor takes ``future`` (the offline optimum, OPT) gets the

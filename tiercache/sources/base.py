@@ -43,7 +43,7 @@ from ..origins import NpyDirOrigin, npy_filename
 from ..units import format_size
 
 if TYPE_CHECKING:
-    from ..engine import TieredCache
+    from ..core.cache import TieredCache
     from .manifest import TensorInfo
 
 
@@ -77,7 +77,7 @@ class ShardSink(Protocol):
 
 
 class CacheSink:
-    """Write shards into one tier of a :class:`~tiercache.engine.TieredCache`.
+    """Write shards into one tier of a :class:`~tiercache.TieredCache`.
 
     Parameters
     ----------
