@@ -7,7 +7,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL := 1
 
-.PHONY: venv demo demo-numpy test lint typecheck pytest bench clean redis-server-installed
+.PHONY: venv demo demo-numpy test test-fast lint typecheck pytest bench clean \
+	redis-server-installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +41,11 @@ pytest: venv redis-server-installed
 	$(PY) -m pytest -q
 
 test: lint typecheck pytest
+
+# The inner loop (under 2 minutes): every test but those marked tf, redis or slow
+# (markers in pyproject.toml); `make test` still runs them all.
+test-fast: venv
+	$(PY) -m pytest -q -m "not tf and not redis and not slow"
 
 bench: venv
 	$(PY) bench/bench_store.py

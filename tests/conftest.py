@@ -19,3 +19,18 @@ from redis_fixtures import (  # noqa: F401 - fixtures for the Redis tier tests
 def cfg3(tmp_path: Path) -> dict[str, Any]:
     """A RAM (64 KiB) / SSD lmdb (128 KiB) / HDD diskcache (4 MiB) config under tmp_path."""
     return three_tier_config(tmp_path)
+
+
+#: The fixtures that start a real redis-server: a test using one is a `redis` test.
+REDIS_FIXTURES = frozenset({"redis_standalone", "redis_cluster", "redis_factory",
+                            "redis_namespace"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a redis-server fixture ``redis`` (the test files say so
+    too, with ``pytestmark``; this catches a new test elsewhere), so that
+    ``-m "not redis"`` never starts a server. O(items)."""
+    for item in items:
+        if REDIS_FIXTURES.intersection(getattr(item, "fixturenames", ())) \
+                and item.get_closest_marker("redis") is None:
+            item.add_marker(pytest.mark.redis)
