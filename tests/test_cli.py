@@ -104,6 +104,7 @@ def to_toml(cfg: dict[str, Any]) -> str:
 
 
 @pytest.mark.parametrize(("cfg", "key", "words"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+@pytest.mark.slow  # ~90 cases, a minute
 def test_every_bad_config_is_one_line_exit_2_and_creates_nothing(
         tmp_path: Path, cfg: dict[str, Any], key: str, words: str) -> None:
     _furnish(tmp_path)

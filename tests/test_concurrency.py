@@ -174,6 +174,7 @@ def _reader(path: str, seed: int, done: Any, out: Any) -> None:  # pragma: no co
     out.put(("reader", reads, bad, hits))
 
 
+@pytest.mark.slow
 def test_processes_share_one_lmdb_tier_without_corruption(tmp_path: Path) -> None:
     path = str(tmp_path / "shared")
     LmdbStore(path).close()  # create it before the readers start

@@ -35,7 +35,10 @@ ROUNDS = int(os.environ.get("TIERCACHE_CRASH_ROUNDS", "120"))
 WORKER = Path(__file__).with_name("crash_worker.py")
 LINE_TIMEOUT_S = 60.0
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+pytestmark = [
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()"),
+    pytest.mark.slow,
+]
 
 
 class Zygote:

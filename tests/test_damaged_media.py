@@ -226,6 +226,7 @@ def random_bits(data: Path, count: int, seed: int) -> list[int]:
 
 
 @pytest.mark.parametrize("kind", ["lmdb", "diskcache"])
+@pytest.mark.slow
 def test_a_flipped_bit_in_a_stored_key_is_medium_damage_naming_the_file(tmp_path: Path,
                                                                         kind: str) -> None:
     data = build(kind, tmp_path / "orig")
@@ -240,6 +241,7 @@ def test_a_flipped_bit_in_a_stored_key_is_medium_damage_naming_the_file(tmp_path
 
 
 @pytest.mark.parametrize("kind", ["lmdb", "diskcache"])
+@pytest.mark.slow
 def test_random_bit_flips_never_give_wrong_bytes_or_foreign_errors(tmp_path: Path,
                                                                    kind: str) -> None:
     data = build(kind, tmp_path / "orig")
@@ -344,6 +346,7 @@ def test_verify_and_repair_of_a_cache_with_a_truncated_lmdb_tier_exit_cleanly(
     print(capped.value)
 
 
+@pytest.mark.slow
 def test_diskcache_schema_and_settings_bit_flips_are_medium_damage(tmp_path: Path) -> None:
     """The first three pages of cache.db: sqlite's header, the schema and diskcache's
     Settings table, which diskcache reads on every connection. Garbled rows there used to

@@ -35,6 +35,8 @@ from tiercache.stores.packed import store as packed_store
 from tiercache.stores.lmdb_store import LmdbStore
 from tiercache.stores.packed import PackedStore
 
+pytestmark = pytest.mark.slow  # about a minute: real workloads, du measured
+
 KiB = 1024
 MiB = 1 << 20
 

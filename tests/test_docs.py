@@ -396,7 +396,27 @@ def page_for(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str
 _BLOCKS = collect()
 
 
-@pytest.mark.parametrize("block", _BLOCKS, ids=[b.where for b in _BLOCKS])
+#: Pages whose blocks take long together (marked ``slow``: the inner loop skips them).
+SLOW_PAGES = frozenset({"docs/experiments.md"})
+#: Words of a block (or its setup) that runs TensorFlow (marked ``tf``).
+TF_WORDS = ("load_model", "tensorflow", "keras", "tiercache generate")
+
+
+def _marks(block: Block) -> list[pytest.MarkDecorator]:
+    """The markers of ``block``'s test: a block runs the earlier blocks of its page first,
+    so it needs what any of them needs (a redis-server, TensorFlow). O(blocks)."""
+    page = [b for b in _BLOCKS if b.path == block.path]
+    upto = page[:page.index(block) + 1]
+    marks = [pytest.mark.slow] if block.path in SLOW_PAGES else []
+    if any(b.runner == "redis" for b in upto):
+        marks.append(pytest.mark.redis)
+    if any(word in " ".join([*b.setup, b.code]) for b in upto for word in TF_WORDS):
+        marks.append(pytest.mark.tf)
+    return marks
+
+
+@pytest.mark.parametrize("block", [pytest.param(b, marks=_marks(b), id=b.where)
+                                   for b in _BLOCKS])
 def test_doc_block(block: Block, page_for: Callable[[str], Page]) -> None:
     """The block runs as the page shows it (see the module docstring for how)."""
     page_for(block.path).run_through(block)
@@ -465,6 +485,7 @@ def test_console_blocks_check_the_error_they_show(mini: Callable[[str], Page]) -
     assert "cut.lis:2: expected 4 integers" in message
 
 
+@pytest.mark.redis
 def test_a_redis_conf_redis_refuses_fails(mini: Callable[[str], Page]) -> None:
     page = mini("```conf\n# redis.conf\nmaxmemory 1gb    # an inline comment\n```\n")
     message = _failure(page, 0)

@@ -9,9 +9,12 @@ missing. Run in exclusive mode (LRU / LFU / ARC) and inclusive mode (ARC / LRU /
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import settings
 
 from tiercache.testing import CacheStateMachine
+
+pytestmark = pytest.mark.slow  # about 40 s: 2 x 100 hypothesis runs of 40 steps
 
 
 class InclusiveCacheMachine(CacheStateMachine):

@@ -55,6 +55,8 @@ from tiercache.sources.safetensors import import_safetensors
 from tiercache.stores.diskcache_store import DiskcacheStore
 from tiercache.stores.packed import PackedStore
 
+pytestmark = pytest.mark.slow  # about 20 s: 300 examples per parser
+
 SCALE = int(os.environ.get("TIERCACHE_FUZZ_EXAMPLES", "1"))
 FUZZ = settings(deadline=None, max_examples=300 * SCALE, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -24,7 +24,10 @@ from tiercache.sources import (
 )
 
 # Keras's own saving code calls np.array(tensor) the numpy-1 way
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+    pytest.mark.tf,
+]
 
 
 def _sequential() -> Any:

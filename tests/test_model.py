@@ -34,6 +34,8 @@ from tiercache.sources import (
     synthetic_llama,
 )
 
+pytestmark = pytest.mark.tf
+
 PROMPT = "The capital of France is"
 PROMPT_IDS = [504, 3575, 282, 4649, 314]  # llama.cpp's tokenization, see test_tokenizer.py
 NEW_TOKENS = 16

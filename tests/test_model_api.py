@@ -276,6 +276,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return config
 
 
+@pytest.mark.tf
 def test_load_model_generates_the_greedy_tokens(synthetic: Path) -> None:
     from tiercache.models.runtime.tensorflow import LlamaModel
     from tiercache.sources import load_manifest
@@ -296,6 +297,7 @@ def test_load_model_generates_the_greedy_tokens(synthetic: Path) -> None:
     assert timings["forward_passes"] == 24
 
 
+@pytest.mark.tf
 def test_seeded_sampling_is_reproducible_through_load_model(synthetic: Path) -> None:
     with tiercache.load_model(synthetic, prefetch=0) as model:
         assert model.cache.prefetcher is None  # prefetch=0: off
@@ -317,6 +319,7 @@ def test_seeded_sampling_is_reproducible_through_load_model(synthetic: Path) -> 
     assert text == again == model.tokenizer.decode(a)
 
 
+@pytest.mark.tf
 def test_load_model_errors_and_close(synthetic: Path, tmp_path: Path) -> None:
     with pytest.raises(tiercache.TierCacheError, match=r"empty\.model\.json.*import"):
         tiercache.load_model(_layout(tmp_path, name="empty.toml"))  # nothing imported
@@ -342,6 +345,7 @@ def test_load_model_errors_and_close(synthetic: Path, tmp_path: Path) -> None:
         model.generate("hi", stream=False)
 
 
+@pytest.mark.tf
 def test_load_model_warns_about_a_thrashing_layout(tmp_path: Path) -> None:
     config = _layout(tmp_path, policy="lru")
     assert main(["import", "synthetic", *SYNTH, "--config", str(config), "--no-progress"]) == 0
@@ -357,6 +361,7 @@ def test_load_model_warns_about_a_thrashing_layout(tmp_path: Path) -> None:
 
 
 # --- tiercache generate: prompt file, sampling flags, status lines ---------------------------
+@pytest.mark.tf
 def test_generate_cli_prompt_file_and_sampling_flags(
         synthetic: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     prompt = tmp_path / "prompt.txt"
@@ -381,6 +386,7 @@ def test_generate_cli_prompt_file_and_sampling_flags(
     assert json.loads(capsys.readouterr().out)["token_ids"] != first
 
 
+@pytest.mark.tf
 def test_generate_cli_prints_status_lines_and_the_thrash_warning(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = _layout(tmp_path, policy="lru")
@@ -408,6 +414,7 @@ def test_generate_cli_prompt_options_are_exclusive(
     assert words in capsys.readouterr().err
 
 
+@pytest.mark.tf
 def test_generate_cli_bad_input_is_one_line(synthetic: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     cases = [

@@ -30,6 +30,8 @@ from tiercache.stores.redis import options as redis_options
 from tiercache.stores.redis.options import parse_options
 from tiercache.testing import StoreContract, assert_same
 
+pytestmark = pytest.mark.redis
+
 SMALL_CHUNK = 4096
 
 

@@ -21,6 +21,8 @@ import tiercache
 from tiercache.origins import NpyDirOrigin
 from tiercache.stores.redis import RedisStore
 
+pytestmark = pytest.mark.redis
+
 KEYS = [f"blk.{i}.weight" for i in range(30)]
 
 

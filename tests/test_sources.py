@@ -122,6 +122,7 @@ def test_gguf_float16_and_prefix(tiny_gguf: Path) -> None:
         import_gguf(tiny_gguf, DictSink(), dtype="int8", progress=False)
 
 
+@pytest.mark.tf
 def test_gguf_model_runs_like_the_reference(tiny_gguf: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorflow")
     from tiercache.models.runtime.tensorflow import LlamaModel
