@@ -31,9 +31,9 @@ import pytest
 
 import tiercache
 from tiercache.stores import lmdb_store
-from tiercache.stores.packed import store as packed_store
 from tiercache.stores.lmdb_store import LmdbStore
 from tiercache.stores.packed import PackedStore
+from tiercache.stores.packed import store as packed_store
 
 pytestmark = pytest.mark.slow  # about a minute: real workloads, du measured
 
