@@ -34,6 +34,7 @@ from tiercache.stores.lmdb_store import LmdbStore
 TOTAL_OPS = 10_000
 
 
+@pytest.mark.slow
 def test_loop_prefetcher_writer_and_readers_keep_every_invariant(tmp_path: Path) -> None:
     keys = [f"blk.{i}.w" for i in range(30)]
     schedule = keys[:20]

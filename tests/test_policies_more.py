@@ -664,6 +664,7 @@ VARIANTS: list[type[Policy]] = [_OPTFuture, _OPTSchedule, _Clock3, _S3FIFOThresh
 
 @pytest.mark.parametrize("cls", VARIANTS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize(("capacity", "max_size"), [(4, 1), (12, 5)])
+@pytest.mark.slow  # hypothesis state machines, ~6 s together
 def test_invariants_of_variants_under_hypothesis(cls: type[Policy], capacity: int,
                                                  max_size: int) -> None:
     machine = make_policy_machine(cls, capacity, max_size)
