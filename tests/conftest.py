@@ -29,8 +29,15 @@ REDIS_FIXTURES = frozenset({"redis_standalone", "redis_cluster", "redis_factory"
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that uses a redis-server fixture ``redis`` (the test files say so
     too, with ``pytestmark``; this catches a new test elsewhere), so that
-    ``-m "not redis"`` never starts a server. O(items)."""
+    ``-m "not redis"`` never starts a server; and mark ``slow`` the hypothesis state
+    machine of every :class:`~tiercache.testing.PolicyContract` suite (~0.7 s per policy
+    and capacity, 20 s for the built-ins): the kit is shipped, so it cannot carry this
+    project's markers itself (a user's ``--strict-markers`` would refuse them). O(items)."""
     for item in items:
         if REDIS_FIXTURES.intersection(getattr(item, "fixturenames", ())) \
                 and item.get_closest_marker("redis") is None:
             item.add_marker(pytest.mark.redis)
+        cls = getattr(item, "cls", None)
+        if (getattr(item, "originalname", "") == "test_state_machine" and cls is not None
+                and any(base.__name__ == "PolicyContract" for base in cls.__mro__)):
+            item.add_marker(pytest.mark.slow)
