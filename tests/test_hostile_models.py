@@ -25,7 +25,7 @@ from memcap import run_capped
 
 import tiercache
 from tiercache.cli import main
-from tiercache.sources import (
+from tiercache.models import (
     CacheSink,
     DictSink,
     LlamaHParams,
@@ -35,7 +35,12 @@ from tiercache.sources import (
     import_safetensors,
     load_manifest,
 )
-from tiercache.sources.base import PLAIN_PROGRESS_WIDTH, ImportProgress, PlannedShard, write_shards
+from tiercache.models.importers.base import (
+    PLAIN_PROGRESS_WIDTH,
+    ImportProgress,
+    PlannedShard,
+    write_shards,
+)
 
 CAP = 1 << 30  # far above what a small file needs
 TIMEOUT_S = 60.0
@@ -415,11 +420,11 @@ def test_a_file_bad_in_its_last_tensor_writes_nothing(tmp_path: Path, cfg3: dict
     make(path)
     with tiercache.open(cfg3) as cache:
         with pytest.raises(ModelFormatError, match=r"'z'"):
-            tiercache.sources.import_model(path, CacheSink(cache), progress=False)
+            tiercache.models.import_model(path, CacheSink(cache), progress=False)
         assert cache.keys() == []
     folder = tmp_path / "npy"
     with pytest.raises(ModelFormatError, match=r"'z'"):
-        tiercache.sources.import_model(path, NpyDirSink(folder), progress=False)
+        tiercache.models.import_model(path, NpyDirSink(folder), progress=False)
     assert not folder.exists() or list(folder.iterdir()) == []
 
 

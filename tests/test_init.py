@@ -14,7 +14,7 @@ from tiercache.advice import layout_warnings
 from tiercache.cli import main
 from tiercache.commands.init import model_weight_bytes
 from tiercache.config import load_config
-from tiercache.sources import DictSink, synthetic_hparams, synthetic_llama
+from tiercache.models import DictSink, synthetic_hparams, synthetic_llama
 
 SMOLLM2_F32_BYTES = 538_060_032  # 272 tensors dequantized to float32 (513.1 MiB)
 

@@ -13,8 +13,7 @@ import pytest
 
 import tiercache
 from tiercache.cli import main
-from tiercache.models.runtime.keras import StreamingKerasModel
-from tiercache.sources import (
+from tiercache.models import (
     CacheSink,
     DictSink,
     ModelFormatError,
@@ -22,6 +21,7 @@ from tiercache.sources import (
     load_manifest,
     manifest_path_for_config,
 )
+from tiercache.models.runtime.keras import StreamingKerasModel
 
 # Keras's own saving code calls np.array(tensor) the numpy-1 way
 pytestmark = [

@@ -19,9 +19,7 @@ from reference_llama import RefConfig, ReferenceLlama, load_gguf
 
 import tiercache
 from tiercache.cli import main
-from tiercache.models.runtime import MappingProvider
-from tiercache.models.runtime.tensorflow import LlamaModel, to_tensor, zero_copy_ok
-from tiercache.sources import (
+from tiercache.models import (
     BPETokenizer,
     CacheSink,
     DictSink,
@@ -33,6 +31,8 @@ from tiercache.sources import (
     synthetic_hparams,
     synthetic_llama,
 )
+from tiercache.models.runtime import MappingProvider
+from tiercache.models.runtime.tensorflow import LlamaModel, to_tensor, zero_copy_ok
 
 pytestmark = pytest.mark.tf
 

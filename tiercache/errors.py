@@ -90,6 +90,21 @@ class TraceError(TierCacheError, ValueError):
         super().__init__(f"{where}: {reason}" if where else reason)
 
 
+class ModelFormatError(TierCacheError, ValueError):
+    """A model file cannot be imported: missing, truncated, malformed or unsupported.
+
+    The message names the file and says what is wrong, e.g.
+    ``model.gguf: truncated: tensor 'blk.3.ffn_up.weight' ends at byte 912 of 640``.
+    Raised by the importers, the manifest reader and the runtimes
+    (:mod:`tiercache.models`).
+    """
+
+    def __init__(self, reason: str, *, file: str | os.PathLike[str] | None = None) -> None:
+        self.reason = reason
+        self.file = os.fspath(file) if file is not None else None
+        super().__init__(f"{self.file}: {reason}" if self.file else reason)
+
+
 class SimulationError(TierCacheError, ValueError):
     """A simulation was asked for something it cannot do (a byte capacity for a trace
     without sizes, a capacity of zero objects, a policy that cannot replay...)."""

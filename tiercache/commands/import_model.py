@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..sources import (
+    from ..models import (
         CacheSink,
         ModelManifest,
         NpyDirSink,

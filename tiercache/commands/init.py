@@ -30,9 +30,9 @@ def model_weight_bytes(model: str, dtype: str | None = None) -> tuple[int, str]:
     ``model``: a manifest (``.json``), a ``.gguf`` / ``.safetensors`` file, or
     ``smollm2``. ``dtype`` as ``tiercache import --dtype`` (default: float32 for
     GGUF, as stored for safetensors). Reads only headers: O(tensors).
-    Raises :class:`~tiercache.sources.ModelFormatError` naming the file.
+    Raises :class:`~tiercache.models.ModelFormatError` naming the file.
     """
-    from ..sources import (
+    from ..models import (
         ModelFormatError,
         detect_format,
         load_manifest,
@@ -45,7 +45,7 @@ def model_weight_bytes(model: str, dtype: str | None = None) -> tuple[int, str]:
     path = resolve_model(model)
     kind = detect_format(path)
     if kind == "gguf":
-        from ..sources.gguf_header import read_gguf_header
+        from ..models.importers.gguf_header import read_gguf_header
 
         header, _ = read_gguf_header(path)
         itemsize = np.dtype(dtype or _GGUF_DEFAULT_DTYPE).itemsize
@@ -53,7 +53,7 @@ def model_weight_bytes(model: str, dtype: str | None = None) -> tuple[int, str]:
         name = str(header.metadata.get("general.name") or path.stem)
         return total, name
     if kind == "safetensors":
-        from ..sources.safetensors import read_safetensors_header
+        from ..models.importers.safetensors import read_safetensors_header
 
         entries, _ = read_safetensors_header(path)
         total = 0

@@ -80,7 +80,7 @@ def render_report(report: dict[str, Any]) -> None:
 
 def _manifest_keys(args: argparse.Namespace) -> list[str] | None:
     """The shard keys of the model imported into this cache, if its manifest is there."""
-    from ..sources import load_manifest, manifest_path_for_config
+    from ..models import load_manifest, manifest_path_for_config
 
     path = Path(args.manifest) if args.manifest else manifest_path_for_config(args.config)
     if not path.exists():

@@ -39,14 +39,14 @@ import numpy as np
 
 from ..config import CacheConfig, load_config
 from ..errors import CacheClosedError
-from ..sources.manifest import (
+from ..units import format_size
+from .manifest import (
     ModelManifest,
     load_manifest,
     manifest_path_for_config,
     manifest_path_for_npy_dir,
 )
-from ..sources.tokenizer import BPETokenizer, apply_chat_template
-from ..units import format_size
+from .tokenizer import BPETokenizer, apply_chat_template
 
 if TYPE_CHECKING:
     from ..core.cache import TieredCache
@@ -220,7 +220,7 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
     """
     from ..advice import layout_warnings
     from ..core.cache import TieredCache
-    from ..sources.manifest import llama_schedule
+    from .llama import llama_schedule
 
     cfg = config if isinstance(config, CacheConfig) else load_config(config)
     if isinstance(manifest, ModelManifest):

@@ -12,7 +12,7 @@ Supported: ``Sequential`` models (layers in order) and functional models
 (the saved graph -- ``inbound_nodes`` with ``keras_history`` references -- is
 interpreted node by node; a layer shared by several nodes is rebuilt for each
 call). Subclassed models have no such config and are not supported. The model
-must have been imported with :func:`tiercache.sources.import_keras`, whose
+must have been imported with :func:`tiercache.models.import_keras`, whose
 manifest holds the config and each layer's weight keys.
 
 Complexity: one pass over the layers per call, plus rebuilding each layer
@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ...sources.base import ModelFormatError
-from ...sources.keras import keras_module
-from ...sources.manifest import ModelManifest
+from ...errors import ModelFormatError
+from ..importers.keras import keras_module
+from ..manifest import ModelManifest
 from . import WeightProvider
 
 
@@ -59,7 +59,7 @@ class StreamingKerasModel:
     Parameters
     ----------
     manifest:
-        From :func:`~tiercache.sources.import_keras` (``manifest.keras`` is required).
+        From :func:`~tiercache.models.import_keras` (``manifest.keras`` is required).
     provider:
         Serves the weight shards (a :class:`~tiercache.TieredCache`, ...).
     """

@@ -46,16 +46,10 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import ShardNotFoundError
-from ...sources.base import ModelFormatError
-from ...sources.manifest import (
-    LLAMA_LAYER_TENSORS,
-    LlamaHParams,
-    ModelManifest,
-    llama_layer_keys,
-    llama_schedule,
-)
+from ...errors import ModelFormatError, ShardNotFoundError
 from ...stores.memory import writable_view
+from ..llama import LLAMA_LAYER_TENSORS, LlamaHParams, llama_layer_keys, llama_schedule
+from ..manifest import ModelManifest
 from . import WeightProvider
 
 #: Alignment TensorFlow's CPU kernels require of tensor memory (EIGEN_MAX_ALIGN_BYTES).

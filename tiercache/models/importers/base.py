@@ -38,26 +38,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TextIO
 
 import numpy as np
 
-from ..errors import TierCacheError
-from ..origins import NpyDirOrigin, npy_filename
-from ..units import format_size
+from ...errors import ModelFormatError, TierCacheError
+from ...origins import NpyDirOrigin, npy_filename
+from ...units import format_size
+from ..manifest import TensorInfo
 
 if TYPE_CHECKING:
-    from ..core.cache import TieredCache
-    from .manifest import TensorInfo
-
-
-class ModelFormatError(TierCacheError, ValueError):
-    """A model file cannot be imported: missing, truncated, malformed or unsupported.
-
-    The message names the file and says what is wrong, e.g.
-    ``model.gguf: truncated: tensor 'blk.3.ffn_up.weight' ends at byte 912 of 640``.
-    """
-
-    def __init__(self, reason: str, *, file: str | os.PathLike[str] | None = None) -> None:
-        self.reason = reason
-        self.file = os.fspath(file) if file is not None else None
-        super().__init__(f"{self.file}: {reason}" if self.file else reason)
+    from ...core.cache import TieredCache
 
 
 class ShardSink(Protocol):
@@ -290,8 +277,6 @@ def write_shards(sink: ShardSink, plan: Sequence[PlannedShard], *, progress: boo
     :class:`TensorInfo` of each key, in order. Progress: :class:`ImportProgress`
     on stderr. O(total bytes) time. Thread-safety: one caller per sink.
     """
-    from . import manifest
-
     keys = [p.key for p in plan]
     dup = next((k for k, n in Counter(keys).items() if n > 1), None)
     if dup is not None:
@@ -310,8 +295,7 @@ def write_shards(sink: ShardSink, plan: Sequence[PlannedShard], *, progress: boo
                         f"expected {shard.dtype} {shard.shape}", file=file)
                 written.append(shard.key)  # before the write: a failed write may leave a part
                 sink.write(shard.key, np.ascontiguousarray(array))
-                infos[shard.key] = manifest.TensorInfo(shard.shape, shard.dtype.name,
-                                                       int(array.nbytes))
+                infos[shard.key] = TensorInfo(shard.shape, shard.dtype.name, int(array.nbytes))
                 del array
                 report.advance(shard.nbytes)
         sink.finish()

@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from .base import ModelFormatError, PlannedShard, ShardSink, write_shards
-from .manifest import ModelManifest
+from ...errors import ModelFormatError
+from ..manifest import ModelManifest
+from .base import PlannedShard, ShardSink, write_shards
 
 
 def keras_module() -> Any:

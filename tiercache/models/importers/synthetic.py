@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from ..llama import LlamaHParams, llama_schedule
+from ..manifest import ModelManifest
+from ..tokenizer import BPETokenizer
 from .base import PlannedShard, ShardSink, in_reading_order, write_shards
-from .manifest import LlamaHParams, ModelManifest, llama_schedule
-from .tokenizer import BPETokenizer
 
 
 def synthetic_hparams(*, layers: int = 2, dim: int = 64, ffn: int | None = None,

@@ -7,7 +7,7 @@ the file and checks every entry itself -- the header length against the file
 size, each dtype, shape (whole numbers, at most 32 of them) and data range,
 with Python integers so nothing overflows -- all of them before the first
 shard is written; a truncated or malformed file is one
-:class:`~tiercache.sources.base.ModelFormatError` naming it and the tensor. ``BF16`` tensors
+:class:`~tiercache.errors.ModelFormatError` naming it and the tensor. ``BF16`` tensors
 (numpy has no bfloat16) are widened to float32 exactly. A Hugging Face
 ``config.json`` beside the file, if any, is kept in the manifest
 (``metadata["hf_config"]``) and names the architecture (e.g. ``"bert"``).
@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from .base import ModelFormatError, PlannedShard, ShardSink, write_shards
-from .manifest import ModelManifest
+from ...errors import ModelFormatError
+from ..manifest import ModelManifest
+from .base import PlannedShard, ShardSink, write_shards
 
 _DTYPES: dict[str, str] = {
     "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",

@@ -3,7 +3,7 @@
 :func:`read_gguf_header` maps a ``.gguf`` file and parses its header
 (:class:`GGUFHeader`: metadata, :class:`GGUFTensor` infos, alignment) without
 trusting it; :func:`read_gguf_metadata` returns the metadata alone.
-:mod:`tiercache.sources.gguf` imports the tensors the header describes.
+:mod:`tiercache.models.importers.gguf` imports the tensors the header describes.
 
 Hostile files. The header is untrusted: every count and length in it is
 checked against the bytes left in the file and against a sane limit *before*
@@ -16,10 +16,10 @@ counts, every string length (keys at most 64 KiB, tensor names at most
 and tensor names, tensor ranks (1..4), dimensions (>= 1, the row a multiple
 of the quantization block), types (known, and dequantizable by ``gguf``),
 offsets (aligned, inside the file), ``general.alignment`` (a power of two),
-and (in :mod:`~tiercache.sources.gguf`, for llama files) the hyper-parameters
+and (in :mod:`~tiercache.models.importers.gguf`, for llama files) the hyper-parameters
 and every tensor's shape against them. All of it happens before the first
 shard is written, so a bad file writes nothing. Every problem is one
-:class:`~tiercache.sources.base.ModelFormatError` naming the file and the key
+:class:`~tiercache.errors.ModelFormatError` naming the file and the key
 or tensor.
 
 Complexity: O(header size); memory: the file is memory-mapped, nothing is
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import ModelFormatError
+from ...errors import ModelFormatError
 
 __all__ = ["DEFAULT_ALIGNMENT", "GGUF_MAGIC", "GGUF_VERSIONS", "MAX_ALIGNMENT", "MAX_ARRAY_DEPTH",
            "MAX_ARRAY_LEN", "MAX_DIMS", "MAX_KEY_BYTES", "MAX_KV_COUNT", "MAX_TENSOR_COUNT",

