@@ -372,7 +372,7 @@ def test_lis_read_in_many_small_blocks(tmp_path: Path, monkeypatch: pytest.Monke
 
 # --- layout (issue 13): small modules, the public names unchanged ------------------------
 
-#: The most lines a module, and a class, of ``tiercache/sim`` and ``tiercache/sources`` may
+#: The most lines a module, and a class, of ``tiercache/sim`` and ``tiercache/models`` may
 #: span (``sim/tiers.py`` is checked with the engine's modules).
 MAX_MODULE_LINES, MAX_CLASS_LINES = 600, 400
 
