@@ -170,6 +170,7 @@ def _load_deep(key: str, where: str, base_dir: str) -> tuple[str, str | None, st
 
 
 @pytest.mark.parametrize(("where", "key"), DEEP_KEYS, ids=[f"{w}-{k}" for w, k in DEEP_KEYS])
+@pytest.mark.slow  # 22 cases, ~5 s together
 def test_value_nested_50000_deep_in_a_dict(tmp_path: Path, where: str, key: str) -> None:
     """No validation step recurses into a value (messages show it cut by reprlib)."""
     result = run_capped(_load_deep, key, where, str(tmp_path), limit_bytes=_cap(),
@@ -346,6 +347,7 @@ def _fuzz(base_dir: str) -> int:
     return tried
 
 
+@pytest.mark.slow
 def test_fuzz_any_value_under_any_key_is_one_config_error(tmp_path: Path) -> None:
     _links(tmp_path)
     before = sorted(tmp_path.rglob("*"))

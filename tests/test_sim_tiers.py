@@ -60,6 +60,7 @@ def workload(keys: list[str], n: int, seed: int) -> list[str]:
 
 
 @pytest.mark.parametrize("mode", ["exclusive", "inclusive"])
+@pytest.mark.slow
 def test_simulation_equals_a_real_run(tmp_path: Path, mode: str) -> None:
     origin = tmp_path / "origin"
     sizes = make_origin(origin)
