@@ -26,7 +26,7 @@ from tiercache.stores.diskcache_store import DiskcacheStore
 from tiercache.stores.lmdb_store import LmdbStore
 from tiercache.stores.memory import MemoryStore
 from tiercache.stores.packed import PackedStore
-from tiercache.testing import StoreContract, assert_same
+from tiercache.testing import StoreContract, ViewStoreContract, assert_same
 
 BACKENDS = ["memory", "lmdb", "diskcache", "packed"]
 
@@ -59,6 +59,25 @@ class TestStoreContract(StoreContract):
     def make_store(self, backend: str, store_dir: Path | None,
                    tmp_path: Path) -> Callable[..., Store]:
         return _opener(backend, store_dir or tmp_path)
+
+
+class TestViewStoreContract(ViewStoreContract):
+    """The zero-copy view contract, for the backends that declare ``zero_copy``."""
+
+    @pytest.fixture(params=[b for b in BACKENDS if b in ("diskcache", "packed")])
+    def backend(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    @pytest.fixture
+    def make_store(self, backend: str, tmp_path: Path) -> Callable[..., Store]:
+        return _opener(backend, tmp_path / "tier")
+
+
+def test_the_view_contract_covers_every_zero_copy_backend() -> None:
+    from tiercache.stores.registry import backend_spec
+
+    declared = {b for b in BACKENDS if backend_spec(b).zero_copy}
+    assert declared == {"diskcache", "packed"}
 
 
 # -- corruption ---------------------------------------------------------------------

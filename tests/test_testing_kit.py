@@ -3,9 +3,10 @@
 * A toy policy and a toy store defined outside the package (in a temporary folder,
   with their own test module and no conftest of ours) pass the contracts imported
   from ``tiercache.testing``, run by a separate pytest process.
-* The store contract is gated by what a store declares: a store that does not
-  declare ``zero_copy`` skips the view tests; one that declares it but serves
-  writable copies fails them.
+* The view contract is gated by what a store declares: a store that does not
+  declare ``zero_copy`` has no view tests (it does not subclass
+  :class:`ViewStoreContract`; one that does fails its fixture); one that declares
+  it but serves writable copies fails them. Nothing is skipped.
 * ``import tiercache`` imports neither pytest nor hypothesis; without them, asking
   for a contract raises an ImportError that names the ``tiercache[testing]`` extra,
   while :class:`~tiercache.testing.FaultyStore` still imports.
@@ -81,7 +82,7 @@ import numpy as np
 import pytest
 
 from tiercache.stores.memory import MemoryStore
-from tiercache.testing import StoreContract
+from tiercache.testing import StoreContract, ViewStoreContract
 
 
 class ToyStore(MemoryStore):
@@ -109,10 +110,16 @@ class TestToyStore(StoreContract):
         return lambda verify="always": ToyStore()
 
 
-class TestCopyingViews(TestToyStore):
+class TestCopyingViews(TestToyStore, ViewStoreContract):
     @pytest.fixture
     def make_store(self):
         return lambda verify="always": CopyingViews()
+
+
+class TestUndeclaredViews(ViewStoreContract):
+    @pytest.fixture
+    def make_store(self):
+        return lambda verify="always": ToyStore()
 '''
 
 
@@ -168,9 +175,12 @@ def test_the_store_contract_is_gated_by_declared_capabilities(tmp_path: Path) ->
     def outcome(cls: str, test: str) -> str:
         return outcomes[f"test_toy_store.py::{cls}::{test}"]
 
-    # no zero_copy declared: the view tests are skipped, the others pass
-    assert {outcome("TestToyStore", t) for t in view_tests} == {"skipped"}
+    # no zero_copy declared: no view tests, nothing skipped, the others pass
+    assert not any("TestToyStore::test_view" in nodeid for nodeid in outcomes)
+    assert "skipped" not in outcomes.values()
     assert outcome("TestToyStore", "test_missing") == "passed"
+    # the view contract on a store that does not declare zero_copy fails, never skips
+    assert {outcome("TestUndeclaredViews", t) for t in view_tests} == {"failed"}
     # zero_copy declared: the view tests run, and writable copies fail one
     assert outcome("TestCopyingViews", "test_view_roundtrip_read_only") == "failed"
     assert outcome("TestCopyingViews", "test_view_of_missing_is_none") == "passed"

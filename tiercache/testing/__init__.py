@@ -56,6 +56,7 @@ if TYPE_CHECKING:
         NASTY_KEYS,
         MakeStore,
         StoreContract,
+        ViewStoreContract,
         assert_same,
         files_under,
     )
@@ -66,7 +67,8 @@ _WHERE = {
     "apply_op": "policy_contract", "make_policy_machine": "policy_contract",
     "make_trace": "policy_contract", "observable_state": "policy_contract",
     "random_ops": "policy_contract",
-    "StoreContract": "store_contract", "ARRAYS": "store_contract",
+    "StoreContract": "store_contract", "ViewStoreContract": "store_contract",
+    "ARRAYS": "store_contract",
     "NASTY_KEYS": "store_contract", "MakeStore": "store_contract",
     "assert_same": "store_contract", "files_under": "store_contract",
     "CacheStateMachine": "cache_machine", "three_tier_config": "cache_machine",
@@ -75,7 +77,8 @@ _WHERE = {
 
 __all__ = [
     "ARRAYS", "NASTY_KEYS", "OPS", "CacheStateMachine", "Fault", "FaultyStore", "MakeStore",
-    "PolicyContract", "ProtocolDriver", "StoreContract", "apply_op", "assert_same",
+    "PolicyContract", "ProtocolDriver", "StoreContract", "ViewStoreContract", "apply_op",
+    "assert_same",
     "files_under", "make_policy_machine", "make_trace", "observable_state", "random_ops",
     "three_tier_config",
 ]

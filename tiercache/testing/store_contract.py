@@ -21,10 +21,11 @@ again after ``close()`` reopens the same contents. Needs the
 
 Tests are gated by what the store *declares*, never by trying a call and
 catching the failure: ``persistent`` stores must reopen with their contents
-and return private page-aligned arrays; ``zero_copy`` stores must serve
-read-only zero-copy views (:meth:`~tiercache.stores.base.Store.get_view`) that
-outlive an overwrite or a delete; the view tests are skipped for a store that
-does not declare them.
+and return private page-aligned arrays. A store that declares ``zero_copy``
+also runs :class:`ViewStoreContract` (subclass both): read-only zero-copy views
+(:meth:`~tiercache.stores.base.Store.get_view`) that outlive an overwrite or a
+delete. Nothing is skipped: a store that does not declare ``zero_copy`` simply
+does not subclass the view contract (and fails it if it does).
 
 Each test builds its own store; nothing here is shared between threads. The
 whole contract puts a few MiB per store and runs in about a second per store.
@@ -107,13 +108,6 @@ class StoreContract:
         store = make_store()
         yield store
         store.close()
-
-    @pytest.fixture
-    def view_store(self, store: Store) -> Store:
-        """``store``, when it declares zero-copy views (``zero_copy``); else skip."""
-        if not store.zero_copy:
-            pytest.skip(f"{type(store).__name__} does not declare zero_copy")
-        return store
 
     # -- roundtrips -----------------------------------------------------------
 
@@ -297,7 +291,17 @@ class StoreContract:
         finally:
             reopened.close()
 
-    # -- zero-copy views (stores that declare zero_copy) -------------------
+
+class ViewStoreContract:
+    """Zero-copy views, for stores that declare ``zero_copy``: subclass it beside
+    :class:`StoreContract` (same ``make_store`` fixture)."""
+
+    @pytest.fixture
+    def view_store(self, make_store: MakeStore) -> Iterator[Store]:
+        store = make_store()
+        assert store.zero_copy, f"{type(store).__name__} does not declare zero_copy"
+        yield store
+        store.close()
 
     def test_view_roundtrip_read_only(self, view_store: Store) -> None:
         for name, array in ARRAYS.items():
