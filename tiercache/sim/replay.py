@@ -13,7 +13,7 @@ driven through their replay methods:
   :meth:`tiercache.core.tier.Tier.admit` refuses it).
 
 Both are cold-start: every request counts, a first touch is a miss. A policy
-whose constructor takes ``future`` (the offline optimum, OPT) gets the
+that declares ``needs_future`` (the offline optimum, OPT) gets the
 trace's keys as that argument: the read-only int64 array ``trace.keys``,
 whose elements equal (and hash like) the Python ints the hooks receive.
 
