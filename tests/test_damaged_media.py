@@ -107,6 +107,7 @@ def run_trials(kind: str, original: Path, work: Path,
     def all_trials() -> list[dict[str, Any]]:
         results = []
         for n, (how, where, *rest) in enumerate(trials):
+            assert isinstance(how, str) and isinstance(where, int)
             folder = work / f"t{n}"
             shutil.copytree(original, folder)
             progress.write_text(f"{n} {how} {where}")
@@ -116,7 +117,9 @@ def run_trials(kind: str, original: Path, work: Path,
             elif how == "poke":
                 with open(target, "r+b") as f:
                     f.seek(where)
-                    f.write(rest[0])
+                    poke = rest[0]
+                    assert isinstance(poke, bytes)
+                    f.write(poke)
             else:
                 with open(target, "r+b") as f:
                     f.seek(where // 8)

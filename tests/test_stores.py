@@ -7,7 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar, Protocol
 
 import hypothesis.extra.numpy as hnp
 import lmdb
@@ -19,6 +19,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, rule
 
 import tiercache.stores as stores_pkg
 from tiercache import codec
+from tiercache.buffers import PAGE_BYTES
 from tiercache.errors import CorruptShardError, ShardFormatError
 from tiercache.stores import available_backends, open_store
 from tiercache.stores.base import Store, VerifyMode
@@ -26,6 +27,7 @@ from tiercache.stores.diskcache_store import DiskcacheStore
 from tiercache.stores.lmdb_store import LmdbStore
 from tiercache.stores.memory import MemoryStore
 from tiercache.stores.packed import PackedStore
+from tiercache.stores.registry import DiskStoreClass
 from tiercache.testing import StoreContract, ViewStoreContract, assert_same
 
 BACKENDS = ["memory", "lmdb", "diskcache", "packed"]
@@ -92,7 +94,7 @@ class LmdbRaw:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def _open(self) -> tuple[lmdb.Environment, object, object]:
+    def _open(self) -> tuple[lmdb.Environment, lmdb._Database, lmdb._Database]:
         env = lmdb.open(str(self.path), max_dbs=2, map_size=1 << 30)
         return env, env.open_db(b"hdr"), env.open_db(b"data")
 
@@ -227,13 +229,27 @@ class TestLmdbCorruption:
         assert raw.read("k", "data") == PAYLOAD.tobytes()
 
 
+class RawEditor(Protocol):
+    """What the corruption tests need of a raw editor: a key's stored bytes, read and written."""
+
+    def read(self, key: str) -> bytes: ...
+
+    def write(self, key: str, data: bytes) -> None: ...
+
+
+class RawEditorClass(Protocol):
+    """Constructor of a :class:`RawEditor`: the store's folder."""
+
+    def __call__(self, path: Path) -> RawEditor: ...
+
+
 class ShardBytesCorruption:
     """Damage shards the stores keep as header + payload bytes (diskcache, packed):
     the checks both share. A subclass names the store, its raw editor and
     ``_assert_corrupt``."""
 
-    store_cls: ClassVar[Callable[[Path], Store]]
-    raw_cls: ClassVar[Callable[[Path], Any]]
+    store_cls: ClassVar[DiskStoreClass]
+    raw_cls: ClassVar[RawEditorClass]
 
     @pytest.fixture
     def path(self, tmp_path: Path) -> Path:
@@ -458,7 +474,7 @@ class TestCodec:
         assert_same(result, array)
         assert result.flags.writeable
         if array.nbytes:
-            assert result.ctypes.data % codec.PAGE_BYTES == 0
+            assert result.ctypes.data % PAGE_BYTES == 0
 
     @given(array=ARRAYS, key=KEYS, data=st.data())
     @settings(max_examples=500, deadline=None)
@@ -502,7 +518,7 @@ class TestCodec:
     def test_empty_aligned(self, nbytes: int) -> None:
         buf = codec.empty_aligned(nbytes)
         assert buf.dtype == np.uint8 and buf.shape == (nbytes,)
-        assert buf.ctypes.data % codec.PAGE_BYTES == 0
+        assert buf.ctypes.data % PAGE_BYTES == 0
         assert buf.flags.writeable and buf.flags.c_contiguous
 
     def test_check_storable(self) -> None:
@@ -715,7 +731,7 @@ def test_registry(tmp_path: Path) -> None:
         with open_store(backend, tmp_path / backend, verify="never",
                         capacity_bytes=1 << 20) as store:
             assert isinstance(store, cls)
-            assert store.verify == "never"  # type: ignore[attr-defined]
+            assert store.verify == "never"
         with pytest.raises(ValueError, match="path"):
             open_store(backend, None)
     with pytest.raises(LookupError, match="diskcache, lmdb, memory, packed, redis"):
