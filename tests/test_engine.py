@@ -18,7 +18,7 @@ KiB = 1024
 
 
 def test_put_get_roundtrip_keeps_dtype_and_shape(cfg3: dict[str, Any]) -> None:
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "f32": np.arange(12, dtype=np.float32).reshape(3, 4),
         "f16": np.linspace(0, 1, 7, dtype=np.float16),
         "i64be": np.arange(5, dtype=">i8"),

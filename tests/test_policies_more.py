@@ -31,7 +31,7 @@ from collections.abc import Callable, Hashable, Sequence
 from functools import cache
 from itertools import accumulate
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hypothesis.strategies as st
 import libcachesim
@@ -471,9 +471,9 @@ def test_opt_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="list of keys"):
         OPTPolicy(4, schedule="layer.0")
     with pytest.raises(ValueError, match="unhashable"):
-        OPTPolicy(4, schedule=[["a"]])
+        OPTPolicy(4, schedule=cast(Any, [["a"]]))
     with pytest.raises(ValueError, match="unhashable"):
-        OPTPolicy(4, future=[1, {}])
+        OPTPolicy(4, future=cast(Any, [1, {}]))
     with pytest.raises(ValueError, match="one-dimensional"):
         OPTPolicy(4, future=np.zeros((2, 2), dtype=np.int64))
     with pytest.raises(TypeError):
@@ -503,16 +503,22 @@ def test_clock_gives_a_second_chance() -> None:
     assert policy.victim("e") == "c"
 
 
+def hand_of(policy: SIEVEPolicy) -> Hashable | None:
+    """``policy.hand``, read through a call: mypy keeps an attribute narrowed by one
+    ``assert policy.hand == "c"`` across the driver calls that move the hand. O(1)."""
+    return policy.hand
+
+
 def test_sieve_keeps_survivors_in_place_and_the_hand_moves_on() -> None:
     policy = SIEVEPolicy(3)
     driver = ProtocolDriver(policy, 3)
     for key in "abca":
         driver.request(key)
     driver.request("d")  # a visited: cleared, stays in place; b evicted; hand -> c
-    assert policy.queue() == ["a", "c", "d"] and policy.hand == "c"
+    assert policy.queue() == ["a", "c", "d"] and hand_of(policy) == "c"
     driver.request("a")
     driver.request("e")  # hand at c (unvisited): c goes, even though a is older
-    assert policy.queue() == ["a", "d", "e"] and policy.hand == "d"
+    assert policy.queue() == ["a", "d", "e"] and hand_of(policy) == "d"
 
 
 def test_sieve_removing_the_key_under_the_hand_moves_the_hand_newer() -> None:
@@ -522,11 +528,11 @@ def test_sieve_removing_the_key_under_the_hand_moves_the_hand_newer() -> None:
     for key in "abcda":
         driver.request(key)
     driver.request("e")  # a cleared in place, b evicted; hand -> c
-    assert policy.hand == "c"
+    assert hand_of(policy) == "c"
     driver.remove("c")
-    assert policy.hand == "d" and policy.queue() == ["a", "d", "e"]
+    assert hand_of(policy) == "d" and policy.queue() == ["a", "d", "e"]
     driver.remove("e")  # not under the hand: the hand stays
-    assert policy.hand == "d"
+    assert hand_of(policy) == "d"
     driver.remove("d")  # the newest: the next sweep starts at the tail again
     assert policy.hand is None and policy.victim() == "a"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -105,7 +106,8 @@ class ScheduleSpy(tiercache.policies.LRUPolicy):
     name = "schedule-spy"
     seen: ClassVar[list[Any]] = []
 
-    def set_schedule(self, keys: list[str]) -> None:
+    def set_schedule(self, keys: Sequence[Hashable] | None) -> None:
+        assert keys is not None
         ScheduleSpy.seen.append(("schedule", tuple(keys)))
 
     def on_cursor(self, position: int) -> None:

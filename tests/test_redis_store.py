@@ -39,6 +39,15 @@ def _namespace_keys(client: redis.Redis, namespace: str) -> list[bytes]:
     return sorted(client.scan_iter(match=f"{namespace}:*", count=1000))
 
 
+def _raw(value: object) -> bytes:
+    """A reply of the test clients (``decode_responses`` off): bytes, ``None`` read as
+    ``b""``. redis-py types replies as ``bytes | str``. O(1)."""
+    if value is None:
+        return b""
+    assert isinstance(value, bytes), value
+    return value
+
+
 # -- the contract -------------------------------------------------------------------------
 
 
@@ -112,7 +121,7 @@ def test_chunked_layout_and_overwrite(store: RedisStore, redis_standalone: Redis
     assert_same(out, array)
     # the payload is the raw array bytes, chunk after chunk: never pickled
     by_index = sorted(chunks, key=lambda k: int(k.rsplit(b":", 1)[1]))
-    assert b"".join(client.get(k) or b"" for k in by_index) == array.tobytes()
+    assert b"".join(_raw(client.get(k)) for k in by_index) == array.tobytes()
 
     smaller = np.arange(3000, dtype=np.int32)  # 12,000 B: 3 chunks, old chunks deleted
     store.put("w", smaller)
@@ -129,7 +138,7 @@ def test_inline_value_is_prefix_header_raw_payload(store: RedisStore,
     array = np.arange(100, dtype=">i4").reshape(10, 10)
     store.put("small", array)
     value = redis_standalone.client().get(store.names("small").head)
-    assert value is not None
+    assert isinstance(value, bytes)
     assert value.startswith(b"TCREDIS1")
     assert value[PREFIX_BYTES:PREFIX_BYTES + 8] == codec.MAGIC
     assert value.endswith(array.tobytes())
@@ -268,7 +277,7 @@ def _chunk_key(s: RedisStore, key: str, index: int) -> bytes:
 def test_flipped_payload_byte_is_detected(damaged: tuple[RedisStore, redis.Redis]) -> None:
     s, client = damaged
     chunk = _chunk_key(s, "k", 2)
-    value = bytearray(client.get(chunk) or b"")
+    value = bytearray(_raw(client.get(chunk)))
     value[100] ^= 0x01
     client.set(chunk, bytes(value))
     with pytest.raises(CorruptShardError, match="checksum"):
@@ -293,7 +302,7 @@ def test_flipped_inline_payload_byte_is_detected(damaged: tuple[RedisStore, redi
 def test_damaged_head_is_detected(damaged: tuple[RedisStore, redis.Redis], offset: int) -> None:
     s, client = damaged
     head = s.names("k").head
-    byte = client.getrange(head, offset, offset)
+    byte = _raw(client.getrange(head, offset, offset))
     client.setrange(head, offset, bytes([byte[0] ^ 0x20]))
     with pytest.raises(CorruptShardError):
         s.get("k")

@@ -9,6 +9,8 @@ whole future.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import libcachesim
 import numpy as np
 
@@ -36,7 +38,8 @@ def model_like_loop(seed: int = 0) -> tuple[list[str], dict[str, int]]:
 
 def byte_hits(policy: Policy, capacity: int, trace: list[str], sizes: dict[str, int]) -> int:
     """Drive ``policy`` through ``trace`` following the hook protocol; bytes hit."""
-    used, hits, resident = 0, 0, {}
+    used, hits = 0, 0
+    resident: dict[Hashable, int] = {}
     for key in trace:
         size = sizes[key]
         if key in policy:
