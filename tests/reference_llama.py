@@ -75,7 +75,9 @@ class ReferenceLlama:
 
     def _norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
         variance = np.mean(x * x, axis=-1, keepdims=True)
-        return (x / np.sqrt(variance + np.float32(self.c.eps))).astype(np.float32) * weight
+        normed: np.ndarray = (
+            (x / np.sqrt(variance + np.float32(self.c.eps))).astype(np.float32) * weight)
+        return normed
 
     def _rotary(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
         head_dim = x.shape[-1]
@@ -86,7 +88,8 @@ class ReferenceLlama:
         sin = np.sin(emb).astype(np.float32)[:, None, :]
         half = head_dim // 2
         rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-        return (x * cos + rotated * sin).astype(np.float32)
+        rotary: np.ndarray = (x * cos + rotated * sin).astype(np.float32)
+        return rotary
 
     def logits(self, ids: list[int]) -> np.ndarray:
         """Logits of the last position for the sequence ``ids``."""
@@ -116,7 +119,8 @@ class ReferenceLlama:
             x = x + ((gate / (1.0 + np.exp(-gate))) * up) @ w[f"blk.{i}.ffn_down.weight"].T
         x = self._norm(x[-1:], w["output_norm.weight"])
         out = w.get("output.weight", w["token_embd.weight"])
-        return (x @ out.T)[0]
+        logits: np.ndarray = (x @ out.T)[0]
+        return logits
 
     def generate(self, ids: list[int], max_new_tokens: int, eos_id: int | None = None,
                  ) -> list[int]:

@@ -29,7 +29,7 @@ def test_exported_buffers_keep_it_alive() -> None:
     a = pool.acquire(N)
     a[:] = 7
     address = a.ctypes.data
-    mv = memoryview(a)
+    mv = a.data
     del a
     b = pool.acquire(N)
     b[:] = 1

@@ -180,9 +180,10 @@ def _write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int], byte
 def test_safetensors_import(tmp_path: Path) -> None:
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
     rng = np.random.default_rng(0)
-    arrays = {"encoder.layer.0.weight": rng.standard_normal((8, 4)).astype(np.float32),
-              "encoder.layer.0.bias": rng.standard_normal(8).astype(np.float16),
-              "position_ids": np.arange(12, dtype=np.int64).reshape(1, 12)}
+    arrays: dict[str, np.ndarray] = {
+        "encoder.layer.0.weight": rng.standard_normal((8, 4)).astype(np.float32),
+        "encoder.layer.0.bias": rng.standard_normal(8).astype(np.float16),
+        "position_ids": np.arange(12, dtype=np.int64).reshape(1, 12)}
     path = tmp_path / "model.safetensors"
     safetensors_numpy.save_file(arrays, str(path), metadata={"format": "pt"})
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
