@@ -176,7 +176,7 @@ def test_stats_table_fits_100_columns_with_large_numbers() -> None:
 
     from tiercache.commands.stats import render_stats
 
-    stats = {"mode": "exclusive", "tiers": {
+    stats: dict[str, Any] = {"mode": "exclusive", "tiers": {
         "ram": _busy_tier("memory", "opt"), "ssd": _busy_tier("packed", "s3fifo"),
         "hdd": _busy_tier("diskcache", "wtinylfu", degraded=True),
         "shared": _busy_tier("redis", "arc")},

@@ -52,7 +52,7 @@ def _load(source: Any, base_dir: str | None = None) -> tuple[str, str | None, st
 def _capped(source: Any, base_dir: str | None = None) -> tuple[str, str | None, str]:
     result = run_capped(_load, source, base_dir, limit_bytes=_cap(), timeout_s=TIMEOUT_S)
     assert result.ok, f"load_config did not raise one ConfigError: {result.describe()}"
-    return tuple(result.value)  # type: ignore[return-value]
+    return tuple(result.value)
 
 
 def _toml(tmp_path: Path, text: str) -> Path:

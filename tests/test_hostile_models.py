@@ -531,7 +531,7 @@ def _read_origin(path: str) -> list[tuple[str, tuple[int, ...]]]:
     from tiercache.origins import SafetensorsOrigin
 
     origin = SafetensorsOrigin(path)
-    return [(key, np.shape(origin.get(key))) for key in origin.keys()]
+    return [(key, np.shape(np.asarray(origin.get(key)))) for key in origin.keys()]
 
 
 @pytest.mark.parametrize("case", list(ST_CASES))

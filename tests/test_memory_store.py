@@ -114,7 +114,8 @@ def test_the_charge_is_the_allocation_made_plus_the_overhead(nbytes: int) -> Non
 
 def test_the_overhead_covers_what_the_store_allocates_per_entry() -> None:
     keys = [f"blk.{i % 30}.ffn_down.weight#{i:06d}" for i in range(2000)]
-    shards = [np.ones(1, np.float32), np.ones((2, 3), np.int16), np.empty(0, np.uint8)]
+    shards: list[np.ndarray] = [np.ones(1, np.float32), np.ones((2, 3), np.int16),
+                                np.empty(0, np.uint8)]
     for array in shards:
         store = MemoryStore()
         gc.collect()
