@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -47,7 +47,7 @@ def test_issue_example_parses_and_resolves_paths(tmp_path: Path) -> None:
     assert cfg.mode == "exclusive"
     assert not (tmp_path / ".tiercache").exists()  # validation creates nothing
     with pytest.raises(AttributeError):
-        cfg.tiers[0].capacity_bytes = 1  # type: ignore[misc]
+        cast(Any, cfg.tiers[0]).capacity_bytes = 1  # frozen: refused at run time too
 
 
 def test_percentage_capacity_for_memory(tmp_path: Path) -> None:

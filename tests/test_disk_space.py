@@ -271,7 +271,8 @@ def test_a_put_that_committed_stands_when_the_compaction_after_it_fails(
         store.put("k8", value)
         # the copy step left the file as it was: compacted now; the rename step had done it
         assert store.compactions == before + (1 if step == "copy" else 0)
-        assert store.file_nbytes() <= store.compact_above_bytes  # type: ignore[operator]
+        assert store.compact_above_bytes is not None
+        assert store.file_nbytes() <= store.compact_above_bytes
         for key in ("k6", "k7", "k8", "k23"):
             got = store.get(key)
             assert got is not None and got[0] == (23 if key == "k23" else 263)

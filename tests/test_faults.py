@@ -18,7 +18,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -278,7 +278,7 @@ def test_lmdb_map_full_degrades_and_recovers(tmp_path: Path,
 
 def test_stores_convert_driver_errors_to_store_error(tmp_path: Path) -> None:
     lm = lmdb_store.LmdbStore(tmp_path / "l", map_size_bytes=64 * KiB)
-    lm._remap = lambda need: None  # type: ignore[method-assign]
+    cast(Any, lm)._remap = lambda need: None
     with lm, pytest.raises(StoreError, match="could not grow"):
         lm.put("k", shard(1, nbytes=256 * KiB))
     from tiercache.stores.diskcache_store import DiskcacheStore

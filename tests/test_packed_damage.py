@@ -16,7 +16,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -40,6 +40,11 @@ KiB = 1024
 
 def _value(i: int, n: int = 64) -> np.ndarray:
     return np.arange(n, dtype=np.float32) + i
+
+
+def _same(got: np.ndarray | None, expected: np.ndarray) -> bool:
+    """``np.array_equal``; ``None`` (no such shard) is never equal. O(n)."""
+    return got is not None and np.array_equal(got, expected)
 
 
 def _fds() -> int:
@@ -106,7 +111,7 @@ def test_a_view_outlives_remaps_and_its_map_goes_with_it(tmp_path: Path) -> None
         before = _fds()
         for i in range(40):
             store.put(f"k{i}", _value(i))
-            assert np.array_equal(store.get_view(f"k{i}"), _value(i))
+            assert _same(store.get_view(f"k{i}"), _value(i))
         assert _fds() - before <= 2  # the old map (and its fd) lives only through `view`
         assert np.array_equal(view, _value(7, 4096))
         assert store.get_view("first") is store.get_view("first")  # cached per mapping
@@ -213,7 +218,7 @@ def test_an_impossible_row_makes_listing_raise_medium_damaged(
         with pytest.raises(MediumDamagedError, match=INDEX_NAME) as info:
             list(store.keys())
         assert what in str(info.value)
-        assert np.array_equal(store.get("blk.2.w"), _value(2, 52))  # other rows still read
+        assert _same(store.get("blk.2.w"), _value(2, 52))  # other rows still read
 
 
 def test_a_damaged_row_read_by_key_is_a_corrupt_entry(tmp_path: Path) -> None:
@@ -276,7 +281,7 @@ def test_compaction_drops_rows_past_the_end_of_the_data_file(tmp_path: Path) -> 
         assert "blk.4.w" not in store
         for key, array in arrays.items():
             if key != "blk.4.w":
-                assert np.array_equal(store.get(key), array)
+                assert _same(store.get(key), array)
         live, _file = store.disk_usage()
         assert live == sum(n for _k, _o, n in store.layout())
 
@@ -343,7 +348,7 @@ def test_every_write_reports_the_first_error(tmp_path: Path, op: str) -> None:
     with PackedStore(tmp_path / "tier") as store:
         store.put("a", _value(1))
         real = store._index.conn
-        store._index.conn = _CommitFails(real)  # type: ignore[assignment]
+        cast(Any, store._index).conn = _CommitFails(real)
         calls: dict[str, Callable[[], object]] = {
             "put": lambda: store.put("b", _value(2)), "delete": lambda: store.delete("a"),
             "compact": store.compact}
@@ -351,7 +356,7 @@ def test_every_write_reports_the_first_error(tmp_path: Path, op: str) -> None:
             calls[op]()
         assert "rollback" not in str(info.value)
         store._index.conn = real
-        assert np.array_equal(store.get("a"), _value(1))  # nothing half-done
+        assert _same(store.get("a"), _value(1))  # nothing half-done
         assert store.get("b") is None
 
 

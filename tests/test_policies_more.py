@@ -694,7 +694,8 @@ def test_opt_schedule_invariants_with_cursor_reports(data: st.DataObject, capaci
         elif op == "cursor":
             policy.on_cursor(data.draw(st.integers(0, len(schedule) - 1)))
         elif op == "remove" and driver.sizes:
-            driver.remove(data.draw(st.sampled_from(sorted(driver.sizes))))  # type: ignore[type-var]
+            keys = sorted(cast(dict[int, int], driver.sizes))  # ints: the requests above
+            driver.remove(data.draw(st.sampled_from(keys)))
         elif op == "evict":
             driver.evict_one()
         driver.check()

@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import pytest
@@ -90,7 +90,7 @@ def test_get_waits_for_an_inflight_prefetch_instead_of_reading_twice(tmp_path: P
             time.sleep(0.2)
             return real_read(key, out)
 
-        ssd.read = slow_read  # type: ignore[method-assign]
+        cast(Any, ssd).read = slow_read
         t = threading.Thread(target=cache.prefetch, args=(LAYERS[5],))
         t.start()
         assert started.wait(5)
@@ -173,7 +173,7 @@ def test_prefetcher_keeps_up_to_workers_reads_in_flight(tmp_path: Path, workers:
                 with lock:
                     active -= 1
 
-        ssd.read = slow_read  # type: ignore[method-assign]
+        cast(Any, ssd).read = slow_read
         cache.declare_schedule(LAYERS)
         prefetcher = cache.start_prefetcher(depth=6, workers=workers)
         assert prefetcher.workers == workers

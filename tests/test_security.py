@@ -11,7 +11,7 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import diskcache
@@ -89,8 +89,8 @@ class _Payload:
     def __init__(self, marker: str) -> None:
         self.marker = marker
 
-    def __reduce__(self) -> tuple[object, tuple[str, str]]:
-        return (Path.write_text, (Path(self.marker), "pwned"))  # type: ignore[return-value]
+    def __reduce__(self) -> tuple[Callable[..., object], tuple[Path, str]]:
+        return (Path.write_text, (Path(self.marker), "pwned"))
 
 
 @pytest.mark.parametrize("size", [100, 100_000])  # inline in sqlite, and a value file

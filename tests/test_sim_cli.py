@@ -9,12 +9,23 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pytest
 
 from tiercache.cli import main
 from tiercache.sim import Trace, progress_bar, simulate
+
+
+@runtime_checkable
+class RunProgress(Protocol):
+    """The callback :func:`progress_bar` yields: ``advance(n)``, and ``start_run`` that
+    announces the next run of a sweep."""
+
+    def __call__(self, n: int) -> None: ...
+
+    def start_run(self, policy: str, capacity: str, trace: str, requests: int) -> None: ...
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {"policy", "capacity", "unit", "requests", "hits", "hit_ratio", "byte_hit_ratio"}
@@ -161,11 +172,11 @@ def test_plain_progress_lines_are_occasional_and_short() -> None:
     trace_name = "a-very-long-trace-name" * 6 + ".csv"
     out = io.StringIO()
     with progress_bar(6000, enabled=True, runs=2, file=out, interval_s=0.0) as advance:
-        assert advance is not None
-        advance.start_run("lru", "70 (10%)", trace_name, 3000)  # type: ignore[attr-defined]
+        assert isinstance(advance, RunProgress)
+        advance.start_run("lru", "70 (10%)", trace_name, 3000)
         for _ in range(3):
             advance(1024)
-        advance.start_run("x" * 150, "1,000", "t.csv", 3000)  # type: ignore[attr-defined]
+        advance.start_run("x" * 150, "1,000", "t.csv", 3000)
         advance(3000)
     lines = out.getvalue().splitlines()
     assert all(len(line) <= 100 for line in lines), lines

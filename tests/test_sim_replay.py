@@ -8,7 +8,7 @@ import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import libcachesim
 import numpy as np
@@ -172,7 +172,7 @@ def test_capacity_specs() -> None:
     assert infer_unit(["1%", "1KiB"]) == "bytes"
     for bad in (0, -3, "0", "abc", "150%", True, 1.5):
         with pytest.raises(SimulationError):
-            parse_capacity(bad)  # type: ignore[arg-type]
+            parse_capacity(cast(Any, bad))  # deliberately the wrong types too
     with pytest.raises(SimulationError, match="needs --unit bytes"):
         infer_unit(["64MiB"], "objects")
     with pytest.raises(SimulationError, match="no sizes"):

@@ -14,13 +14,13 @@ from helpers import shard
 import tiercache
 from tiercache import codec
 from tiercache.errors import ConfigError, CorruptShardError
-from tiercache.stores.base import Store
 from tiercache.stores.diskcache_store import DiskcacheStore
 from tiercache.stores.packed import PackedStore
+from tiercache.stores.registry import DiskStoreClass
 
 KiB = 1024
 #: The backends whose stores serve views (``zero_copy = true``).
-VIEW_STORES: dict[str, type[Store]] = {"diskcache": DiskcacheStore, "packed": PackedStore}
+VIEW_STORES: dict[str, DiskStoreClass] = {"diskcache": DiskcacheStore, "packed": PackedStore}
 
 
 @pytest.fixture(params=sorted(VIEW_STORES))
@@ -29,12 +29,12 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store_cls(backend: str) -> type[Store]:
+def store_cls(backend: str) -> DiskStoreClass:
     return VIEW_STORES[backend]
 
 
-def test_view_is_zero_copy_read_only_and_aligned(tmp_path: Path, store_cls: type[Store]) -> None:
-    store = store_cls(tmp_path / "hdd")  # type: ignore[call-arg]
+def test_view_is_zero_copy_read_only_and_aligned(tmp_path: Path, store_cls: DiskStoreClass) -> None:
+    store = store_cls(tmp_path / "hdd")
     a = shard(1, nbytes=256 * KiB)
     store.put("w", a)
     view = store.get_view("w")
@@ -48,8 +48,8 @@ def test_view_is_zero_copy_read_only_and_aligned(tmp_path: Path, store_cls: type
     store.close()
 
 
-def test_view_survives_overwrite_and_delete(tmp_path: Path, store_cls: type[Store]) -> None:
-    store = store_cls(tmp_path / "hdd")  # type: ignore[call-arg]
+def test_view_survives_overwrite_and_delete(tmp_path: Path, store_cls: DiskStoreClass) -> None:
+    store = store_cls(tmp_path / "hdd")
     old, new = shard(2, nbytes=128 * KiB), shard(3, nbytes=128 * KiB)
     store.put("w", old)
     view = store.get_view("w")
@@ -61,8 +61,8 @@ def test_view_survives_overwrite_and_delete(tmp_path: Path, store_cls: type[Stor
     np.testing.assert_array_equal(view, old)  # and it outlives the store
 
 
-def test_small_inline_values_are_decoded(tmp_path: Path, store_cls: type[Store]) -> None:
-    store = store_cls(tmp_path / "hdd")  # type: ignore[call-arg]
+def test_small_inline_values_are_decoded(tmp_path: Path, store_cls: DiskStoreClass) -> None:
+    store = store_cls(tmp_path / "hdd")
     store.put("s", np.arange(5, dtype=np.int16))
     view = store.get_view("s")
     assert view is not None and not view.flags.writeable
@@ -70,9 +70,9 @@ def test_small_inline_values_are_decoded(tmp_path: Path, store_cls: type[Store])
     store.close()
 
 
-def test_first_view_verifies_later_views_do_not_rehash(tmp_path: Path, store_cls: type[Store],
+def test_first_view_verifies_later_views_do_not_rehash(tmp_path: Path, store_cls: DiskStoreClass,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    store = store_cls(tmp_path / "hdd")  # type: ignore[call-arg]
+    store = store_cls(tmp_path / "hdd")
     store.put("w", shard(4, nbytes=256 * KiB))
     calls: list[int] = []
     real = codec.payload_checksum
@@ -89,8 +89,8 @@ def test_first_view_verifies_later_views_do_not_rehash(tmp_path: Path, store_cls
 
 
 def test_corrupt_file_is_detected_on_first_view(tmp_path: Path, backend: str,
-                                                store_cls: type[Store]) -> None:
-    store = store_cls(tmp_path / "hdd")  # type: ignore[call-arg]
+                                                store_cls: DiskStoreClass) -> None:
+    store = store_cls(tmp_path / "hdd")
     store.put("w", shard(5, nbytes=256 * KiB))
     if backend == "diskcache":
         (value_file,) = [p for p in (tmp_path / "hdd").rglob("*.val")]
@@ -158,15 +158,15 @@ def test_zero_copy_needs_a_backend_that_can(tmp_path: Path) -> None:
 
 
 def test_cached_views_notice_rewrites_and_deletes(tmp_path: Path,
-                                                  store_cls: type[Store]) -> None:
-    store = store_cls(tmp_path / "hdd")  # type: ignore[call-arg]
+                                                  store_cls: DiskStoreClass) -> None:
+    store = store_cls(tmp_path / "hdd")
     a, b = shard(8, nbytes=128 * KiB), shard(9, nbytes=128 * KiB)
     store.put("w", a)
     first = store.get_view("w")
     assert store.get_view("w") is first  # cached: no new mapping
     store.put("w", b)
     np.testing.assert_array_equal(store.get_view("w"), b)
-    other = store_cls(tmp_path / "hdd")  # type: ignore[call-arg]  # another writer (as another process would be)
+    other = store_cls(tmp_path / "hdd")  # another writer (as another process would be)
     other.put("w", a)
     np.testing.assert_array_equal(store.get_view("w"), a)  # the old file is gone: re-read
     other.delete("w")
