@@ -38,7 +38,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -227,7 +227,7 @@ def child(root: Path, round_no: int, seed: int, mode: str, expect_file: Path) ->
         _say("N compact")
         return compact(self)
 
-    lmdb_store.LmdbStore.compact = announced_compact  # type: ignore[method-assign]
+    cast(Any, lmdb_store.LmdbStore).compact = announced_compact
     rng = random.Random(seed)
     expect = json.loads(expect_file.read_text()) if expect_file.exists() else {}
     cache = tiercache.open(config(root))

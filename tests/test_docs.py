@@ -222,7 +222,8 @@ class PythonWorker:
             proc, self.proc = self.proc, None
             proc.kill()
             status = proc.wait(10)
-            proc.stdout.close()  # type: ignore[union-attr]
+            assert proc.stdout is not None
+            proc.stdout.close()
             why = "died" if ready else f"ran past {BLOCK_TIMEOUT_S:.0f} s"
             raise BlockFailed(f"{block.where}: the Python block {why} (status {status}); "
                               f"its output ends with:\n{self.log_tail()}")

@@ -136,7 +136,8 @@ def test_float16_import_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[st
     manifest = load_manifest(manifest_path_for_config(config))
     assert manifest.architecture == "keras" and manifest.dtype == "float16"
     with tiercache.open(config) as cache:
-        kernel = cache.get(manifest.keras["layers"][0]["weights"][0])  # type: ignore[index]
+        assert manifest.keras is not None
+        kernel = cache.get(manifest.keras["layers"][0]["weights"][0])
         assert kernel.dtype == np.float16
 
 
