@@ -18,6 +18,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +29,12 @@ from tiercache.codec import empty_aligned
 from tiercache.units import format_size, parse_size
 
 
-def median_time(fn: object, repeat: int, inner: int = 1) -> float:
+def median_time(fn: Callable[[], object], repeat: int, inner: int = 1) -> float:
     samples = []
     for _ in range(repeat):
         start = time.perf_counter()
         for _ in range(inner):
-            fn()  # type: ignore[operator]
+            fn()
         samples.append((time.perf_counter() - start) / inner)
     return statistics.median(samples)
 

@@ -81,7 +81,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
@@ -97,6 +97,7 @@ from tiercache.models import (
     synthetic_hparams,
     synthetic_llama,
 )
+from tiercache.stores.diskcache_store import DiskcacheStore
 
 PROMPT = "The capital of France is"
 #: --ssd names -> tier backend (zc and pk serve zero-copy views)
@@ -153,7 +154,8 @@ class NpyReloadSource:
         self.folder = folder
 
     def get(self, key: str) -> np.ndarray:
-        return np.load(self.folder / f"{key}.npy")
+        array: np.ndarray = np.load(self.folder / f"{key}.npy")
+        return array
 
 
 class MemmapSource:
@@ -288,7 +290,7 @@ def diskcache_layout_bandwidth(prep: Prepared) -> float:
     keys = list(dict.fromkeys(llama_schedule(manifest.llama_hparams(), manifest.key_prefix)))
     tier = {**ssd_tier(prep, "zc"), "verify": "never"}
     with tiercache.open({"tiers": [tier]}) as cache:
-        store = cache.tier("ssd").store
+        store = cast(DiskcacheStore, cache.tier("ssd").store)  # SSD_BACKENDS["zc"]
         for key in keys:
             store.get_view(key)
         files = [store._views[k][0] for k in keys if k in store._views]  # private: bench only
@@ -438,7 +440,7 @@ def prepare(name: str, root: Path, args: argparse.Namespace, redis_client: Any,
                 redis_client.set(prep.redis_prefix + key, array.tobytes())
             offset = -(-offset // ALIGN) * ALIGN
             weights.seek(offset)
-            weights.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+            weights.write(np.ascontiguousarray(array).data.cast("B"))
             prep.layout[key] = (offset, list(array.shape), array.dtype.name)
             offset += array.nbytes
     os.sync()
@@ -662,7 +664,7 @@ def child_main(job_path: str) -> None:
     ids = tokenizer.encode(PROMPT)
     model = LlamaModel.from_manifest(ZeroSource(manifest), manifest)
     model.generate(ids, 2)  # trace the prompt and decode shapes without reading weights
-    model.provider = None
+    del model.provider  # drop the ZeroSource until a run sets its provider
     gc.collect()
     out: dict[str, Any] = {}
     if group is not None:

@@ -35,6 +35,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -101,10 +102,14 @@ def main(argv: list[str] | None = None) -> int:
                     for t, k in enumerate(keys)]
     rows = []
     for label, cls in POLICIES.items():
-        fast, hits = rates(lambda cls=cls: int(cls(c).replay_count(keys).sum()), n,
-                           args.repeats)
-        slow, slow_hits = rates(lambda cls=cls: int(Policy.replay_count(cls(c), keys).sum()),
-                                n, max(1, args.repeats // 2))
+        def fast_run(cls: type[Policy] = cls) -> int:
+            return int(cls(c).replay_count(keys).sum())
+
+        def hooks_run(cls: type[Policy] = cls) -> int:
+            return int(Policy.replay_count(cls(c), keys).sum())
+
+        fast, hits = rates(fast_run, n, args.repeats)
+        slow, slow_hits = rates(hooks_run, n, max(1, args.repeats // 2))
         assert slow_hits == hits, f"{label}: fast path {hits} hits, hooks {slow_hits}"
         lcs: list[float] | None = None
         if requests is not None:
@@ -137,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
               f"tiercache.sim.simulate: {sweep_s:.1f} s")
     if args.big:
         for name in ("P12", "P6"):
-            read_big, big = timed(lambda name=name: read_trace(TRACES / f"{name}.lis.zst"))
-            big_s, _ = timed(lambda big=big: len(simulate(big, ["lru", "arc"], [32768])))
+            read_big, big = timed(partial(read_trace, TRACES / f"{name}.lis.zst"))
+            big_s, _ = timed(partial(simulate, big, ["lru", "arc"], [32768]))
             print(f"{name} ({len(big):,} requests): read {read_big:.2f} s; LRU + ARC at "
                   f"c=32768: {big_s:.1f} s")
     return 0

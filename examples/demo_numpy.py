@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +42,13 @@ def make_weights(seed: int = 0) -> dict[str, np.ndarray]:
     return weights
 
 
-def forward(get: object, x: np.ndarray) -> np.ndarray:
+def forward(get: Callable[[str], np.ndarray], x: np.ndarray) -> np.ndarray:
     """One token: embed, then every layer's up/down projections with a residual."""
     fetch = get  # a callable key -> array
-    h = x @ fetch("embed")  # type: ignore[operator]
+    h: np.ndarray = x @ fetch("embed")
     for layer in range(LAYERS):
-        up = fetch(f"blk.{layer}.up.weight")  # type: ignore[operator]
-        down = fetch(f"blk.{layer}.down.weight")  # type: ignore[operator]
+        up = fetch(f"blk.{layer}.up.weight")
+        down = fetch(f"blk.{layer}.down.weight")
         h = h + np.tanh(h @ up) @ down
         h = h / np.linalg.norm(h, axis=-1, keepdims=True)
     return h
