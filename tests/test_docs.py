@@ -1,4 +1,4 @@
-"""Every fenced code block in README.md and docs/*.md runs, or says why it cannot.
+"""Every fenced code block in README.md and docs/**/*.md runs, or says why it cannot.
 
 A block is treated by its language (the fence's info string) and by the HTML comments on
 the lines right above its fence (invisible once rendered):
@@ -126,8 +126,8 @@ def parse_page(path: Path, root: Path = ROOT) -> list[Block]:
 
 
 def doc_pages(root: Path = ROOT) -> list[Path]:
-    """README.md and every docs/*.md, in a fixed order."""
-    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    """README.md and every docs/**/*.md (lab notes included), in a fixed order."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
 
 
 def collect(root: Path = ROOT) -> list[Block]:

@@ -4,7 +4,7 @@ Runs the Llama model imported into the cache (``tiercache import``) with
 TensorFlow through :func:`tiercache.load_model`, streaming every block's
 weights from the tiers, and prints the generated text as it comes; status
 lines, layout warnings (:mod:`tiercache.advice`) and timing go to stderr.
-The schedule is declared and the prefetcher runs 8 shards ahead unless
+The schedule is declared and the prefetcher runs 32 shards ahead unless
 ``--prefetch 0``. ``--json`` prints one object instead::
 
     {"prompt_ids": [...], "token_ids": [...],   # token_ids: the generated tokens only

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 __all__ = ["Model", "Sampler", "TextStream", "find_manifest", "load_model"]
 
 #: Prefetch depth :func:`load_model` and ``tiercache generate`` use by default.
-DEFAULT_PREFETCH = 8
+DEFAULT_PREFETCH = 32
 
 ChatMessages = Sequence[Mapping[str, str]]
 
