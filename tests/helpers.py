@@ -7,22 +7,18 @@ from typing import Any
 
 import numpy as np
 
+from tiercache.testing import three_tier_config as kit_three_tier_config
+
 
 def three_tier_config(root: Path, *, mode: str = "exclusive", ram: str = "64KiB",
                       ssd: str = "128KiB", hdd: str = "4MiB", ram_policy: str = "lru",
                       ssd_policy: str = "lru", hdd_policy: str = "lru",
                       promote_after: Any = 2, origin: Path | None = None) -> dict[str, Any]:
-    """A RAM (memory) / SSD (lmdb) / HDD (diskcache) config rooted at ``root``."""
-    cfg: dict[str, Any] = {
-        "mode": mode,
-        "tiers": [
-            {"name": "ram", "backend": "memory", "capacity": ram, "policy": ram_policy},
-            {"name": "ssd", "backend": "lmdb", "path": str(root / "ssd"), "capacity": ssd,
-             "policy": ssd_policy, "promote_after": promote_after},
-            {"name": "hdd", "backend": "diskcache", "path": str(root / "hdd"), "capacity": hdd,
-             "policy": hdd_policy, "promote_after": promote_after},
-        ],
-    }
+    """The test kit's RAM (memory) / SSD (lmdb) / HDD (diskcache) config rooted at
+    ``root`` (:func:`tiercache.testing.three_tier_config`), with an ``.npy`` origin."""
+    cfg = kit_three_tier_config(root, mode=mode, ram=ram, ssd=ssd, hdd=hdd,
+                                ram_policy=ram_policy, ssd_policy=ssd_policy,
+                                hdd_policy=hdd_policy, promote_after=promote_after)
     if origin is not None:
         cfg["origin"] = {"kind": "npy", "path": str(origin)}
     return cfg
