@@ -243,3 +243,17 @@ def test_opt_bypasses_promotions_that_would_push_out_nearer_shards(tmp_path: Pat
     assert after["hits"] - before["hits"] >= 3 * 3
     assert after["promotions_in"] - before["promotions_in"] <= 3 * 2
     assert after["bypassed"] - before["bypassed"] >= 3 * 6
+
+
+def test_staging_keeps_the_copies_needed_soonest(tmp_path: Path) -> None:
+    with tiercache.open(loop_config(tmp_path)) as cache:
+        fill(cache)
+        cache.declare_schedule(LAYERS)
+        budget = 3 * shard(0).nbytes + 1024  # room for three staged copies
+        cache.start_prefetcher(depth=2, max_bytes=budget)
+        for key in LAYERS[1:6]:  # nearest first, as the prefetcher reads them
+            cache.prefetch(key)
+        # full at the fourth: the copies needed next stay, the far ones are refused
+        # (dropping the oldest would have kept blk.3-5 and thrown away blk.1-2)
+        assert sorted(cache.staged()) == sorted(LAYERS[1:4])
+        cache.stop_prefetcher()

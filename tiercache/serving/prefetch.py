@@ -175,14 +175,22 @@ class Prefetching(Scheduling):
 
     def _stage(self, index: int, key: str, version: int, array: np.ndarray) -> bool:
         """Hold a prefetched copy the top tier refused until the loop reads it, within
-        the prefetcher's byte budget (oldest dropped first). Lock held. O(1) amortised."""
+        the prefetcher's byte budget. When full, the copy needed furthest ahead goes
+        first -- a staged copy the cursor already passed, or the new one itself (then
+        it is refused): dropping the oldest would drop the one needed next. Lock held.
+        O(staged) when full, O(1) otherwise."""
         if array.nbytes > self._staging_max_bytes:
             return False
         old = self._staged.pop(key, None)
         if old is not None:
             self._staged_bytes -= old[2].nbytes
+        far = len(self.schedule) + 1  # unscheduled: needed after everything scheduled
+        mine = self._next_use(key) or far
         while self._staged and self._staged_bytes + array.nbytes > self._staging_max_bytes:
-            self._staged_bytes -= self._staged.pop(next(iter(self._staged)))[2].nbytes
+            victim = max(self._staged, key=lambda k: self._next_use(k) or far)
+            if (self._next_use(victim) or far) <= mine:
+                return False  # everything staged is needed before this one
+            self._staged_bytes -= self._staged.pop(victim)[2].nbytes
         self._staged[key] = (index, version, array)
         self._staged_bytes += array.nbytes
         return True
