@@ -12,7 +12,6 @@ kept for them); ``.npy`` files are loaded with ``allow_pickle=False``; a
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from urllib.parse import quote, unquote
 import numpy as np
 
 from .errors import ConfigError, StoreError
+from .loading import import_target
 
 
 class Origin(ABC):
@@ -131,27 +131,10 @@ def load_origin_class(kind: str) -> type[Origin]:
     :class:`LookupError` with the reason: every name quoted in full, and a hint to
     check PYTHONPATH when the module is not found. O(one import); thread-safe as far
     as :mod:`importlib` is."""
-    from .policies import IMPORT_HINT
-
-    module_name, _, attr = kind.partition(":")
-    if not module_name or not attr:
-        raise LookupError(f"origin kind {kind!r} must look like 'package.module:ClassName'")
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or module_name
-        if module_name == missing or module_name.startswith(missing + "."):
-            raise LookupError(f"cannot load origin class {kind!r}: no module named "
-                              f"{missing!r} ({IMPORT_HINT})") from None
-        raise LookupError(f"cannot load origin class {kind!r}: module {module_name!r} needs "
-                          f"module {missing!r}, which is not installed") from None
-    except Exception as exc:  # the module raised while importing (SyntaxError, ...)
-        raise LookupError(f"cannot load origin class {kind!r}: importing module "
-                          f"{module_name!r} failed: {type(exc).__name__}: {exc}") from None
-    cls = getattr(module, attr, None)
-    if cls is None:
-        raise LookupError(f"cannot load origin class {kind!r}: module {module_name!r} has "
-                          f"no attribute {attr!r}")
+        cls = import_target(kind, f"origin kind {kind!r}")
+    except ImportError as exc:
+        raise LookupError(str(exc)) from None
     if not isinstance(cls, type) or not issubclass(cls, Origin):
         raise LookupError(f"{kind!r} is not a tiercache.origins.Origin subclass")
     return cls

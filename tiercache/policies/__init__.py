@@ -15,9 +15,9 @@ from the environment; only put policy specs from trusted config files there.
 from __future__ import annotations
 
 import difflib
-import importlib
 from importlib.metadata import entry_points
 
+from ..loading import import_target
 from .arc import ARCPolicy
 from .base import Key, Policy, UnknownPolicyOptionError, policy_option_names
 from .clock import CLOCKPolicy
@@ -37,7 +37,6 @@ __all__ = ["ARCPolicy", "CLOCKPolicy", "FIFOPolicy", "Key", "LFUPolicy", "LRUPol
 
 ENTRY_POINT_GROUP = "tiercache.policies"
 #: Added to the message when the module of a ``"module:Class"`` spec is not found.
-IMPORT_HINT = "from a checkout, run with PYTHONPATH=. or python -m tiercache"
 
 _REGISTRY: dict[str, type[Policy]] = {cls.name: cls for cls in (
     LRUPolicy, LFUPolicy, ARCPolicy, FIFOPolicy, CLOCKPolicy, TwoQPolicy, SIEVEPolicy,
@@ -67,24 +66,6 @@ def available_policies() -> list[str]:
     return sorted(set(_REGISTRY) | set(_entry_point_names()))
 
 
-def _import_module(spec: str, module_name: str) -> object:
-    """Import the module of a ``"module:Class"`` spec; every failure becomes an
-    :class:`ImportError` (:class:`ModuleNotFoundError` when the module itself is missing)
-    whose message names the spec and, for a missing module, hints at PYTHONPATH."""
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if missing and (module_name == missing or module_name.startswith(missing + ".")):
-            raise ModuleNotFoundError(f"policy spec {spec!r}: no module named {missing!r} "
-                                      f"({IMPORT_HINT})", name=missing) from None
-        raise ImportError(f"policy spec {spec!r}: module {module_name!r} needs module "
-                          f"{missing!r}, which is not installed", name=module_name) from None
-    except Exception as exc:  # the user's module raised while importing (SyntaxError, ...)
-        raise ImportError(f"policy spec {spec!r}: importing module {module_name!r} failed: "
-                          f"{type(exc).__name__}: {exc}", name=module_name) from None
-
-
 def get_policy_class(spec: str) -> type[Policy]:
     """Resolve a policy spec (name, entry point or ``"module:Class"``) to its class.
 
@@ -98,21 +79,7 @@ def get_policy_class(spec: str) -> type[Policy]:
     Thread-safe as far as :mod:`importlib` is.
     """
     if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        if not module_name or not attr:
-            raise ImportError(f"policy spec {spec!r} must look like 'package.module:ClassName'")
-        module = _import_module(spec, module_name)
-        obj: object = module
-        for part in attr.split("."):
-            try:
-                obj = getattr(obj, part)
-            except AttributeError:
-                close = difflib.get_close_matches(part, [n for n in dir(obj)
-                                                         if not n.startswith("_")], n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ImportError(f"policy spec {spec!r}: module {module_name!r} has no "
-                                  f"attribute {attr!r}{hint}", name=module_name) from None
-        cls = obj
+        cls = import_target(spec, f"policy spec {spec!r}")
     else:
         name = spec.lower()
         if name in _REGISTRY:

@@ -26,8 +26,6 @@ guarded by one lock, and a class is imported at most once per target.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import importlib
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from ..loading import import_target
 from .base import Store, VerifyMode
 from .redis import options as redis_options
 
@@ -134,7 +133,7 @@ class BackendSpec:
             known = _classes.get(self.target)
         if known is not None:
             return known
-        obj = _import_target(self.target, f"backend {self.name!r}")
+        obj = import_target(self.target, f"backend {self.name!r}")
         if not (isinstance(obj, type) and issubclass(obj, Store)):
             raise TypeError(f"backend {self.name!r}: {self.target} is {obj!r}, not a "
                             "subclass of tiercache.stores.base.Store")
@@ -158,32 +157,6 @@ class BackendSpec:
         factory: Any = self.load()  # every remote store takes (*, verify, ..., **options)
         checked: RemoteStoreClass = factory
         return checked
-
-
-def _import_target(target: str, what: str) -> object:
-    """Import ``"package.module:Attr.Path"``; every failure is an :class:`ImportError`
-    naming ``what`` and the target. O(import)."""
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise ImportError(f"{what}: {target!r} must look like 'package.module:ClassName'")
-    try:
-        obj: object = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ImportError(f"{what}: cannot import {target!r}: no module named "
-                          f"{exc.name or module_name!r}", name=module_name) from None
-    except Exception as exc:  # the module raised while importing (SyntaxError, ...)
-        raise ImportError(f"{what}: importing module {module_name!r} failed: "
-                          f"{type(exc).__name__}: {exc}", name=module_name) from None
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            close = difflib.get_close_matches(part, [n for n in dir(obj)
-                                                     if not n.startswith("_")], n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ImportError(f"{what}: module {module_name!r} has no attribute "
-                              f"{attr!r}{hint}", name=module_name) from None
-    return obj
 
 
 #: The backends shipped with tiercache: adding one is one line here.
@@ -257,7 +230,7 @@ def backend_spec(name: str) -> BackendSpec:
     if spec is not None:
         return spec
     if ":" in name:
-        spec = BackendSpec.from_class(_store_class(_import_target(name, f"backend {name!r}"),
+        spec = BackendSpec.from_class(_store_class(import_target(name, f"backend {name!r}"),
                                                    name), name=name, target=name)
         with _lock:
             _by_target[name] = spec
