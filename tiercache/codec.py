@@ -169,7 +169,7 @@ def check_storable(array: object) -> None:
 def empty_aligned(nbytes: int) -> npt.NDArray[np.uint8]:
     """Return an uninitialised, writable uint8 buffer whose address is page-aligned.
 
-    Page alignment keeps reads into it at full speed (DESIGN.md: a read into a
+    Page alignment keeps reads into it at full speed (the machine-facts lab note: a read into a
     destination misaligned by 1..31 bytes ran 4-7x slower here). ``nbytes``
     may be 0. Buffers of 256 KiB and more come from
     :data:`tiercache.buffers.default_pool`, which recycles a buffer once no

@@ -32,7 +32,7 @@ Differences from a real run, all by design:
   the simulation itself and are replaced by virtual times in the result.
 
 The default models (:data:`DEFAULT_MODELS`) stand for RAM, an SSD and an HDD
-behind the three backends, from the measurements in DESIGN.md; override any
+behind the three backends, from the measurements in the machine-facts lab note; override any
 field per tier name, per backend, or for ``"origin"``.
 
 Thread-safety: a simulation owns all its objects; run one per thread.
@@ -175,8 +175,8 @@ def _parse_rate(value: Any) -> float:
 #: Per backend: ``memory`` = RAM (zero-copy hits; puts copy into fresh pages at
 #: ~3 GB/s), ``lmdb`` = an NVMe SSD (100 µs, ~1.6 GB/s reads as measured for lmdb
 #: ``get``), ``diskcache`` = an HDD (8 ms seek, ~105 MB/s, the throttled disk of
-#: DESIGN.md), ``redis`` = a shared Redis over the network (~0.4 GB/s GETs with
-#: redis-py, DESIGN.md). Override per tier or backend with ``models=``.
+#: the machine-facts lab note), ``redis`` = a shared Redis over the network (~0.4 GB/s GETs with
+#: redis-py, the machine-facts lab note). Override per tier or backend with ``models=``.
 DEFAULT_MODELS: dict[str, TierModel] = {
     "memory": TierModel(read_latency_s=1e-6, read_bytes_per_s=10e9, write_latency_s=1e-6,
                         write_bytes_per_s=3e9, delete_s=0.0, zero_copy_reads=True),
@@ -187,7 +187,7 @@ DEFAULT_MODELS: dict[str, TierModel] = {
     "redis": TierModel(read_latency_s=200e-6, read_bytes_per_s=0.4e9, write_latency_s=200e-6,
                        write_bytes_per_s=0.4e9, delete_s=200e-6),
 }
-#: The origin (a safetensors/.npy file on a cold disk: ~1 GB/s, DESIGN.md).
+#: The origin (a safetensors/.npy file on a cold disk: ~1 GB/s, the machine-facts lab note).
 DEFAULT_ORIGIN_MODEL = TierModel(read_latency_s=1e-3, read_bytes_per_s=1.0e9,
                                  write_latency_s=0.0, write_bytes_per_s=math.inf)
 #: Backends the engine does not know yet fall back to the SSD model.
