@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +44,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if (getattr(item, "originalname", "") == "test_state_machine" and cls is not None
                 and any(base.__name__ == "PolicyContract" for base in cls.__mro__)):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1.2 MB tmpfs: a real full disk (root only; unmounted afterwards)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    # CI and `make test` run as root here: a refused mount is a failure, never a skip
+    assert os.geteuid() == 0, "the full-disk test mounts a tmpfs and needs root"
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)],
+                          capture_output=True)
+    assert done.returncode == 0, f"cannot mount a tmpfs: {done.stderr.decode().strip()}"
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

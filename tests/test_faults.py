@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import shutil
 import subprocess
 import time
@@ -340,21 +339,6 @@ def test_intermittent_faults_everywhere_never_wrong_never_raise(
 
 
 # -- a real full disk: tmpfs (root only) -----------------------------------------------
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    # CI and `make test` run as root here: a refused mount is a failure, never a skip
-    assert os.geteuid() == 0, "the full-disk test mounts a tmpfs and needs root"
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)],
-                          capture_output=True)
-    assert done.returncode == 0, f"cannot mount a tmpfs: {done.stderr.decode().strip()}"
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.parametrize("backend", ["lmdb", "diskcache", "packed"])

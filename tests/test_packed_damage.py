@@ -11,10 +11,9 @@ import random
 import resource
 import shutil
 import sqlite3
-import subprocess
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -287,21 +286,6 @@ def test_compaction_drops_rows_past_the_end_of_the_data_file(tmp_path: Path) -> 
 
 
 # -- the real error, not the cleanup's (12.15) ---------------------------------------------
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    # `make test` runs as root here: a refused mount is a failure, never a skip
-    assert os.geteuid() == 0, "the full-disk test mounts a tmpfs and needs root"
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)],
-                          capture_output=True)
-    assert done.returncode == 0, f"cannot mount a tmpfs: {done.stderr.decode().strip()}"
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_full_disk_is_reported_not_the_failed_rollback(small_fs: Path) -> None:
