@@ -291,9 +291,7 @@ def diskcache_layout_bandwidth(prep: Prepared) -> float:
     tier = {**ssd_tier(prep, "zc"), "verify": "never"}
     with tiercache.open({"tiers": [tier]}) as cache:
         store = cast(DiskcacheStore, cache.tier("ssd").store)  # SSD_BACKENDS["zc"]
-        for key in keys:
-            store.get_view(key)
-        files = [store._views[k][0] for k in keys if k in store._views]  # private: bench only
+        files = [name for key in keys if (name := store.value_file(key)) is not None]
     buf = bytearray(8 * MIB)
     drop_caches()
     started = time.perf_counter()

@@ -103,7 +103,7 @@ def _install_kill_points(rng: random.Random, probability: float) -> None:
     """Wrap internal steps so that each call SIGKILLs this process with ``probability``."""
     from tiercache.core import cache as engine
     from tiercache.core import tier
-    from tiercache.stores import diskcache_store, lmdb_store
+    from tiercache.stores import diskcache_store, lmdb_env, lmdb_store
 
     def maybe() -> None:
         if rng.random() < probability:
@@ -126,10 +126,10 @@ def _install_kill_points(rng: random.Random, probability: float) -> None:
     around(engine.TieredCache, "_promote")
     around(lmdb_store.LmdbStore, "put")
     around(lmdb_store.LmdbStore, "delete")
-    around(lmdb_store, "_fsync_path")            # inside a compaction: copied / renamed
+    around(lmdb_env, "fsync_path")            # inside a compaction: copied / renamed
     around(diskcache_store.DiskcacheStore, "put")
     around(diskcache_store.DiskcacheStore, "delete")
-    original_write_all = diskcache_store._write_all
+    original_write_all = diskcache_store.write_all
 
     def write_all(fd: int, data: memoryview) -> None:  # die half-way through a value file
         if data.nbytes > 1 and rng.random() < probability:
@@ -137,7 +137,7 @@ def _install_kill_points(rng: random.Random, probability: float) -> None:
             _die()
         original_write_all(fd, data)
 
-    diskcache_store._write_all = write_all
+    diskcache_store.write_all = write_all
 
 
 def _install_disk_full(rng: random.Random, probability: float) -> None:
@@ -218,9 +218,9 @@ def _check(cache: Any, expect: dict[str, dict[str, int | None]]) -> tuple[dict[s
 def child(root: Path, round_no: int, seed: int, mode: str, expect_file: Path) -> None:
     import tiercache
     from tiercache.errors import TierCacheError
-    from tiercache.stores import lmdb_store
+    from tiercache.stores import lmdb_env, lmdb_store
 
-    lmdb_store.COMPACT_SLACK_BYTES = 64 * 1024  # compact often, so kills land inside one too
+    lmdb_env.COMPACT_SLACK_BYTES = 64 * 1024  # compact often, so kills land inside one too
     compact = lmdb_store.LmdbStore.compact
 
     def announced_compact(self: Any) -> int:

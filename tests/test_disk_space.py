@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 import tiercache
-from tiercache.stores import lmdb_store
+from tiercache.stores import lmdb_env
 from tiercache.stores.lmdb_store import LmdbStore
 from tiercache.stores.packed import PackedStore
 from tiercache.stores.packed import store as packed_store
@@ -112,16 +112,17 @@ def test_du_stays_within_capacity_plus_overhead(tmp_path: Path, backend: str, ca
     print(f"{backend} {capacity // KiB} KiB, shards {lo}-{hi} B: peak du = {worst:.2f} x capacity")
 
 
-def test_lmdb_without_compaction_would_outgrow_the_bound(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lmdb_without_compaction_would_outgrow_the_bound(tmp_path: Path) -> None:
     """The reason for compaction: fragmentation alone takes lmdb past 1.25 x capacity."""
-    monkeypatch.setattr(lmdb_store.LmdbStore, "_maybe_compact", lambda self: None)
     folder = tmp_path / "tier"
     capacity = 4 * MiB
     cfg = {"tiers": [{"name": "disk", "backend": "lmdb", "path": str(folder),
                       "capacity": capacity}]}
     rng = np.random.default_rng(7)
     with tiercache.open(cfg) as cache:
+        store = cache.tier("disk").store
+        assert isinstance(store, LmdbStore)
+        store.compacting = False
         for i in range(1500):
             cache.put(f"k{int(rng.integers(400))}",
                       np.full(int(rng.integers(KiB, 256 * KiB)) // 4, i, np.float32))
@@ -131,8 +132,7 @@ def test_lmdb_without_compaction_would_outgrow_the_bound(tmp_path: Path,
 def test_packed_without_compaction_would_outgrow_the_bound(tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The reason for compaction: an append-only file only grows."""
-    monkeypatch.setattr(packed_store, "COMPACT_MIN_DEAD_BYTES", PACKED_MIN_DEAD)
-    monkeypatch.setattr(PackedStore, "_maybe_compact", lambda self, data: None)
+    monkeypatch.setattr(packed_store, "COMPACT_MIN_DEAD_BYTES", 1 << 62)  # never compacts
     folder = tmp_path / "tier"
     capacity = 4 * MiB
     cfg = {"tiers": [{"name": "disk", "backend": "packed", "path": str(folder),
@@ -147,8 +147,10 @@ def test_packed_without_compaction_would_outgrow_the_bound(tmp_path: Path,
 
 
 def _hold_a_read_then_die(path: str, ready: Any) -> None:  # pragma: no cover - child process
-    store = LmdbStore(path)
-    txn = store._env_or_raise().begin()  # a reader slot pinning this snapshot
+    import lmdb
+
+    env = lmdb.open(path, max_dbs=2)  # any process reading the environment, as a store does
+    txn = env.begin()  # a reader slot pinning this snapshot
     txn.get(b"x")
     ready.set()
     os.kill(os.getpid(), signal.SIGKILL)
@@ -167,7 +169,7 @@ def test_reader_slot_of_a_killed_process_is_freed_on_open(tmp_path: Path) -> Non
     assert ready.is_set() and child.exitcode == -signal.SIGKILL
     store = LmdbStore(path)
     with store:
-        readers = store._env_or_raise().readers()
+        readers = store.readers()
         assert str(child.pid) not in readers.split(), readers
 
 
@@ -224,7 +226,7 @@ def test_lmdb_holds_its_bound_when_small_shards_give_way_to_large_ones(tmp_path:
 
 
 def _fail_compaction_copy(path: Path) -> None:
-    if lmdb_store._COMPACT_DIR in str(path):
+    if lmdb_env.COMPACT_DIR in str(path):
         raise OSError(28, "No space left on device", str(path))
     _REAL_FSYNC(path)
 
@@ -235,7 +237,7 @@ def _fail_compaction_rename(path: Path) -> None:
     _REAL_FSYNC(path)
 
 
-_REAL_FSYNC = lmdb_store._fsync_path
+_REAL_FSYNC = lmdb_env.fsync_path
 
 
 @pytest.mark.parametrize("step", ["copy", "rename"])
@@ -254,7 +256,7 @@ def test_a_put_that_committed_stands_when_the_compaction_after_it_fails(
     store = LmdbStore(tmp_path / "tier", capacity_bytes=MiB, sync=False)
     with store:
         before = store.compactions
-        monkeypatch.setattr(lmdb_store, "_fsync_path", _fail_compaction_copy
+        monkeypatch.setattr(lmdb_env, "fsync_path", _fail_compaction_copy
                             if step == "copy" else _fail_compaction_rename)
         value = np.full(64 * KiB, 263, np.float32)
         with caplog.at_level("WARNING", logger="tiercache"):
@@ -266,8 +268,8 @@ def test_a_put_that_committed_stands_when_the_compaction_after_it_fails(
         assert reason in caplog.text and "the write stands" in caplog.text
         store.put("k7", value)  # within the back-off: no second attempt
         assert store.compaction_failures == 1
-        monkeypatch.setattr(lmdb_store, "_fsync_path", _REAL_FSYNC)  # the disk has room again
-        store._compact_retry_at = 0.0  # the back-off has passed
+        monkeypatch.setattr(lmdb_env, "fsync_path", _REAL_FSYNC)  # the disk has room again
+        store.compaction_backoff.expire()  # the back-off has passed
         store.put("k8", value)
         # the copy step left the file as it was: compacted now; the rename step had done it
         assert store.compactions == before + (1 if step == "copy" else 0)
@@ -291,7 +293,7 @@ def test_an_lmdb_put_that_does_not_commit_leaves_the_old_value(
         def refuse(self: LmdbStore, need: int) -> None:
             raise StoreError("map growth refused")
 
-        monkeypatch.setattr(LmdbStore, "_remap", refuse)
+        monkeypatch.setattr(LmdbStore, "grow_map", refuse)
         with pytest.raises(StoreError, match="refused"):
             store.put("k", np.full(MiB // 4, 2, np.float32))  # does not fit the map
         got = store.get("k")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import shutil
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ import tiercache
 from tiercache import TieredCache
 from tiercache.errors import StoreError, TierCacheError
 from tiercache.origins import NpyDirOrigin
-from tiercache.stores import lmdb_store
+from tiercache.stores import lmdb_env, lmdb_store
 from tiercache.testing import FaultyStore
 
 KiB = 1024
@@ -260,10 +261,9 @@ def test_lmdb_map_full_degrades_and_recovers(tmp_path: Path,
         _faulty(cache)
         store = cache.tier("ssd").store
         assert isinstance(store, lmdb_store.LmdbStore)
-        env = store._env_or_raise()
-        env.set_mapsize(64 * KiB)  # a map far too small, and growth refused:
-        monkeypatch.setattr(lmdb_store, "_MAX_GROW_ATTEMPTS", 1)
-        monkeypatch.setattr(store, "_remap", lambda need: None)
+        store.set_map_size(64 * KiB)  # a map far too small, and growth refused:
+        monkeypatch.setattr(lmdb_env, "MAX_GROW_ATTEMPTS", 1)
+        monkeypatch.setattr(store, "grow_map", lambda need: None)
         cache.put("big", shard(1, nbytes=200 * KiB), tier="ssd")
         s = _state(cache, "ssd")
         assert s["degraded"] and "grow the map" in s["degraded_reason"]
@@ -277,7 +277,7 @@ def test_lmdb_map_full_degrades_and_recovers(tmp_path: Path,
 
 def test_stores_convert_driver_errors_to_store_error(tmp_path: Path) -> None:
     lm = lmdb_store.LmdbStore(tmp_path / "l", map_size_bytes=64 * KiB)
-    cast(Any, lm)._remap = lambda need: None
+    cast(Any, lm).grow_map = lambda need: None
     with lm, pytest.raises(StoreError, match="could not grow"):
         lm.put("k", shard(1, nbytes=256 * KiB))
     from tiercache.stores.diskcache_store import DiskcacheStore
@@ -285,7 +285,8 @@ def test_stores_convert_driver_errors_to_store_error(tmp_path: Path) -> None:
     with dc:
         dc.put("k", shard(2, nbytes=64 * KiB))
         (tmp_path / "d" / "cache.db").chmod(0o000)  # root ignores modes: break the db instead
-        dc._cache_or_raise()._sql("DROP TABLE Cache")
+        with contextlib.closing(sqlite3.connect(tmp_path / "d" / "cache.db")) as other:
+            other.execute("DROP TABLE Cache")
         for call in (lambda: dc.get("k"), lambda: dc.put("j", shard(3)),
                      lambda: dc.delete("k"), lambda: list(dc.keys()), lambda: "k" in dc):
             with pytest.raises(StoreError):

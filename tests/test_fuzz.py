@@ -27,12 +27,14 @@ header). TensorFlow is never imported in the children.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
 import math
 import os
 import re
+import sqlite3
 import struct
 import tempfile
 from collections.abc import Callable
@@ -178,14 +180,14 @@ def _diskcache_damaged_values() -> None:
 def _diskcache_property(dc_store: DiskcacheStore, mutations: list[Mutation], big: bool) -> None:
     array = np.arange(20_000 if big else 200, dtype=np.float32)  # a value file or inline
     dc_store.put("k", array)
-    filename = dc_store._cache_or_raise()._sql(
-        "SELECT filename FROM Cache WHERE key = ?", (codec.key_bytes("k"),)).fetchone()[0]
-    original = (dc_store.path / filename).read_bytes() if filename else codec.encode("k", array)
+    filename = dc_store.value_file("k")
+    original = filename.read_bytes() if filename else codec.encode("k", array)
     damaged = mutate(original, mutations)
     if filename:
-        (dc_store.path / filename).write_bytes(damaged)
+        filename.write_bytes(damaged)
     else:
-        dc_store._cache_or_raise()._sql("UPDATE Cache SET value = ?", (damaged,))
+        with contextlib.closing(sqlite3.connect(dc_store.path / "cache.db")) as other, other:
+            other.execute("UPDATE Cache SET value = ?", (damaged,))
     try:
         got = dc_store.get("k")
     except CorruptShardError:
@@ -210,7 +212,7 @@ def _packed_property(packed: PackedStore, mutations: list[Mutation], big: bool) 
     array = np.arange(20_000 if big else 200, dtype=np.float32)  # page or 64-byte aligned
     packed.put("k", array)  # appended: a fresh entry at a fresh offset
     ((_key, offset, length),) = [row for row in packed.layout() if row[0] == "k"]
-    data_path = packed.path / f"data.{packed._data.generation}.bin"
+    data_path = packed.data_file
     with open(data_path, "r+b") as f:
         f.seek(offset)
         original = f.read(length)

@@ -39,19 +39,16 @@ def corrupt(cache: TieredCache, tier: str, key: str, *, where: str = "payload") 
     store = cache.tier(tier).store
     kb = codec.key_bytes(key)
     if isinstance(store, LmdbStore):
-        env = store._env_or_raise()
-        db = store._data if where == "payload" else store._hdr
-        with env.begin(write=True) as txn:
-            raw = txn.get(kb, db=db)
-            assert raw is not None, f"{key!r} is not in tier {tier}"
+        def flip(raw: bytes) -> bytes:
             data = bytearray(raw)
             data[len(data) // 2 if where == "payload" else 20] ^= 0x40
-            txn.put(kb, bytes(data), db=db)
+            return bytes(data)
+
+        store.rewrite_raw(key, "payload" if where == "payload" else "header", flip)
         return
     if isinstance(store, PackedStore):
         ((offset, length),) = [(o, n) for k, o, n in store.layout() if k == key]
-        data_file = store.path / f"data.{store._data.generation}.bin"
-        with open(data_file, "r+b") as f:
+        with open(store.data_file, "r+b") as f:
             f.seek(offset + (length - 1 if where == "payload" else 20))
             byte = f.read(1)
             f.seek(-1, os.SEEK_CUR)

@@ -15,7 +15,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pytest
@@ -311,14 +311,15 @@ def test_a_full_disk_is_reported_not_the_failed_rollback(small_fs: Path) -> None
 
 
 class _CommitFails:
-    """A connection whose COMMIT fails the way sqlite's does on a full disk: sqlite rolls
-    the transaction back itself, then reports SQLITE_FULL."""
+    """A connection whose COMMIT fails, once :attr:`failing` is set, the way sqlite's does
+    on a full disk: sqlite rolls the transaction back itself, then reports SQLITE_FULL."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self.failing = False
 
     def execute(self, sql: str, *args: Any) -> Any:
-        if sql == "COMMIT":
+        if sql == "COMMIT" and self.failing:
             self._conn.execute("ROLLBACK")
             raise sqlite3.OperationalError("database or disk is full")
         return self._conn.execute(sql, *args)
@@ -328,18 +329,28 @@ class _CommitFails:
 
 
 @pytest.mark.parametrize("op", ["put", "delete", "compact"])
-def test_every_write_reports_the_first_error(tmp_path: Path, op: str) -> None:
+def test_every_write_reports_the_first_error(tmp_path: Path, op: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    connections: list[_CommitFails] = []
+    real_connect = sqlite3.connect
+
+    def connect(*args: Any, **kwargs: Any) -> Any:  # the index opens its connection here
+        connections.append(_CommitFails(real_connect(*args, **kwargs)))
+        return connections[-1]
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
     with PackedStore(tmp_path / "tier") as store:
+        monkeypatch.undo()
         store.put("a", _value(1))
-        real = store._index.conn
-        cast(Any, store._index).conn = _CommitFails(real)
+        (conn,) = connections
+        conn.failing = True
         calls: dict[str, Callable[[], object]] = {
             "put": lambda: store.put("b", _value(2)), "delete": lambda: store.delete("a"),
             "compact": store.compact}
         with pytest.raises(StoreError, match="database or disk is full") as info:
             calls[op]()
         assert "rollback" not in str(info.value)
-        store._index.conn = real
+        conn.failing = False
         assert _same(store.get("a"), _value(1))  # nothing half-done
         assert store.get("b") is None
 

@@ -542,11 +542,11 @@ class TestCodec:
 def test_lmdb_put_far_larger_than_the_map(tmp_path: Path) -> None:
     big = np.random.default_rng(3).standard_normal(4 << 20).astype(np.float32)  # 16 MiB
     with LmdbStore(tmp_path / "tier", map_size_bytes=256 * 1024) as store:
-        before = store._env_or_raise().info()["map_size"]
+        before = store.map_size_bytes
         store.put("big", big)
         for i in range(5):
             store.put(f"more{i}", big[: (i + 1) << 20])
-        assert store._env_or_raise().info()["map_size"] > before + big.nbytes
+        assert store.map_size_bytes > before + big.nbytes
         assert_same(store.get("big"), big)
     with LmdbStore(tmp_path / "tier", map_size_bytes=256 * 1024) as reopened:
         assert_same(reopened.get("big"), big)
@@ -555,7 +555,7 @@ def test_lmdb_put_far_larger_than_the_map(tmp_path: Path) -> None:
 
 def test_lmdb_map_sized_from_capacity(tmp_path: Path) -> None:
     with LmdbStore(tmp_path / "tier", capacity_bytes=64 << 30) as store:
-        assert store._env_or_raise().info()["map_size"] >= 128 << 30
+        assert store.map_size_bytes >= 128 << 30
 
 
 # -- concurrency ------------------------------------------------------------------------
@@ -623,7 +623,7 @@ def test_lmdb_remap_while_reading(tmp_path: Path) -> None:
         thread.start()
     try:
         for _ in range(300):
-            store._remap(0)  # what a MapResizedError triggers: set_mapsize under the guard
+            store.grow_map(0)  # what a MapResizedError triggers: set_mapsize under the guard
     finally:
         stop.set()
         for thread in readers:
@@ -819,7 +819,7 @@ def test_the_folder_lock_is_close_on_exec_and_records_the_pid(tmp_path: Path) ->
     handle = lock_tier_folder(tmp_path / "t")  # creates the folder
     assert handle.held and handle.path == tmp_path / "t" / LOCK_FILE_NAME
     assert (tmp_path / "t" / LOCK_FILE_NAME).read_text().strip() == str(os.getpid())
-    fd = handle._fd
+    fd = handle.fileno()
     assert fd is not None and fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
     with pytest.raises(StoreError, match="in use"):  # a second store in this process too
         lock_tier_folder(tmp_path / "t")

@@ -79,6 +79,10 @@ class LockHandle:
         """Whether the lock is still held (not yet released). O(1)."""
         return self._fd is not None
 
+    def fileno(self) -> int | None:
+        """The lock file's descriptor while held (close-on-exec), else ``None``. O(1)."""
+        return self._fd
+
     def release(self) -> None:
         """Unlock and close the lock file (the file stays, with the last holder's pid).
         Idempotent. O(1)."""

@@ -166,8 +166,8 @@ class _ShardDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no ty
                     raise
                 continue  # a concurrent cleanup removed the directory; make it again
             try:
-                _write_all(fd, memoryview(value.header))
-                _write_all(fd, value.payload)
+                write_all(fd, memoryview(value.header))
+                write_all(fd, value.payload)
             except BaseException:
                 os.close(fd)
                 with contextlib.suppress(OSError):
@@ -185,8 +185,10 @@ class _ShardDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no ty
                                 f"{mode}; tiercache stores only raw shards (pickle refused)")
 
 
-def _write_all(fd: int, data: memoryview) -> None:
-    """``os.write`` until every byte of ``data`` is written."""
+def write_all(fd: int, data: memoryview) -> None:
+    """``os.write`` until every byte of ``data`` is written: how a value file's bytes
+    reach the disk (the one write of this module, a fault-injection point for tests).
+    Raises OSError. O(n)."""
     pos, n = 0, data.nbytes
     while pos < n:
         pos += os.write(fd, data[pos:])
@@ -370,6 +372,17 @@ class DiskcacheStore(DiskStore):
         view.flags.writeable = False
         self._views[key] = (value.name, view)
         return view
+
+    def value_file(self, key: str) -> Path | None:
+        """The file holding ``key``'s value, or ``None`` when the value is inline in
+        ``cache.db`` (smaller than ``min_file_size``) or absent: for tools measuring the
+        layout's reads and tests damaging a value. One sqlite lookup. Raises as
+        :meth:`get`."""
+        value = self._fetch(key)
+        if value is None or isinstance(value, bytes):
+            return None
+        with value:
+            return Path(value.name)
 
     def needs_check(self, key: str) -> bool:
         """Whether :meth:`get_view` would map (and with ``verify="always"`` verify)

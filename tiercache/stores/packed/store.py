@@ -15,6 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -497,6 +498,13 @@ class PackedStore(_PackedFiles):
     def keys(self) -> Iterator[str]:
         """Snapshot of every key, in data-file order. O(number of shards)."""
         return iter([key for key, _offset, _length in self.layout()])
+
+    @property
+    def data_file(self) -> Path:
+        """The data file in use, ``data.<generation>.bin`` (a compaction moves to the next
+        generation): where :meth:`layout`'s offsets point. O(1)."""
+        with self._lock:
+            return self._data.path
 
     def layout(self) -> list[tuple[str, int, int]]:
         """``(key, offset, length)`` of every shard, in data-file order. O(shards).
