@@ -16,6 +16,13 @@ The prompt is used raw (no BOS unless the model asks for it) unless
 ``--chat``, which wraps it in the model's chat template (ChatML, from the
 manifest) and prints only the reply. Greedy unless ``--temperature`` > 0
 (then ``--top-k``, ``--top-p``, ``--seed``).
+
+Several prompts (``--prompt`` repeated, ``--prompt-file``, ``--prompts-file``
+with one per line; in that order) run as one batch -- one forward pass per
+step for every live sequence -- or as batches of ``--batch-size``. Prompt
+``i`` samples with seed ``--seed + i``. Each result is printed, after its
+batch ends, under a header line ``[i] PROMPT``; ``--json`` prints
+``{"results": [{"prompt_ids", "token_ids", "text"}, ...], "stats", "timing"}``.
 """
 
 from __future__ import annotations
@@ -24,14 +31,46 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..models.api import DEFAULT_PREFETCH
 
+if TYPE_CHECKING:
+    from ..models.api import Model, Sampler
 
-def _prompt_text(args: argparse.Namespace) -> str:
-    if args.prompt_file is None:
-        return str(args.prompt)
-    path = Path(args.prompt_file)
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    """Every prompt of the command line, in order: each ``--prompt``, the
+    ``--prompt-file``, then the lines of ``--prompts-file``. Reads the files only."""
+    prompts = [str(p) for p in args.prompt or ()]
+    if args.prompt_file is not None:
+        prompts.append(_prompt_file(Path(args.prompt_file)))
+    if args.prompts_file is not None:
+        prompts.extend(_prompts_file(Path(args.prompts_file)))
+    if not prompts:
+        raise ValueError("no prompt: give --prompt TEXT (may repeat), --prompt-file FILE "
+                         "or --prompts-file FILE")
+    return prompts
+
+
+def _prompts_file(path: Path) -> list[str]:
+    """The non-blank lines of ``path`` (UTF-8, a BOM allowed), each a prompt as written."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: prompts file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: the prompts file is not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise OSError(f"{path}: cannot read the prompts file ({exc.strerror or exc})") from None
+    prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"{path}: the prompts file has no prompt (one per line; blank lines "
+                         "are skipped)")
+    return prompts
+
+
+def _prompt_file(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -51,16 +90,28 @@ def _warning(text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.api import Sampler, TextStream, load_model
+    from ..models.api import Sampler, batch_samplers, load_model
 
     if args.max_new_tokens < 0:
         raise ValueError("--max-new-tokens must be >= 0")
     if args.prefetch < 0:
         raise ValueError("--prefetch must be >= 0 (0: off)")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError("--batch-size must be >= 1")
     sampler = Sampler(args.temperature, args.top_k, args.top_p, args.seed)
-    prompt = _prompt_text(args)
+    prompts = _prompts(args)
     model = load_model(args.config, manifest=args.manifest, prefetch=args.prefetch,
                        warn=_warning, on_status=None if args.json else _status)
+    if len(prompts) > 1:
+        samplers = batch_samplers(len(prompts), args.temperature, args.top_k, args.top_p,
+                                  args.seed)
+        return _run_batch(args, model, prompts, samplers)
+    return _run_one(args, model, prompts[0], sampler)
+
+
+def _run_one(args: argparse.Namespace, model: Model, prompt: str, sampler: Sampler) -> int:
+    from ..models.api import TextStream
+
     with model:
         prompt_ids = model.encode_prompt(prompt, chat=args.chat, system=args.system)
         stream = TextStream(model.tokenizer)
@@ -89,20 +140,82 @@ def run(args: argparse.Namespace) -> int:
           f"fetch {timing['fetch_s']:.2f} s, handoff {timing['handoff_s']:.3f} s, "
           f"compute {timing['compute_s']:.2f} s" if rate is not None else
           f"{len(token_ids)} tokens", file=sys.stderr)
+    _print_stats(args, stats)
+    return 0
+
+
+def _print_stats(args: argparse.Namespace, stats: dict[str, Any]) -> None:
     if args.stats:
         from .stats import render_stats
 
         sys.stdout.flush()
         render_stats(stats, loop=True)
+
+
+def _one_line(prompt: str) -> str:
+    """``prompt`` on one line: line breaks shown as ``\\n`` / ``\\r``."""
+    return prompt.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _encode(model: Model, index: int, prompt: str, args: argparse.Namespace) -> list[int]:
+    try:
+        return model.encode_prompt(prompt, chat=args.chat, system=args.system)
+    except ValueError as exc:
+        raise ValueError(f"prompt {index} ({_one_line(prompt)[:40]!r}): {exc}") from None
+
+
+def _run_batch(args: argparse.Namespace, model: Model, prompts: list[str],
+               samplers: list[Sampler]) -> int:
+    """Several prompts: batches of ``--batch-size`` (default all); each batch's
+    results printed when it ends (``[i] PROMPT`` then the text), or one JSON
+    object at the end."""
+    results: list[dict[str, Any]] = []
+    with model:
+        batch = [_encode(model, i, p, args) for i, p in enumerate(prompts)]
+        size = args.batch_size or len(batch)
+        for start in range(0, len(batch), size):
+            chunk = batch[start:start + size]
+            outs = model.generate_ids(chunk, args.max_new_tokens,
+                                      sampler=samplers[start:start + size],
+                                      stop_at_eos=not args.ignore_eos)
+            for offset, (prompt_ids, token_ids) in enumerate(zip(chunk, outs, strict=True)):
+                text = model.tokenizer.decode(token_ids)
+                results.append({"prompt_ids": prompt_ids, "token_ids": token_ids,
+                                "text": text})
+                if not args.json:
+                    index = start + offset
+                    sys.stdout.write(f"[{index}] {_one_line(prompts[index])}\n{text}\n")
+                    sys.stdout.flush()
+        model.cache.stop_prefetcher()
+        stats = model.cache.stats()
+    timing = model.timings.as_dict()
+    if args.json:
+        print(json.dumps({"results": results, "stats": stats, "timing": timing}, indent=2,
+                         default=str))
+        return 0
+    tokens = sum(len(r["token_ids"]) for r in results)
+    rate = timing["decode_tokens_per_s"]
+    print(f"{len(prompts)} prompts, {tokens} tokens; decode {rate:.2f} tokens/s; "
+          f"fetch {timing['fetch_s']:.2f} s, handoff {timing['handoff_s']:.3f} s, "
+          f"compute {timing['compute_s']:.2f} s" if rate is not None else
+          f"{len(prompts)} prompts, {tokens} tokens", file=sys.stderr)
+    _print_stats(args, stats)
     return 0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("generate", help="generate text with the model in a cache")
     p.add_argument("--config", required=True, help="the cache's TOML file")
-    prompt = p.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt", help="the prompt text")
-    prompt.add_argument("--prompt-file", metavar="FILE", help="read the prompt from FILE (UTF-8)")
+    p.add_argument("--prompt", action="append", metavar="TEXT",
+                   help="the prompt text; repeat it for several prompts (one batch)")
+    p.add_argument("--prompt-file", metavar="FILE",
+                   help="read one prompt, the whole of FILE (UTF-8)")
+    p.add_argument("--prompts-file", metavar="FILE",
+                   help="read prompts from FILE, one per line (UTF-8; blank lines skipped). "
+                        "With several sources the order is: the --prompt ones first, then "
+                        "--prompt-file, then these")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="several prompts: run them N at a time (default: all in one batch)")
     p.add_argument("--chat", action="store_true",
                    help="wrap the prompt in the model's chat template (as the user's message) "
                         "and print only the reply")
@@ -114,7 +227,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--top-p", type=float,
                    help="sample among the most likely tokens whose probabilities reach P")
     p.add_argument("--seed", type=int, help="seed of the sampler (the same seed: the same text)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (several prompts: {\"results\": [...], "
+                        "\"stats\", \"timing\"})")
     p.add_argument("--manifest", help="the model manifest (default: <config stem>.model.json "
                    "next to the config)")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence")

@@ -20,6 +20,13 @@ cut to the ``top_k`` largest, then to the smallest set whose probability
 reaches ``top_p``, and one token is drawn with a ``numpy`` generator seeded by
 ``seed`` (the same seed gives the same tokens).
 
+Several prompts at once: ``generate`` and ``generate_ids`` also take a list of
+prompts and run them as one batch (``LlamaModel.generate_batch``: one forward
+pass per step serves every live sequence, each stops on its own). Prompt ``i``
+gets its own :class:`Sampler` seeded ``seed + i`` (:func:`batch_samplers`), so
+each result is what generating that prompt alone with seed ``seed + i`` gives,
+whatever else is in the batch (greedy: the same tokens as alone).
+
 This module imports neither TensorFlow nor the runtime at import time;
 ``import tiercache`` stays light (``tiercache.load_model`` is resolved lazily).
 """
@@ -30,16 +37,17 @@ import codecs
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import numpy as np
 
 from ..config import CacheConfig, load_config
 from ..errors import CacheClosedError
 from ..units import format_size
+from .batching import BatchPieces, OnToken, run_in_chunks, split_prompts
 from .manifest import (
     ModelManifest,
     load_manifest,
@@ -52,12 +60,14 @@ if TYPE_CHECKING:
     from ..core.cache import TieredCache
     from .runtime.tensorflow import LlamaModel, ModelTimings
 
-__all__ = ["Model", "Sampler", "TextStream", "find_manifest", "load_model"]
+__all__ = ["Model", "Sampler", "TextStream", "batch_samplers", "find_manifest", "load_model"]
 
 #: Prefetch depth :func:`load_model` and ``tiercache generate`` use by default.
 DEFAULT_PREFETCH = 32
 
 ChatMessages = Sequence[Mapping[str, str]]
+#: A list of prompts for one batch: each a text or a chat (a list of messages).
+Prompts = Sequence[str | ChatMessages]
 
 
 class Sampler:
@@ -160,6 +170,16 @@ class TextStream:
     def flush(self) -> str:
         """The text still held back (at the end of the sequence)."""
         return str(self._decoder.decode(b"", final=True))
+
+
+def batch_samplers(count: int, temperature: float = 0.0, top_k: int | None = None,
+                   top_p: float | None = None, seed: int | None = None, *,
+                   start: int = 0) -> list[Sampler]:
+    """One :class:`Sampler` per prompt of a batch: prompt ``i`` (counted from
+    ``start``) is seeded ``seed + i`` (``seed=None``: each its own fresh entropy),
+    so a prompt draws the same tokens whatever else is in its batch. O(count)."""
+    return [Sampler(temperature, top_k, top_p, None if seed is None else seed + start + i)
+            for i in range(count)]
 
 
 def find_manifest(config: str | os.PathLike[str], cfg: CacheConfig | None = None) -> Path:
@@ -266,6 +286,21 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
     return Model(cache, loaded, tokenizer, llama, layout_warnings=advice)
 
 
+def _id_batch(prompt_ids: Sequence[int] | Sequence[Sequence[int]]) -> list[list[int]] | None:
+    """The prompts of a list of id lists, or ``None`` for one prompt (ids, or empty)."""
+    if isinstance(prompt_ids, np.ndarray):
+        return [list(row) for row in prompt_ids] if prompt_ids.ndim == 2 else None
+    if len(prompt_ids) == 0 or isinstance(prompt_ids[0], int | np.integer):
+        return None
+    batch: list[list[int]] = []
+    for i, ids in enumerate(prompt_ids):
+        if isinstance(ids, str | bytes) or not isinstance(ids, Sequence | np.ndarray):
+            raise ValueError(f"prompt {i} of the list is a {type(ids).__name__}, not a "
+                             "sequence of token ids")
+        batch.append(list(ids))
+    return batch
+
+
 class Model:
     """A model served from a cache, as :func:`load_model` returns it.
 
@@ -273,8 +308,9 @@ class Model:
     :meth:`close` closes it), ``manifest``, ``tokenizer``, ``llama`` (the
     TensorFlow decoder), ``layout_warnings`` (problems of the tier layout).
 
-    Thread-safety: one sequence at a time (the decoder keeps a KV cache); use
-    one :class:`Model` per thread.
+    Thread-safety: one call at a time (the decoder keeps a KV cache); use one
+    :class:`Model` per thread. A streamed batch runs on a worker thread: other
+    calls raise ``RuntimeError`` until its iterator is finished or closed.
     """
 
     def __init__(self, cache: TieredCache, manifest: ModelManifest, tokenizer: BPETokenizer,
@@ -285,6 +321,7 @@ class Model:
         self.llama = llama
         self.layout_warnings = list(layout_warnings)
         self._closed = False
+        self._batch: BatchPieces | None = None  # the last streamed batch (its worker thread)
 
     @property
     def timings(self) -> ModelTimings:
@@ -316,32 +353,102 @@ class Model:
             raise ValueError("the prompt is empty: give some text")
         return ids
 
+    @overload
     def generate_ids(self, prompt_ids: Sequence[int], max_new_tokens: int, *,
-                     sampler: Callable[[np.ndarray], int] | None = None,
-                     stop_at_eos: bool = True) -> Iterator[int]:
-        """New token ids, yielded as they are chosen (one forward pass each); stops
-        after the end-of-sequence token unless ``stop_at_eos`` is false."""
+                     sampler: Callable[[np.ndarray], int] | None = ...,
+                     stop_at_eos: bool = ...) -> Iterator[int]: ...
+
+    @overload
+    def generate_ids(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, *,
+                     sampler: Callable[[np.ndarray], int]
+                     | Sequence[Callable[[np.ndarray], int]] | None = ...,
+                     stop_at_eos: bool = ..., on_token: OnToken | None = ...,
+                     batch_size: int | None = ...) -> list[list[int]]: ...
+
+    def generate_ids(self, prompt_ids: Sequence[int] | Sequence[Sequence[int]],
+                     max_new_tokens: int, *,
+                     sampler: Callable[[np.ndarray], int]
+                     | Sequence[Callable[[np.ndarray], int]] | None = None,
+                     stop_at_eos: bool = True, on_token: OnToken | None = None,
+                     batch_size: int | None = None) -> Iterator[int] | list[list[int]]:
+        """New token ids; stops after the end-of-sequence token unless ``stop_at_eos``
+        is false.
+
+        One prompt (a sequence of ints): an iterator yielding each id as it is
+        chosen (one forward pass each). A list of prompts (a sequence of id
+        sequences): runs them as one batch -- or consecutive batches of
+        ``batch_size`` -- and returns each prompt's new ids, in prompt order;
+        ``on_token(index, token)`` is called as each is chosen; ``sampler`` is
+        one callable per prompt (e.g. :func:`batch_samplers`) or one shared by
+        all (then its random state is shared too), ``None`` greedy. One forward
+        pass per step serves every live sequence of a batch.
+        """
         self._check_open()
         eos = self.tokenizer.eos_id if stop_at_eos else None
-        return self.llama.stream(prompt_ids, max_new_tokens, eos_id=eos, sampler=sampler)
+        batch = _id_batch(prompt_ids)
+        if batch is None:
+            if sampler is not None and not callable(sampler):
+                raise ValueError("one prompt takes one sampler (a callable), not a list")
+            if on_token is not None or batch_size is not None:
+                raise ValueError("on_token and batch_size are for a list of prompts")
+            return self.llama.stream(cast("Sequence[int]", prompt_ids), max_new_tokens,
+                                     eos_id=eos, sampler=sampler)
+        if max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        samplers = None if sampler is None else (
+            [sampler] * len(batch) if callable(sampler) else list(sampler))
+        return run_in_chunks(self.llama.generate_batch, batch, max_new_tokens, eos_id=eos,
+                             samplers=samplers, on_token=on_token, batch_size=batch_size)
+
+    def _stream_batch(self, batch: list[list[int]], max_new_tokens: int,
+                      samplers: list[Sampler], stop_at_eos: bool,
+                      batch_size: int | None) -> Generator[tuple[int, str], None, None]:
+        eos = self.tokenizer.eos_id if stop_at_eos else None
+
+        def run(on_token: OnToken) -> list[list[int]]:  # on the worker thread
+            return run_in_chunks(self.llama.generate_batch, batch, max_new_tokens, eos_id=eos,
+                                 samplers=samplers, on_token=on_token, batch_size=batch_size)
+
+        self._batch = BatchPieces(run, [TextStream(self.tokenizer) for _ in batch],
+                                  max_new_tokens=max_new_tokens, eos_id=eos)
+        return self._batch.pieces()
 
     @overload
-    def generate(self, text: str | ChatMessages, max_new_tokens: int = ..., *,
+    def generate(self, text: str | ChatMessages,  # type: ignore[overload-overlap]
+                 max_new_tokens: int = ..., *,  # (a str is a Sequence[str]: str first)
                  stream: Literal[True] = ..., chat: bool = ..., temperature: float = ...,
                  top_k: int | None = ..., top_p: float | None = ..., seed: int | None = ...,
-                 system: str | None = ..., stop_at_eos: bool = ...) -> Iterator[str]: ...
+                 system: str | None = ..., stop_at_eos: bool = ...,
+                 batch_size: int | None = ...) -> Iterator[str]: ...
 
     @overload
-    def generate(self, text: str | ChatMessages, max_new_tokens: int = ..., *,
+    def generate(self, text: str | ChatMessages,  # type: ignore[overload-overlap]
+                 max_new_tokens: int = ..., *,
                  stream: Literal[False], chat: bool = ..., temperature: float = ...,
                  top_k: int | None = ..., top_p: float | None = ..., seed: int | None = ...,
-                 system: str | None = ..., stop_at_eos: bool = ...) -> str: ...
+                 system: str | None = ..., stop_at_eos: bool = ...,
+                 batch_size: int | None = ...) -> str: ...
 
-    def generate(self, text: str | ChatMessages, max_new_tokens: int = 64, *,
+    @overload
+    def generate(self, text: Prompts, max_new_tokens: int = ..., *,
+                 stream: Literal[True] = ..., chat: bool = ..., temperature: float = ...,
+                 top_k: int | None = ..., top_p: float | None = ..., seed: int | None = ...,
+                 system: str | None = ..., stop_at_eos: bool = ...,
+                 batch_size: int | None = ...) -> Generator[tuple[int, str], None, None]: ...
+
+    @overload
+    def generate(self, text: Prompts, max_new_tokens: int = ..., *,
+                 stream: Literal[False], chat: bool = ..., temperature: float = ...,
+                 top_k: int | None = ..., top_p: float | None = ..., seed: int | None = ...,
+                 system: str | None = ..., stop_at_eos: bool = ...,
+                 batch_size: int | None = ...) -> list[str]: ...
+
+    def generate(self, text: str | ChatMessages | Prompts, max_new_tokens: int = 64, *,
                  stream: bool = True, chat: bool = False, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None,
                  seed: int | None = None, system: str | None = None,
-                 stop_at_eos: bool = True) -> Iterator[str] | str:
+                 stop_at_eos: bool = True, batch_size: int | None = None,
+                 ) -> Iterator[str] | str | Generator[tuple[int, str], None, None] | list[str]:
         """Continue ``text`` (or, with ``chat``, answer it) with up to ``max_new_tokens``.
 
         ``stream=True`` returns an iterator of text pieces as the tokens come
@@ -353,14 +460,43 @@ class Model:
         after an optional ``system`` message, and the text is the reply.
         Arguments are checked at the call, before anything runs. One forward
         pass per token.
+
+        A list of prompts (each a str or, with ``chat``, a str or a list of
+        messages) runs as one batch (or batches of ``batch_size``):
+        ``stream=False`` returns the texts in prompt order; ``stream=True`` an
+        iterator of ``(index, piece)`` pairs as the tokens come (the pieces of
+        prompt ``index``, in order, join to its text; a worker thread runs the
+        batch: read the iterator to the end or ``close()`` it before the next
+        call). Prompt ``i`` samples with seed ``seed + i``.
         """
         if max_new_tokens < 0:
             raise ValueError("max_new_tokens must be >= 0")
-        sampler = Sampler(temperature, top_k, top_p, seed)
-        prompt_ids = self.encode_prompt(text, chat=chat, system=system)
+        if batch_size is not None and (isinstance(batch_size, bool)
+                                       or not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        prompts = split_prompts(text)
+        if prompts is None:
+            sampler = Sampler(temperature, top_k, top_p, seed)
+            prompt_ids = self.encode_prompt(cast("str | ChatMessages", text), chat=chat,
+                                            system=system)
+            self._check_open()
+            pieces = self._pieces(prompt_ids, max_new_tokens, sampler, stop_at_eos)
+            return pieces if stream else "".join(pieces)
+        samplers = batch_samplers(len(prompts), temperature, top_k, top_p, seed)
+        batch = [self._encode_item(i, p, chat, system) for i, p in enumerate(prompts)]
         self._check_open()
-        pieces = self._pieces(prompt_ids, max_new_tokens, sampler, stop_at_eos)
-        return pieces if stream else "".join(pieces)
+        if not stream:
+            ids = self.generate_ids(batch, max_new_tokens, sampler=samplers,
+                                    stop_at_eos=stop_at_eos, batch_size=batch_size)
+            return [self.tokenizer.decode(t) for t in ids]
+        return self._stream_batch(batch, max_new_tokens, samplers, stop_at_eos, batch_size)
+
+    def _encode_item(self, index: int, prompt: str | ChatMessages, chat: bool,
+                     system: str | None) -> list[int]:
+        try:
+            return self.encode_prompt(prompt, chat=chat, system=system)
+        except ValueError as exc:
+            raise ValueError(f"prompt {index}: {exc}") from None
 
     def _pieces(self, prompt_ids: list[int], max_new_tokens: int, sampler: Sampler,
                 stop_at_eos: bool) -> Iterator[str]:
@@ -378,10 +514,16 @@ class Model:
         if self._closed:
             raise CacheClosedError(f"model {self.manifest.name!r} is closed (model.close() "
                                    "closed its cache)")
+        if self._batch is not None and self._batch.running:
+            raise RuntimeError("a streamed batch of prompts is still running on this model: "
+                               "read its iterator to the end or close() it first")
 
     def close(self) -> None:
-        """Stop the prefetcher and close the cache. Idempotent."""
+        """Stop a streamed batch still running (waits for its forward pass), the
+        prefetcher, and close the cache. Idempotent."""
         self._closed = True
+        if self._batch is not None:
+            self._batch.stop()
         self.cache.close()
 
     def __enter__(self) -> Model:
