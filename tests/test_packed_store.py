@@ -162,7 +162,7 @@ def test_a_second_view_of_an_unchanged_shard_is_not_rehashed(
     assert counter.calls == 1  # the first view checks the payload
     for _ in range(3):
         assert store.get_view("a") is first
-    assert store.willneed("a") > 0
+    assert store.advise("a") > 0
     assert counter.calls == 1  # later views (and read-ahead) do not hash again
     store.put("b", shard(3, SMALL))  # our own write to another key keeps a's view
     calls = counter.calls
@@ -175,22 +175,22 @@ def test_a_second_view_of_an_unchanged_shard_is_not_rehashed(
     assert counter.calls == calls + 1
 
 
-def test_willneed_returns_the_stored_length(store: PackedStore,
+def test_advise_returns_the_stored_length(store: PackedStore,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     big, small = shard(1, BIG), shard(2, SMALL)
     store.put("big", big)
     store.put("small", small)
     lengths = {key: length for key, _offset, length in store.layout()}
-    assert store.willneed("big") == lengths["big"] == store.stored_size(big)
-    assert store.willneed("small") == lengths["small"] == store.stored_size(small)
-    assert store.willneed("missing") == 0
+    assert store.advise("big") == lengths["big"] == store.stored_size(big)
+    assert store.advise("small") == lengths["small"] == store.stored_size(small)
+    assert store.advise("missing") == 0
     store.delete("small")
-    assert store.willneed("small") == 0
+    assert store.advise("small") == 0
     counter = ChecksumCounter(monkeypatch)
     store.put("fresh", shard(3, BIG))
     calls = counter.calls
     assert store.needs_check("fresh")
-    assert store.willneed("fresh") == store.stored_size(shard(3, BIG))
+    assert store.advise("fresh") == store.stored_size(shard(3, BIG))
     assert counter.calls == calls  # read-ahead never waits for the bytes (no hashing)...
     assert store.needs_check("fresh")
     assert_same(store.get_view("fresh"), shard(3, BIG))
@@ -524,7 +524,7 @@ def test_a_flipped_payload_byte_is_corrupt_for_get_and_view(tmp_path: Path) -> N
             store.get_view("a")
         with pytest.raises(CorruptShardError, match="checksum"):
             store.get("a")
-        assert store.willneed("a") > 0  # read-ahead does not verify...
+        assert store.advise("a") > 0  # read-ahead does not verify...
         assert store.needs_check("a")  # ...and a failed check is never cached as verified
         with pytest.raises(CorruptShardError):
             store.get_view("a")
@@ -544,7 +544,7 @@ def test_a_row_past_the_end_of_the_data_file_is_corrupt_not_a_crash(tmp_path: Pa
     os.truncate(folder / "data.0.bin", offset + 200)  # e.g. bytes lost in an OS crash
     with PackedStore(folder) as store:
         assert_same(store.get("a"), shard(1, SMALL))
-        for read in (store.get, store.get_view, store.willneed, store.info):
+        for read in (store.get, store.get_view, store.advise, store.info):
             with pytest.raises(CorruptShardError, match="past the end"):
                 read("b")
         assert "b" in store
@@ -687,7 +687,7 @@ def test_a_closed_store_raises_cache_closed_error_and_its_views_stay_valid(
     view = store.get_view("a")
     store.close()
     for call in (lambda: store.get("a"), lambda: store.get_view("a"), lambda: store.info("a"),
-                 lambda: "a" in store, lambda: store.willneed("a"), store.layout,
+                 lambda: "a" in store, lambda: store.advise("a"), store.layout,
                  store.disk_usage, store.compact, store.sweep_orphans, store.keys,
                  lambda: store.put("b", np.array(1)), lambda: store.delete("a")):
         with pytest.raises(CacheClosedError, match="closed"):

@@ -839,3 +839,20 @@ def test_stores_opened_without_a_capacity_share_a_folder(tmp_path: Path) -> None
         assert b.get("k") is not None
     with DiskcacheStore(tmp_path / "e", exclusive=True), pytest.raises(StoreError, match="use"):
         DiskcacheStore(tmp_path / "e", capacity_bytes=1 << 20)
+
+
+def test_willneed_is_a_deprecated_name_of_advise(tmp_path: Path) -> None:
+    """``Store.willneed`` became ``Store.advise`` (issue 13): the old name still works,
+    called or overridden, with a DeprecationWarning."""
+    with PackedStore(tmp_path / "p") as store:
+        store.put("k", np.arange(1024, dtype=np.float32))
+        with pytest.warns(DeprecationWarning, match="advise"):
+            assert store.willneed("k") == store.advise("k") > 0
+
+    with pytest.warns(DeprecationWarning, match="Old.willneed is deprecated"):
+        class Old(MemoryStore):
+            def willneed(self, key: str) -> int:
+                return 7
+
+    assert Old().advise("k") == 7
+    assert MemoryStore().advise("k") == 0

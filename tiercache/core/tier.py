@@ -280,11 +280,11 @@ class Tier(TierHealth):
         except OSError as exc:
             raise StoreError(f"tier {self.name}: reading {key!r} failed ({exc})") from exc
 
-    def willneed(self, key: str) -> int:
+    def advise(self, key: str) -> int:
         """Ask the store to start reading ``key`` ahead of use (see
-        :meth:`Store.willneed`); the bytes advised. May raise StoreError."""
+        :meth:`Store.advise`); the bytes advised. May raise StoreError."""
         try:
-            return self.store.willneed(key)
+            return self.store.advise(key)
         except OSError as exc:
             raise StoreError(f"tier {self.name}: read-ahead of {key!r} failed ({exc})") from exc
 

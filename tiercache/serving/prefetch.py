@@ -68,7 +68,7 @@ class Prefetching(Scheduling):
     def advise(self, key: str) -> int | None:
         """Start reading ``key`` ahead of use if that needs no copy: when its fastest
         copy is on a ``zero_copy`` tier, ask that store to read it into the page cache
-        asynchronously (:meth:`Store.willneed`) and return the bytes advised. Returns 0
+        asynchronously (:meth:`Store.advise`) and return the bytes advised. Returns 0
         when there is nothing to do (already in a memory top tier, or nowhere), and
         ``None`` when bringing it up means a copy or reading it whole to verify its
         checksum first (:meth:`prefetch`'s job, on the prefetcher's threads). Cheap
@@ -86,7 +86,7 @@ class Prefetching(Scheduling):
             if tier.needs_check(key):
                 return None
         try:
-            advised = tier.willneed(key)
+            advised = tier.advise(key)
         except StoreError as exc:
             log.debug("read-ahead of %r on tier %s failed: %s", key, tier.name, exc)
             return 0
@@ -122,7 +122,7 @@ class Prefetching(Scheduling):
                 # a view-serving tier: start the page cache filling and, here on the
                 # prefetcher's thread, verify a shard not verified yet (its first view
                 # reads it whole) instead of copying the shard into RAM
-                advised = found[1].willneed(key)
+                advised = found[1].advise(key)
                 if not advised:
                     return 0
                 if found[1].needs_check(key):

@@ -16,6 +16,7 @@ import errno
 import fcntl
 import os
 import threading
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -212,13 +213,29 @@ class Store(ABC):
         overwritten or evicted meanwhile. Only stores with :attr:`zero_copy`."""
         raise NotImplementedError(f"the {self.backend} store does not serve zero-copy views")
 
-    def willneed(self, key: str) -> int:
-        """Start bringing ``key``'s bytes closer (e.g. into the page cache) without
-        waiting for them, ahead of a :meth:`get_view`; return the bytes advised (0 if
-        absent or if the store has nothing to do). Must not block on I/O: the
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """A store written for an earlier version that overrides :meth:`willneed` (and
+        not :meth:`advise`) keeps working: its ``willneed`` becomes its ``advise``,
+        with a :class:`DeprecationWarning`. O(1) per class."""
+        super().__init_subclass__(**kwargs)
+        if "willneed" in cls.__dict__ and "advise" not in cls.__dict__:
+            warnings.warn(f"{cls.__qualname__}.willneed is deprecated: name the method "
+                          "advise (Store.advise)", DeprecationWarning, stacklevel=2)
+            cls.advise = cls.__dict__["willneed"]  # type: ignore[method-assign]
+
+    def advise(self, key: str) -> int:
+        """Ask the medium to read ``key``'s bytes ahead (e.g. into the page cache)
+        without waiting for them, before a :meth:`get_view`; return the bytes advised
+        (0 if absent or if the store has nothing to do). Must not block on I/O: the
         prefetcher calls it on the loop's thread for zero-copy tiers. Default:
         nothing, 0."""
         return 0
+
+    def willneed(self, key: str) -> int:
+        """Deprecated name of :meth:`advise` (raises a :class:`DeprecationWarning`)."""
+        warnings.warn("Store.willneed is deprecated: use Store.advise", DeprecationWarning,
+                      stacklevel=2)
+        return self.advise(key)
 
     def needs_check(self, key: str) -> bool:
         """Whether the next :meth:`get_view` of ``key`` would first verify its checksum

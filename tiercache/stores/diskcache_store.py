@@ -389,7 +389,7 @@ class DiskcacheStore(DiskStore):
         ``key``'s file first: not viewed yet in this process. O(1)."""
         return key not in self._views
 
-    def willneed(self, key: str) -> int:
+    def advise(self, key: str) -> int:
         """Advise the kernel to read ``key``'s value file ahead (``madvise(WILLNEED)``:
         one read-ahead window). Maps the file first if needed, which verifies it the
         first time (the prefetcher does that on its own thread: :meth:`needs_check`).

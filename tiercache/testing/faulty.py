@@ -17,7 +17,7 @@ a limited number of times or with a probability, and are switched off with
 Not registered as a backend: wrap a tier's store in a test
 (``tier.store = FaultyStore.wrap(tier.store)``).
 
-Zero-copy reads (:meth:`FaultyStore.get_view`, :meth:`FaultyStore.willneed`) count
+Zero-copy reads (:meth:`FaultyStore.get_view`, :meth:`FaultyStore.advise`) count
 as ``get`` operations.
 
 Thread-safety: the fault list is guarded by a lock; the wrapped store's own
@@ -177,9 +177,9 @@ class FaultyStore(Store):
         self._check("get", key)
         return self.inner.get_view(key)
 
-    def willneed(self, key: str) -> int:
+    def advise(self, key: str) -> int:
         self._check("get", key)
-        return self.inner.willneed(key)
+        return self.inner.advise(key)
 
     def needs_check(self, key: str) -> bool:
         return self.inner.needs_check(key)

@@ -313,7 +313,7 @@ class ViewStoreContract:
 
     def test_view_of_missing_is_none(self, view_store: Store) -> None:
         assert view_store.get_view("nope") is None
-        assert view_store.willneed("nope") == 0
+        assert view_store.advise("nope") == 0
         view_store.put("k", ARRAYS["file-sized"])
         view_store.delete("k")
         assert view_store.get_view("k") is None
@@ -321,7 +321,7 @@ class ViewStoreContract:
     def test_view_outlives_overwrite_and_delete(self, view_store: Store) -> None:
         array = ARRAYS["file-sized"]
         view_store.put("k", array)
-        assert view_store.willneed("k") >= 0
+        assert view_store.advise("k") >= 0
         view = view_store.get_view("k")
         view_store.put("k", ARRAYS["int64"])
         assert_same(view_store.get_view("k"), ARRAYS["int64"])

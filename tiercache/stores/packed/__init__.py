@@ -64,7 +64,7 @@ Reads
     cached per key: a repeated call costs a dict lookup and a read of the
     epoch counter. :meth:`PackedStore.get` copies from the mapping into the
     destination and checks the checksum in the same pass.
-    :meth:`PackedStore.willneed` (what the prefetcher calls on a zero-copy
+    :meth:`PackedStore.advise` (what the prefetcher calls on a zero-copy
     tier) starts reading a shard this process has not read before into the
     page cache without waiting (``posix_fadvise(WILLNEED)`` in
     read-ahead-window sized pieces, the most Linux reads per call); later

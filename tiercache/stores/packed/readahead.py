@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-__all__ = ["DEFAULT_ADVICE_BYTES", "MAX_ADVICE_BYTES", "advice_bytes", "advise", "resident"]
+__all__ = ["DEFAULT_ADVICE_BYTES", "MAX_ADVICE_BYTES", "advice_bytes", "advise_range", "resident"]
 
 #: Read-ahead request size used when the block device's limits cannot be read.
 DEFAULT_ADVICE_BYTES = 128 * 1024
@@ -60,7 +60,7 @@ def resident(mapping_address: int, offset: int, length: int) -> bool | None:
     return (min(vector) & 1) == 1
 
 
-def advise(fd: int, offset: int, length: int, step: int) -> None:
+def advise_range(fd: int, offset: int, length: int, step: int) -> None:
     """Start reading bytes ``[offset, offset + length)`` of file ``fd`` into the page cache
     without waiting: ``posix_fadvise(WILLNEED)`` per ``step`` bytes (errors ignored).
     O(length / step) system calls."""

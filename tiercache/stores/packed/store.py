@@ -38,7 +38,7 @@ from .datafile import (
     sweep_data_files,
 )
 from .index import INDEX_NAME, PackedIndex
-from .readahead import advice_bytes, advise, resident
+from .readahead import advice_bytes, advise_range, resident
 
 __all__ = ["COMPACT_MIN_DEAD_BYTES", "PackedStore"]
 
@@ -435,7 +435,7 @@ class PackedStore(_PackedFiles):
             entry.verified = True
         return result
 
-    def willneed(self, key: str) -> int:
+    def advise(self, key: str) -> int:
         """Get ``key`` ready for a fast :meth:`get_view` without waiting; return its
         stored bytes (0 if absent).
 
@@ -462,7 +462,7 @@ class PackedStore(_PackedFiles):
         if not entry.seen and entry.generation == data.generation and resident(
                 view.ctypes.data - entry.header.header_nbytes - entry.offset,  # the mapping
                 entry.offset, entry.length) is False:
-            advise(data.fd, entry.offset, entry.length, self._advice_bytes)
+            advise_range(data.fd, entry.offset, entry.length, self._advice_bytes)
         entry.seen = True
         return entry.length
 
