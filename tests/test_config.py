@@ -50,6 +50,18 @@ def test_issue_example_parses_and_resolves_paths(tmp_path: Path) -> None:
         cast(Any, cfg.tiers[0]).capacity_bytes = 1  # frozen: refused at run time too
 
 
+def test_the_config_file_is_config_path_and_source_is_its_deprecated_name(
+        tmp_path: Path) -> None:
+    f = tmp_path / "tiers.toml"
+    f.write_text(GOOD_TOML)
+    cfg = load_config(f)
+    assert cfg.config_path == str(f)
+    with pytest.warns(DeprecationWarning, match="config_path"):
+        assert cfg.source == str(f)
+    ram = {"name": "ram", "backend": "memory", "capacity": "1MiB"}
+    assert load_config({"tiers": [ram]}).config_path == "<dict>"
+
+
 def test_percentage_capacity_for_memory(tmp_path: Path) -> None:
     cfg = load_config({"tiers": [{"name": "ram", "backend": "memory", "capacity": "25%"}]})
     assert cfg.tiers[0].capacity_bytes > 0

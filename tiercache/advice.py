@@ -61,7 +61,7 @@ def _fed_by_the_loop(cfg: CacheConfig, index: int) -> bool:
 
 def _thrash_warning(cfg: CacheConfig, index: int, schedule_bytes: int) -> str:
     tier = cfg.tiers[index]
-    head = (f"{cfg.source}: tier {tier.name!r} ({tier.policy}, {_mib(tier.capacity_bytes)}) "
+    head = (f"{cfg.config_path}: tier {tier.name!r} ({tier.policy}, {_mib(tier.capacity_bytes)}) "
             f"is smaller than one forward pass ({_mib(schedule_bytes)}) and its policy does "
             "not know the loop's order: each shard is evicted just before it is needed "
             "again, so nearly every get misses (thrashing).")
@@ -108,7 +108,7 @@ def layout_warnings(cfg: CacheConfig, schedule_bytes: int, *,
         for tier in cfg.tiers[1:]:
             if tier.backend == "lmdb":
                 out.append(
-                    f"{cfg.source}: prefetching from the lmdb tier {tier.name!r} while the "
+                    f"{cfg.config_path}: prefetching from the lmdb tier {tier.name!r} while the "
                     f"RAM tier {top.name!r} holds less than the model faults the lmdb map in "
                     "twice (5.2 GB read per token for a 0.54 GB model in "
                     'docs/performance.md). Fix: backend = "packed" with zero_copy = true on '

@@ -140,8 +140,9 @@ def load_origin_class(kind: str) -> type[Origin]:
     return cls
 
 
-def open_origin(kind: str, path: Path, *, source: str = "<dict>") -> Origin:
-    """Build the origin named in a config (``npy``, ``safetensors`` or ``module:Class``)."""
+def open_origin(kind: str, path: Path, *, config_path: str = "<dict>") -> Origin:
+    """Build the origin named in a config (``npy``, ``safetensors`` or ``module:Class``);
+    errors name ``config_path``, the config file."""
     if kind == "npy":
         return NpyDirOrigin(path)
     if kind == "safetensors":
@@ -149,9 +150,9 @@ def open_origin(kind: str, path: Path, *, source: str = "<dict>") -> Origin:
     try:
         cls = load_origin_class(kind)
     except LookupError as exc:
-        raise ConfigError(str(exc), file=source, key="origin.kind") from None
+        raise ConfigError(str(exc), file=config_path, key="origin.kind") from None
     origin = cls(path)  # type: ignore[call-arg]  # module:Class origins take the path
     if not isinstance(origin, Origin):
-        raise ConfigError(f"{kind!r} is not a tiercache.origins.Origin subclass", file=source,
+        raise ConfigError(f"{kind!r} is not a tiercache.origins.Origin subclass", file=config_path,
                           key="origin.kind")
     return origin

@@ -48,7 +48,7 @@ _ORIGIN_KEYS = {"kind", "path"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def load_config(source: str | os.PathLike[str] | Mapping[str, Any], *,
+def load_config(config: str | os.PathLike[str] | Mapping[str, Any], *,
                 base_dir: str | os.PathLike[str] | None = None) -> CacheConfig:
     """Read and validate a config from a TOML path or an already-parsed mapping.
 
@@ -58,12 +58,12 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any], *,
     redis tier without a ``namespace`` also reads the origin once per process to
     digest it (see :func:`origin_digest`). Thread-safe.
     """
-    if isinstance(source, Mapping):
-        return _Validator("<dict>", Path(base_dir) if base_dir else Path.cwd()).config(source)
-    if not isinstance(source, str | os.PathLike):
+    if isinstance(config, Mapping):
+        return _Validator("<dict>", Path(base_dir) if base_dir else Path.cwd()).config(config)
+    if not isinstance(config, str | os.PathLike):
         raise ConfigError(f"expected a TOML file path or a table (dict), got "
-                          f"{type(source).__name__}", file="<dict>")
-    path = Path(source)
+                          f"{type(config).__name__}", file="<dict>")
+    path = Path(config)
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
@@ -212,7 +212,7 @@ class _Validator:
         record_trace = (self.record_trace(data["record_trace"], tiers, origin)
                         if "record_trace" in data else None)
         return CacheConfig(tiers=tiers, mode=mode, origin=origin, flush_on_close=flush,
-                           source=self.file, record_trace=record_trace)
+                           config_path=self.file, record_trace=record_trace)
 
     def resolve(self, value: str) -> Path:
         """``value`` with ``~`` expanded, made absolute against the config's folder."""

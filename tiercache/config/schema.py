@@ -6,6 +6,7 @@ building one by hand skips that validation. Immutable, so thread-safe to share.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,15 @@ class CacheConfig:
     mode: Mode = "exclusive"
     origin: OriginConfig | None = None
     flush_on_close: bool = True
-    source: str = "<dict>"
+    #: The TOML file the config was read from (``"<dict>"`` for a mapping): error
+    #: messages and warnings name it.
+    config_path: str = "<dict>"
     #: CSV file the cache appends every get's ``key,size`` to (see tiercache.core.recording).
     record_trace: Path | None = None
+
+    @property
+    def source(self) -> str:
+        """Deprecated name of :attr:`config_path` (raises a :class:`DeprecationWarning`)."""
+        warnings.warn("CacheConfig.source is deprecated: use CacheConfig.config_path",
+                      DeprecationWarning, stacklevel=2)
+        return self.config_path

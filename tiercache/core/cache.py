@@ -121,7 +121,7 @@ class TieredCache(Lookup, Maintenance):
         """
         cfg = config if isinstance(config, CacheConfig) else load_config(config)
         tiers: list[Tier] = []
-        origin = (open_origin(cfg.origin.kind, cfg.origin.path, source=cfg.source)
+        origin = (open_origin(cfg.origin.kind, cfg.origin.path, config_path=cfg.config_path)
                   if cfg.origin else None)
         try:
             for tier_cfg in cfg.tiers:

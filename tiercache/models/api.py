@@ -273,7 +273,7 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
 
     tf_module()
     status(f"loading {loaded.name or 'the model'} ({len(loaded.tensors)} shards, "
-           f"{format_size(loaded.total_bytes)}) from {cfg.source}…")
+           f"{format_size(loaded.total_bytes)}) from {cfg.config_path}…")
     cache = TieredCache.from_config(cfg)
     try:
         llama = LlamaModel(cache, hparams, key_prefix=loaded.key_prefix, compile=compile)

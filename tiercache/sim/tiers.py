@@ -565,7 +565,7 @@ def simulate_tiers(trace: Trace | str | os.PathLike[str],
     total = float(request_s.sum())
     p50, p99 = (np.percentile(request_s, [50, 99]).tolist() if n else [0.0, 0.0])
     return TierSimResult(
-        trace=trace.source, config=cfg.source, mode=cfg.mode, requests=n, total_s=total,
+        trace=trace.source, config=cfg.config_path, mode=cfg.mode, requests=n, total_s=total,
         mean_s=total / n if n else 0.0, p50_s=float(p50), p99_s=float(p99),
         max_s=float(request_s.max()) if n else 0.0, tiers=tuple(reports),
         origin=origin_report, request_s=request_s)
