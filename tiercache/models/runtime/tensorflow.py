@@ -2,31 +2,38 @@
 
 :class:`LlamaModel` runs the architecture of llama.cpp's ``llama`` models
 (SmolLM2, TinyLlama, Llama 2/3 without RoPE scaling): RMSNorm, rotary position
-embeddings, grouped-query attention with its own KV cache, a SwiGLU MLP, and
-an output projection that may be tied to the embedding table. It holds **no
-weights**: each block's nine shards are fetched from a
-:class:`~tiercache.models.runtime.WeightProvider`
-(a :class:`~tiercache.TieredCache` qualifies) right before that block
-runs and released right after, so a model larger than the RAM tier runs.
+embeddings, grouped-query attention, a SwiGLU MLP, and an output projection
+that may be tied to the embedding table. It holds **no weights**: the shards
+of each group of ``group_layers`` blocks (default 1: one block) are fetched
+from a :class:`~tiercache.models.runtime.WeightProvider` (a
+:class:`~tiercache.TieredCache` qualifies) right before that group runs and
+released right after, so a model larger than the RAM tier runs and the
+cache's prefetcher overlaps reading the next blocks with computing this one.
 :meth:`LlamaModel.schedule` lists the keys of one forward pass in the order
 they are read, for a prefetcher or a schedule-aware eviction policy.
 
-Handoff (numpy -> ``tf.Tensor``): ``tf.constant`` / ``tf.convert_to_tensor``
-always copy (about 25 ms for 64 MiB here, into fresh memory). A C-contiguous
-array whose address is 64-byte aligned is instead wrapped without a copy via
-DLPack (``tf.experimental.dlpack.from_dlpack``, about 2 µs per shard). Two
-traps, both handled in :func:`to_tensor`: numpy refuses to export a
-read-only array through (pre-1.0) DLPack, so a read-only array -- what a
-RAM-tier hit returns -- is exported through a writable *view* of the same
-memory (TensorFlow never writes to it: the adapter only reads weights, and
-the test suite checks the cache's arrays are unchanged after a run); and an
-array that is not 64-byte aligned must never go through DLPack -- TensorFlow
-accepts it, then aborts the process (``Check failed: IsAligned()``) in the
-first kernel that reads it -- so those are copied into an aligned buffer
-first. tiercache's stores return page-aligned arrays, so with a
-:class:`~tiercache.TieredCache` every handoff is zero-copy. The
-aliasing is safe: the tensor keeps the numpy array alive, and tiercache's
-buffer pool reuses a buffer only when nothing references it.
+The pieces, one module each:
+
+- :mod:`.handoff` -- numpy -> ``tf.Tensor`` without a copy (DLPack, 64-byte
+  alignment; read its docstring for the two traps), and
+  :class:`~.handoff.ShardDecoder`, which turns quantized / float16 / bfloat16
+  shards into float32 in reused aligned buffers (``timings.dequant_s``);
+- :mod:`.kv` -- the KV cache, preallocated in length buckets (64, 128, ...)
+  and batch buckets (1, 4, 16, 32, ...), written in place;
+- :mod:`.decoder` -- the TensorFlow functions: a one-token step compiled with
+  XLA over static shapes (batch bucket, length bucket; positions and masks are
+  inputs), traced once per bucket pair, and a prompt pass (any length);
+- :mod:`.batch` -- :meth:`LlamaModel.generate_batch`: one forward pass per
+  step for every live sequence.
+
+Measured on the 2-core VM (SmolLM2-135M float32, all weights in a memory tier,
+batch 1; see the tiercache-docs performance page for the commands): the step
+per block under XLA with the KV cache preallocated is the fastest of the
+variants that still stream block by block; see ``group_layers``.
+
+``compile=False`` runs the same Python body eagerly (for debugging): logits
+agree with the compiled path within 1e-4 (absolute, SmolLM2 logits of size
+~20), greedy tokens are the same (tests/test_decoder.py).
 
 ``tensorflow`` is imported on first use (3-7 s), never at module import.
 
@@ -37,8 +44,6 @@ may share one provider.
 
 from __future__ import annotations
 
-import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -47,29 +52,22 @@ from typing import Any
 import numpy as np
 
 from ...errors import ModelFormatError, ShardNotFoundError
-from ...stores.memory import writable_view
-from ..llama import LLAMA_LAYER_TENSORS, LlamaHParams, llama_layer_keys, llama_schedule
+from ..llama import LlamaHParams, llama_layer_keys, llama_schedule
 from ..manifest import ModelManifest
 from . import WeightProvider
+from .decoder import build_functions
+from .handoff import (
+    TF_ALIGN_BYTES,
+    ShardDecoder,
+    _writable_alias,
+    tf_module,
+    to_tensor,
+    zero_copy_ok,
+)
+from .kv import KVCache
 
-#: Alignment TensorFlow's CPU kernels require of tensor memory (EIGEN_MAX_ALIGN_BYTES).
-TF_ALIGN_BYTES = 64
-
-_TF: Any = None
-
-
-def tf_module() -> Any:
-    """Import TensorFlow once (with ``TF_CPP_MIN_LOG_LEVEL=1`` unless set) and return it."""
-    global _TF
-    if _TF is None:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-        try:
-            import tensorflow
-        except ImportError:  # pragma: no cover - depends on the environment
-            raise ModelFormatError("running models needs TensorFlow: "
-                                   "pip install 'tiercache[tf]'") from None
-        _TF = tensorflow
-    return _TF
+__all__ = ["TF_ALIGN_BYTES", "LlamaModel", "ModelTimings", "_writable_alias", "greedy",
+           "tf_module", "to_tensor", "zero_copy_ok"]
 
 
 def greedy(logits: np.ndarray) -> int:
@@ -77,67 +75,21 @@ def greedy(logits: np.ndarray) -> int:
     return int(np.argmax(logits))
 
 
-def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(nbytes + TF_ALIGN_BYTES, dtype=np.uint8)
-    start = -raw.ctypes.data % TF_ALIGN_BYTES
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
-
-
-def _address(array: np.ndarray) -> int:
-    """The data address (``__array_interface__``: cheaper than ``.ctypes`` on a new array)."""
-    return int(array.__array_interface__["data"][0])
-
-
-def _writable_alias(array: np.ndarray) -> np.ndarray | None:
-    """A writable view of the read-only ``array``'s memory, or None if numpy refuses.
-    A RAM-tier hit lies over a read-only memoryview (numpy refuses): its alias is
-    taken from the buffer under it (:func:`tiercache.stores.memory.writable_view`)."""
-    view = array.view()
-    try:
-        view.flags.writeable = True
-    except ValueError:
-        return writable_view(array)
-    return view
-
-
-def zero_copy_ok(array: np.ndarray) -> bool:
-    """Whether :func:`to_tensor` can wrap ``array`` without copying it."""
-    return (array.flags.c_contiguous and array.size > 0
-            and _address(array) % TF_ALIGN_BYTES == 0
-            and (array.flags.writeable or _writable_alias(array) is not None))
-
-
-def to_tensor(array: np.ndarray) -> tuple[Any, bool]:
-    """A ``tf.Tensor`` with the contents of ``array`` and whether it was zero-copy.
-
-    Zero-copy (DLPack) when :func:`zero_copy_ok`, else one copy into a
-    64-byte-aligned buffer that the tensor then owns. The tensor may alias
-    ``array``: do not write to ``array`` while the tensor is alive. O(1) or
-    O(nbytes).
-    """
-    tf = tf_module()
-    if array.size and array.flags.c_contiguous and _address(array) % TF_ALIGN_BYTES == 0:
-        view = array if array.flags.writeable else _writable_alias(array)
-        if view is not None:
-            return tf.experimental.dlpack.from_dlpack(view.__dlpack__()), True
-    if array.size == 0:
-        return tf.zeros(array.shape, dtype=array.dtype), False
-    staged = _aligned_empty(array.shape, array.dtype)
-    np.copyto(staged, array)
-    return tf.experimental.dlpack.from_dlpack(staged.__dlpack__()), False
-
-
 @dataclass
 class ModelTimings:
     """Where a model's time went, cumulative since construction or :meth:`reset`.
 
-    ``fetch_s`` waiting on ``provider.get``; ``handoff_s`` numpy -> ``tf.Tensor``
-    (plus a float16 -> float32 cast); ``compute_s`` in TensorFlow; ``prefill_s``
-    and ``decode_s`` wall time of prompt passes and of one-token passes.
+    ``fetch_s`` waiting on ``provider.get``; ``dequant_s`` decoding stored
+    (quantized, float16, bfloat16) shards to float32; ``handoff_s`` numpy ->
+    ``tf.Tensor``; ``compute_s`` in TensorFlow (and the in-place KV writes);
+    ``prefill_s`` and ``decode_s`` wall time of prompt passes and of
+    one-token passes. ``decoded_tokens`` counts every sequence's token of a
+    batched step; ``forward_passes`` counts passes (one per step however many
+    sequences it serves, one per prompt).
     """
 
     fetch_s: float = 0.0
+    dequant_s: float = 0.0
     handoff_s: float = 0.0
     compute_s: float = 0.0
     prefill_s: float = 0.0
@@ -179,15 +131,24 @@ class LlamaModel:
     key_prefix:
         Prepended to every tensor name (as at import).
     compile:
-        Run each block as a ``tf.function`` (one trace; much less per-op
-        overhead than eager execution). Results are the same either way.
+        Run the blocks as ``tf.function``s (one-token steps under XLA unless
+        ``xla=False``). ``False``: eager, for debugging; same tokens.
+    xla:
+        Compile the one-token step with XLA (``jit_compile``).
+    group_layers:
+        Blocks per compiled call, fetched together before it (1: stream block
+        by block; ``n_layers``: the whole step in one call, every shard of the
+        step fetched first).
     """
 
     def __init__(self, provider: WeightProvider, hparams: LlamaHParams, *, key_prefix: str = "",
-                 compile: bool = True) -> None:
+                 compile: bool = True, xla: bool = True, group_layers: int = 1) -> None:
+        if group_layers < 1:
+            raise ValueError(f"group_layers must be >= 1, got {group_layers!r}")
         self.provider = provider
         self.hparams = hparams
         self.key_prefix = key_prefix
+        self.group_layers = min(group_layers, hparams.n_layers)
         self.timings = ModelTimings()
         self._shapes = {key_prefix + k: v for k, v in hparams.tensor_shapes().items()}
         self._layer_keys = [llama_layer_keys(i, key_prefix) for i in range(hparams.n_layers)]
@@ -195,21 +156,21 @@ class LlamaModel:
         self._output_key = (self._embed_key if hparams.tied_embeddings
                             else f"{key_prefix}output.weight")
         self._norm_key = f"{key_prefix}output_norm.weight"
-        tf = tf_module()
-        self._block, self._head = _build_functions(tf, hparams, compile=compile)
+        self._tf = tf_module()
+        self._fns = build_functions(self._tf, hparams, compile=compile, xla=xla)
+        self._decoder = ShardDecoder()
         half = hparams.head_dim // 2
         self._inv_freq = hparams.rope_theta ** (-np.arange(0, half, dtype=np.float64) * 2
                                                 / hparams.head_dim)
-        self._kv: list[tuple[Any, Any]] = []
-        self.position = 0
-        self.reset()
+        self._kv = self.new_cache(1)
 
     @classmethod
     def from_manifest(cls, provider: WeightProvider, manifest: ModelManifest, *,
-                      compile: bool = True) -> LlamaModel:
+                      compile: bool = True, xla: bool = True,
+                      group_layers: int = 1) -> LlamaModel:
         """The model described by an import's manifest."""
         return cls(provider, manifest.llama_hparams(), key_prefix=manifest.key_prefix,
-                   compile=compile)
+                   compile=compile, xla=xla, group_layers=group_layers)
 
     # --- public API ----------------------------------------------------------------------
     def schedule(self) -> list[str]:
@@ -218,13 +179,24 @@ class LlamaModel:
         projection). O(n_layers)."""
         return llama_schedule(self.hparams, self.key_prefix)
 
+    @property
+    def position(self) -> int:
+        """Tokens of the current sequence (its next position)."""
+        return int(self._kv.lengths[0])
+
+    def traces(self) -> dict[str, int]:
+        """How often each compiled function was traced, per shape key (``step:L:BxS``:
+        a one-token step over L blocks, batch bucket B, length bucket S)."""
+        return dict(self._fns.traces)
+
     def reset(self) -> None:
-        """Forget the sequence (empty the KV cache); timings are kept."""
-        tf = tf_module()
+        """Forget the sequence (empty the KV cache, keeping its memory); timings are kept."""
+        self._kv.reset()
+
+    def new_cache(self, rows: int) -> KVCache:
+        """An empty KV cache for ``rows`` sequences (a batch bucket)."""
         hp = self.hparams
-        empty = tf.zeros([0, hp.n_kv_heads, hp.head_dim], dtype=tf.float32)
-        self._kv = [(empty, empty) for _ in range(hp.n_layers)]
-        self.position = 0
+        return KVCache(hp.n_layers, hp.n_kv_heads, hp.head_dim, rows, hp.context_length)
 
     def forward(self, token_ids: Sequence[int]) -> np.ndarray:
         """Run ``token_ids`` (appended to the current sequence) through the model.
@@ -232,57 +204,74 @@ class LlamaModel:
         Returns the float32 logits of the last position, shape ``(vocab,)``.
         Streams every weight shard once (the embedding twice when tied).
         """
-        tf = tf_module()
-        hp = self.hparams
         ids = np.asarray(token_ids, dtype=np.int64)
         if ids.ndim != 1 or ids.size == 0:
             raise ValueError("token_ids must be a non-empty sequence of ints")
+        logits: np.ndarray = self.run(ids[None, :], self._kv, slice(0, 1))[0]
+        return logits
+
+    def run(self, ids: np.ndarray, cache: KVCache, rows: slice, *,
+            live: int | None = None) -> np.ndarray:
+        """One forward pass of the new tokens ``ids`` (``[rows, T]``) of the sequences in
+        ``cache``'s ``rows``, appended at each row's length; returns the float32 logits
+        of each row's last new token, ``[rows, vocab]``.
+
+        One token per row runs the compiled step (static shapes); more run the
+        prompt pass. ``live``: how many of the rows are real sequences (the rest
+        padding of a batch bucket; counted in ``timings.decoded_tokens``).
+        O(weights + rows * T * (model width + cached positions)).
+        """
+        hp = self.hparams
+        if ids.ndim != 2 or ids.size == 0:
+            raise ValueError("ids must be a non-empty [rows, tokens] array")
         if ids.min() < 0 or ids.max() >= hp.vocab_size:
             raise ValueError(f"token ids must be in [0, {hp.vocab_size})")
-        n = int(ids.size)
-        if self.position + n > hp.context_length:
-            raise ValueError(f"the sequence would exceed the context length "
-                             f"({hp.context_length} tokens)")
+        n_rows, steps = ids.shape
+        lengths = cache.lengths[rows]
+        if lengths.size != n_rows:
+            raise ValueError(f"{n_rows} rows of ids for {lengths.size} cache rows")
+        cache.reserve(int(lengths.max()) + steps)
         t = self.timings
         started = time.perf_counter()
-        is_decode = n == 1 and self.position > 0
-        embed = self._fetch(self._embed_key)
+        is_decode = steps == 1 and bool(lengths.max() > 0)
+        tf = self._tf
         t0 = time.perf_counter()
-        rows = np.asarray(embed[ids], dtype=np.float32)  # row lookup: no full-table handoff
-        del embed
-        x = tf.constant(rows)
-        positions = np.arange(self.position, self.position + n, dtype=np.float64)
-        angles = positions[:, None] * self._inv_freq[None, :]
-        cos = tf.constant(np.cos(angles).astype(np.float32)[:, None, :])
-        sin = tf.constant(np.sin(angles).astype(np.float32)[:, None, :])
-        total = self.position + n
-        allowed = np.arange(total)[None, :] <= positions.astype(np.int64)[:, None]
-        mask = tf.constant(np.where(allowed, 0.0, -np.inf).astype(np.float32))
+        x = tf.constant(self._embed(ids))
+        positions = (lengths[:, None] + np.arange(steps)[None, :]).astype(np.float64)
+        angles = positions[..., None] * self._inv_freq  # [rows, T, half]
+        cos = tf.constant(np.cos(angles).astype(np.float32)[:, :, None, :])
+        sin = tf.constant(np.sin(angles).astype(np.float32)[:, :, None, :])
+        mask = tf.constant(cache.mask(rows))
         t.handoff_s += time.perf_counter() - t0
-        for layer in range(hp.n_layers):
-            weights = [self._handoff(self._fetch(key)) for key in self._layer_keys[layer]]
-            k_past, v_past = self._kv[layer]
+        fn = self._fns.step if steps == 1 else self._fns.group
+        size = self.group_layers
+        for first in range(0, hp.n_layers, size):
+            layers = range(first, min(first + size, hp.n_layers))
+            weights = tuple(tuple(self._weight(key, (layer - first, j))
+                                  for j, key in enumerate(self._layer_keys[layer]))
+                            for layer in layers)
             t0 = time.perf_counter()
-            x, k_all, v_all = self._block(x, k_past, v_past, cos, sin, mask, *weights)
+            caches = tuple(to_tensor(cache.array[layer, rows])[0] for layer in layers)
+            x, new_kv = fn(x, cos, sin, mask, caches, weights)
+            cache.write(slice(layers.start, layers.stop), rows, new_kv.numpy())
             t.compute_s += time.perf_counter() - t0
-            del weights
-            self._kv[layer] = (k_all, v_all)
-        norm = self._handoff(self._fetch(self._norm_key))
-        head = self._handoff(self._fetch(self._output_key))
+            del weights, caches, new_kv
+        cache.advance(rows, steps)
+        norm = self._weight(self._norm_key, "norm")
+        head = self._weight(self._output_key, "head")
         t0 = time.perf_counter()
-        logits = self._head(x[-1:], norm, head).numpy()[0]
+        logits = np.asarray(self._fns.head(x[:, -1], norm, head), dtype=np.float32)
         t.compute_s += time.perf_counter() - t0
         del head, norm
-        self.position = total
         elapsed = time.perf_counter() - started
         t.forward_passes += 1
         if is_decode:
             t.decode_s += elapsed
-            t.decoded_tokens += 1
+            t.decoded_tokens += n_rows if live is None else live
         else:
             t.prefill_s += elapsed
-            t.prompt_tokens += n
-        return np.asarray(logits, dtype=np.float32)
+            t.prompt_tokens += int(ids.size)
+        return logits
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, *,
                  eos_id: int | None = None, reset: bool = True,
@@ -319,6 +308,26 @@ class LlamaModel:
         return self._stream(list(prompt_ids), max_new_tokens, eos_id, reset,
                             sampler if sampler is not None else greedy)
 
+    def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+                       eos_id: int | None = None,
+                       samplers: Sequence[Callable[[np.ndarray], int]] | None = None,
+                       on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
+        """Generate for several prompts at once: each step is **one** forward pass for
+        every live sequence (each with its own KV cache rows and position).
+
+        Returns the new ids per prompt, in order; each list equals what
+        :meth:`generate` gives for that prompt alone (greedy: the same tokens).
+        ``samplers``: one per prompt (default greedy). ``on_token(index, id)`` is
+        called for each new id. A sequence leaves the batch after ``eos_id``
+        (included) or ``max_new_tokens``. Does not touch the single sequence of
+        :meth:`generate`. See :mod:`tiercache.models.runtime.batch`.
+        """
+        from .batch import generate_batch
+
+        return generate_batch(self, prompts, max_new_tokens, eos_id=eos_id,
+                              samplers=samplers, on_token=on_token)
+
+    # --- internals -------------------------------------------------------------------------
     def _stream(self, prompt_ids: list[int], max_new_tokens: int, eos_id: int | None,
                 reset: bool, sampler: Callable[[np.ndarray], int]) -> Iterator[int]:
         if reset:
@@ -335,7 +344,32 @@ class LlamaModel:
                 return
             logits = self.forward([token])
 
-    # --- internals -------------------------------------------------------------------------
+    def _embed(self, ids: np.ndarray) -> np.ndarray:
+        """Float32 embedding rows ``[rows, T, dim]`` (row lookup: no full-table handoff)."""
+        table = self._fetch(self._embed_key)
+        t0 = time.perf_counter()
+        rows = self._decoder.rows(self._embed_key, table, ids.reshape(-1))
+        if table.dtype != np.float32:
+            self.timings.dequant_s += time.perf_counter() - t0
+        return rows.reshape(*ids.shape, -1)
+
+    def _weight(self, key: str, slot: Any) -> Any:
+        """Fetch, decode (stored formats) and hand over one shard as a float32 tensor."""
+        array = self._fetch(key)
+        t = self.timings
+        if array.dtype != np.float32:
+            t0 = time.perf_counter()
+            array = self._decoder.decode(key, array, slot)
+            t.dequant_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        tensor, zero_copy = to_tensor(array)
+        t.handoff_s += time.perf_counter() - t0
+        if zero_copy:
+            t.zero_copy_handoffs += 1
+        else:
+            t.copied_handoffs += 1
+        return tensor
+
     def _fetch(self, key: str) -> np.ndarray:
         t = self.timings
         t0 = time.perf_counter()
@@ -348,94 +382,14 @@ class LlamaModel:
         t.fetch_s += time.perf_counter() - t0
         if not isinstance(array, np.ndarray):
             raise ModelFormatError(f"shard {key!r} is a {type(array).__name__}, not an array")
+        if array.dtype.kind not in "fu":
+            raise ModelFormatError(f"shard {key!r} has dtype {array.dtype}, expected floats "
+                                   "or a quantized block layout")
         expected = self._shapes.get(key)
-        if expected is not None and array.shape != expected:
-            raise ModelFormatError(f"shard {key!r} has shape {array.shape}, the model "
+        shape = self._decoder.logical_shape(array)
+        if expected is not None and shape != expected:
+            raise ModelFormatError(f"shard {key!r} has shape {shape}, the model "
                                    f"expects {expected}: the cache holds another model")
-        if array.dtype.kind != "f":
-            raise ModelFormatError(f"shard {key!r} has dtype {array.dtype}, expected floats")
         t.shards_fetched += 1
         t.bytes_fetched += array.nbytes
         return array
-
-    def _handoff(self, array: np.ndarray) -> Any:
-        t = self.timings
-        t0 = time.perf_counter()
-        tensor, zero_copy = to_tensor(array)
-        if array.dtype != np.float32:
-            tensor = tf_module().cast(tensor, "float32")
-        t.handoff_s += time.perf_counter() - t0
-        if zero_copy:
-            t.zero_copy_handoffs += 1
-        else:
-            t.copied_handoffs += 1
-        return tensor
-
-
-def _build_functions(tf: Any, hp: LlamaHParams, *, compile: bool) -> tuple[Any, Any]:
-    """The per-block function and the output head, as (optionally traced) TF functions."""
-    n_heads, n_kv, head_dim = hp.n_heads, hp.n_kv_heads, hp.head_dim
-    group = n_heads // n_kv
-    half = head_dim // 2
-    scale = 1.0 / math.sqrt(head_dim)
-    eps = hp.rms_eps
-    interleaved = hp.rope_style == "interleaved"
-
-    def rms_norm(x: Any, weight: Any) -> Any:
-        return x * tf.math.rsqrt(tf.reduce_mean(tf.square(x), axis=-1, keepdims=True)
-                                 + eps) * weight
-
-    def rope(x: Any, cos: Any, sin: Any, heads: int) -> Any:
-        # x: [T, heads, head_dim]; cos/sin: [T, 1, head_dim/2]
-        steps = tf.shape(x)[0]
-        if interleaved:  # rotate (x[2i], x[2i+1]) -- llama.cpp "normal" RoPE, GGUF layout
-            pairs = tf.reshape(x, [steps, heads, half, 2])
-            x0, x1 = pairs[..., 0], pairs[..., 1]
-            rotated = tf.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
-            return tf.reshape(rotated, [steps, heads, head_dim])
-        x0, x1 = x[..., :half], x[..., half:]  # rotate (x[i], x[i+d/2]) -- HF rotate_half
-        return tf.concat([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
-
-    def block(x: Any, k_past: Any, v_past: Any, cos: Any, sin: Any, mask: Any,
-              attn_norm: Any, wq: Any, wk: Any, wv: Any, wo: Any,
-              ffn_norm: Any, w_gate: Any, w_up: Any, w_down: Any) -> tuple[Any, Any, Any]:
-        steps = tf.shape(x)[0]
-        h = rms_norm(x, attn_norm)
-        q = tf.reshape(tf.matmul(h, wq, transpose_b=True), [steps, n_heads, head_dim])
-        k = tf.reshape(tf.matmul(h, wk, transpose_b=True), [steps, n_kv, head_dim])
-        v = tf.reshape(tf.matmul(h, wv, transpose_b=True), [steps, n_kv, head_dim])
-        q = rope(q, cos, sin, n_heads)
-        k = rope(k, cos, sin, n_kv)
-        k_all = tf.concat([k_past, k], axis=0)  # [S, n_kv, head_dim]
-        v_all = tf.concat([v_past, v], axis=0)
-        q = tf.reshape(q, [steps, n_kv, group, head_dim])  # query head j uses kv head j // group
-        scores = tf.einsum("tkgd,skd->kgts", q, k_all) * scale + mask
-        probs = tf.nn.softmax(scores, axis=-1)
-        attn = tf.reshape(tf.einsum("kgts,skd->tkgd", probs, v_all), [steps, n_heads * head_dim])
-        x = x + tf.matmul(attn, wo, transpose_b=True)
-        h = rms_norm(x, ffn_norm)
-        gate = tf.matmul(h, w_gate, transpose_b=True)
-        up = tf.matmul(h, w_up, transpose_b=True)
-        x = x + tf.matmul(tf.nn.silu(gate) * up, w_down, transpose_b=True)
-        return x, k_all, v_all
-
-    def head(x: Any, norm: Any, weight: Any) -> Any:
-        return tf.matmul(rms_norm(x, norm), weight, transpose_b=True)
-
-    if not compile:
-        return block, head
-    f32 = tf.float32
-    d, f, q_dim, kv_dim = hp.dim, hp.ffn_dim, n_heads * head_dim, n_kv * head_dim
-    spec = tf.TensorSpec
-    block_sig = [
-        spec([None, d], f32), spec([None, n_kv, head_dim], f32),
-        spec([None, n_kv, head_dim], f32), spec([None, 1, half], f32),
-        spec([None, 1, half], f32), spec([None, None], f32),
-        spec([d], f32), spec([q_dim, d], f32), spec([kv_dim, d], f32), spec([kv_dim, d], f32),
-        spec([d, q_dim], f32), spec([d], f32), spec([f, d], f32), spec([f, d], f32),
-        spec([d, f], f32),
-    ]
-    assert len(block_sig) == 6 + len(LLAMA_LAYER_TENSORS)
-    head_sig = [spec([None, d], f32), spec([d], f32), spec([hp.vocab_size, d], f32)]
-    return (tf.function(block, input_signature=block_sig),
-            tf.function(head, input_signature=head_sig))

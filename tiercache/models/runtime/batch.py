@@ -1,0 +1,101 @@
+"""Batched generation: one forward pass per step serves every live sequence.
+
+:func:`generate_batch` (what :meth:`LlamaModel.generate_batch
+<tiercache.models.runtime.tensorflow.LlamaModel.generate_batch>` runs) gives
+each prompt a row of one :class:`~tiercache.models.runtime.kv.KVCache` sized
+to a batch bucket (1, 4, 16, 32, ...; the unused rows are padding whose
+results are ignored). Prompts are prefilled one by one (each its own prompt
+pass: ragged prompts need no padding, and a prompt pass is compute-bound, so
+batching them gains little on CPU); then every step feeds each live
+sequence's last token through **one** compiled one-token step, each row at
+its own position (the positions and the cache mask are inputs, so ragged
+lengths cost no retrace). A sequence that stops (``eos_id`` or its budget)
+leaves the batch: the cache keeps only the live rows, in a smaller batch
+bucket once they fit one (one copy), so the step's shape changes only
+between buckets.
+
+Each sequence's tokens equal generating it alone: its rows never mix with
+the others (attention is per row; the matmuls compute each row on its own),
+and its sampler sees only its own logits in order.
+
+Cost per step: one read of every weight shard for all sequences, plus
+O(batch bucket * cached positions) attention. Thread-safety: as the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .kv import batch_bucket
+
+if TYPE_CHECKING:
+    from .tensorflow import LlamaModel
+
+
+def _check(prompts: Sequence[Sequence[int]], max_new_tokens: int,
+           samplers: Sequence[Callable[[np.ndarray], int]] | None) -> list[list[int]]:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+            or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
+    checked: list[list[int]] = []
+    for index, prompt in enumerate(prompts):
+        ids = [int(i) for i in prompt]
+        if not ids:
+            raise ValueError(f"prompt {index} is empty: every prompt needs at least one token")
+        checked.append(ids)
+    if not checked:
+        raise ValueError("generate_batch needs at least one prompt")
+    if samplers is not None and len(samplers) != len(checked):
+        raise ValueError(f"{len(samplers)} samplers for {len(checked)} prompts: give one "
+                         "per prompt (or none for greedy)")
+    return checked
+
+
+def generate_batch(model: LlamaModel, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                   *, eos_id: int | None = None,
+                   samplers: Sequence[Callable[[np.ndarray], int]] | None = None,
+                   on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
+    """New ids per prompt; see :meth:`LlamaModel.generate_batch
+    <tiercache.models.runtime.tensorflow.LlamaModel.generate_batch>` and the module
+    docstring. ``ValueError`` for an empty prompt list, an empty prompt, a token id
+    out of range, a negative budget or a sampler count that does not match."""
+    from .tensorflow import greedy
+
+    ids = _check(prompts, max_new_tokens, samplers)
+    picks = list(samplers) if samplers is not None else [greedy] * len(ids)
+    out: list[list[int]] = [[] for _ in ids]
+    if max_new_tokens == 0:
+        return out
+    cache = model.new_cache(batch_bucket(len(ids)))
+    rows: list[int] = []  # rows[r]: the prompt index in cache row r
+
+    def choose(index: int, logits: np.ndarray) -> bool:
+        """Pick prompt ``index``'s next token; whether it goes on."""
+        token = int(picks[index](logits))
+        out[index].append(token)
+        if on_token is not None:
+            on_token(index, token)
+        return len(out[index]) < max_new_tokens and (eos_id is None or token != eos_id)
+
+    for index, prompt in enumerate(ids):  # prefill: one prompt pass per prompt, own row
+        logits = model.run(np.asarray([prompt], dtype=np.int64), cache, slice(index, index + 1))
+        rows.append(index)
+        if not choose(index, logits[0]):
+            rows[-1] = -1  # done already: leaves at the next compaction
+    while True:
+        kept = [r for r, index in enumerate(rows) if index >= 0]
+        if not kept:
+            return out
+        if len(kept) < len(rows):
+            cache.keep(kept, batch_bucket(len(kept)))
+            rows = [rows[r] for r in kept]
+        step = np.zeros((cache.rows, 1), dtype=np.int64)
+        for r, index in enumerate(rows):
+            step[r, 0] = out[index][-1]
+        logits = model.run(step, cache, slice(0, cache.rows), live=len(rows))
+        for r, index in enumerate(rows):
+            if not choose(index, logits[r]):
+                rows[r] = -1

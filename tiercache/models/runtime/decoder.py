@@ -1,0 +1,154 @@
+"""The decoder's TensorFlow functions: a group of Llama blocks and the output head.
+
+One Python body serves every mode. :func:`build_functions` returns it three
+ways: eager (``compile=False``, for debugging), as a ``tf.function`` for
+prompt passes (any number of tokens; shapes relaxed, no XLA: a prompt runs
+once, so compiling each prompt length would cost more than it saves), and as a
+``tf.function(jit_compile=True)`` for one-token steps, whose shapes are all
+static -- batch bucket ``B``, one token, KV length bucket ``S`` -- so XLA
+compiles it once per ``(B, S, layers in the group)`` and never again while
+those stay the same (:attr:`DecoderFunctions.traces` counts the traces).
+
+Shapes (``L`` layers in the group, ``T`` new tokens per row, ``d`` model width):
+
+- ``x``: ``[B, T, d]`` float32 hidden states of the new tokens;
+- ``cos``, ``sin``: ``[B, T, 1, head_dim/2]`` rotary angles of each new token's
+  position (computed in numpy: positions differ per row);
+- ``mask``: ``[B, S]`` additive mask of the cached positions (0 where row ``b``
+  holds a key at that position, ``-inf`` elsewhere);
+- ``caches``: ``L`` tensors ``[B, 2, S, n_kv, head_dim]`` (keys, values) --
+  read only: the new tokens attend to the cache *and* to themselves (a causal
+  ``T x T`` block), so the function never writes the cache and never copies it;
+- ``weights``: ``L`` tuples of the nine block tensors (GGUF layout, rows =
+  outputs).
+
+It returns the new ``x`` and the new keys/values ``[L, B, 2, T, n_kv, head_dim]``,
+which the caller writes in place into its preallocated cache
+(:class:`~tiercache.models.runtime.kv.KVCache`): one small copy per step
+instead of ``tf.concat`` of the whole cache per layer.
+
+Cost per call: O(L * B * T * (d * (q + 2 kv + ffn) + (S + T) * n_heads * head_dim)).
+Thread-safety: the functions are pure; tracing is guarded by TensorFlow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..llama import LlamaHParams
+
+
+@dataclass
+class DecoderFunctions:
+    """The three callables and a trace counter.
+
+    ``group(x, cos, sin, mask, caches, weights) -> (x, new_kv)`` for prompt
+    passes, ``step`` the same for one-token passes (XLA when ``xla``),
+    ``head(x, norm, weight) -> logits`` (``x``: ``[B, d]``). ``traces`` counts
+    the Python traces per function and shape key (eager calls are not counted).
+    """
+
+    group: Any
+    step: Any
+    head: Any
+    traces: Counter[str] = field(default_factory=Counter)
+
+
+def build_functions(tf: Any, hp: LlamaHParams, *, compile: bool = True,
+                    xla: bool = True) -> DecoderFunctions:
+    """Build the group, step and head functions for the architecture ``hp``."""
+    n_heads, n_kv, head_dim = hp.n_heads, hp.n_kv_heads, hp.head_dim
+    group_size = n_heads // n_kv
+    half = head_dim // 2
+    scale = 1.0 / math.sqrt(head_dim)
+    eps = hp.rms_eps
+    interleaved = hp.rope_style == "interleaved"
+    fns = DecoderFunctions(group=None, step=None, head=None)
+
+    def rms_norm(x: Any, weight: Any) -> Any:
+        return x * tf.math.rsqrt(tf.reduce_mean(tf.square(x), axis=-1, keepdims=True)
+                                 + eps) * weight
+
+    def rope(x: Any, cos: Any, sin: Any) -> Any:
+        # x: [B, T, heads, head_dim]; cos/sin: [B, T, 1, head_dim/2]
+        if interleaved:  # rotate (x[2i], x[2i+1]) -- llama.cpp "normal" RoPE, GGUF layout
+            shape = tf.shape(x)
+            pairs = tf.reshape(x, tf.concat([shape[:3], [half, 2]], axis=0))
+            x0, x1 = pairs[..., 0], pairs[..., 1]
+            rotated = tf.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
+            return tf.reshape(rotated, shape)
+        x0, x1 = x[..., :half], x[..., half:]  # rotate (x[i], x[i+d/2]) -- HF rotate_half
+        return tf.concat([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
+
+    def linear(h: Any, w: Any) -> Any:
+        # h: [B, T, in], w: [out, in] -> [B, T, out] (one matmul over all rows)
+        shape = tf.shape(h)
+        flat = tf.matmul(tf.reshape(h, [-1, shape[-1]]), w, transpose_b=True)
+        return tf.reshape(flat, tf.concat([shape[:2], [-1]], axis=0))
+
+    def attention(q: Any, k: Any, v: Any, cache: Any, mask: Any, causal: Any) -> Any:
+        # q: [B, T, n_heads, hd]; k, v: [B, T, n_kv, hd]; cache: [B, 2, S, n_kv, hd]
+        shape = tf.shape(q)
+        q = tf.reshape(q, tf.concat([shape[:2], [n_kv, group_size, head_dim]], axis=0))
+        k_past, v_past = cache[:, 0], cache[:, 1]
+        past = (tf.einsum("btkgd,bskd->bkgts", q, k_past) * scale
+                + mask[:, None, None, None, :])
+        own = tf.einsum("btkgd,bukd->bkgtu", q, k) * scale + causal
+        probs = tf.nn.softmax(tf.concat([past, own], axis=-1), axis=-1)
+        s = tf.shape(k_past)[1]
+        out = (tf.einsum("bkgts,bskd->btkgd", probs[..., :s], v_past)
+               + tf.einsum("bkgtu,bukd->btkgd", probs[..., s:], v))
+        return tf.reshape(out, tf.concat([shape[:2], [n_heads * head_dim]], axis=0))
+
+    def block(x: Any, cos: Any, sin: Any, mask: Any, causal: Any, cache: Any,
+              w: Sequence[Any]) -> tuple[Any, Any]:
+        attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down = w
+        shape = tf.shape(x)
+        h = rms_norm(x, attn_norm)
+        q = tf.reshape(linear(h, wq), tf.concat([shape[:2], [n_heads, head_dim]], axis=0))
+        k = tf.reshape(linear(h, wk), tf.concat([shape[:2], [n_kv, head_dim]], axis=0))
+        v = tf.reshape(linear(h, wv), tf.concat([shape[:2], [n_kv, head_dim]], axis=0))
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
+        x = x + linear(attention(q, k, v, cache, mask, causal), wo)
+        h = rms_norm(x, ffn_norm)
+        x = x + linear(tf.nn.silu(linear(h, w_gate)) * linear(h, w_up), w_down)
+        return x, tf.stack([k, v], axis=1)  # [B, 2, T, n_kv, hd]
+
+    def group_body(x: Any, cos: Any, sin: Any, mask: Any, caches: Sequence[Any],
+                   weights: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
+        steps = tf.shape(x)[1]
+        below = tf.linalg.band_part(tf.ones([steps, steps], dtype=x.dtype), -1, 0)
+        causal = (1.0 - below) * -1e30  # exp() of it is exactly 0 after the max shift
+        new_kv = []
+        for cache, w in zip(caches, weights, strict=True):
+            x, kv = block(x, cos, sin, mask, causal, cache, w)
+            new_kv.append(kv)
+        return x, tf.stack(new_kv, axis=0)
+
+    def head_body(x: Any, norm: Any, weight: Any) -> Any:
+        return tf.matmul(rms_norm(x, norm), weight, transpose_b=True)
+
+    if not compile:
+        fns.group = fns.step = group_body
+        fns.head = head_body
+        return fns
+
+    def counted(name: str, body: Any) -> Any:
+        def traced(*args: Any) -> Any:
+            key = f"{name}:{len(args[4])}:" + "x".join(str(n) for n in args[3].shape)
+            fns.traces[key] += 1  # runs only while TensorFlow traces
+            return body(*args)
+        return traced
+
+    def counted_head(x: Any, norm: Any, weight: Any) -> Any:
+        fns.traces[f"head:{x.shape[0]}"] += 1
+        return head_body(x, norm, weight)
+
+    fns.group = tf.function(counted("prompt", group_body), reduce_retracing=True)
+    fns.step = tf.function(counted("step", group_body), jit_compile=xla)
+    fns.head = tf.function(counted_head, jit_compile=xla, reduce_retracing=not xla)
+    return fns

@@ -1,0 +1,161 @@
+"""The decoder's KV cache: preallocated per sequence, in length and batch buckets.
+
+:class:`KVCache` holds the keys and values of ``rows`` sequences for every
+layer in **one** 64-byte-aligned float32 numpy array
+``[n_layers, rows, 2, length, n_kv_heads, head_dim]`` (``2``: keys, values).
+``rows`` is a batch bucket (1, 4, 16, 32, 64, ...) and ``length`` a length
+bucket (64, 128, 256, ... doubling, the last one ``context_length``), so the
+shapes the compiled step sees change only when a bucket does; each layer's
+slab ``array[layer]`` is contiguous and aligned and reaches TensorFlow
+zero-copy (:func:`~tiercache.models.runtime.handoff.to_tensor`).
+
+A step writes its new keys/values in place (:meth:`write`: one numpy
+assignment for all layers, O(layers * rows * tokens * kv width)); a sequence
+that outgrows the bucket moves to the next one with one copy (:meth:`reserve`:
+O(cache size), at most log2(context / 64) times per sequence); sequences that
+leave a batch are dropped by :meth:`keep`, which moves the survivors into a
+smaller batch bucket when they fit one (one copy).
+
+Thread-safety: none (owned by one model, like the model itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .handoff import aligned_zeros
+
+#: The smallest length bucket (positions); buckets double from here.
+MIN_LENGTH_BUCKET = 64
+#: Batch buckets: a batch of n rows runs as the smallest bucket >= n (then doubling).
+BATCH_BUCKETS: tuple[int, ...] = (1, 4, 16, 32)
+
+
+def length_bucket(needed: int, context_length: int) -> int:
+    """The smallest length bucket that holds ``needed`` positions (capped at the context)."""
+    if needed > context_length:
+        raise ValueError(f"the sequence would exceed the context length "
+                         f"({context_length} tokens)")
+    bucket = MIN_LENGTH_BUCKET
+    while bucket < needed:
+        bucket *= 2
+    return min(bucket, context_length)
+
+
+def batch_bucket(rows: int) -> int:
+    """The smallest batch bucket that holds ``rows`` sequences (1, 4, 16, 32, 64, 128, ...)."""
+    if rows < 1:
+        raise ValueError(f"a batch needs at least one sequence, got {rows}")
+    for bucket in BATCH_BUCKETS:
+        if rows <= bucket:
+            return bucket
+    bucket = BATCH_BUCKETS[-1]
+    while bucket < rows:
+        bucket *= 2
+    return bucket
+
+
+class KVCache:
+    """Keys and values of ``rows`` sequences, preallocated. See the module docstring.
+
+    Parameters
+    ----------
+    n_layers, n_kv_heads, head_dim:
+        The architecture.
+    rows:
+        Sequences held (a batch bucket; unused rows are padding).
+    context_length:
+        The most positions a sequence may hold.
+    """
+
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, rows: int,
+                 context_length: int) -> None:
+        self.n_layers = n_layers
+        self.n_kv_heads = n_kv_heads
+        self.head_dim = head_dim
+        self.context_length = context_length
+        #: Positions held per row (tokens written so far).
+        self.lengths = np.zeros(rows, dtype=np.int64)
+        self.array = self._allocate(rows, length_bucket(1, context_length))
+        #: Times the array was reallocated (growth or batch shrink).
+        self.reallocations = 0
+
+    @property
+    def rows(self) -> int:
+        """Rows (sequences) the array holds, padding included."""
+        return int(self.array.shape[1])
+
+    @property
+    def length(self) -> int:
+        """The length bucket: positions each row can hold."""
+        return int(self.array.shape[3])
+
+    def _allocate(self, rows: int, length: int) -> np.ndarray:
+        return aligned_zeros((self.n_layers, rows, 2, length, self.n_kv_heads, self.head_dim),
+                             np.float32)
+
+    def reset(self) -> None:
+        """Forget every sequence (the memory is kept). O(rows)."""
+        self.lengths[:] = 0
+
+    def reserve(self, needed: int) -> None:
+        """Make every row able to hold ``needed`` positions: grow to the length bucket
+        that holds them with one copy of the live part. ``ValueError`` past the context."""
+        bucket = length_bucket(needed, self.context_length)
+        if bucket <= self.length:
+            return
+        grown = self._allocate(self.rows, bucket)
+        used = int(self.lengths.max()) if self.lengths.size else 0
+        grown[:, :, :, :used] = self.array[:, :, :, :used]
+        self.array = grown
+        self.reallocations += 1
+
+    def mask(self, rows: slice | None = None) -> np.ndarray:
+        """Additive float32 mask ``[rows, length]``: 0 at the positions each row holds,
+        ``-inf`` elsewhere. O(rows * length)."""
+        lengths = self.lengths if rows is None else self.lengths[rows]
+        held = np.arange(self.length)[None, :] < lengths[:, None]
+        return np.where(held, np.float32(0.0), np.float32(-np.inf)).astype(np.float32)
+
+    def write(self, layers: slice, rows: slice, kv: np.ndarray) -> None:
+        """Write the new keys/values ``kv`` (``[layers, rows, 2, T, n_kv, head_dim]``) of the
+        ``rows`` at each row's current length (in place; :meth:`advance` moves on).
+        ``ValueError`` when a row would pass the length bucket (call :meth:`reserve`)."""
+        lengths = self.lengths[rows]
+        steps = kv.shape[3]
+        if lengths.size and int(lengths.max()) + steps > self.length:
+            raise ValueError(f"KV cache bucket of {self.length} positions is full: "
+                             "reserve() first")
+        view = self.array[layers, rows]
+        if lengths.size == 1 or bool(np.all(lengths == lengths[0])):
+            start = int(lengths[0]) if lengths.size else 0
+            view[:, :, :, start:start + steps] = kv
+            return
+        for t in range(steps):  # ragged rows: one fancy-indexed assignment per new token
+            index = np.arange(lengths.size)
+            # advanced indices on axes 1 and 3 put the row axis first: [rows, layers, 2, ...]
+            view[:, index, :, lengths + t] = np.moveaxis(kv[:, :, :, t], 1, 0)
+
+    def advance(self, rows: slice, steps: int) -> None:
+        """Count ``steps`` new positions for the ``rows``. O(rows)."""
+        self.lengths[rows] += steps
+
+    def keep(self, live: Sequence[int], rows: int) -> None:
+        """Keep only the rows ``live`` (in that order), in an array of ``rows`` rows
+        (a batch bucket >= len(live)); the rest become empty padding. One copy."""
+        if list(live) == list(range(len(live))) and rows == self.rows:
+            self.lengths[len(live):] = 0
+            return
+        kept = self._allocate(rows, self.length)
+        index = np.asarray(live, dtype=np.int64)
+        kept[:, :index.size] = self.array[:, index]
+        lengths = np.zeros(rows, dtype=np.int64)
+        lengths[:index.size] = self.lengths[index]
+        self.array, self.lengths = kept, lengths
+        self.reallocations += 1
+
+    def nbytes(self) -> int:
+        """Bytes the cache array holds."""
+        return int(self.array.nbytes)
