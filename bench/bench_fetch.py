@@ -101,7 +101,8 @@ def main() -> None:
         (base / "tiers.toml").write_text(CONFIG.lstrip())
         subprocess.run([sys.executable, "-m", "tiercache", "import", "smollm2", "--config",
                         str(base / "tiers.toml"), "--no-progress"], check=True,
-                       stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": trees[0]})
+                       stdout=subprocess.DEVNULL, cwd=tmp,  # not this tree's package
+                       env={**os.environ, "PYTHONPATH": trees[0]})
         procs: dict[str, subprocess.Popen[str]] = {}
         try:
             for i, tree in enumerate(trees):

@@ -48,20 +48,36 @@ class Lookup(Prefetching):
         appends ``key,size`` (the shard's ``nbytes``) to the trace.
         """
         position = self._schedule_index.get(key)
-        if position is None:
-            value = self._get(key, default, out)
-        else:
-            value = self._get_scheduled(key, position, default, out)
+        if position is not None:
+            self._move_cursor(position)
+        value = self._memory_hit(key, out)
+        if value is None:
+            value = (self._get(key, default, out) if position is None
+                     else self._get_scheduled(key, default, out))
         recorder = self._recorder
         if recorder is not None and isinstance(value, np.ndarray) and value is not default:
             recorder.record(key, value.nbytes)
         return value
 
-    def _get_scheduled(self, key: str, where: int | tuple[int, ...], default: Any,
-                       out: np.ndarray | None) -> Any:
-        """A get by the loop of a key in the declared schedule: move the cursor and
-        account stall time (time spent on a shard not in the top tier)."""
-        self._move_cursor(where)
+    def _memory_hit(self, key: str, out: np.ndarray | None) -> np.ndarray | None:
+        """The hot path of a model loop with its weights in RAM: ``key`` held by a
+        memory top tier (and not staged). One short hold of the lock, one dict
+        lookup, the hit accounted; ``None`` whenever anything else is the case (the
+        full lookup decides, raises on a closed cache, repairs an index that
+        disagrees with its store). O(1)."""
+        started = time.perf_counter()
+        with self._lock:
+            top = self._tiers[0]
+            if self._closed or not top.is_memory or key in self._staged:
+                return None
+            array = top.memory_hit(key, started)
+        if array is None or out is None:
+            return array
+        return self._copy_out(key, array, out)
+
+    def _get_scheduled(self, key: str, default: Any, out: np.ndarray | None) -> Any:
+        """A get by the loop of a key in the declared schedule (the cursor already
+        moved): account stall time (time spent on a shard not in the top tier)."""
         stats = self.loop_stats
         if key in self._tiers[0] or key in self._staged:
             return self._get(key, default, out)

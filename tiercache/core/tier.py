@@ -17,6 +17,7 @@ state. :meth:`read` touches only the store and may run outside the engine lock.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -287,6 +288,15 @@ class Tier(TierHealth):
             return self.store.advise(key)
         except OSError as exc:
             raise StoreError(f"tier {self.name}: read-ahead of {key!r} failed ({exc})") from exc
+
+    def memory_hit(self, key: str, started: float) -> np.ndarray | None:
+        """On a memory tier: the stored array of ``key`` with the hit accounted (latency
+        since ``started``, a ``perf_counter`` value), or ``None`` if this tier does not
+        hold it (nothing counted). O(1). Engine lock held."""
+        array = self.store.get(key) if key in self._sizes else None
+        if array is not None:
+            self.record_hit(key, array.nbytes, time.perf_counter() - started)
+        return array
 
     def record_hit(self, key: str, nbytes: int, latency_s: float) -> bool:
         """Account a hit on ``key``; return whether it is now due for promotion."""

@@ -73,7 +73,11 @@ class Prefetching(Scheduling):
         ``None`` when bringing it up means a copy or reading it whole to verify its
         checksum first (:meth:`prefetch`'s job, on the prefetcher's threads). Cheap
         enough for the loop's thread: one lock, one index lookup, a system call or
-        two."""
+        two; a shard a memory top tier holds costs one dict lookup and no lock (a
+        stale answer, under a concurrent move, only costs a read-ahead)."""
+        top = self._tiers[0]
+        if top.is_memory and key in top:
+            return 0
         with self._lock:
             if self._closed:
                 return 0

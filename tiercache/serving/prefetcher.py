@@ -110,30 +110,34 @@ class Prefetcher:
         step forward, O(depth) after a jump.
         """
         schedule = self.cache.schedule
-        if schedule:
-            period = len(schedule)
-            span = min(self.depth, period)
-            last = self._notified
-            if last is not None and last[1] == period and cursor == (last[0] + 1) % period:
+        period = len(schedule)
+        if period:
+            inline, deferred = self._inline, self._deferred
+            if self._notified == (cursor - 1 if cursor else period - 1, period):
                 # the common case, one step forward: one position leaves the window
                 # (the cursor's own) and one enters it -- O(1)
-                self._inline.discard(cursor)
-                self._deferred.discard(cursor)
-                entering: Iterable[int] = ((cursor + span) % period,)
+                inline.discard(cursor)
+                deferred.discard(cursor)
+                position = cursor + min(self.depth, period)
+                entering: Iterable[int] = (position - period if position >= period
+                                           else position,)
             else:  # a jump (first call, a skipped or repeated key): rebuild the window
+                span = min(self.depth, period)
                 window = {(cursor + step) % period for step in range(1, span + 1)}
-                self._inline &= window
-                self._deferred &= window
+                inline &= window
+                deferred &= window
                 entering = sorted(window, key=lambda p: (p - cursor) % period)
             self._notified = (cursor, period)
             for position in entering:
-                if position in self._inline or position in self._deferred:
+                if position in inline or position in deferred:
                     continue
                 if self.cache.advise(schedule[position]) is None:
-                    self._deferred.add(position)  # needs a copy: the thread's job
+                    deferred.add(position)  # needs a copy: the thread's job
                 else:
-                    self._inline.add(position)
-            wake = bool(self._deferred)
+                    inline.add(position)  # a RAM hit, or advised: nothing left to do
+            # wake the thread only for a copy it has not started: a RAM hit, or a
+            # shard already on its way up, costs no wake-up and no GIL hand-off
+            wake = bool(deferred) and not deferred <= self._fetched
         else:
             wake = True
         if wake:
