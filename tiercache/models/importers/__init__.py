@@ -1,8 +1,11 @@
 """Importers: turn model files into shards plus a manifest.
 
-- :func:`import_gguf` -- GGUF (llama.cpp), dequantized once to float32/float16
-  (the header parser is :mod:`tiercache.models.importers.gguf_header`).
-- :func:`import_safetensors` -- ``.safetensors`` files.
+- :func:`import_gguf` -- GGUF (llama.cpp), each tensor kept in its ggml
+  encoding (:mod:`tiercache.models.quant`) or dequantized once to
+  float32/float16 (the header parser is
+  :mod:`tiercache.models.importers.gguf_header`).
+- :func:`import_safetensors` -- ``.safetensors`` files (optionally stored as
+  float16, bfloat16 or Q8_0: :func:`float_shard`).
 - :func:`import_keras` -- Keras 3 ``.keras`` files or model objects.
 - :func:`synthetic_llama` -- a Llama-shaped model with seeded random weights.
 - :func:`import_model` -- picks the importer from the file (or ``"smollm2"``).
@@ -36,12 +39,15 @@ import numpy as np
 from ...errors import ModelFormatError
 from ..manifest import ModelManifest
 from .base import (
+    FLOAT_DTYPES,
     CacheSink,
     DictSink,
     NpyDirSink,
     PlannedShard,
     ShardSink,
     default_import_tier,
+    float_shard,
+    float_target,
     write_shards,
 )
 from .gguf import import_gguf, smollm2_path
@@ -51,6 +57,7 @@ from .safetensors import import_safetensors
 from .synthetic import synthetic_hparams, synthetic_llama
 
 __all__ = [
+    "FLOAT_DTYPES",
     "MODEL_ALIASES",
     "CacheSink",
     "DictSink",
@@ -59,6 +66,8 @@ __all__ = [
     "ShardSink",
     "default_import_tier",
     "detect_format",
+    "float_shard",
+    "float_target",
     "import_gguf",
     "import_keras",
     "import_model",
@@ -111,13 +120,23 @@ def import_model(model: str | os.PathLike[str], sink: ShardSink, *,
                  progress: bool = True) -> ModelManifest:
     """Import ``model`` (a file or ``"smollm2"``) into ``sink`` with the matching importer.
 
-    ``dtype`` ``None`` means float32 for GGUF (which must be dequantized to
-    something) and "as stored" for safetensors and Keras.
+    ``dtype`` ``None`` means ``"native"`` for GGUF (each tensor in its ggml
+    encoding) and "as stored" for safetensors and Keras. A GGUF takes
+    ``native``, ``float32`` or ``float16``; a float checkpoint also
+    ``bfloat16`` and ``q8_0`` (:data:`FLOAT_DTYPES`); another choice is a
+    ``ValueError`` naming the file.
     """
     path = resolve_model(model)
     kind = detect_format(path)
     if kind == "gguf":
-        return import_gguf(path, sink, dtype=dtype or "float32", key_prefix=key_prefix,
+        if dtype is not None and not (isinstance(dtype, str) and dtype.lower() == "native") \
+                and float_target(dtype) not in ("float32", "float16"):
+            raise ValueError(f"{path}: a GGUF file is imported native, float32 or float16, "
+                             f"not {dtype} (bfloat16 and q8_0 are for float checkpoints: "
+                             "safetensors, Keras)")
+        target = "native" if dtype is None or float_target(dtype) == "native" else \
+            float_target(dtype)
+        return import_gguf(path, sink, dtype=target or "native", key_prefix=key_prefix,
                            progress=progress)
     if kind == "safetensors":
         return import_safetensors(path, sink, dtype=dtype, key_prefix=key_prefix,

@@ -162,17 +162,89 @@ def default_import_tier(cache: TieredCache) -> str:
 
 
 class PlannedShard(NamedTuple):
-    """One shard an importer will write: its key, final shape and dtype, and a loader
-    that produces the array (called once, right before the write)."""
+    """One shard an importer will write: its key, stored shape and dtype, and a loader
+    that produces the array (called once, right before the write).
+
+    ``encoding`` names the ggml type of a shard kept encoded
+    (:mod:`tiercache.models.quant`; None: a plain array) and ``logical`` the
+    float shape it stands for (None: ``shape``); both go into its manifest entry.
+    """
 
     key: str
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
     load: Callable[[], np.ndarray]
+    logical: tuple[int, ...] | None = None
+    encoding: str | None = None
 
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize  # Python ints: no overflow
+
+
+#: ``dtype`` choices of the float-checkpoint importers (safetensors, Keras); None keeps
+#: each tensor as stored (a bf16 one widened to float32).
+FLOAT_DTYPES = ("native", "float32", "float16", "bfloat16", "q8_0")
+
+
+def float_target(dtype: str | np.dtype[Any] | None) -> str | None:
+    """``dtype`` as one of :data:`FLOAT_DTYPES` (or None); ``ValueError`` otherwise. O(1)."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str) and dtype.lower() in FLOAT_DTYPES:
+        return dtype.lower()
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = str(dtype)
+    if name not in ("float32", "float16"):
+        raise ValueError(f"dtype must be one of {', '.join(FLOAT_DTYPES)}, got {dtype}")
+    return name
+
+
+def float_shard(key: str, shape: tuple[int, ...], natural: np.dtype[Any],
+                load: Callable[[], np.ndarray], target: str | None, *,
+                bf16_bits: Callable[[], np.ndarray] | None = None,
+                file: str | os.PathLike[str] | None = None) -> PlannedShard:
+    """The :class:`PlannedShard` of one tensor of a float checkpoint, converted to ``target``.
+
+    ``load`` returns the tensor in ``natural`` (float32 for a bf16 source, whose
+    raw bit patterns ``bf16_bits`` returns). Non-float tensors stay as they
+    are. ``target``: None keeps the natural dtype; ``"native"`` keeps it too
+    but a bf16 tensor stays bf16 (uint16 bits, encoding BF16); ``"float32"`` /
+    ``"float16"`` cast; ``"bfloat16"`` rounds to nearest even (uint16 bits,
+    encoding BF16); ``"q8_0"`` quantizes tensors of 2+ dimensions whose last
+    one is a multiple of 32 (:func:`tiercache.models.quant.quantize`, encoding
+    Q8_0) and keeps the others (norms, biases) float32. A tensor Q8_0 cannot
+    hold (NaN, infinity, a scale beyond float16) is a :class:`ModelFormatError`
+    naming ``file`` and ``key``. O(1); the conversion runs in the loader.
+    """
+    from .. import quant
+
+    if natural.kind != "f" or target is None or (target == "native" and bf16_bits is None):
+        return PlannedShard(key, shape, natural, load)
+    if target in ("float32", "float16"):
+        final = np.dtype(target)
+        return PlannedShard(key, shape, final, lambda: np.asarray(load(), dtype=final))
+
+    def encode(type_name: str) -> np.ndarray:
+        if type_name == "BF16" and bf16_bits is not None:
+            return np.ascontiguousarray(bf16_bits())
+        try:
+            return quant.quantize(np.asarray(load(), dtype=np.float32), type_name)
+        except ValueError as exc:
+            raise ModelFormatError(f"tensor {key!r} cannot be stored as {type_name}: {exc}",
+                                   file=file) from None
+
+    if target in ("native", "bfloat16"):
+        return PlannedShard(key, shape, np.dtype(np.uint16), lambda: encode("BF16"),
+                            logical=shape, encoding="BF16")
+    q8 = quant.GGML_TYPES["Q8_0"]
+    if len(shape) >= 2 and shape[-1] % q8.block_elems == 0 and math.prod(shape) > 0:
+        return PlannedShard(key, quant.stored_shape(q8, shape), np.dtype(np.uint8),
+                            lambda: encode("Q8_0"), logical=shape, encoding="Q8_0")
+    final = np.dtype(np.float32)
+    return PlannedShard(key, shape, final, lambda: np.asarray(load(), dtype=final))
 
 
 def in_reading_order(plan: Sequence[PlannedShard], schedule: Sequence[str]) -> list[PlannedShard]:
@@ -295,7 +367,9 @@ def write_shards(sink: ShardSink, plan: Sequence[PlannedShard], *, progress: boo
                         f"expected {shard.dtype} {shard.shape}", file=file)
                 written.append(shard.key)  # before the write: a failed write may leave a part
                 sink.write(shard.key, np.ascontiguousarray(array))
-                infos[shard.key] = TensorInfo(shard.shape, shard.dtype.name, int(array.nbytes))
+                infos[shard.key] = TensorInfo(
+                    shard.logical if shard.logical is not None else shard.shape,
+                    shard.dtype.name, int(array.nbytes), shard.encoding)
                 del array
                 report.advance(shard.nbytes)
         sink.finish()

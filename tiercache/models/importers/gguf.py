@@ -1,17 +1,19 @@
-"""Import a GGUF model file: dequantize every tensor once, one shard per tensor.
+"""Import a GGUF model file: one shard per tensor, kept in its ggml encoding by default.
 
 A GGUF file (llama.cpp's format) holds metadata key/values -- architecture
 hyper-parameters, the tokenizer -- and quantized tensors (Q4_1, Q8_0, F32,
 ...). :func:`~tiercache.models.importers.gguf_header.read_gguf_header` parses and
 checks the header itself (see :mod:`tiercache.models.importers.gguf_header`);
-:func:`import_gguf` dequantizes each tensor with
-:func:`gguf.quants.dequantize` (the ``gguf`` package, numpy only) to float32
-(or float16) and writes it to a :class:`~tiercache.models.importers.base.ShardSink`
-under its GGUF name (e.g. ``blk.0.attn_q.weight``, numpy shape
-``(rows, cols)`` = GGUF's ``ne`` reversed, so a weight matrix is
-``(out_features, in_features)``). Q and K weights are stored as the file has
-them: permuted by llama.cpp's converter for interleaved ("normal") RoPE,
-which the manifest records as ``hparams.rope_style = "interleaved"``.
+:func:`import_gguf` writes each tensor to a
+:class:`~tiercache.models.importers.base.ShardSink` -- by default as the file
+has it (Q4_1 blocks stay Q4_1 blocks: :mod:`tiercache.models.quant` knows the
+layout and dequantizes at use), or dequantized once by
+:func:`gguf.quants.dequantize` to float32 or float16 -- under its GGUF name
+(e.g. ``blk.0.attn_q.weight``, numpy shape ``(rows, cols)`` = GGUF's ``ne``
+reversed, so a weight matrix is ``(out_features, in_features)``). Q and K
+weights are stored as the file has them: permuted by llama.cpp's converter
+for interleaved ("normal") RoPE, which the manifest records as
+``hparams.rope_style = "interleaved"``.
 
 Hostile files: the header is checked by :mod:`~tiercache.models.importers.gguf_header`;
 for llama files this module then checks the hyper-parameters (whole numbers in
@@ -21,7 +23,8 @@ problem is one :class:`~tiercache.errors.ModelFormatError` naming the
 file and the key or tensor.
 
 Complexity: O(header size) to parse, O(file size) to import; memory: the file
-is memory-mapped and one dequantized tensor is held at a time. Thread-safety:
+is memory-mapped and one tensor is held at a time (a native shard is a view
+of the map, not a copy). Thread-safety:
 an import uses only its own map and sink.
 """
 
@@ -36,8 +39,10 @@ from typing import Any
 import numpy as np
 
 from ...errors import ModelFormatError
+from .. import quant
 from ..llama import HPARAM_LIMITS, LlamaHParams, llama_schedule
 from ..manifest import ModelManifest
+from ..quant import GGML_TYPES
 from .base import PlannedShard, ShardSink, in_reading_order, write_shards
 from .gguf_header import GGUFTensor, read_gguf_header
 
@@ -228,10 +233,49 @@ def _tensor_view(buf: Any, t: GGUFTensor) -> np.ndarray:
                          offset=t.offset).reshape(*t.shape[:-1], row_bytes)
 
 
+#: What ``dtype`` may be: keep each tensor's ggml encoding, or dequantize all to one dtype.
+GGUF_DTYPES = ("native", "float32", "float16")
+
+
+def _native_shard(buf: Any, t: GGUFTensor, key: str) -> PlannedShard | None:
+    """The shard keeping ``t`` in its ggml encoding, a view of the mapped file (no copy);
+    None when :mod:`~tiercache.models.quant` does not know the type. O(1)."""
+    ggml_type = GGML_TYPES.get(t.type_name)
+    if ggml_type is None:
+        return None
+    dtype = quant.storage_dtype(ggml_type).newbyteorder("<")
+    shape = quant.stored_shape(ggml_type, t.shape)  # the header checked whole blocks
+    count = t.nbytes // dtype.itemsize
+
+    def load() -> np.ndarray:
+        return np.frombuffer(buf, dtype=dtype, count=count, offset=t.offset).reshape(shape)
+
+    return PlannedShard(key, shape, dtype.newbyteorder("="), load, logical=t.shape,
+                        encoding=ggml_type.name)
+
+
+def _dequantized_shard(buf: Any, t: GGUFTensor, key: str, target: np.dtype[Any],
+                       file: Path) -> PlannedShard:
+    """The shard holding ``t`` dequantized by ``gguf.quants`` (the reference) to ``target``."""
+    def load() -> np.ndarray:
+        import gguf.quants
+
+        try:
+            array = gguf.quants.dequantize(_tensor_view(buf, t), gguf.GGMLQuantizationType(
+                t.type_id))
+            return np.asarray(array).reshape(t.shape).astype(target, copy=False)
+        except Exception as exc:
+            raise ModelFormatError(f"tensor {t.name!r} ({t.type_name} {list(t.shape)}) "
+                                   f"cannot be dequantized ({type(exc).__name__}: {exc})",
+                                   file=file) from None
+
+    return PlannedShard(key, t.shape, target, load)
+
+
 def import_gguf(path: str | os.PathLike[str], sink: ShardSink, *,
-                dtype: str | np.dtype[Any] = "float32", key_prefix: str = "",
+                dtype: str | np.dtype[Any] = "native", key_prefix: str = "",
                 progress: bool = True) -> ModelManifest:
-    """Dequantize every tensor of the GGUF file ``path`` into ``sink``; return the manifest.
+    """Write every tensor of the GGUF file ``path`` into ``sink``; return the manifest.
 
     Parameters
     ----------
@@ -241,7 +285,16 @@ def import_gguf(path: str | os.PathLike[str], sink: ShardSink, *,
         Where shards go (:class:`~tiercache.models.importers.base.CacheSink`,
         :class:`~tiercache.models.importers.base.NpyDirSink`, ...).
     dtype:
-        ``float32`` (default) or ``float16``: the dtype of every stored shard.
+        ``"native"`` (default): each tensor keeps its ggml encoding, byte for
+        byte (block types as ``(rows, blocks, block_bytes)`` uint8 shards, F16
+        as float16, BF16 as uint16 bit patterns, F32 as float32; see
+        :mod:`tiercache.models.quant`); the manifest records each tensor's
+        ``encoding`` and logical shape, and its top-level ``dtype`` is
+        ``"native"``. A type :mod:`~tiercache.models.quant` does not know
+        (IQ4_NL, Q8_K, ...) is dequantized to float32 by ``gguf.quants`` and
+        listed in the manifest's ``metadata["tiercache.dequantized"]``.
+        ``"float32"`` or ``"float16"``: every tensor dequantized by
+        ``gguf.quants`` to that dtype.
     key_prefix:
         Prepended to every tensor name to form its shard key.
     progress:
@@ -253,29 +306,25 @@ def import_gguf(path: str | os.PathLike[str], sink: ShardSink, *,
     :func:`~tiercache.models.importers.base.write_shards`). The caller saves the
     returned manifest (:meth:`ModelManifest.save`). O(file size).
     """
-    import gguf.quants
-
     file = Path(path)
-    target = np.dtype(dtype)
-    if target not in (np.dtype(np.float32), np.dtype(np.float16)):
-        raise ValueError(f"dtype must be float32 or float16, got {target}")
+    native = isinstance(dtype, str) and dtype == "native"
+    target = np.dtype(np.float32) if native else np.dtype(dtype)
+    if not native and target not in (np.dtype(np.float32), np.dtype(np.float16)):
+        raise ValueError(f"dtype must be native, float32 or float16 for a GGUF file, got "
+                         f"{dtype}")
     header, buf = read_gguf_header(file)
     meta = header.metadata
     if not header.tensors:
         raise ModelFormatError("the file holds no tensors: nothing to import", file=file)
     plan: list[PlannedShard] = []
+    dequantized: dict[str, str] = {}
     for t in header.tensors:
-        def load(t: GGUFTensor = t) -> np.ndarray:
-            try:
-                array = gguf.quants.dequantize(_tensor_view(buf, t), gguf.GGMLQuantizationType(
-                    t.type_id))
-                return np.asarray(array).reshape(t.shape).astype(target, copy=False)
-            except Exception as exc:
-                raise ModelFormatError(f"tensor {t.name!r} ({t.type_name} {list(t.shape)}) "
-                                       f"cannot be dequantized ({type(exc).__name__}: {exc})",
-                                       file=file) from None
-
-        plan.append(PlannedShard(key_prefix + t.name, t.shape, target, load))
+        shard = _native_shard(buf, t, key_prefix + t.name) if native else None
+        if shard is None:
+            if native:
+                dequantized[t.name] = t.type_name
+            shard = _dequantized_shard(buf, t, key_prefix + t.name, target, file)
+        plan.append(shard)
     names = {t.name for t in header.tensors}
     hparams, unsupported = _llama_hparams(meta, names, file)
     if hparams is not None:
@@ -296,10 +345,12 @@ def import_gguf(path: str | os.PathLike[str], sink: ShardSink, *,
                   and not (isinstance(v, list) and len(v) > _MAX_METADATA_ARRAY)}
     if unsupported:
         small_meta["tiercache.unsupported"] = unsupported
+    if dequantized:
+        small_meta["tiercache.dequantized"] = dequantized
     stat = file.stat()
     return ModelManifest(
-        architecture=str(architecture), name=str(model_name or file.stem), dtype=target.name,
-        key_prefix=key_prefix,
+        architecture=str(architecture), name=str(model_name or file.stem),
+        dtype="native" if native else target.name, key_prefix=key_prefix,
         source={"kind": "gguf", "path": str(file.resolve()), "size_bytes": stat.st_size,
                 "mtime_ns": stat.st_mtime_ns},
         hparams=hparams.to_dict() if hparams is not None else None,

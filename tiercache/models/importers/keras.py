@@ -32,7 +32,7 @@ import numpy as np
 
 from ...errors import ModelFormatError
 from ..manifest import ModelManifest
-from .base import PlannedShard, ShardSink, write_shards
+from .base import PlannedShard, ShardSink, float_shard, float_target, write_shards
 
 
 def keras_module() -> Any:
@@ -69,7 +69,9 @@ def import_keras(model_or_path: Any, sink: ShardSink, *,
     """Write every variable of a Keras model into ``sink``; return the manifest.
 
     ``model_or_path`` is a ``.keras`` file or a built ``keras.Model``.
-    ``dtype`` converts floating-point variables (``None`` keeps them).
+    ``dtype`` converts floating-point variables (``None`` or ``"native"``
+    keeps them; ``"float32"``, ``"float16"``, ``"bfloat16"``, ``"q8_0"``: see
+    :func:`~tiercache.models.importers.base.float_shard`).
     """
     keras = keras_module()
     file: Path | None = None
@@ -83,7 +85,7 @@ def import_keras(model_or_path: Any, sink: ShardSink, *,
     if not model.built:
         raise ModelFormatError("the Keras model is not built (call it once or build it)",
                                file=file)
-    target = np.dtype(dtype) if dtype is not None else None
+    target = float_target(dtype)
     layers: list[dict[str, Any]] = []
     plan: list[PlannedShard] = []
     planned: set[str] = set()
@@ -96,12 +98,13 @@ def import_keras(model_or_path: Any, sink: ShardSink, *,
                 continue
             planned.add(key)
             natural = np.dtype(keras.backend.standardize_dtype(variable.dtype))
-            final = target if target is not None and natural.kind == "f" else natural
 
-            def load(variable: Any = variable, final: np.dtype[Any] = final) -> np.ndarray:
-                return np.asarray(variable.numpy(), dtype=final)
+            def load(variable: Any = variable, natural: np.dtype[Any] = natural
+                     ) -> np.ndarray:
+                return np.asarray(variable.numpy(), dtype=natural)
 
-            plan.append(PlannedShard(key, tuple(int(s) for s in variable.shape), final, load))
+            plan.append(float_shard(key, tuple(int(s) for s in variable.shape), natural, load,
+                                    target, file=file))
         layers.append({"name": layer.name, "weights": keys})
     config = model.get_config()
     try:
@@ -116,6 +119,6 @@ def import_keras(model_or_path: Any, sink: ShardSink, *,
     if file is not None:
         source.update(path=str(file.resolve()), size_bytes=file.stat().st_size)
     return ModelManifest(
-        architecture="keras", name=model.name, dtype=target.name if target is not None else None,
+        architecture="keras", name=model.name, dtype=target,
         key_prefix=key_prefix, source=source, tensors=infos,
         keras={"class_name": type(model).__name__, "config": config, "layers": layers})

@@ -8,7 +8,10 @@ size, each dtype, shape (whole numbers, at most 32 of them) and data range,
 with Python integers so nothing overflows -- all of them before the first
 shard is written; a truncated or malformed file is one
 :class:`~tiercache.errors.ModelFormatError` naming it and the tensor. ``BF16`` tensors
-(numpy has no bfloat16) are widened to float32 exactly. A Hugging Face
+(numpy has no bfloat16) are widened to float32 exactly, or kept as bf16 bit
+patterns with ``dtype="native"``; ``dtype`` can also make float16, bfloat16
+or Q8_0 shards of float tensors
+(:func:`~tiercache.models.importers.base.float_shard`). A Hugging Face
 ``config.json`` beside the file, if any, is kept in the manifest
 (``metadata["hf_config"]``) and names the architecture (e.g. ``"bert"``).
 
@@ -29,7 +32,7 @@ import numpy as np
 
 from ...errors import ModelFormatError
 from ..manifest import ModelManifest
-from .base import PlannedShard, ShardSink, write_shards
+from .base import PlannedShard, ShardSink, float_shard, float_target, write_shards
 
 _DTYPES: dict[str, str] = {
     "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
@@ -198,14 +201,15 @@ def import_safetensors(path: str | os.PathLike[str], sink: ShardSink, *,
                        progress: bool = True) -> ModelManifest:
     """Write every tensor of a safetensors file into ``sink``; return the manifest.
 
-    ``dtype`` (``float32``/``float16``) converts floating-point tensors;
-    ``None`` keeps each tensor's own dtype (``BF16`` becomes float32). Integer
-    and boolean tensors always keep theirs.
+    ``dtype`` converts floating-point tensors: ``None`` keeps each tensor's own
+    dtype (``BF16`` becomes float32), ``"native"`` too but ``BF16`` stays
+    bf16 (uint16 bit patterns), ``"float32"``/``"float16"`` cast,
+    ``"bfloat16"`` rounds to bf16, ``"q8_0"`` quantizes the matrices to Q8_0
+    (see :func:`~tiercache.models.importers.base.float_shard`). Integer and
+    boolean tensors always keep theirs.
     """
     file = Path(path)
-    target = np.dtype(dtype) if dtype is not None else None
-    if target is not None and target not in (np.dtype(np.float32), np.dtype(np.float16)):
-        raise ValueError(f"dtype must be float32 or float16, got {target}")
+    target = float_target(dtype)
     header, data_start = read_safetensors_header(file)
     file_bytes = file.stat().st_size
     metadata = header.pop("__metadata__", None) or {}
@@ -220,14 +224,20 @@ def import_safetensors(path: str | os.PathLike[str], sink: ShardSink, *,
     plan: list[PlannedShard] = []
     for name, e in entries.items():
         natural = np.dtype(np.float32) if e.kind == "BF16" else e.stored.newbyteorder("=")
-        final = target if target is not None and natural.kind == "f" else natural
 
-        def load(e: _Entry = e, final: np.dtype[Any] = final) -> np.ndarray:
-            raw = data[data_start + e.begin:data_start + e.end].view(e.stored).reshape(e.shape)
-            array = _bf16_to_f32(raw) if e.kind == "BF16" else raw
-            return np.asarray(array, dtype=final).copy()
+        def raw(e: _Entry = e) -> np.ndarray:
+            return data[data_start + e.begin:data_start + e.end].view(e.stored).reshape(e.shape)
 
-        plan.append(PlannedShard(key_prefix + name, e.shape, final, load))
+        def load(raw: Any = raw, e: _Entry = e, natural: np.dtype[Any] = natural
+                 ) -> np.ndarray:
+            array = _bf16_to_f32(raw()) if e.kind == "BF16" else raw()
+            return np.asarray(array, dtype=natural).copy()
+
+        def bits(raw: Any = raw) -> np.ndarray:
+            return np.asarray(raw(), dtype=np.uint16).copy()
+
+        plan.append(float_shard(key_prefix + name, e.shape, natural, load, target,
+                                bf16_bits=bits if e.kind == "BF16" else None, file=file))
     hf_config = _read_hf_config(file.with_name("config.json"))
     infos = write_shards(sink, plan, progress=progress, description=f"importing {file.name}",
                          file=file)
@@ -239,7 +249,7 @@ def import_safetensors(path: str | os.PathLike[str], sink: ShardSink, *,
     return ModelManifest(
         architecture=architecture, name=file.stem if file.stem != "model" else
         f"{file.parent.name}/{file.name}",
-        dtype=target.name if target is not None else None, key_prefix=key_prefix,
+        dtype=target, key_prefix=key_prefix,
         source={"kind": "safetensors", "path": str(file.resolve()), "size_bytes": stat.st_size,
                 "mtime_ns": stat.st_mtime_ns},
         tensors=infos, metadata=meta)
