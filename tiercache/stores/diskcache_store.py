@@ -80,7 +80,7 @@ import diskcache
 import numpy as np
 
 from .. import codec
-from ..errors import CorruptShardError, MediumDamagedError, StoreError
+from ..errors import CacheClosedError, CorruptShardError, MediumDamagedError, StoreError
 from .base import ShardInfo, VerifyMode
 from .disk import DiskStore
 
@@ -227,6 +227,8 @@ class DiskcacheStore(DiskStore):
         #: key -> (value file, view): repeated get_view of an unchanged file is O(1)
         self._views: dict[str, tuple[str, np.ndarray]] = {}
         self._close_lock = threading.Lock()
+        #: Set by :meth:`close`: from then on every operation raises CacheClosedError.
+        self._closing = False
         self._open()
 
     @property
@@ -270,7 +272,10 @@ class DiskcacheStore(DiskStore):
     def _cache_or_raise(self) -> diskcache.Cache:
         cache = self._cache
         if cache is None:
-            raise StoreError(f"diskcache store {self.path} is closed")
+            if self._closing:
+                raise CacheClosedError(f"diskcache store {self.path}: the store was closed")
+            raise StoreError(f"diskcache store {self.path} is not open (its last reopen "
+                             "failed)")
         return cache
 
     def _fetch(self, key: str) -> Any:
@@ -542,8 +547,10 @@ class DiskcacheStore(DiskStore):
         return found
 
     def close(self) -> None:
-        """Close the store; later calls raise :class:`StoreError`. Idempotent."""
+        """Close the store; later operations raise
+        :class:`~tiercache.errors.CacheClosedError`. Idempotent."""
         with self._close_lock:
+            self._closing = True
             cache, self._cache = self._cache, None
         self._views.clear()
         try:

@@ -27,7 +27,7 @@ from typing import TypeVar
 import lmdb
 
 from ..buffers import PAGE_BYTES
-from ..errors import MediumDamagedError, StoreError
+from ..errors import CacheClosedError, MediumDamagedError, StoreError
 from .base import VerifyMode
 from .disk import DiskStore
 from .lmdb_meta import (
@@ -124,6 +124,8 @@ class LmdbEnvironment(DiskStore):
         self._pid = os.getpid()
         self._guard = RemapGuard()
         self._close_lock = threading.Lock()
+        #: Set by :meth:`close`: from then on every operation raises CacheClosedError.
+        self._closing = False
         self._open()
         self._max_key: int = self._env_or_raise().max_key_size()
 
@@ -179,7 +181,9 @@ class LmdbEnvironment(DiskStore):
     def _env_or_raise(self) -> lmdb.Environment:
         env = self._env
         if env is None:
-            raise StoreError(f"lmdb store {self.path} is closed")
+            if self._closing:
+                raise CacheClosedError(f"lmdb store {self.path}: the store was closed")
+            raise StoreError(f"lmdb store {self.path} is not open (its last reopen failed)")
         if self._pid != os.getpid():
             raise StoreError(f"lmdb store {self.path} was opened by process {self._pid}: an lmdb "
                              "environment must not be used across fork(); open the store (or "
@@ -355,8 +359,10 @@ class LmdbEnvironment(DiskStore):
         return after
 
     def close(self) -> None:
-        """Close the environment (waits for in-flight operations). Idempotent."""
+        """Close the environment (waits for in-flight operations); later operations
+        raise :class:`~tiercache.errors.CacheClosedError`. Idempotent."""
         with self._close_lock:
+            self._closing = True
             if self._env is None:  # closed, or a reopen failed: still let the folder go
                 if self._pid == os.getpid():
                     self._bounds.close()

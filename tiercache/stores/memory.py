@@ -33,6 +33,7 @@ import numpy as np
 
 from ..buffers import MIN_POOLED_BYTES, BufferPool
 from ..codec import check_storable, empty_aligned
+from ..errors import CacheClosedError
 from .base import ShardInfo, Store
 
 #: Alignment of the buffers of shards below :data:`~tiercache.buffers.MIN_POOLED_BYTES`:
@@ -107,11 +108,24 @@ class MemoryStore(Store):
 
     def __init__(self) -> None:
         self._arrays: dict[str, np.ndarray] = {}
+        #: Set by :meth:`close` (which empties the dict): then every operation raises
+        #: CacheClosedError -- checked only where the dict says "absent", so a hit
+        #: stays one dict lookup.
+        self._closed = False
+
+    def _absent(self) -> None:
+        """What a lookup that found nothing returns: ``None``, or CacheClosedError once
+        closed. O(1)."""
+        if self._closed:
+            raise CacheClosedError("memory store: the store was closed")
 
     def get(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
         """The stored read-only array itself (one dict lookup), or a copy into ``out``."""
         array = self._arrays.get(key)
-        if array is None or out is None:
+        if array is None:
+            self._absent()
+            return None
+        if out is None:
             return array
         if out.dtype != array.dtype or out.shape != array.shape:
             raise ValueError(f"out has dtype {out.dtype} shape {out.shape}; shard {key!r} is "
@@ -123,6 +137,7 @@ class MemoryStore(Store):
         """Copy ``array`` into a fresh buffer (64-byte aligned below 256 KiB, a pooled
         page-aligned one above) and keep it read-only. O(n)."""
         check_storable(array)
+        self._absent()
         nbytes = int(array.nbytes)
         if nbytes >= MIN_POOLED_BYTES:
             buffer = empty_aligned(nbytes)
@@ -147,6 +162,7 @@ class MemoryStore(Store):
         promotes a freshly read, private buffer. O(1), or O(n) when it copies.
         """
         check_storable(array)
+        self._absent()
         owner = array if array.base is None else array.base
         if (isinstance(owner, np.ndarray) and owner.flags.owndata
                 and owner.flags.c_contiguous and array.flags.c_contiguous
@@ -158,15 +174,20 @@ class MemoryStore(Store):
         return self.put(key, array)
 
     def delete(self, key: str) -> bool:
-        return self._arrays.pop(key, None) is not None
+        if self._arrays.pop(key, None) is not None:
+            return True
+        self._absent()
+        return False
 
     def info(self, key: str) -> ShardInfo | None:
         array = self._arrays.get(key)
         if array is None:
+            self._absent()
             return None
         return ShardInfo(array.dtype, array.shape, self.stored_size(array))
 
     def keys(self) -> Iterator[str]:
+        self._absent()
         return iter(list(self._arrays))
 
     def stored_size(self, array: np.ndarray) -> int:
@@ -175,7 +196,13 @@ class MemoryStore(Store):
         return shard_cost_nbytes(int(array.nbytes))
 
     def __contains__(self, key: object) -> bool:
-        return key in self._arrays
+        if key in self._arrays:
+            return True
+        self._absent()
+        return False
 
     def close(self) -> None:
+        """Drop every shard; later operations raise
+        :class:`~tiercache.errors.CacheClosedError`. Idempotent. O(shards)."""
+        self._closed = True
         self._arrays.clear()

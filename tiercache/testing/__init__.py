@@ -20,7 +20,9 @@ What it holds
     :func:`make_trace` to replay your own sequences.
 :class:`StoreContract`
     Every :class:`~tiercache.stores.base.Store`'s contract, gated by what the
-    store declares (``persistent``, ``zero_copy``); with :func:`assert_same`,
+    store declares (``persistent``, ``zero_copy``; every operation after ``close()``
+    raises :class:`~tiercache.errors.CacheClosedError`); with :func:`assert_same`,
+    :func:`assert_raise_closed`,
     :data:`ARRAYS` and :data:`NASTY_KEYS`.
 :class:`CacheStateMachine`
     A hypothesis state machine that drives a whole
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
         MakeStore,
         StoreContract,
         ViewStoreContract,
+        assert_raise_closed,
         assert_same,
         files_under,
     )
@@ -71,6 +74,7 @@ _WHERE = {
     "ARRAYS": "store_contract",
     "NASTY_KEYS": "store_contract", "MakeStore": "store_contract",
     "assert_same": "store_contract", "files_under": "store_contract",
+    "assert_raise_closed": "store_contract",
     "CacheStateMachine": "cache_machine", "three_tier_config": "cache_machine",
     "FaultyStore": "faulty", "Fault": "faulty", "OPS": "faulty",
 }
@@ -78,7 +82,7 @@ _WHERE = {
 __all__ = [
     "ARRAYS", "NASTY_KEYS", "OPS", "CacheStateMachine", "Fault", "FaultyStore", "MakeStore",
     "PolicyContract", "ProtocolDriver", "StoreContract", "ViewStoreContract", "apply_op",
-    "assert_same",
+    "assert_raise_closed", "assert_same",
     "files_under", "make_policy_machine", "make_trace", "observable_state", "random_ops",
     "three_tier_config",
 ]

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ShardFormatError
+from ..errors import CacheClosedError, ShardFormatError
 from ..stores.base import Store
 from . import missing_extra
 
@@ -93,6 +93,22 @@ def assert_same(actual: np.ndarray | None, expected: np.ndarray) -> None:
     assert actual.dtype.str == expected.dtype.str
     assert actual.shape == expected.shape
     assert np.ascontiguousarray(actual).tobytes() == np.ascontiguousarray(expected).tobytes()
+
+
+def assert_raise_closed(store: Store, operations: dict[str, Callable[[], object]]) -> None:
+    """Assert that each of ``operations`` (name -> call) on the closed ``store`` raises
+    :class:`~tiercache.errors.CacheClosedError`; the failure names the operation and
+    what it did instead. O(operations)."""
+    for name, call in operations.items():
+        try:
+            result = call()
+        except CacheClosedError:
+            continue
+        except Exception as exc:  # noqa: BLE001 - reported, with what was expected
+            pytest.fail(f"{type(store).__name__}.{name} after close raised "
+                        f"{type(exc).__name__} ({exc}), not CacheClosedError")
+        pytest.fail(f"{type(store).__name__}.{name} after close returned {result!r} "
+                    "instead of raising CacheClosedError")
 
 
 def files_under(root: Path) -> list[Path]:
@@ -261,6 +277,26 @@ class StoreContract:
         store.close()
         store.close()
 
+    def test_every_operation_after_close_raises_cache_closed(self,
+                                                             make_store: MakeStore) -> None:
+        """A closed store never answers as if empty: a miss would send the engine to a
+        slower tier or the origin for a shard the store holds."""
+        store = make_store()
+        store.put("k", np.arange(4, dtype=np.float32))
+        store.close()
+        assert_raise_closed(store, {
+            "get": lambda: store.get("k"),
+            "get of a missing key": lambda: store.get("nope"),
+            "get into out": lambda: store.get("k", np.empty(4, np.float32)),
+            "check": lambda: store.check("k"),
+            "put": lambda: store.put("j", np.arange(2)),
+            "delete": lambda: store.delete("k"),
+            "info": lambda: store.info("k"),
+            "keys": lambda: list(store.keys()),
+            "contains": lambda: "k" in store,
+        })
+        store.close()  # still idempotent
+
     def test_context_manager_closes(self, make_store: MakeStore) -> None:
         with make_store() as store:
             store.put("k", np.array(1))
@@ -317,6 +353,15 @@ class ViewStoreContract:
         view_store.put("k", ARRAYS["file-sized"])
         view_store.delete("k")
         assert view_store.get_view("k") is None
+
+    def test_views_after_close_raise_cache_closed(self, make_store: MakeStore) -> None:
+        store = make_store()
+        store.put("k", ARRAYS["file-sized"])
+        assert store.get_view("k") is not None  # a cached view: close must drop it too
+        store.close()
+        assert_raise_closed(store, {"get_view": lambda: store.get_view("k"),
+                                    "get_view of a missing key": lambda: store.get_view("no"),
+                                    "advise": lambda: store.advise("k")})
 
     def test_view_outlives_overwrite_and_delete(self, view_store: Store) -> None:
         array = ARRAYS["file-sized"]
