@@ -307,7 +307,8 @@ class _Validator:
         if verify not in ("always", "never"):
             raise self.error(f"{where}.verify",
                              f"must be \"always\" or \"never\", got {show(verify)}")
-        zero_copy = t.get("zero_copy", False)
+        # default: views wherever the backend can serve them (verified like every read)
+        zero_copy = t.get("zero_copy", spec.zero_copy)
         if not isinstance(zero_copy, bool):
             raise self.error(f"{where}.zero_copy", f"must be true or false, got {show(zero_copy)}")
         if zero_copy and not spec.zero_copy:

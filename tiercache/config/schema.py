@@ -33,7 +33,9 @@ class TierConfig:
     path: Path | None = None
     promote_after: int | None = DEFAULT_PROMOTE_AFTER
     verify: VerifyMode = "always"
-    zero_copy: bool = False
+    #: Serve reads as verified views of the medium; the loader defaults it to whether
+    #: the backend can (``diskcache``, ``packed``), and a store that cannot ignores it.
+    zero_copy: bool = True
     policy_options: Mapping[str, Any] = field(default_factory=dict)
     #: Keyword arguments for a remote store, parsed by its backend's
     #: :class:`~tiercache.stores.registry.BackendSpec` (redis: ``url`` or ``cluster_nodes``,
