@@ -1,0 +1,199 @@
+"""The compiled, batched decoder (tiercache/models/runtime): static shapes traced once per
+bucket, the KV cache written in place, batches that equal each sequence alone, and the
+eager path and the numpy reference agreeing with the compiled one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from reference_llama import RefConfig, ReferenceLlama
+
+from tiercache.models import DictSink, LlamaHParams, ModelManifest, synthetic_hparams, \
+    synthetic_llama
+from tiercache.models.runtime import MappingProvider
+from tiercache.models.runtime.kv import KVCache, batch_bucket, length_bucket
+from tiercache.models.runtime.tensorflow import LlamaModel
+
+pytestmark = pytest.mark.tf
+
+HP = synthetic_hparams(layers=3, dim=64, ffn=96, vocab=300, heads=4, kv_heads=2)
+
+
+class Synthetic:
+    def __init__(self, hp: LlamaHParams = HP, seed: int = 3) -> None:
+        self.sink = DictSink()
+        self.manifest: ModelManifest = synthetic_llama(self.sink, hp, seed=seed, progress=False)
+        self.hp = hp
+        weights = {k: v.astype(np.float32) for k, v in self.sink.arrays.items()}
+        self.reference = ReferenceLlama(weights, RefConfig(
+            n_layers=hp.n_layers, n_heads=hp.n_heads, n_kv_heads=hp.n_kv_heads,
+            rope_theta=hp.rope_theta, eps=hp.rms_eps))
+
+    def model(self, **kwargs: object) -> LlamaModel:
+        return LlamaModel.from_manifest(MappingProvider(self.sink.arrays), self.manifest,
+                                        **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def synth() -> Synthetic:
+    return Synthetic()
+
+
+# --- buckets and the KV cache ------------------------------------------------------------------
+def test_buckets() -> None:
+    assert [length_bucket(n, 2048) for n in (1, 64, 65, 128, 129, 1000)] == \
+        [64, 64, 128, 128, 256, 1024]
+    assert length_bucket(2000, 2000) == 2000  # the last bucket is the context
+    with pytest.raises(ValueError, match="context length"):
+        length_bucket(2049, 2048)
+    assert [batch_bucket(n) for n in (1, 2, 4, 5, 16, 17, 33, 65)] == \
+        [1, 4, 4, 16, 16, 32, 64, 128]
+    with pytest.raises(ValueError):
+        batch_bucket(0)
+
+
+def test_kv_cache_writes_in_place_and_grows_by_bucket() -> None:
+    cache = KVCache(n_layers=2, n_kv_heads=1, head_dim=4, rows=4, context_length=300)
+    assert cache.array.shape == (2, 4, 2, 64, 1, 4)
+    assert cache.array.ctypes.data % 64 == 0 and cache.array[1].ctypes.data % 64 == 0
+    first = cache.array
+    cache.lengths[:] = [3, 0, 5, 1]  # ragged rows: each written at its own length
+    kv = np.arange(2 * 4 * 2 * 1 * 1 * 4, dtype=np.float32).reshape(2, 4, 2, 1, 1, 4)
+    cache.write(slice(0, 2), slice(0, 4), kv)
+    assert cache.array is first  # in place
+    for row, length in enumerate([3, 0, 5, 1]):
+        assert np.array_equal(cache.array[:, row, :, length], kv[:, row, :, 0])
+    cache.advance(slice(0, 4), 1)
+    cache.reserve(65)
+    assert cache.array is not first and cache.length == 128 and cache.reallocations == 1
+    assert np.array_equal(cache.array[:, :, :, :64], first)  # the held part moved over
+    cache.reserve(100)
+    assert cache.reallocations == 1  # still fits: no copy
+    mask = cache.mask()
+    assert mask.shape == (4, 128) and mask[2, 5] == 0 and np.isneginf(mask[2, 6])
+    cache.keep([2, 0], rows=4)  # rows 2 and 0 survive, in that order
+    assert list(cache.lengths) == [6, 4, 0, 0]
+    assert np.array_equal(cache.array[:, 0, :, 5], kv[:, 2, :, 0])
+    with pytest.raises(ValueError, match="reserve"):
+        cache.write(slice(0, 2), slice(0, 1), np.zeros((2, 1, 2, 200, 1, 4), np.float32))
+
+
+# --- exactness -----------------------------------------------------------------------------
+def test_compiled_logits_match_eager_and_reference(synth: Synthetic) -> None:
+    compiled, eager = synth.model(), synth.model(compile=False)
+    prompt = [1, 2, 3, 4]
+    a, b = compiled.forward(prompt), eager.forward(prompt)
+    assert np.abs(a - b).max() < 1e-4  # the tolerance stated in the module docstring
+    assert np.abs(a - synth.reference.logits(prompt)).max() < 1e-4
+    for token in (7, 8, 9):  # one-token steps: the XLA function
+        a, b = compiled.forward([token]), eager.forward([token])
+        assert np.abs(a - b).max() < 1e-4
+    prompt += [7, 8, 9]
+    assert np.abs(a - synth.reference.logits(prompt)).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_64_tokens_trace_once_per_bucket_and_match_the_reference(synth: Synthetic) -> None:
+    model = synth.model()
+    rng = np.random.default_rng(0)
+    sequence = [int(t) for t in rng.integers(0, HP.vocab_size, size=72)]
+    model.forward(sequence[:3])
+    for n in range(3, 72):  # one-token steps over fixed tokens: 69 of them, past position 64
+        logits = model.forward([sequence[n]])
+        if n in (20, 63, 64, 71):  # before, at and after the 64-position bucket
+            expected = synth.reference.logits(sequence[:n + 1])
+            assert np.abs(logits - expected).max() < 1e-4, n
+    steps = {k: v for k, v in model.traces().items() if k.startswith("step:")}
+    assert steps == {"step:1:1x64": 1, "step:1:1x128": 1}  # one trace per bucket
+    model.generate([9, 1], 64)
+    assert {k: v for k, v in model.traces().items() if k.startswith("step:")} == steps
+
+
+@pytest.mark.parametrize("kwargs", [{"group_layers": 3}, {"group_layers": 2}, {"xla": False},
+                                    {"compile": False}])
+def test_every_mode_gives_the_same_tokens(synth: Synthetic, kwargs: dict[str, object]) -> None:
+    expected = synth.model().generate([1, 2, 3], 12)
+    assert synth.model(**kwargs).generate([1, 2, 3], 12) == expected
+
+
+def test_group_layers_fetches_a_group_before_running_it(synth: Synthetic) -> None:
+    order: list[str] = []
+
+    class Recording:
+        def get(self, key: str) -> np.ndarray:
+            order.append(key)
+            return synth.sink.arrays[key]
+
+    model = LlamaModel.from_manifest(Recording(), synth.manifest, group_layers=3)
+    model.forward([1, 2])
+    assert order == model.schedule()  # the read order is the schedule, whatever the group
+    with pytest.raises(ValueError, match="group_layers"):
+        synth.model(group_layers=0)
+
+
+# --- batches -----------------------------------------------------------------------------------
+PROMPTS = [[1, 2, 3], [5], [7, 8, 9, 10, 11, 12, 13], [4, 4], [250, 3, 17]]
+
+
+def test_batch_equals_each_sequence_alone(synth: Synthetic) -> None:
+    model = synth.model()
+    alone = [model.generate(p, 10) for p in PROMPTS]
+    seen: list[tuple[int, int]] = []
+    batch = model.generate_batch(PROMPTS, 10, on_token=lambda i, t: seen.append((i, t)))
+    assert batch == alone
+    for index, tokens in enumerate(batch):
+        assert [t for i, t in seen if i == index] == tokens
+    assert model.timings.decoded_tokens > 0
+    steps = {k for k in model.traces() if k.startswith("step:")}
+    assert steps <= {"step:1:1x64", "step:1:16x64", "step:1:4x64"}  # buckets only (5 -> 16)
+
+
+def test_batch_early_stops_leave_the_batch(synth: Synthetic) -> None:
+    model = synth.model()
+    alone = [model.generate(p, 12) for p in PROMPTS]
+    eos = alone[2][3]  # a token the third sequence produces early
+    expected = [model.generate(p, 12, eos_id=eos) for p in PROMPTS]
+    assert any(len(e) < 12 for e in expected) and any(len(e) == 12 for e in expected)
+    batch = model.generate_batch(PROMPTS, 12, eos_id=eos)
+    assert batch == expected
+    for tokens in batch:
+        assert eos not in tokens[:-1]
+
+
+def test_batch_samplers_and_bad_input(synth: Synthetic) -> None:
+    model = synth.model()
+    calls: list[int] = []
+
+    def picker(index: int) -> Callable[[np.ndarray], int]:
+        def pick(logits: np.ndarray) -> int:
+            calls.append(index)
+            return int(np.argsort(logits)[-2])  # the second best: not greedy
+        return pick
+
+    samplers = [picker(i) for i in range(2)]
+    batch = model.generate_batch(PROMPTS[:2], 4, samplers=samplers)
+    assert batch[0] == model.generate(PROMPTS[0], 4, sampler=picker(0))
+    assert calls.count(1) == 4
+    assert model.generate_batch(PROMPTS, 0) == [[] for _ in PROMPTS]
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        model.generate_batch([[1], []], 3)
+    with pytest.raises(ValueError, match="at least one prompt"):
+        model.generate_batch([], 3)
+    with pytest.raises(ValueError, match="one per prompt"):
+        model.generate_batch([[1], [2]], 3, samplers=samplers[:1])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.generate_batch([[1]], -1)
+    with pytest.raises(ValueError, match="token ids"):
+        model.generate_batch([[1], [300]], 2)
+
+
+def test_batch_does_not_disturb_the_single_sequence(synth: Synthetic) -> None:
+    model = synth.model()
+    first = model.generate([1, 2, 3], 4)
+    model.generate_batch(PROMPTS, 3)
+    more = model.generate([9], 4, reset=False)  # continues the sequence of generate
+    fresh = synth.model()
+    assert fresh.generate([1, 2, 3], 4) == first
+    assert fresh.generate([9], 4, reset=False) == more
