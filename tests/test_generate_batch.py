@@ -249,30 +249,6 @@ def _layout(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _stand_in_decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """TEMPORARY until LlamaModel.generate_batch lands: each prompt alone, tokens reported
-    round-robin."""
-    if request.node.get_closest_marker("tf") is None:
-        return
-    from tiercache.models.runtime.tensorflow import LlamaModel
-
-    def generate_batch(self: LlamaModel, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                       *, eos_id: int | None = None,
-                       samplers: Sequence[Callable[[np.ndarray], int]] | None = None,
-                       on_token: OnToken | None = None) -> list[list[int]]:
-        out = [self.generate(p, max_new_tokens, eos_id=eos_id,
-                             sampler=None if samplers is None else samplers[i])
-               for i, p in enumerate(prompts)]
-        for step in range(max((len(t) for t in out), default=0)):
-            for i, tokens in enumerate(out):
-                if step < len(tokens) and on_token is not None:
-                    on_token(i, tokens[step])
-        return out
-
-    monkeypatch.setattr(LlamaModel, "generate_batch", generate_batch, raising=False)
-
-
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A TOML config (opt RAM tier of 64 KiB over packed) with a 316 KiB synthetic model."""
@@ -282,6 +258,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.tf
+@pytest.mark.slow
 def test_each_batched_result_equals_that_prompt_alone(synthetic: Path) -> None:
     with tiercache.load_model(synthetic) as model:
         alone = [model.generate(p, 10, stream=False, stop_at_eos=False) for p in PROMPTS]
@@ -373,6 +350,7 @@ def test_batch_arguments_are_checked_at_the_call(synthetic: Path) -> None:
 
 
 @pytest.mark.tf
+@pytest.mark.slow
 def test_generate_cli_batch_json_and_text(synthetic: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     lines = tmp_path / "prompts.txt"
@@ -380,10 +358,16 @@ def test_generate_cli_batch_json_and_text(synthetic: Path, tmp_path: Path,
     whole = tmp_path / "prompt.txt"
     whole.write_text(PROMPTS[1], encoding="utf-8")
     args = ["generate", "--config", str(synthetic), "--max-new-tokens", "6", "--ignore-eos"]
-    singles = []
-    for prompt in PROMPTS:
-        assert main([*args, "--json", "--prompt", prompt]) == 0
-        singles.append(json.loads(capsys.readouterr().out))
+    with tiercache.load_model(synthetic, prefetch=0) as model:  # each prompt alone
+        singles: list[dict[str, Any]] = []
+        for prompt in PROMPTS:
+            ids = model.encode_prompt(prompt)
+            tokens = list(model.generate_ids(ids, 6, stop_at_eos=False))
+            singles.append({"prompt_ids": ids, "token_ids": tokens,
+                            "text": model.tokenizer.decode(tokens)})
+    assert main([*args, "--json", "--prompt", PROMPTS[0]]) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert {k: single[k] for k in singles[0]} == singles[0]
     # the order is --prompt, --prompt-file, --prompts-file, wherever they are on the line
     many = [*args, "--prompts-file", str(lines), "--prompt-file", str(whole), "--prompt",
             PROMPTS[0]]
@@ -391,10 +375,10 @@ def test_generate_cli_batch_json_and_text(synthetic: Path, tmp_path: Path,
     out = json.loads(capsys.readouterr().out)
     assert list(out) == ["results", "stats", "timing"]
     assert [list(r) for r in out["results"]] == [["prompt_ids", "token_ids", "text"]] * 5
-    assert [{k: r[k] for k in ("prompt_ids", "token_ids", "text")} for r in singles] == \
-        out["results"]
-    assert set(out["stats"]) == set(singles[0]["stats"])
-    assert set(out["timing"]) == set(singles[0]["timing"])
+    assert out["results"] == singles
+    assert set(out["stats"]) == set(single["stats"]) and out["stats"]["tiers"]
+    assert set(out["timing"]) == set(single["timing"])
+    assert out["timing"]["forward_passes"] > 0
     assert main(many) == 0
     captured = capsys.readouterr()
     expected = "".join(f"[{i}] {p}\n{r['text']}\n" for i, (p, r) in
@@ -461,13 +445,11 @@ def test_smollm2_batches_equal_each_prompt_alone(
         brief_ids = [model.encode_prompt(q, chat=True, system="Be brief.") for q in questions]
         texts = model.generate(SMOL_PROMPTS, 8, stream=False)
         chats = model.generate(SMOL_CHATS, 8, stream=False, chat=True)
-        pairs = list(model.generate(SMOL_CHATS, 8, chat=True))
         decode = model.tokenizer.decode
     assert texts == [decode(t) for t in raw_alone]
     assert texts[0].startswith(" Paris")
     assert chats == [decode(t) for t in chat_alone]
     assert "Paris" in chats[0]
-    assert ["".join(p for i, p in pairs if i == k) for k in range(2)] == chats
     capsys.readouterr()
     assert main(["generate", "--config", str(smollm2), "--max-new-tokens", "8", "--json",
                  "--chat", "--system", "Be brief.", "--prompt", questions[0], "--prompt",
