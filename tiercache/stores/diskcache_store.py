@@ -224,8 +224,9 @@ class DiskcacheStore(DiskStore):
         self._cache: diskcache.Cache | None = None
         #: Value files whose payload checksum was verified by get_view (by identity).
         self._verified_files: dict[tuple[int, int, int, int], None] = {}
-        #: key -> (value file, view): repeated get_view of an unchanged file is O(1)
-        self._views: dict[str, tuple[str, np.ndarray]] = {}
+        #: key -> (value file, its identity when mapped, view): a repeated get_view of an
+        #: unchanged file is one stat
+        self._views: dict[str, tuple[str, tuple[int, int, int, int], np.ndarray]] = {}
         self._close_lock = threading.Lock()
         #: Set by :meth:`close`: from then on every operation raises CacheClosedError.
         self._closing = False
@@ -332,18 +333,25 @@ class DiskcacheStore(DiskStore):
         the array is returned read-only, and a caller that re-enables writing
         can never change the file. Inline (small) values are decoded into a copy.
         Views are cached per key: a repeated call costs one ``stat`` of the value
-        file (which notices a rewrite by another process, since diskcache always
-        writes a new file and unlinks the old one) instead of a sqlite query and
-        a new mapping. O(n) the first time a file is seen, O(1) (plus page
-        faults) afterwards. Thread-safe.
+        file instead of a sqlite query and a new mapping. The stat compares the
+        file's identity, size and modification time with those it had when it was
+        mapped and verified: a new value (diskcache writes a new file and unlinks
+        the old one) or bytes changed in place by another program (the mapping
+        shows them: it is a view of the page cache) maps and verifies the file
+        again, so a changed payload raises :class:`CorruptShardError` here instead
+        of being served. A view handed out before the change shows the change; the
+        next call catches it. O(n) the first time a file is seen or after it
+        changed, O(1) (plus page faults) afterwards. Thread-safe.
         """
         cached = self._views.get(key)
         if cached is not None:
             try:
-                os.stat(cached[0])
-                return cached[1]
+                st = os.stat(cached[0])
+                if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == cached[1]:
+                    return cached[2]
             except OSError:
-                self._views.pop(key, None)
+                pass
+            self._views.pop(key, None)
         value = self._fetch(key)
         if value is None:
             return None
@@ -375,7 +383,7 @@ class DiskcacheStore(DiskStore):
         view: np.ndarray = np.ndarray(header.shape, dtype=header.dtype, buffer=mapped,
                                       offset=header.header_nbytes)
         view.flags.writeable = False
-        self._views[key] = (value.name, view)
+        self._views[key] = (value.name, identity, view)
         return view
 
     def value_file(self, key: str) -> Path | None:

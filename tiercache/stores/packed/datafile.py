@@ -92,6 +92,12 @@ class DataFile:
         """The file's size in bytes (one ``fstat``)."""
         return os.fstat(self.fd).st_size
 
+    def stamp(self) -> tuple[int, int, int, int]:
+        """``(generation, size, mtime_ns, ctime_ns)``: what changes when anything writes
+        into the file (one ``fstat``; timestamps move by the file system's clock tick)."""
+        st = os.fstat(self.fd)
+        return self.generation, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
     def close(self) -> None:
         """Close the descriptor; views keep their own mapping alive. Idempotent."""
         self.mapping = None

@@ -121,6 +121,7 @@ class _PackedFiles(DiskStore):
         self._epoch_seen = self._epoch[0]
         self._remember_identity(os.stat(self.path / INDEX_NAME))
         self._advice_bytes = advice_bytes(data.fd)
+        self._stamp = data.stamp()  # the data file as the entries' `verified` flags saw it
         self._closed = False
 
     def _medium_closed(self) -> bool:
@@ -179,6 +180,17 @@ class _PackedFiles(DiskStore):
                 self._forget_all()
                 self._epoch_seen = now
 
+    def _settle_verified(self, *, own: bool = False) -> None:
+        """Unverify every entry if the data file changed since the last look, unless by
+        this store (``own``). One ``fstat`` (its OSError goes to the tier, as a read's);
+        O(entries) after a foreign change."""
+        stamp = self._data.stamp()
+        if stamp != self._stamp:
+            with self._lock:
+                for entry in () if own else self._entries.values():
+                    entry.verified = False
+                self._stamp = stamp
+
     def _bump_epoch(self, before: int) -> None:
         """Record a committed change (flock held). ``before`` is the counter read when
         the change began: if nobody else changed the store meanwhile, our cached views
@@ -234,7 +246,11 @@ class _PackedFiles(DiskStore):
                 except OSError as exc:
                     raise StoreError(f"packed store {self.path}: cannot open data file "
                                      f"({exc})") from exc
-                yield data, before
+                self._settle_verified()  # a foreign change before ours is not absorbed
+                try:
+                    yield data, before
+                finally:
+                    self._settle_verified(own=True)
 
     def _maybe_compact(self, data: DataFile) -> None:
         """Compact when dead bytes exceed both the live bytes and the minimum. Locks held."""
@@ -390,18 +406,20 @@ class PackedStore(_PackedFiles):
     def get_view(self, key: str) -> np.ndarray | None:
         """A zero-copy, read-only view of ``key``'s payload in the mapped data file.
 
-        Valid for as long as it is referenced (the file's bytes are never rewritten).
-        With ``verify="always"`` the checksum is checked the first time this process
-        views the stored shard (that pass also reads it from disk). O(1) once cached:
-        a dict lookup and an epoch read; O(n) the first time. Thread-safe.
-        """
+        Valid while referenced (the store never rewrites the file's bytes). With
+        ``verify="always"`` the checksum is checked at the first view in this process
+        and again after the file changed other than by this store (size, mtime or ctime
+        moved): bytes another program wrote raise :class:`CorruptShardError`. O(1)
+        once cached (a dict lookup, an epoch read, an ``fstat``); O(n) the first time."""
         found = self._entry(key)
         if found is None:
             return None
         entry, view = found
         entry.seen = True
-        if self.verify == "always" and not entry.verified:
-            self._verify(entry, view, key)
+        if self.verify == "always":
+            self._settle_verified()
+            if not entry.verified:
+                self._verify(entry, view, key)
         return view
 
     def get(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
