@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, assert_type, cast
 
 import numpy as np
 import pytest
@@ -21,7 +21,7 @@ import pytest
 import tiercache
 from tiercache.cli import main
 from tiercache.models import BPETokenizer
-from tiercache.models.api import Sampler, TextStream, batch_samplers
+from tiercache.models.api import Model, Sampler, TextStream, batch_samplers
 from tiercache.models.batching import BatchPieces, OnToken, run_in_chunks, split_prompts
 
 SYNTH = ["--layers", "2", "--dim", "64", "--ffn", "96", "--vocab", "300", "--heads", "4",
@@ -48,6 +48,22 @@ def test_split_prompts_tells_one_prompt_from_a_list() -> None:
         split_prompts([{"role": "user", "content": "x"}, "b"])  # a message among prompts
     with pytest.raises(ValueError, match="not bytes"):
         split_prompts(b"bytes")
+
+
+def _overloads_as_mypy_sees_them(model: Model) -> None:
+    """Not run: ``make typecheck`` (mypy strict over tests/) fails if the overloads of
+    ``Model.generate`` / ``generate_ids`` stop telling one prompt from a list."""
+    chat = [{"role": "user", "content": "hi"}]
+    assert_type(model.generate("a", stream=False), str)
+    assert_type(model.generate("a"), Iterator[str])
+    assert_type(model.generate(chat, chat=True, stream=False), str)
+    assert_type(model.generate(["a", "b"], stream=False), list[str])
+    assert_type(model.generate(["a", chat], chat=True, stream=False), list[str])
+    assert_type(model.generate(["a", "b"]), Generator[tuple[int, str], None, None])
+    prompts: list[str] = ["a"]
+    assert_type(model.generate(prompts, stream=False), list[str])
+    assert_type(model.generate_ids([1, 2], 4), Iterator[int])
+    assert_type(model.generate_ids([[1, 2], [3]], 4), list[list[int]])
 
 
 # --- chunks and samplers ---------------------------------------------------------------------
