@@ -208,15 +208,6 @@ def _dequantizable(type_id: int) -> str | None:
 _TRIED_TYPES: dict[str, bool] = {}
 
 
-def _type_name(type_id: int) -> str:
-    import gguf
-
-    try:
-        return gguf.GGMLQuantizationType(type_id).name
-    except ValueError:
-        return f"#{type_id}"
-
-
 def _parse_header(buf: Any, size: int, file: Path) -> GGUFHeader:
     import gguf
 
