@@ -55,7 +55,7 @@ def arc_invariants(policy: Policy) -> None:
     if not isinstance(policy, ARCPolicy):
         return
     c = policy.capacity
-    tables = {"T1": policy._t1, "T2": policy._t2, "B1": policy._b1, "B2": policy._b2}
+    tables = policy.sizes()
     size = {name: sum(table.values()) for name, table in tables.items()}
     stats = policy.extra_stats()
     for name in tables:

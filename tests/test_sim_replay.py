@@ -51,7 +51,7 @@ def state(policy: Policy) -> Any:
     if isinstance(policy, ARCPolicy):
         return policy.lists(), policy.p, policy.extra_stats()
     if isinstance(policy, LRUPolicy):
-        return list(policy._order.items())
+        return policy.entries()
     return list(policy)
 
 

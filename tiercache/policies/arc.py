@@ -95,6 +95,12 @@ class ARCPolicy(Policy):
         return {"T1": list(self._t1), "T2": list(self._t2),
                 "B1": list(self._b1), "B2": list(self._b2)}
 
+    def sizes(self) -> dict[str, dict[Key, int]]:
+        """Snapshot of T1, T2, B1, B2 with each key's size (LRU first), for tests that
+        recompute the size totals and for debugging. O(entries)."""
+        return {"T1": dict(self._t1), "T2": dict(self._t2),
+                "B1": dict(self._b1), "B2": dict(self._b2)}
+
     # --- hooks -------------------------------------------------------------------
     def on_miss(self, key: Key, size: int) -> None:
         self._incoming, self._incoming_size = key, size

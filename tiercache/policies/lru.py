@@ -34,6 +34,11 @@ class LRUPolicy(Policy):
     def __iter__(self) -> Iterator[Key]:
         return iter(self._order)
 
+    def entries(self) -> list[tuple[Key, int]]:
+        """Snapshot of ``(key, size)`` from least to most recently used, for tests and
+        debugging. O(entries)."""
+        return list(self._order.items())
+
     def on_insert(self, key: Key, size: int) -> None:
         self._order[key] = size
         self._order.move_to_end(key)
