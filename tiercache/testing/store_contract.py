@@ -104,7 +104,7 @@ def assert_raise_closed(store: Store, operations: dict[str, Callable[[], object]
             result = call()
         except CacheClosedError:
             continue
-        except Exception as exc:  # noqa: BLE001 - reported, with what was expected
+        except Exception as exc:  # reported, with what was expected
             pytest.fail(f"{type(store).__name__}.{name} after close raised "
                         f"{type(exc).__name__} ({exc}), not CacheClosedError")
         pytest.fail(f"{type(store).__name__}.{name} after close returned {result!r} "
