@@ -5,13 +5,20 @@ eager path and the numpy reference agreeing with the compiled one."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 from reference_llama import RefConfig, ReferenceLlama
 
-from tiercache.models import DictSink, LlamaHParams, ModelManifest, synthetic_hparams, \
-    synthetic_llama
+import tiercache
+from tiercache.models import (
+    DictSink,
+    LlamaHParams,
+    ModelManifest,
+    synthetic_hparams,
+    synthetic_llama,
+)
 from tiercache.models.runtime import MappingProvider
 from tiercache.models.runtime.kv import KVCache, batch_bucket, length_bucket
 from tiercache.models.runtime.tensorflow import LlamaModel
@@ -106,7 +113,8 @@ def test_64_tokens_trace_once_per_bucket_and_match_the_reference(synth: Syntheti
             expected = synth.reference.logits(sequence[:n + 1])
             assert np.abs(logits - expected).max() < 1e-4, n
     steps = {k: v for k, v in model.traces().items() if k.startswith("step:")}
-    assert steps == {"step:1:1x64": 1, "step:1:1x128": 1}  # one trace per bucket
+    # one trace per bucket (all weights in a dict: the whole step of 3 blocks in one call)
+    assert steps == {"step:3:1x64": 1, "step:3:1x128": 1}
     model.generate([9, 1], 64)
     assert {k: v for k, v in model.traces().items() if k.startswith("step:")} == steps
 
@@ -129,8 +137,40 @@ def test_group_layers_fetches_a_group_before_running_it(synth: Synthetic) -> Non
     model = LlamaModel.from_manifest(Recording(), synth.manifest, group_layers=3)
     model.forward([1, 2])
     assert order == model.schedule()  # the read order is the schedule, whatever the group
-    with pytest.raises(ValueError, match="group_layers"):
-        synth.model(group_layers=0)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="group_layers"):
+            synth.model(group_layers=bad)
+
+
+def test_the_whole_step_runs_in_one_call_only_when_every_shard_is_in_memory(
+        synth: Synthetic, tmp_path: Path) -> None:
+    assert synth.model().group_layers == 1  # before the first pass: block by block
+    in_dict = synth.model()
+    in_dict.forward([1])
+    assert in_dict.group_layers == HP.n_layers
+
+    class Plain:  # a provider that says nothing about where its shards are
+        def get(self, key: str) -> np.ndarray:
+            return synth.sink.arrays[key]
+
+    plain = LlamaModel.from_manifest(Plain(), synth.manifest)
+    plain.forward([1])
+    assert plain.group_layers == 1
+    total = synth.manifest.total_bytes
+    cfg = {"tiers": [
+        {"name": "ram", "backend": "memory", "capacity": total * 2},
+        {"name": "ssd", "backend": "lmdb", "path": str(tmp_path / "ssd"), "capacity": "64MiB"}]}
+    with tiercache.open(cfg) as cache:
+        for key, array in synth.sink.arrays.items():
+            cache.put(key, array, tier="ssd")
+        model = LlamaModel.from_manifest(cache, synth.manifest)
+        first = model.generate([1, 2, 3], 3)
+        assert model.group_layers == 1  # the first pass read from the SSD tier
+        for key in synth.sink.arrays:
+            cache.put(key, synth.sink.arrays[key], tier="ram")
+        model._passes_to_check = 1  # re-check now rather than after 16 passes
+        assert model.generate([1, 2, 3], 3) == first
+        assert model.group_layers == HP.n_layers
 
 
 # --- batches -----------------------------------------------------------------------------------
@@ -147,7 +187,7 @@ def test_batch_equals_each_sequence_alone(synth: Synthetic) -> None:
         assert [t for i, t in seen if i == index] == tokens
     assert model.timings.decoded_tokens > 0
     steps = {k for k in model.traces() if k.startswith("step:")}
-    assert steps <= {"step:1:1x64", "step:1:16x64", "step:1:4x64"}  # buckets only (5 -> 16)
+    assert steps <= {"step:3:1x64", "step:3:16x64", "step:3:4x64"}  # buckets only (5 -> 16)
 
 
 def test_batch_early_stops_leave_the_batch(synth: Synthetic) -> None:
