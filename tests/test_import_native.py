@@ -26,7 +26,7 @@ from tiercache.models import (
     quant,
     smollm2_path,
 )
-from tiercache.models.importers.gguf import import_gguf
+from tiercache.models.importers.gguf import gguf_import_bytes, import_gguf
 from tiercache.models.importers.safetensors import import_safetensors
 from tiercache.models.manifest import ModelManifest, TensorInfo
 from tiercache.models.quant import GGML_TYPES, dequantize
@@ -98,6 +98,7 @@ def test_an_unknown_type_is_dequantized_and_the_manifest_says_so(typed_gguf: Any
     sink = DictSink()
     manifest = import_gguf(path, sink, progress=False)
     assert manifest.metadata["tiercache.dequantized"] == {"t.iq4_nl": "IQ4_NL"}
+    assert gguf_import_bytes(path) == manifest.total_bytes
     info = manifest.tensors["t.iq4_nl"]
     assert info.encoding is None and info.dtype == "float32" and info.shape == (2, 64)
     expected = gguf.quants.dequantize(written["t.iq4_nl"], gguf.GGMLQuantizationType.IQ4_NL)
@@ -156,9 +157,11 @@ def test_smollm2_native_is_92_mib_and_dequantizes_to_the_float32_import() -> Non
     assert 90 * MiB < manifest.total_bytes < 94 * MiB
     assert manifest.total_bytes == sum(a.nbytes for a in native.arrays.values())
     assert manifest.total_bytes <= smollm2_path().stat().st_size
+    assert gguf_import_bytes(smollm2_path()) == manifest.total_bytes
     comparing = _Comparing(native.arrays)
     floats = import_model("smollm2", comparing, dtype="float32", progress=False)
     assert comparing.checked == 272 and 512 * MiB < floats.total_bytes < 514 * MiB
+    assert gguf_import_bytes(smollm2_path(), "float32") == floats.total_bytes
     for name, info in manifest.tensors.items():
         assert info.shape == floats.tensors[name].shape
 

@@ -20,7 +20,7 @@ values (256 KiB, L2-sized) with scratch arrays of one chunk, writing into the
 caller's ``out``: the only full-size array is the output. Every numpy call
 releases the GIL, so several threads dequantizing different shards run in
 parallel. :func:`quantize` makes Q8_0 (and F16/BF16) shards from float
-arrays; ``python -m tiercache.models.quant --bench`` prints the throughput.
+arrays; ``python bench/bench_quant.py`` prints the throughput (:func:`bench`).
 
 Complexity: O(elements) time, O(chunk) extra memory. Thread-safety: the
 functions are pure (module-level tables are read-only); callers must not
@@ -30,7 +30,6 @@ share one ``out`` between concurrent calls.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -475,28 +474,44 @@ _F16_FIELDS: dict[str, tuple[int, ...]] = {
     "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
 
 
-def bench(rows: int = 1024, cols: int = 1024, repeat: int = 5) -> dict[str, float]:
-    """MB/s of float32 output of :func:`dequantize` per type: the median of ``repeat``
-    runs on one thread into a reused ``out`` (``cols`` a multiple of 256).
-    O(repeat * rows * cols)."""
+def bench(rows: int = 1024, cols: int = 1024, repeat: int = 5, threads: int = 1,
+          reference: Callable[[np.ndarray, str], Any] | None = None,
+          ) -> dict[str, tuple[float, float | None]]:
+    """MB/s of float32 output of :func:`dequantize` per type, and of ``reference`` on
+    the same shards (e.g. gguf-py's dequantize; None: not measured).
+
+    Each figure is the median of ``repeat`` runs, each of ``threads`` threads
+    decoding its own copy of a ``rows x cols`` shard (``cols`` a multiple of 256)
+    into its own reused ``out``; it counts the output of all threads.
+    O(repeat * threads * rows * cols). bench/bench_quant.py prints it.
+    """
     import time
+    from concurrent.futures import ThreadPoolExecutor
 
     rng = np.random.default_rng(0)
-    target = np.empty((rows, cols), dtype=np.float32)
-    result = {}
-    for name, ggml_type in GGML_TYPES.items():
-        shard = _random_shard(ggml_type, rows, cols, rng)
+    targets = [np.empty((rows, cols), dtype=np.float32) for _ in range(threads)]
+    nbytes = threads * targets[0].nbytes
+    result: dict[str, tuple[float, float | None]] = {}
+
+    def median_mbps(run: Callable[[], object]) -> float:
         times = []
         for _ in range(repeat):
             start = time.perf_counter()
-            dequantize(shard, out=target)
+            run()
             times.append(time.perf_counter() - start)
-        result[name] = target.nbytes / sorted(times)[len(times) // 2] / 1e6
+        return nbytes / sorted(times)[len(times) // 2] / 1e6
+
+    with ThreadPoolExecutor(threads) as pool:
+        for name, ggml_type in GGML_TYPES.items():
+            shards = [_random_shard(ggml_type, rows, cols, rng) for _ in range(threads)]
+
+            def ours(shards: list[np.ndarray] = shards) -> object:
+                return list(pool.map(dequantize, shards, targets))
+
+            def theirs(shards: list[np.ndarray] = shards, name: str = name) -> object:
+                assert reference is not None
+                return list(pool.map(reference, shards, [name] * threads))
+
+            result[name] = (median_mbps(ours),
+                            median_mbps(theirs) if reference is not None else None)
     return result
-
-
-if __name__ == "__main__":  # pragma: no cover - a tool
-    if "--bench" not in sys.argv[1:]:
-        sys.exit("usage: python -m tiercache.models.quant --bench")
-    for type_name, mbps in bench().items():
-        print(f"{type_name:5s} {mbps:9.0f} MB/s of float32 output")

@@ -237,6 +237,19 @@ def _tensor_view(buf: Any, t: GGUFTensor) -> np.ndarray:
 GGUF_DTYPES = ("native", "float32", "float16")
 
 
+def gguf_import_bytes(path: str | os.PathLike[str], dtype: str = "native") -> int:
+    """Bytes the shards of :func:`import_gguf` (with ``dtype``) take, from the header
+    alone: native -- each tensor's bytes in the file (float32 for a type
+    :mod:`~tiercache.models.quant` does not know); float32/float16 -- 4/2 bytes a
+    value. ``ModelFormatError`` for a bad file. O(tensors)."""
+    header, _ = read_gguf_header(path)
+    if dtype != "native":
+        itemsize = np.dtype(dtype).itemsize
+        return sum(math.prod(t.shape) * itemsize for t in header.tensors)
+    return sum(t.nbytes if t.type_name in GGML_TYPES else math.prod(t.shape) * 4
+               for t in header.tensors)
+
+
 def _native_shard(buf: Any, t: GGUFTensor, key: str) -> PlannedShard | None:
     """The shard keeping ``t`` in its ggml encoding, a view of the mapped file (no copy);
     None when :mod:`~tiercache.models.quant` does not know the type. O(1)."""
