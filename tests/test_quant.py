@@ -102,6 +102,13 @@ def test_dequantize_plain_arrays() -> None:
     assert same_bits(dequantize(bf16), reference(bf16, "BF16").reshape(3, 5))
 
 
+def test_every_float16_and_bfloat16_bit_pattern() -> None:
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).reshape(256, 256)
+    half = bits.view(np.float16)
+    assert same_bits(dequantize(half), half.astype(np.float32))    # NaNs, infinities too
+    assert same_bits(dequantize(bits), reference(bits, "BF16").reshape(256, 256))
+
+
 def test_encoding_of_and_logical_shape() -> None:
     assert encoding_of(np.zeros((2, 3), np.float32)) is None
     assert encoding_of(np.zeros((2, 3), np.float16)) is None
