@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from ..loading import import_target
+from . import memory as memory_options
 from .base import Store, VerifyMode
 from .redis import options as redis_options
 
@@ -50,9 +51,10 @@ ENTRY_POINT_GROUP = "tiercache.backends"
 
 
 class MemoryStoreClass(Protocol):
-    """Constructor of a ``"memory"`` store: nothing to locate, nothing to verify."""
+    """Constructor of a ``"memory"`` store: nothing to locate, nothing to verify; takes
+    the options its spec parsed (the built-in one: ``representation``, ``decoder``)."""
 
-    def __call__(self) -> Store: ...
+    def __call__(self, **options: Any) -> Store: ...
 
 
 class DiskStoreClass(Protocol):
@@ -143,8 +145,9 @@ class BackendSpec:
 
     def memory_class(self) -> MemoryStoreClass:
         """The class, typed as the constructor of a memory store. O(1) after the first."""
-        factory: MemoryStoreClass = self.load()
-        return factory
+        factory: Any = self.load()  # a memory store takes the options its spec parsed
+        checked: MemoryStoreClass = factory
+        return checked
 
     def disk_class(self) -> DiskStoreClass:
         """The class, typed as the constructor of a disk store. O(1) after the first."""
@@ -161,7 +164,9 @@ class BackendSpec:
 
 #: The backends shipped with tiercache: adding one is one line here.
 _BUILTIN: tuple[BackendSpec, ...] = (
-    BackendSpec("memory", "tiercache.stores.memory:MemoryStore", "memory"),
+    BackendSpec("memory", "tiercache.stores.memory:MemoryStore", "memory",
+                option_keys=memory_options.OPTION_KEYS,
+                parse_options=memory_options.parse_options),
     BackendSpec("lmdb", "tiercache.stores.lmdb_store:LmdbStore", "disk"),
     BackendSpec("diskcache", "tiercache.stores.diskcache_store:DiskcacheStore", "disk",
                 zero_copy=True),
@@ -295,8 +300,8 @@ def open_store(backend: str, path: Path | None, *, verify: VerifyMode = "always"
         reader beside the owner (``tiercache stats`` / ``verify``).
     options:
         Keyword arguments for a remote store's constructor (``redis``: ``url`` or
-        ``cluster_nodes``, ``namespace``, ``timeout_s``, ``chunk_bytes``); such a
-        store takes no path.
+        ``cluster_nodes``, ``namespace``, ``timeout_s``, ``chunk_bytes``; such a
+        store takes no path) or a memory store's (``representation``, ``decoder``).
 
     Raises :class:`LookupError` naming the known backends for an unknown name,
     :class:`ValueError` when a disk backend gets no path, and
@@ -305,7 +310,7 @@ def open_store(backend: str, path: Path | None, *, verify: VerifyMode = "always"
     """
     spec = backend_spec(backend)
     if spec.kind == "memory":
-        return spec.memory_class()()
+        return spec.memory_class()(**dict(options or {}))
     if spec.kind == "remote":
         return spec.remote_class()(verify=verify, capacity_bytes=capacity_bytes,
                                    **dict(options or {}))
