@@ -237,3 +237,36 @@ def test_batch_does_not_disturb_the_single_sequence(synth: Synthetic) -> None:
     fresh = synth.model()
     assert fresh.generate([1, 2, 3], 4) == first
     assert fresh.generate([9], 4, reset=False) == more
+
+
+# --- stored formats --------------------------------------------------------------------------
+@pytest.mark.parametrize("encoding", ["Q8_0", "BF16", "F16"])
+def test_quantized_shards_decode_to_the_float_model(synth: Synthetic, encoding: str) -> None:
+    from tiercache.models import quant
+    from tiercache.models.runtime.handoff import aligned_empty
+
+    def aligned(array: np.ndarray) -> np.ndarray:  # as a cache returns shards
+        out = aligned_empty(array.shape, array.dtype)
+        out[...] = array
+        return out
+
+    stored = {k: quant.quantize(v, encoding) if v.ndim == 2 else aligned(v)
+              for k, v in synth.sink.arrays.items()}
+    decoded = {k: quant.dequantize(v) for k, v in stored.items()}
+    model = LlamaModel.from_manifest(MappingProvider(stored), synth.manifest)
+    tokens = model.generate([1, 2, 3], 8)
+    assert model.timings.dequant_s > 0
+    assert model.timings.copied_handoffs == 0  # decoded into aligned buffers: zero-copy
+    assert tokens == LlamaModel.from_manifest(MappingProvider(decoded),
+                                              synth.manifest).generate([1, 2, 3], 8)
+    wrong = dict(stored)
+    other = synthetic_llama(DictSink(), synthetic_hparams(layers=1, dim=96, vocab=300),
+                            progress=False)
+    assert other.tensors["blk.0.attn_q.weight"].shape != (64, 64)
+    wrong["blk.0.attn_q.weight"] = quant.quantize(np.ones((64, 96), np.float32), encoding)
+    with pytest.raises(tiercache.TierCacheError, match=r"attn_q.*\(64, 96\).*another model"):
+        LlamaModel.from_manifest(MappingProvider(wrong), synth.manifest).forward([1])
+    broken = dict(stored)
+    broken["blk.0.attn_k.weight"] = np.zeros((32, 2, 7), np.uint8)  # no ggml block is 7 bytes
+    with pytest.raises(tiercache.TierCacheError, match="attn_k"):
+        LlamaModel.from_manifest(MappingProvider(broken), synth.manifest).forward([1])

@@ -432,7 +432,10 @@ class LlamaModel:
             raise ModelFormatError(f"shard {key!r} has dtype {array.dtype}, expected floats "
                                    "or a quantized block layout")
         expected = self._shapes.get(key)
-        shape = self._decoder.logical_shape(array)
+        try:
+            shape = self._decoder.logical_shape(array)
+        except ValueError as err:  # quant's ModelFormatError is one
+            raise ModelFormatError(f"shard {key!r}: {err}") from None
         if expected is not None and shape != expected:
             raise ModelFormatError(f"shard {key!r} has shape {shape}, the model "
                                    f"expects {expected}: the cache holds another model")
