@@ -247,6 +247,10 @@ class Tier(TierHealth):
         """Every key the medium holds, indexed or not (for scrubbing). O(n)."""
         return list(self.store.keys())
 
+    def viewed(self, key: str) -> bool:
+        """Whether the store holds a verified view of ``key`` already (:meth:`Store.viewed`)."""
+        return self.store.viewed(key)
+
     def needs_check(self, key: str) -> bool:
         """Whether the next zero-copy view of ``key`` verifies it first (see
         :meth:`Store.needs_check`). O(1)."""
@@ -290,12 +294,17 @@ class Tier(TierHealth):
             raise StoreError(f"tier {self.name}: read-ahead of {key!r} failed ({exc})") from exc
 
     def memory_hit(self, key: str, started: float) -> np.ndarray | None:
-        """On a memory tier: the stored array of ``key`` with the hit accounted (latency
-        since ``started``, a ``perf_counter`` value), or ``None`` if this tier does not
-        hold it (nothing counted). O(1). Engine lock held."""
+        """On the top tier, a memory one: the stored array of ``key`` with the hit
+        accounted for the policy and the stats (latency since ``started``, a
+        ``perf_counter`` value; no promotion count: nothing is above), or ``None`` if
+        this tier does not hold it (nothing counted). O(1). Engine lock held."""
         array = self.store.get(key) if key in self._sizes else None
         if array is not None:
-            self.record_hit(key, array.nbytes, time.perf_counter() - started)
+            self.policy.on_hit(key)
+            stats = self.stats
+            stats.hits += 1
+            stats.bytes_read += array.nbytes
+            stats.latency.record(time.perf_counter() - started)
         return array
 
     def record_hit(self, key: str, nbytes: int, latency_s: float) -> bool:

@@ -89,8 +89,10 @@ class Prefetching(Scheduling):
                 return None if index > 0 else 0
             if tier.needs_check(key):
                 return None
+            # mapped, verified and read ahead once: no system call left to make
+            viewed = tier.size_of(key) if tier.viewed(key) else 0
         try:
-            advised = tier.advise(key)
+            advised = viewed or tier.advise(key)
         except StoreError as exc:
             log.debug("read-ahead of %r on tier %s failed: %s", key, tier.name, exc)
             return 0

@@ -243,6 +243,12 @@ class Store(ABC):
         instead of on the loop's. O(1). Default: ``False``."""
         return False
 
+    def viewed(self, key: str) -> bool:
+        """Whether this process already holds a verified view of ``key`` (mapped, read
+        ahead once): :meth:`advise` would have nothing left to do, so the loop skips
+        it. A hint -- the next :meth:`get_view` still checks. O(1). Default: ``False``."""
+        return False
+
     def adopt(self, key: str, array: np.ndarray) -> int:
         """Like :meth:`put`, but a store that keeps arrays in memory may keep ``array``
         itself instead of a copy. The caller hands the array over and must not

@@ -121,8 +121,7 @@ class _PackedFiles(DiskStore):
         self._epoch_seen = self._epoch[0]
         self._remember_identity(os.stat(self.path / INDEX_NAME))
         self._advice_bytes = advice_bytes(data.fd)
-        self._stamp = data.stamp()  # the data file as the entries' `verified` flags saw it
-        self._closed = False
+        self._stamp, self._closed = data.stamp(), False  # `verified` flags hold for _stamp
 
     def _medium_closed(self) -> bool:
         return self._closed
@@ -182,8 +181,7 @@ class _PackedFiles(DiskStore):
 
     def _settle_verified(self, *, own: bool = False) -> None:
         """Unverify every entry if the data file changed since the last look, unless by
-        this store (``own``). One ``fstat`` (its OSError goes to the tier, as a read's);
-        O(entries) after a foreign change."""
+        this store (``own``). One ``fstat``; O(entries) after a foreign change."""
         stamp = self._data.stamp()
         if stamp != self._stamp:
             with self._lock:
@@ -409,8 +407,8 @@ class PackedStore(_PackedFiles):
         Valid while referenced (the store never rewrites the file's bytes). With
         ``verify="always"`` the checksum is checked at the first view in this process
         and again after the file changed other than by this store (size, mtime or ctime
-        moved): bytes another program wrote raise :class:`CorruptShardError`. O(1)
-        once cached (a dict lookup, an epoch read, an ``fstat``); O(n) the first time."""
+        moved): bytes another program wrote raise :class:`CorruptShardError`. O(1) once
+        cached (dict lookups, an epoch read, an ``fstat``); O(n) the first time."""
         found = self._entry(key)
         if found is None:
             return None
@@ -485,12 +483,15 @@ class PackedStore(_PackedFiles):
         return entry.length
 
     def needs_check(self, key: str) -> bool:
-        """Whether :meth:`get_view` would verify ``key`` first (``verify="always"`` and
-        not yet verified in this process, or not looked up yet). O(1)."""
+        """Whether :meth:`get_view` would verify ``key`` first (not verified yet). O(1)."""
         if self.verify != "always":
             return False
         entry = self._entries.get(key)
         return entry is None or not entry.verified
+
+    def viewed(self, key: str) -> bool:  # read ahead or viewed, verified if it must be
+        entry = self._entries.get(key)
+        return entry is not None and entry.seen and (entry.verified or self.verify != "always")
 
     def info(self, key: str) -> ShardInfo | None:
         """Dtype, shape and stored size of ``key`` (header only). O(1) once cached."""
