@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=4, help="warm-up tokens (4)")
     parser.add_argument("--repeat", type=int, default=5, help="rounds (5)")
     parser.add_argument("--json", help="write every round to this file")
+    parser.add_argument("--dtype", default="float32", help="tiercache import --dtype (float32)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -100,7 +101,8 @@ def main() -> None:
         base.mkdir()
         (base / "tiers.toml").write_text(CONFIG.lstrip())
         subprocess.run([sys.executable, "-m", "tiercache", "import", "smollm2", "--config",
-                        str(base / "tiers.toml"), "--no-progress"], check=True,
+                        str(base / "tiers.toml"), "--no-progress", "--dtype", args.dtype],
+                       check=True,
                        stdout=subprocess.DEVNULL, cwd=tmp,  # not this tree's package
                        env={**os.environ, "PYTHONPATH": trees[0]})
         procs: dict[str, subprocess.Popen[str]] = {}
@@ -128,7 +130,7 @@ def main() -> None:
                 if proc.stdin is not None:
                     proc.stdin.close()
                 proc.wait()
-    print(f"\nSmolLM2 float32 all-in-RAM, {args.tokens} tokens x {args.repeat} rounds, "
+    print(f"\nSmolLM2 {args.dtype} all-in-RAM, {args.tokens} tokens x {args.repeat} rounds, "
           f"machine {platform.node()} ({os.cpu_count()} CPUs); ms per forward pass, median")
     fields = ("fetch_ms", "handoff_ms", "compute_ms", "decode_ms")
     print(f"{'tree':<40} " + " ".join(f"{f:>11}" for f in fields) + f" {'fetch+handoff':>14}")

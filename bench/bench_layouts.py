@@ -111,8 +111,9 @@ def _tiercache(*args: str) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def prepare(root: Path, names: list[str]) -> dict[str, Path]:
-    """Write each layout's TOML and import SmolLM2 into it, as a newcomer would."""
+def prepare(root: Path, names: list[str], dtype: str = "float32") -> dict[str, Path]:
+    """Write each layout's TOML and import SmolLM2 into it (as ``dtype``), as a newcomer
+    would."""
     configs: dict[str, Path] = {}
     for name in names:
         folder = root / name.replace(" ", "_").replace("/", "_")
@@ -123,7 +124,8 @@ def prepare(root: Path, names: list[str]) -> dict[str, Path]:
         else:
             config.write_text(LAYOUTS[name].lstrip())
         started = time.perf_counter()
-        _tiercache("import", "smollm2", "--config", str(config), "--no-progress")
+        _tiercache("import", "smollm2", "--config", str(config), "--no-progress",
+                   "--dtype", dtype)
         print(f"  imported into {name!r} in {time.perf_counter() - started:.0f} s", flush=True)
         configs[name] = config
     return configs
@@ -151,13 +153,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per layout (3)")
     parser.add_argument("--layouts", default="all-in-RAM,README,3-tier opt/packed,tiercache init")
     parser.add_argument("--json", help="write every measurement to this file")
+    parser.add_argument("--dtype", default="float32",
+                        help="tiercache import --dtype (float32, the figures in the docs; "
+                             "native: the GGUF's own blocks)")
     args = parser.parse_args()
     names = [n.strip() for n in args.layouts.split(",") if n.strip()]
     import tiercache
 
     with tempfile.TemporaryDirectory(prefix="tc-layouts-") as tmp:
         print("importing SmolLM2 into each layout ...", flush=True)
-        configs = prepare(Path(tmp), names)
+        configs = prepare(Path(tmp), names, args.dtype)
         models = {name: tiercache.load_model(configs[name], warn=False) for name in names}
         model_bytes = next(iter(models.values())).manifest.total_bytes
         prompt_ids = next(iter(models.values())).encode_prompt(PROMPT)
@@ -176,7 +181,7 @@ def main() -> None:
             for model in models.values():
                 model.close()
     base = statistics.median(r["decode_tokens_per_s"] for r in runs[names[0]])
-    print(f"\nSmolLM2 float32 ({model_bytes / 2**20:.0f} MiB), {args.tokens} tokens x "
+    print(f"\nSmolLM2 {args.dtype} ({model_bytes / 2**20:.0f} MiB), {args.tokens} tokens x "
           f"{args.repeat}, machine {platform.node()} ({os.cpu_count()} CPUs)")
     print(f"{'layout':<20} {'tok/s':>7} {'x ' + names[0]:>14} {'disk written/token':>20}")
     results = {}
