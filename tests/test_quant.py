@@ -97,6 +97,9 @@ def test_dequantize_plain_arrays() -> None:
     assert copy is not x and same_bits(copy, x)
     half = x.astype(np.float16)
     assert same_bits(dequantize(half), half.astype(np.float32))
+    for other in (x.astype(np.float64), x.astype(">f4"), x.astype(">f2")):
+        assert encoding_of(other) is None
+        assert same_bits(dequantize(other), other.astype(np.float32))
     bf16 = quantize(x, "BF16")
     assert bf16.dtype == np.uint16 and bf16.shape == (3, 5)
     assert same_bits(dequantize(bf16), reference(bf16, "BF16").reshape(3, 5))
@@ -127,7 +130,7 @@ def test_encoding_of_and_logical_shape() -> None:
     (np.zeros((4, 20), np.uint8), "rows, blocks, block_bytes"),
     (np.zeros((4, 2, 19), np.uint8), "19 bytes"),
     (np.zeros((4, 2), np.int32), "int32"),
-    (np.zeros((4, 2), np.float64), "float64"),
+    (np.zeros((4, 2), np.uint16).astype(">u2"), ">u2"),
 ])
 def test_encoding_of_refuses_other_arrays(array: np.ndarray, message: str) -> None:
     with pytest.raises(ModelFormatError, match=message):

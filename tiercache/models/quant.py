@@ -113,11 +113,12 @@ def encoding_of(array: np.ndarray) -> GGMLType | None:
     """The ggml type a shard needs decoding from, or None for a plain float shard.
 
     ``uint8`` 3-D with a known last dimension: that block type; ``uint16``:
-    BF16; float32/float16: None. Any other array raises
+    BF16; any float dtype (float32, float16, float64, either byte order): None.
+    Any other array raises
     :class:`~tiercache.errors.ModelFormatError` (a ``ValueError``). O(1).
     """
     dt = array.dtype
-    if dt == F32 or dt == np.float16:
+    if dt.kind == "f":
         return None
     if dt == np.uint16:
         return GGML_TYPES["BF16"]
@@ -130,8 +131,8 @@ def encoding_of(array: np.ndarray) -> GGMLType | None:
             raise ModelFormatError(f"a uint8 shard with blocks of {array.shape[2]} bytes is no "
                                    f"supported ggml type (known: {_known_blocks()})")
         return found
-    raise ModelFormatError(f"a shard of dtype {dt} is neither float32/float16 nor a ggml "
-                           "encoding (uint8 blocks, uint16 bf16)")
+    raise ModelFormatError(f"a shard of dtype {dt} is neither floats nor a ggml encoding "
+                           "(uint8 blocks, uint16 bf16)")
 
 
 def _known_blocks() -> str:
@@ -352,8 +353,8 @@ def dequantize(array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     enc = encoding_of(array)
     result = _check_out(out, logical_shape(array))
     flat_out = result.reshape(-1)
-    if array.dtype == F32:
-        np.copyto(flat_out, array.reshape(-1))  # one memcpy-like pass
+    if enc is None and array.dtype != np.float16:  # float32 (a memcpy), float64, ">f4"...
+        np.copyto(flat_out, array.reshape(-1), casting="same_kind")
         return result
     if enc is None or enc.name == "BF16":
         flat_in = array.reshape(-1)
@@ -365,8 +366,6 @@ def dequantize(array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
             if half:  # a table lookup: ~1.7x numpy's float16 cast, same values
                 np.take(_f16_table(), flat_in[start:stop], out=flat_out[start:stop],
                         mode="clip")
-            elif enc is None:
-                flat_out[start:stop] = flat_in[start:stop]
             else:  # bf16: the 16 bits on top of a float32
                 words = flat_out[start:stop].view(np.uint32)
                 words[...] = flat_in[start:stop]
