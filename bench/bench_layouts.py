@@ -20,7 +20,9 @@ weights = 128 MiB, where there is a RAM tier):
 Each layout runs a warm-up generation of ``--warmup`` tokens (the tiers settle:
 promotions, the first passes), then ``--repeat`` timed generations of
 ``--tokens`` tokens; the figure is the median decode rate (tokens/s of one-token
-passes, ``model.timings``). Layouts are interleaved round by round. Disk writes
+passes, ``model.timings``), and the process's CPU time per token (all its threads:
+what copying costs, less sensitive than the rate to other load on a shared
+machine). Layouts are interleaved round by round. Disk writes
 per steady-state token are the bytes written to persistent tiers during the
 timed generations, per decoded token, as a share of the model's bytes.
 
@@ -139,10 +141,13 @@ def measure(model: Any, prompt_ids: list[int], tokens: int) -> dict[str, float]:
     """One timed greedy generation: decode rate and disk bytes written."""
     model.timings.reset()
     written = _disk_written(model.cache)
+    cpu = time.process_time()
     out = list(model.generate_ids(prompt_ids, tokens, stop_at_eos=False))
+    cpu = time.process_time() - cpu
     timing = model.timings.as_dict()
     return {"tokens": len(out), "decode_tokens_per_s": timing["decode_tokens_per_s"],
             "fetch_s": timing["fetch_s"], "compute_s": timing["compute_s"],
+            "cpu_s_per_token": cpu / max(1, len(out)),
             "disk_written": _disk_written(model.cache) - written}
 
 
@@ -183,18 +188,21 @@ def main() -> None:
     base = statistics.median(r["decode_tokens_per_s"] for r in runs[names[0]])
     print(f"\nSmolLM2 {args.dtype} ({model_bytes / 2**20:.0f} MiB), {args.tokens} tokens x "
           f"{args.repeat}, machine {platform.node()} ({os.cpu_count()} CPUs)")
-    print(f"{'layout':<20} {'tok/s':>7} {'x ' + names[0]:>14} {'disk written/token':>20}")
+    print(f"{'layout':<20} {'tok/s':>7} {'x ' + names[0]:>14} {'CPU ms/token':>13} "
+          f"{'disk written/token':>20}")
     results = {}
     for name in names:
         rate = statistics.median(r["decode_tokens_per_s"] for r in runs[name])
         tokens = sum(r["tokens"] for r in runs[name])
         written = sum(r["disk_written"] for r in runs[name])
         share = written / tokens / model_bytes
+        cpu = statistics.median(r["cpu_s_per_token"] for r in runs[name])
         results[name] = {"tokens_per_s": rate, "ratio": rate / base,
-                         "disk_written_per_token": written / tokens,
+                         "cpu_s_per_token": cpu, "disk_written_per_token": written / tokens,
                          "disk_written_share_of_model": share, "runs": runs[name],
                          "stats": stats[name]}
-        print(f"{name:<20} {rate:7.2f} {rate / base:13.2f}x {100 * share:19.3f}%")
+        print(f"{name:<20} {rate:7.2f} {rate / base:13.2f}x {1e3 * cpu:13.1f} "
+              f"{100 * share:19.3f}%")
     if args.json:
         Path(args.json).write_text(json.dumps({"model_bytes": model_bytes, "results": results},
                                               indent=2, default=str))
