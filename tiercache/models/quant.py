@@ -341,8 +341,9 @@ def _check_out(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
 def dequantize(array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """float32 values of a shard (any encoding), equal bit for bit to gguf-py's.
 
-    ``array``: a block-type shard (see the module docstring), a float16 or
-    float32 array, or a uint16 array of bf16 bit patterns. ``out``: where to
+    ``array``: a block-type shard (see the module docstring), a float array
+    (float32 is copied, float16 widened, float64 rounded), or a uint16 array of
+    bf16 bit patterns. ``out``: where to
     write (a writable C-contiguous float32 array with as many values as the
     logical shape; any shape, e.g. the manifest's); a new array of the
     logical shape when None. Returns ``out``. Works in chunks of
