@@ -153,6 +153,11 @@ def logical_shape(array: np.ndarray) -> tuple[int, ...]:
 # block_elems) float32, with the float32 operations of gguf-py's dequantize_blocks in
 # the same order (a product, then a sum: numpy never fuses them).
 
+#: Shifts 0..7 along axis 1: ``(bytes[:, None, :] >> _SHIFT8) & 1`` is bit j of byte l
+#: at [j, l] (1.2-1.3x np.unpackbits + a transpose, measured).
+_SHIFT8 = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+
+
 def _f16(blocks: np.ndarray, at: int) -> np.ndarray:
     """The float16 field at byte ``at`` of every block, as float32, shape (n, 1)."""
     return blocks[:, at:at + 2].view(np.float16).astype(np.float32)
@@ -250,8 +255,8 @@ def _q4_k(blocks: np.ndarray, out: np.ndarray) -> None:
 
 def _q5_k(blocks: np.ndarray, out: np.ndarray) -> None:
     n = len(blocks)
-    bits = np.unpackbits(blocks[:, 16:48].reshape(n, 32, 1), axis=2, bitorder="little")
-    q = np.left_shift(bits.transpose(0, 2, 1), 4)   # (n, 8, 32): bit j of qh[l], << 4
+    q = (blocks[:, 16:48].reshape(n, 1, 32) >> _SHIFT8) & np.uint8(1)  # (n, 8, 32):
+    q <<= 4                                                             # bit j of qh[l]
     lo, hi = _low_high(blocks)
     q4 = q.reshape(n, 4, 2, 32)
     q4[:, :, 0] |= lo[:, 48:].reshape(n, 4, 32)
@@ -296,10 +301,10 @@ def _q2_k(blocks: np.ndarray, out: np.ndarray) -> None:
 def _q3_k(blocks: np.ndarray, out: np.ndarray) -> None:
     n = len(blocks)
     q = _two_bits(blocks[:, 32:96])
-    hbits = np.unpackbits(blocks[:, :32].reshape(n, 32, 1), axis=2, bitorder="little")
+    hbits = (blocks[:, :32].reshape(n, 1, 32) >> _SHIFT8) & np.uint8(1)  # (n, 8, 32)
     hbits ^= np.uint8(1)                               # the offset is 4 when the bit is 0
     hbits <<= 2
-    q -= hbits.transpose(0, 2, 1)                      # wraps: read back as int8
+    q -= hbits                                         # wraps: read back as int8
     out.reshape(n, 8, 32)[...] = q.view(np.int8)
     s = blocks[:, 96:108]
     low = np.concatenate([s[:, :8] & 15, s[:, :8] >> 4], axis=1)
