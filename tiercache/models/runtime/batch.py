@@ -25,14 +25,26 @@ O(batch bucket * cached positions) attention. Thread-safety: as the model.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-from .kv import batch_bucket
+from .kv import KVCache, batch_bucket
 
-if TYPE_CHECKING:
-    from .tensorflow import LlamaModel
+
+def greedy(logits: np.ndarray) -> int:
+    """The id of the largest logit (ties: the lowest id). O(vocab)."""
+    return int(np.argmax(logits))
+
+
+class BatchRunner(Protocol):
+    """What :func:`generate_batch` needs of a model (a
+    :class:`~tiercache.models.runtime.tensorflow.LlamaModel` is one)."""
+
+    def new_cache(self, rows: int) -> KVCache: ...
+
+    def run(self, ids: np.ndarray, cache: KVCache, rows: slice, *,
+            live: int | None = None) -> np.ndarray: ...
 
 
 def _check(prompts: Sequence[Sequence[int]], max_new_tokens: int,
@@ -54,7 +66,7 @@ def _check(prompts: Sequence[Sequence[int]], max_new_tokens: int,
     return checked
 
 
-def generate_batch(model: LlamaModel, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+def generate_batch(model: BatchRunner, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                    *, eos_id: int | None = None,
                    samplers: Sequence[Callable[[np.ndarray], int]] | None = None,
                    on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
@@ -62,8 +74,6 @@ def generate_batch(model: LlamaModel, prompts: Sequence[Sequence[int]], max_new_
     <tiercache.models.runtime.tensorflow.LlamaModel.generate_batch>` and the module
     docstring. ``ValueError`` for an empty prompt list, an empty prompt, a token id
     out of range, a negative budget or a sampler count that does not match."""
-    from .tensorflow import greedy
-
     ids = _check(prompts, max_new_tokens, samplers)
     picks = list(samplers) if samplers is not None else [greedy] * len(ids)
     out: list[list[int]] = [[] for _ in ids]

@@ -55,6 +55,7 @@ from ...errors import ModelFormatError, ShardNotFoundError
 from ..llama import LlamaHParams, llama_layer_keys, llama_schedule
 from ..manifest import ModelManifest
 from . import MappingProvider, WeightProvider
+from .batch import generate_batch, greedy
 from .decoder import build_functions
 from .handoff import (
     TF_ALIGN_BYTES,
@@ -71,11 +72,6 @@ RESIDENCY_CHECK_PASSES = 16
 
 __all__ = ["TF_ALIGN_BYTES", "LlamaModel", "ModelTimings", "_writable_alias", "greedy",
            "tf_module", "to_tensor", "zero_copy_ok"]
-
-
-def greedy(logits: np.ndarray) -> int:
-    """The id of the largest logit (ties: the lowest id). O(vocab)."""
-    return int(np.argmax(logits))
 
 
 @dataclass
@@ -354,8 +350,6 @@ class LlamaModel:
         (included) or ``max_new_tokens``. Does not touch the single sequence of
         :meth:`generate`. See :mod:`tiercache.models.runtime.batch`.
         """
-        from .batch import generate_batch
-
         return generate_batch(self, prompts, max_new_tokens, eos_id=eos_id,
                               samplers=samplers, on_token=on_token)
 
