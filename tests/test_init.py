@@ -12,11 +12,12 @@ import pytest
 
 from tiercache.advice import layout_warnings
 from tiercache.cli import main
-from tiercache.commands.init import model_weight_bytes
+from tiercache.commands.init import model_sizes, model_weight_bytes
 from tiercache.config import load_config
 from tiercache.models import DictSink, synthetic_hparams, synthetic_llama
 
 SMOLLM2_F32_BYTES = 538_060_032  # 272 tensors dequantized to float32 (513.1 MiB)
+SMOLLM2_NATIVE_BYTES = 96_576_768  # the same tensors in their ggml blocks (92.1 MiB)
 
 
 @pytest.fixture
@@ -31,6 +32,8 @@ def manifest(tmp_path: Path) -> tuple[Path, int]:
 def test_init_writes_the_serving_recipe_for_smollm2(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
+    """SmolLM2 imports natively (Q4_1 etc., 92 MiB): the RAM tier holds it decoded, sized
+    as a share of the decoded (float32) bytes; the SSD tier twice the stored bytes."""
     monkeypatch.chdir(tmp_path)
     assert main(["init", "--model", "smollm2", "--ram", "25%"]) == 0
     text = (tmp_path / "tiers.toml").read_text(encoding="utf-8")
@@ -38,14 +41,34 @@ def test_init_writes_the_serving_recipe_for_smollm2(
     ram, ssd = cfg.tiers
     assert cfg.mode == "inclusive"
     assert (ram.backend, ram.policy, ram.capacity_bytes) == ("memory", "opt", 129 << 20)
+    assert ram.options == {"representation": "decoded"}
     assert (ssd.backend, ssd.zero_copy, ssd.path) == ("packed", True, tmp_path / "ssd")
-    assert ssd.capacity_bytes >= 2 * SMOLLM2_F32_BYTES
-    assert "513.1 MiB" in text and "docs/serving.md" in text
-    assert layout_warnings(cfg, SMOLLM2_F32_BYTES, prefetch=True) == []
+    assert 2 * SMOLLM2_NATIVE_BYTES <= ssd.capacity_bytes < 2 * SMOLLM2_NATIVE_BYTES + (64 << 20)
+    assert "92.1 MiB of weights, 513.1 MiB decoded" in text and "docs/serving.md" in text
+    assert "25% of the decoded weights" in text
+    assert layout_warnings(cfg, SMOLLM2_NATIVE_BYTES, prefetch=True) == []
     out = capsys.readouterr()
-    assert "wrote tiers.toml" in out.out and "tiercache import smollm2" in out.err
-    assert model_weight_bytes("smollm2") == (SMOLLM2_F32_BYTES, "Smollm2 135M 8k Lc100K Mix1 Ep2")
+    assert "wrote tiers.toml" in out.out and "opt decoded" in out.out
+    assert "tiercache import smollm2" in out.err
+    name = "Smollm2 135M 8k Lc100K Mix1 Ep2"
+    assert model_weight_bytes("smollm2") == (SMOLLM2_NATIVE_BYTES, name)
+    assert model_sizes("smollm2") == (SMOLLM2_NATIVE_BYTES, SMOLLM2_F32_BYTES, name)
+    assert model_weight_bytes("smollm2", "float32")[0] == SMOLLM2_F32_BYTES
     assert model_weight_bytes("smollm2", "float16")[0] == SMOLLM2_F32_BYTES // 2
+
+
+def test_init_keeps_a_float32_model_stored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing to decode (a float32 import): no representation key, --ram of the weights."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "--model", "smollm2", "--dtype", "float32", "--ram", "25%"]) == 0
+    text = (tmp_path / "tiers.toml").read_text(encoding="utf-8")
+    ram = load_config(tmp_path / "tiers.toml").tiers[0]
+    assert ram.options == {} and "representation" not in text
+    assert ram.capacity_bytes == 129 << 20 and "25% of the weights" in text
+    assert main(["init", "--model", "smollm2", "--dtype", "float16", "--force"]) == 0
+    ram = load_config(tmp_path / "tiers.toml").tiers[0]  # float16 is decoded to float32
+    assert ram.options == {"representation": "decoded"} and ram.capacity_bytes == 129 << 20
 
 
 def test_init_refuses_to_overwrite_without_force(
@@ -88,9 +111,12 @@ def test_init_sizes_a_safetensors_file(tmp_path: Path, monkeypatch: pytest.Monke
     st.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes((1 << 20) + 1024))
     assert model_weight_bytes(str(st)) == ((1 << 20) + 2048, "m")  # BF16 widens to float32
     assert model_weight_bytes(str(st), "float32")[0] == 4 * (1024 * 512 + 512)
+    assert model_weight_bytes(str(st), "native")[0] == (1 << 20) + 1024  # bf16 kept
+    assert model_sizes(str(st)).decoded == 4 * (1024 * 512 + 512)
     monkeypatch.chdir(tmp_path)
     assert main(["init", "--model", str(st), "--ram", "50%"]) == 0
-    assert load_config(tmp_path / "tiers.toml").tiers[0].capacity_bytes == 1 << 20
+    ram = load_config(tmp_path / "tiers.toml").tiers[0]  # F16 is decoded: 50% of 2 MiB
+    assert ram.options == {"representation": "decoded"} and ram.capacity_bytes == 2 << 20
 
 
 @pytest.mark.parametrize(("argv", "words"), [

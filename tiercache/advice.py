@@ -140,25 +140,40 @@ def _round_up(nbytes: int, step: int) -> int:
 
 
 def recommended_layout(model_bytes: int, ram: str = "25%", *, ssd_path: str = "ssd",
-                       model_name: str = "the model") -> str:
+                       model_name: str = "the model", decoded_bytes: int | None = None) -> str:
     """The TOML of the recommended layout (docs/serving.md) for a model of
-    ``model_bytes`` of weights, with a comment per choice.
+    ``model_bytes`` of weights (as imported), with a comment per choice.
 
     The RAM tier gets ``ram`` (a share of the weights or a size, rounded up to
     a MiB), policy ``opt``; the SSD tier is ``packed`` + ``zero_copy`` at
     ``ssd_path``, sized twice the model (rounded up to 64 MiB: room for dead
-    space before the packed file compacts). O(1).
+    space before the packed file compacts). ``decoded_bytes``: the weights'
+    size once decoded for compute (float32), when larger than ``model_bytes``
+    (a quantized or float16 import): the RAM tier then holds shards decoded
+    (``representation = "decoded"``, the faster choice measured in
+    docs/serving.md) and ``ram`` is a share of ``decoded_bytes``, what that
+    tier holds. O(1).
     """
     if model_bytes <= 0:
         raise ValueError(f"the model has no weights (size {model_bytes} bytes)")
-    ram_bytes = _round_up(ram_bytes_for(ram, model_bytes), _MiB)
+    decoded = decoded_bytes is not None and decoded_bytes > model_bytes
+    held = decoded_bytes if decoded_bytes is not None and decoded else model_bytes
+    ram_bytes = _round_up(ram_bytes_for(ram, held), _MiB)
     ssd_bytes = _round_up(2 * model_bytes, 64 * _MiB)
-    ram_note = (f"{ram} of the weights" if parse_percent(ram) is not None else "--ram")
-    fits = ram_bytes >= model_bytes
+    ram_note = ((f"{ram} of the decoded weights" if decoded else f"{ram} of the weights")
+                if parse_percent(ram) is not None else "--ram")
+    fits = ram_bytes >= held
     ram_comment = f"{ram_note}; " + ("the whole model fits" if fits
                                      else "the rest streams from the SSD tier")
+    weights = (f"{_mib(model_bytes)} of weights, {_mib(held)} decoded" if decoded
+               else f"{_mib(model_bytes)} of weights")
+    representation = [
+        _line('representation = "decoded"', "dequantized once, on promotion: hits are"),
+        _line("", "float32, ready to compute; faster than decoding"),
+        _line("", "at every use (docs/serving.md, where to dequantize)"),
+    ] if decoded else []
     lines = [
-        f"# tiercache layout for {model_name} ({_mib(model_bytes)} of weights),",
+        f"# tiercache layout for {model_name} ({weights}),",
         "# written by `tiercache init`: the recipe of docs/serving.md.",
         "#   tiercache import MODEL --config THIS_FILE      # once",
         '#   tiercache generate --config THIS_FILE --prompt "..."',
@@ -172,6 +187,7 @@ def recommended_layout(model_bytes: int, ram: str = "25%", *, ssd_path: str = "s
         _line('policy = "opt"', "schedule-aware (Belady over the order the loop"),
         _line("", "declares); lru/arc would evict each shard just before"),
         _line("", "its next use"),
+        *representation,
         "",
         "[[tiers]]",
         'name = "ssd"',

