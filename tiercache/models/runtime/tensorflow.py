@@ -165,6 +165,7 @@ class LlamaModel:
         self.group_layers = min(group_layers or 1, hparams.n_layers)
         self._auto_group = group_layers is None
         self._passes_to_check = 0
+        self._memo: dict[str, tuple[np.ndarray, Any]] | None = None
         self.timings = ModelTimings()
         self._shapes = {key_prefix + k: v for k, v in hparams.tensor_shapes().items()}
         self._layer_keys = [llama_layer_keys(i, key_prefix) for i in range(hparams.n_layers)]
@@ -264,7 +265,9 @@ class LlamaModel:
             self._passes_to_check -= 1
             if self._passes_to_check <= 0:
                 self._passes_to_check = RESIDENCY_CHECK_PASSES
-                self.group_layers = hp.n_layers if self._all_resident() else 1
+                resident = self._all_resident()
+                self.group_layers = hp.n_layers if resident else 1
+                self._memo = (self._memo or {}) if resident else None
         size = self.group_layers
         for first in range(0, hp.n_layers, size):
             layers = range(first, min(first + size, hp.n_layers))
@@ -394,9 +397,23 @@ class LlamaModel:
         return rows.reshape(*ids.shape, -1)
 
     def _weight(self, key: str, slot: Any) -> Any:
-        """Fetch, decode (stored formats) and hand over one shard as a float32 tensor."""
+        """Fetch, decode (stored formats) and hand over one shard as a float32 tensor.
+
+        While the whole step runs in one call (every shard in memory), the tensor
+        made from a shard is kept with the array it came from and reused as long
+        as the provider returns that same (immutable) array object: no new
+        handoff, and a stored shard is not decoded again (its slot buffer is
+        its own in that mode). Any other mode keeps nothing between passes.
+        """
         array = self._fetch(key)
         t = self.timings
+        memo = self._memo
+        if memo is not None:
+            kept = memo.get(key)
+            if kept is not None and kept[0] is array:
+                t.zero_copy_handoffs += 1
+                return kept[1]
+        source = array
         if array.dtype != np.float32:
             t0 = time.perf_counter()
             array = self._decoder.decode(key, array, slot)
@@ -408,6 +425,8 @@ class LlamaModel:
             t.zero_copy_handoffs += 1
         else:
             t.copied_handoffs += 1
+        if memo is not None:
+            memo[key] = (source, tensor)
         return tensor
 
     def _fetch(self, key: str) -> np.ndarray:
