@@ -125,7 +125,8 @@ def main() -> None:
         root = Path(tmp)
         with tiercache.open(config(root, 1 << 20, "lru", backend=args.ssd_backend)) as cache:
             started = time.perf_counter()
-            manifest = import_model("smollm2", CacheSink(cache, "ssd"), progress=False)
+            manifest = import_model("smollm2", CacheSink(cache, "ssd"), dtype="float32",
+                                    progress=False)
             print(f"import: {len(manifest.tensors)} shards, {manifest.total_bytes / 2**20:.1f} "
                   f"MiB float32 in {time.perf_counter() - started:.1f} s")
         for fraction in (float(f) for f in args.ram.split(",")):

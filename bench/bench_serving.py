@@ -394,7 +394,8 @@ def prepare(name: str, root: Path, args: argparse.Namespace, redis_client: Any,
         capacity = 1 << 30
         with tiercache.open({"tiers": [{"name": "ssd", "backend": "lmdb", "capacity": capacity,
                                         "path": str(root / "lmdb")}]}) as cache:
-            manifest = import_model("smollm2", CacheSink(cache, "ssd"), progress=False)
+            manifest = import_model("smollm2", CacheSink(cache, "ssd"), dtype="float32",
+                                    progress=False)
     else:
         layers, dim, ffn, vocab, heads, kv_heads = (int(v) for v in args.synthetic_shape.split(","))
         hp = synthetic_hparams(layers=layers, dim=dim, ffn=ffn, vocab=vocab, heads=heads,

@@ -152,3 +152,22 @@ def test_bad_keras_files_are_clear_errors(tmp_path: Path,
     assert "fake.keras" in err and "Traceback" not in err
     with pytest.raises(ModelFormatError, match="not built"):
         import_keras(keras.Sequential([keras.layers.Dense(2)]), DictSink(), progress=False)
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [("bfloat16", 0.05), ("q8_0", 0.05)])
+def test_encoded_imports_run_close_to_float32(tmp_path: Path, dtype: str,
+                                              tolerance: float) -> None:
+    """A Keras model imported as bfloat16 or q8_0 keeps its shards encoded; the streamed
+    model dequantizes them at use (set_weights cannot take ggml blocks) and stays close
+    to the float32 model."""
+    model = _functional()
+    path = tmp_path / "model.keras"
+    model.save(path)
+    x = np.random.default_rng(0).random((5, 12), dtype=np.float32)
+    want = model(x)
+    sink = DictSink()
+    manifest = import_keras(path, sink, dtype=dtype, progress=False)
+    assert any(info.encoding is not None for info in manifest.tensors.values())
+    got = StreamingKerasModel(manifest, sink)(x)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=tolerance, rtol=0.05)

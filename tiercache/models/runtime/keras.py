@@ -26,9 +26,12 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
+
 from ...errors import ModelFormatError
 from ..importers.keras import keras_module
 from ..manifest import ModelManifest
+from ..quant import dequantize
 from . import WeightProvider
 
 
@@ -109,6 +112,15 @@ class StreamingKerasModel:
     def _layer_name(cfg: dict[str, Any]) -> str:
         return str(cfg.get("name") or cfg.get("config", {}).get("name"))
 
+    def _plain(self, key: str, array: Any) -> Any:
+        """The shard ``key`` as float32 when the manifest says it is kept encoded (a
+        ``q8_0`` or ``bfloat16`` import: :func:`tiercache.models.quant.dequantize`), else
+        as fetched. O(size) for an encoded shard, O(1) otherwise."""
+        info = self.manifest.tensors.get(key)
+        if info is not None and info.encoding is not None and isinstance(array, np.ndarray):
+            return dequantize(array)
+        return array
+
     def _call_layer(self, cfg: dict[str, Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
         keras = self._keras
         t = self.timings
@@ -119,7 +131,7 @@ class StreamingKerasModel:
             if not layer.built:
                 raise ModelFormatError(f"layer {layer.name!r} cannot be built from its config")
             t0 = time.perf_counter()
-            arrays = [self.provider.get(k) for k in keys]
+            arrays = [self._plain(k, self.provider.get(k)) for k in keys]
             t1 = time.perf_counter()
             if len(arrays) != len(layer.weights):
                 raise ModelFormatError(f"layer {layer.name!r} has {len(layer.weights)} "
