@@ -16,7 +16,9 @@ Usage::
     python bench/bench_fetch.py --tree /tmp/base --tree . --tokens 32 --repeat 5
 
 Prints medians over rounds (the warm-up generation, which brings every shard
-into RAM, is not counted). ``--json FILE`` writes every round.
+into RAM, is not counted). ``--floor`` also serves each round from a plain dict
+of the same arrays: the fetch time no cache can beat in this loop. ``--json
+FILE`` writes every round.
 """
 
 from __future__ import annotations
@@ -50,9 +52,20 @@ zero_copy = true
 """
 
 
-def child(config: str, warmup: int) -> None:
+class _DictProvider:
+    """The floor: the same arrays from a plain dict (no cache in the way)."""
+
+    def __init__(self, arrays: dict[str, Any]) -> None:
+        self.arrays = arrays
+
+    def get(self, key: str) -> Any:
+        return self.arrays[key]
+
+
+def child(config: str, warmup: int, floor: bool) -> None:
     """Serve requests from the parent: each stdin line ``N`` runs one generation of N
-    tokens and answers one JSON line of per-pass timings."""
+    tokens and answers one JSON line of per-pass timings (with ``floor``, also the
+    fetch time of the same generation served from a dict of the same arrays)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     import tiercache
 
@@ -68,7 +81,17 @@ def child(config: str, warmup: int) -> None:
         t = model.timings.as_dict()
         passes = t["forward_passes"]
         loop = model.cache.stats()["loop"]
+        floor_ms = None
+        if floor:
+            cache = model.cache
+            model.llama.provider = _DictProvider({k: cache.get(k) for k in set(cache.schedule)})
+            model.timings.reset()
+            list(model.generate_ids(prompt_ids, tokens, stop_at_eos=False))
+            floor_t = model.timings.as_dict()
+            floor_ms = 1e3 * floor_t["fetch_s"] / floor_t["forward_passes"]
+            model.llama.provider = cache
         print(json.dumps({
+            "floor_fetch_ms": floor_ms,
             "fetch_ms": 1e3 * t["fetch_s"] / passes,
             "handoff_ms": 1e3 * t["handoff_s"] / passes,
             "compute_ms": 1e3 * t["compute_s"] / passes,
@@ -89,10 +112,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="rounds (5)")
     parser.add_argument("--json", help="write every round to this file")
     parser.add_argument("--dtype", default="float32", help="tiercache import --dtype (float32)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time each round served from a dict of the same arrays")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.warmup)
+        child(args.child, args.warmup, args.floor)
         return
     trees = [str(Path(t).resolve()) for t in (args.tree or [Path(__file__).parents[1]])]
     runs: dict[str, list[dict[str, float]]] = {t: [] for t in trees}
@@ -112,7 +137,7 @@ def main() -> None:
                 shutil.copytree(base, folder)
                 proc = subprocess.Popen(
                     [sys.executable, __file__, "--child", str(folder / "tiers.toml"),
-                     "--warmup", str(args.warmup)],
+                     "--warmup", str(args.warmup), *(["--floor"] if args.floor else [])],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                     env={**os.environ, "PYTHONPATH": tree, "TF_CPP_MIN_LOG_LEVEL": "1"})
                 procs[tree] = proc
@@ -139,9 +164,13 @@ def main() -> None:
         med = {f: statistics.median(r[f] for r in runs[tree]) for f in fields}
         share = statistics.median((r["fetch_ms"] + r["handoff_ms"]) / r["decode_ms"]
                                   for r in runs[tree])
-        summary[tree] = {**med, "fetch_handoff_share": share, "runs": runs[tree]}
+        floors = [r["floor_fetch_ms"] for r in runs[tree] if r["floor_fetch_ms"] is not None]
+        floor = statistics.median(floors) if floors else None
+        summary[tree] = {**med, "fetch_handoff_share": share, "floor_fetch_ms": floor,
+                         "runs": runs[tree]}
         print(f"{tree[-40:]:<40} " + " ".join(f"{med[f]:11.2f}" for f in fields)
-              + f" {100 * share:13.1f}%")
+              + f" {100 * share:13.1f}%"
+              + (f"  (dict floor: fetch {floor:.2f})" if floor is not None else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
 
