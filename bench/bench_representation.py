@@ -100,6 +100,13 @@ def timed(model: Any, ids: list[int], tokens: int) -> tuple[dict[str, float], li
              "fetch_ms_per_pass": t.fetch_s / t.forward_passes * 1000}, list(out))
 
 
+def decoder_bytes(model: Any) -> int:
+    """Bytes of the float32 buffers the model's shard decoder holds (outside the cache:
+    one per slot; with every shard in memory, one per shard). O(buffers)."""
+    buffers = getattr(model.llama._decoder, "_buffers", {})
+    return sum(int(b.nbytes) for b in buffers.values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=24, help="new tokens per round")
@@ -143,15 +150,18 @@ def main() -> None:
               f"{args.repeat} rounds, medians; ratio: median over rounds of the time over "
               "'stored full' in the same round")
         print(f"{'config':14} {'ms/token':>9} {'ratio':>6} {'dequant ms/pass':>16} "
-              f"{'fetch ms/pass':>14} {'RAM MiB':>8} {'same tokens':>12}")
+              f"{'fetch ms/pass':>14} {'RAM tier MiB':>13} {'decoder MiB':>12} "
+              f"{'same tokens':>12}")
         for name, model in models.items():
             med = {k: statistics.median(r[k] for r in rows[name]) for k in rows[name][0]}
             ram = model.cache.stats()["tiers"]["ram"]
             med["ram_resident_mib"] = ram["resident_bytes"] / 2**20
+            med["decoder_buffers_mib"] = decoder_bytes(model) / 2**20
             result["configs"][name] = {**med, "same_tokens": same[name]}
             print(f"{name:14} {med['ms_per_token']:9.1f} {med['ratio']:6.2f} "
                   f"{med['dequant_ms_per_pass']:16.1f} {med['fetch_ms_per_pass']:14.1f} "
-                  f"{med['ram_resident_mib']:8.1f} {same[name]!s:>12}")
+                  f"{med['ram_resident_mib']:13.1f} {med['decoder_buffers_mib']:12.1f} "
+                  f"{same[name]!s:>12}")
         for model in models.values():
             model.close()
         if args.json:
