@@ -32,7 +32,9 @@ the store's aligned buffer, ``stored_size`` charges the decoded form (the tier
 asks before each put, so its capacity counts the bytes actually held) and
 ``get``/``info`` answer the decoded array. A shard the decoder refuses (a plain
 float32 array, or anything it does not know) is kept as is. See
-:class:`ShardDecoding` for the decoder's contract.
+:class:`ShardDecoding` for the decoder's contract. Decoding happens inside
+``put``, so the engine runs it under its lock, like the copy it replaces
+(SmolLM2's Q4_1 blocks decode at ~2.4 GB/s of float32 on the 2-core VM).
 
 Thread-safety: dict operations are atomic under the GIL; safe from any thread.
 """
