@@ -20,6 +20,7 @@ from tiercache.models import (
     synthetic_llama,
 )
 from tiercache.models.runtime import MappingProvider
+from tiercache.models.runtime.batch import generate_batch
 from tiercache.models.runtime.kv import KVCache, batch_bucket, length_bucket
 from tiercache.models.runtime.tensorflow import LlamaModel
 
@@ -185,6 +186,7 @@ def test_batch_equals_each_sequence_alone(synth: Synthetic) -> None:
     seen: list[tuple[int, int]] = []
     batch = model.generate_batch(PROMPTS, 10, on_token=lambda i, t: seen.append((i, t)))
     assert batch == alone
+    assert generate_batch(model, PROMPTS, 10, prefill="each") == alone
     for index, tokens in enumerate(batch):
         assert [t for i, t in seen if i == index] == tokens
     assert model.timings.decoded_tokens > 0

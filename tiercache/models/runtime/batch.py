@@ -4,9 +4,14 @@
 <tiercache.models.runtime.tensorflow.LlamaModel.generate_batch>` runs) gives
 each prompt a row of one :class:`~tiercache.models.runtime.kv.KVCache` sized
 to a batch bucket (1, 4, 16, 32, ...; the unused rows are padding whose
-results are ignored). Prompts are prefilled one by one (each its own prompt
-pass: ragged prompts need no padding, and a prompt pass is compute-bound, so
-batching them gains little on CPU); then every step feeds each live
+results are ignored). The prompts are prefilled together in one prompt pass,
+padded on the right to the longest (a padded token comes after the row's real
+ones, so causality keeps them out of its attention, and it is written past
+the row's length, where the mask hides it until a real token overwrites it);
+measured on the 2-core VM (SmolLM2 float32 in a memory tier, prompts of 4-10
+tokens): 16 prompts 719 ms together vs 2222 ms one pass each, 4 prompts
+260 vs 368 ms, same tokens (``prefill="each"`` keeps the other way). Then
+every step feeds each live
 sequence's last token through **one** compiled one-token step, each row at
 its own position (the positions and the cache mask are inputs, so ragged
 lengths cost no retrace). A sequence that stops (``eos_id`` or its budget)
@@ -31,6 +36,9 @@ import numpy as np
 
 from .kv import KVCache, batch_bucket
 
+#: How a batch's prompts are prefilled: "together" (one prompt pass, padded) or "each".
+PREFILL = "together"
+
 
 def greedy(logits: np.ndarray) -> int:
     """The id of the largest logit (ties: the lowest id). O(vocab)."""
@@ -44,7 +52,7 @@ class BatchRunner(Protocol):
     def new_cache(self, rows: int) -> KVCache: ...
 
     def run(self, ids: np.ndarray, cache: KVCache, rows: slice, *,
-            live: int | None = None) -> np.ndarray: ...
+            live: int | None = None, counts: np.ndarray | None = None) -> np.ndarray: ...
 
 
 def _check(prompts: Sequence[Sequence[int]], max_new_tokens: int,
@@ -69,7 +77,8 @@ def _check(prompts: Sequence[Sequence[int]], max_new_tokens: int,
 def generate_batch(model: BatchRunner, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                    *, eos_id: int | None = None,
                    samplers: Sequence[Callable[[np.ndarray], int]] | None = None,
-                   on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
+                   on_token: Callable[[int, int], None] | None = None,
+                   prefill: str = PREFILL) -> list[list[int]]:
     """New ids per prompt; see :meth:`LlamaModel.generate_batch
     <tiercache.models.runtime.tensorflow.LlamaModel.generate_batch>` and the module
     docstring. ``ValueError`` for an empty prompt list, an empty prompt, a token id
@@ -90,10 +99,21 @@ def generate_batch(model: BatchRunner, prompts: Sequence[Sequence[int]], max_new
             on_token(index, token)
         return len(out[index]) < max_new_tokens and (eos_id is None or token != eos_id)
 
-    for index, prompt in enumerate(ids):  # prefill: one prompt pass per prompt, own row
-        logits = model.run(np.asarray([prompt], dtype=np.int64), cache, slice(index, index + 1))
+    if prefill == "together":  # one prompt pass, prompts padded on the right to the longest
+        padded = np.zeros((cache.rows, max(len(p) for p in ids)), dtype=np.int64)
+        counts = np.zeros(cache.rows, dtype=np.int64)
+        for index, prompt in enumerate(ids):
+            padded[index, :len(prompt)] = prompt
+            counts[index] = len(prompt)
+        first = model.run(padded, cache, slice(0, cache.rows), counts=counts)
+    for index, prompt in enumerate(ids):
+        if prefill != "together":  # one prompt pass per prompt, its own row
+            logits = model.run(np.asarray([prompt], dtype=np.int64), cache,
+                               slice(index, index + 1))[0]
+        else:
+            logits = first[index]
         rows.append(index)
-        if not choose(index, logits[0]):
+        if not choose(index, logits):
             rows[-1] = -1  # done already: leaves at the next compaction
     while True:
         kept = [r for r, index in enumerate(rows) if index >= 0]

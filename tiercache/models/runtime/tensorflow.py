@@ -228,7 +228,7 @@ class LlamaModel:
         return logits
 
     def run(self, ids: np.ndarray, cache: KVCache, rows: slice, *,
-            live: int | None = None) -> np.ndarray:
+            live: int | None = None, counts: np.ndarray | None = None) -> np.ndarray:
         """One forward pass of the new tokens ``ids`` (``[rows, T]``) of the sequences in
         ``cache``'s ``rows``, appended at each row's length; returns the float32 logits
         of each row's last new token, ``[rows, vocab]``.
@@ -236,7 +236,10 @@ class LlamaModel:
         One token per row runs the compiled step (static shapes); more run the
         prompt pass. ``live``: how many of the rows are real sequences (the rest
         padding of a batch bucket; counted in ``timings.decoded_tokens``).
-        O(weights + rows * T * (model width + cached positions)).
+        ``counts`` (ragged prompts padded on the right): how many of each row's
+        ``T`` tokens are real; the rest are written past the row's length (never
+        attended to: causal, then masked) and the logits are those of the last
+        real token. O(weights + rows * T * (model width + cached positions)).
         """
         hp = self.hparams
         if ids.ndim != 2 or ids.size == 0:
@@ -285,11 +288,16 @@ class LlamaModel:
             cache.write(slice(layers.start, layers.stop), rows, new_kv.numpy())
             t.compute_s += time.perf_counter() - t0
             del weights, caches, new_kv, args
-        cache.advance(rows, steps)
+        if counts is None:
+            cache.advance(rows, steps)
+            last = x if steps == 1 else x[:, -1:]  # [rows, 1, dim]
+        else:
+            cache.lengths[rows] += counts
+            last = tf.gather(x, np.maximum(counts - 1, 0)[:, None], batch_dims=1)
         norm = self._weight(self._norm_key, "norm")
         head = self._weight(self._output_key, "head")
         t0 = time.perf_counter()
-        head_args = (x if steps == 1 else x[:, -1:], norm, head)  # [rows, 1, dim]
+        head_args = (last, norm, head)
         logits = np.asarray(fns.call("head", (n_rows,), head_args, list(head_args)),
                             dtype=np.float32)
         t.compute_s += time.perf_counter() - t0
@@ -301,7 +309,7 @@ class LlamaModel:
             t.decoded_tokens += n_rows if live is None else live
         else:
             t.prefill_s += elapsed
-            t.prompt_tokens += int(ids.size)
+            t.prompt_tokens += int(ids.size if counts is None else counts.sum())
         return logits
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, *,
