@@ -493,11 +493,13 @@ def table(model: str, configs: list[Config], results: dict[str, list[dict[str, A
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="3 tokens, 1 warm-up, 1 round, batches 1,4")
+                        help="3 tokens, 1 warm-up, 1 round, batches 1,4 unless given")
     parser.add_argument("--tokens", type=int, default=16, help="timed new tokens per sequence")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up new tokens")
     parser.add_argument("--repeat", type=int, default=3, help="rounds (medians reported)")
-    parser.add_argument("--batches", default="1,4,16", help="batch sizes (1 always runs)")
+    parser.add_argument("--batches", default=None,
+                        help="batch sizes, comma-separated (1 always runs; default 1,4,16, "
+                             "--quick: 1,4)")
     parser.add_argument("--budget", type=float, default=0.25,
                         help="RAM tier and cap: this fraction of each layout's own bytes")
     parser.add_argument("--slack-mib", type=int, default=48,
@@ -539,8 +541,9 @@ def main() -> None:
         child_main(args.child)
         return
     if args.quick:
-        args.tokens, args.warmup, args.repeat, args.batches = 3, 1, 1, "1,4"
-    batches = sorted({1, *(int(b) for b in args.batches.split(","))})
+        args.tokens, args.warmup, args.repeat = 3, 1, 1
+    batches = sorted({1, *(int(b) for b in (args.batches or ("1,4" if args.quick else "1,4,16"))
+                           .split(","))})
     started = time.perf_counter()
     print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}, numpy {np.__version__}")
