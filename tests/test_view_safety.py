@@ -123,3 +123,17 @@ def test_the_cache_never_serves_a_view_changed_underneath(tmp_path: Path, backen
             flip_byte(path, path.stat().st_size - 1)
         np.testing.assert_array_equal(cache.get("w"), good)
         assert cache.stats()["tiers"]["disk"]["corrupt"] == 1
+
+
+def test_views_are_the_default_where_the_backend_serves_them(tmp_path: Path) -> None:
+    cfg = {"tiers": [
+        {"name": "a", "backend": "packed", "path": str(tmp_path / "a"), "capacity": "1MiB"},
+        {"name": "b", "backend": "diskcache", "path": str(tmp_path / "b"), "capacity": "1MiB"},
+        {"name": "c", "backend": "lmdb", "path": str(tmp_path / "c"), "capacity": "1MiB"},
+        {"name": "d", "backend": "packed", "path": str(tmp_path / "d"), "capacity": "1MiB",
+         "zero_copy": False}]}
+    with tiercache.open(cfg) as cache:
+        assert [t.zero_copy for t in cache.tiers] == [True, True, False, False]
+        cache.put("w", shard(5), tier="d")
+        copy = cache.get("w")
+        assert copy.flags.writeable  # a copying tier hands out the caller's own array
