@@ -69,7 +69,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -80,6 +80,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_serving as bs
 import cold_support as cs
 import numpy as np
+from cold_support import Config, decoded_tier_supported, med, table, tiered_config
 
 import tiercache
 from tiercache.models import (
@@ -105,41 +106,6 @@ PROMPTS = [
     "Mount Everest is located in", "The chemical symbol for gold is",
     "A good night's sleep helps", "The first person on the moon was",
 ]
-
-
-@dataclass(frozen=True)
-class Config:
-    """One measured configuration (``kind``: tiered | gguf-memmap | llama.cpp | accelerate
-    | ram)."""
-
-    label: str
-    model: str
-    kind: str
-    manifest: str = ""  # tiercache manifest (tiered, ram; gguf-memmap: the native one)
-    data: str = ""  # the packed tier's folder or the GGUF file
-    layout_bytes: int = 0  # what --budget is a fraction of
-    representation: str = "stored"
-    capped: bool = True
-    reference: str = ""  # label of the all-in-RAM run giving this row's compute bound
-
-
-def decoded_tier_supported() -> bool:
-    """Whether memory tiers take ``representation`` (issue 14 item 2)."""
-    try:
-        from tiercache.stores.memory import OPTION_KEYS
-    except ImportError:
-        return False
-    return "representation" in OPTION_KEYS
-
-
-def tiered_config(cfg: Config, budget: float) -> dict[str, Any]:
-    ram: dict[str, Any] = {"name": "ram", "backend": "memory", "policy": "opt",
-                           "capacity": max(1, int(cfg.layout_bytes * budget))}
-    if cfg.representation != "stored":
-        ram["representation"] = cfg.representation
-    ssd = {"name": "ssd", "backend": "packed", "path": cfg.data, "policy": "lru",
-           "capacity": 2 * cfg.layout_bytes + 64 * MIB, "promote_after": 1, "zero_copy": True}
-    return {"mode": "inclusive", "tiers": [ram, ssd]}
 
 
 def import_packed(model: str, folder: Path, dtype: str) -> tuple[str, int]:
@@ -445,49 +411,6 @@ def prompt_ids(configs: list[Config], model: str, count: int) -> list[list[int]]
                                   and c.manifest))
     tokenizer = BPETokenizer.from_dict(manifest.tokenizer or {})
     return [tokenizer.encode(p) for p in PROMPTS[:count]]
-
-
-def med(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def table(model: str, configs: list[Config], results: dict[str, list[dict[str, Any]]],
-          batches: list[int]) -> str:
-    """One markdown table per model: every ratio within this run (medians over rounds)."""
-    rows = [c for c in configs if c.model == model]
-    ok = {c.label: [r for r in results[c.label] if not r.get("failed")] for c in rows}
-    f32 = next((c.label for c in rows if c.kind == "tiered" and "float32" in c.label), None)
-
-    def m(label: str, key: str, sub: str = "") -> float:
-        return med([(r[sub] if sub else r)[key] for r in ok.get(label, [])
-                    if key in (r[sub] if sub else r)])
-
-    head = ("| configuration | cap MiB | ms/token b1 | MB read/token | bound ms | x bound "
-            "| first pass ms (MB read) | x float32 time | x float32 bytes | "
-            + " | ".join(f"tok/s b{b}" for b in batches) + " |")
-    lines = [head, "|" + "---|" * (9 + len(batches))]
-    for c in rows:
-        runs = ok[c.label]
-        if not runs:
-            reason = next((r.get("log", "") for r in results[c.label]), "")[:120]
-            lines.append(f"| {c.label} | failed: {reason} |")
-            continue
-        ms, read = m(c.label, "ms_per_token"), m(c.label, "read_mb_per_token")
-        compute = m(c.reference, "ms_per_token") if c.reference else float("nan")
-        bound = med([max(compute, r["read_mb_per_token"] / r["disk_gbps"]) for r in runs])
-        cap = f"{m(c.label, 'limit_mb'):.0f}" if c.capped else "none"
-        first = f"{m(c.label, 'first_pass_ms'):.0f} ({m(c.label, 'first_pass_read_mb'):.0f})"
-        if c.kind in ("llama.cpp", "accelerate"):
-            first += f"; load {m(c.label, 'load_ms'):.0f} ({m(c.label, 'load_read_mb'):.0f})"
-        vs_t = f"{ms / m(f32, 'ms_per_token'):.2f}" if f32 and c.capped else "-"
-        vs_b = f"{read / m(f32, 'read_mb_per_token'):.2f}" if f32 and c.capped else "-"
-        tps = [f"{1e3 / ms:.2f}" if b == 1 else
-               (f"{m(c.label, 'tokens_per_s', f'b{b}'):.2f}" if f"b{b}" in runs[0] else "-")
-               for b in batches]
-        lines.append(f"| {c.label} | {cap} | {ms:.1f} | {read:.1f} | {bound:.1f} | "
-                     f"**{ms / bound:.2f}** | {first} | {vs_t} | {vs_b} | "
-                     + " | ".join(tps) + " |")
-    return "\n".join(lines)
 
 
 def main() -> None:
