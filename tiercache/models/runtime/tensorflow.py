@@ -26,14 +26,21 @@ The pieces, one module each:
 - :mod:`.batch` -- :meth:`LlamaModel.generate_batch`: one forward pass per
   step for every live sequence.
 
-Measured on the 2-core VM (SmolLM2-135M float32, all weights in a memory tier,
-batch 1; see the tiercache-docs performance page for the commands): the step
-per block under XLA with the KV cache preallocated is the fastest of the
-variants that still stream block by block; see ``group_layers``.
+Measured on the 2-core VM under other jobs' load (SmolLM2-135M float32 in a
+2 GiB memory tier, greedy, medians of 3 rounds of 32 tokens, same process;
+``python bench/bench_decoder_ab.py --baseline <HEAD's tensorflow.py>``), per
+decoded token: the previous decoder (per-layer ``tf.function``, ``tf.concat``
+KV cache) 116 ms = 1.94x the matmul floor of the same rounds; this one 45.6 ms
+= 0.79x (whole step in one XLA call; fetch 0.60 + handoff 0.45 ms per pass)
+and 61.3 ms = 1.06x block by block; batch 4 decodes 42 tokens/s (1.9x batch
+1), batch 16 117 tokens/s (5.4x). A second run (heavier load): 226 -> 80.6 ms
+(2.64x -> 1.02x floor), block by block 1.47x; batch 16 5.7x batch 1.
 
 ``compile=False`` runs the same Python body eagerly (for debugging): logits
-agree with the compiled path within 1e-4 (absolute, SmolLM2 logits of size
-~20), greedy tokens are the same (tests/test_decoder.py).
+agree with the compiled path within 1e-4 absolute on the synthetic test model,
+greedy tokens are the same (tests/test_decoder.py); SmolLM2's prompt logits
+stay within 1e-3 of the numpy reference and its greedy tokens equal it
+(tests/test_model.py).
 
 ``tensorflow`` is imported on first use (3-7 s), never at module import.
 
@@ -142,10 +149,11 @@ class LlamaModel:
         :class:`~tiercache.models.runtime.MappingProvider`, or a cache whose
         fastest copy of each is in a memory tier; checked every
         :data:`RESIDENCY_CHECK_PASSES` passes), else block by block. Measured
-        (2-core VM, SmolLM2 float32 all in RAM, same run, ratio to the matmul
-        floor of a step): whole step 1.14-1.16x, groups of 5 blocks 1.17-1.30x,
-        block by block 1.40-1.63x -- XLA's per-call cost and the lost fusion
-        across blocks; so streaming block by block is kept only where it is
+        (2-core VM, SmolLM2 float32 all in RAM, ratio to the matmul floor of the
+        same rounds, bench/bench_decoder_ab.py, two runs): whole step
+        0.79-1.02x, block by block 1.06-1.47x (an earlier run: groups of 5
+        blocks 1.17-1.30x) -- XLA's per-call cost and the lost fusion across
+        blocks; so streaming block by block is kept only where it is
         needed (a shard read from disk: the model may not fit in RAM, and the
         prefetcher overlaps the next block's read with this block's compute).
     """
