@@ -339,12 +339,13 @@ def test_config_defaults_and_options() -> None:
 
 # --------------------------------------------------------------------------- generation
 
-def _generate(config: Path, manifest: Any, tokens: int) -> tuple[list[int], int]:
+def _generate(config: Path, manifest: Any, tokens: int, *, compile: bool = True
+              ) -> tuple[list[int], int]:
     """Greedy tokens after a prompt (twice: the second run is all RAM hits) and the
     bytes the RAM tier then holds."""
     from tiercache.models import load_model
 
-    with load_model(config, manifest=manifest, warn=False) as model:
+    with load_model(config, manifest=manifest, warn=False, compile=compile) as model:
         ids = model.tokenizer.encode("The capital of France is")
         first = list(model.llama.generate(ids, tokens))
         again = list(model.llama.generate(ids, tokens))
@@ -353,6 +354,7 @@ def _generate(config: Path, manifest: Any, tokens: int) -> tuple[list[int], int]
 
 
 @pytest.mark.tf
+@pytest.mark.slow  # ~9 s, most of it importing TensorFlow
 def test_generation_with_a_decoded_tier_gives_the_same_tokens(tmp_path: Path) -> None:
     """A float16 synthetic model: the decoded tier holds float32, the stored one float16
     (decoded at every use); same tokens, and the decoded tier holds ~2x the bytes."""
@@ -367,7 +369,8 @@ def test_generation_with_a_decoded_tier_gives_the_same_tokens(tmp_path: Path) ->
         with tiercache.open(config) as cache:
             manifest = synthetic_llama(CacheSink(cache, "ssd"), hp, dtype="float16",
                                        progress=False)
-        outs[representation], held[representation] = _generate(config, manifest, 6)
+        outs[representation], held[representation] = _generate(config, manifest, 6,
+                                                               compile=False)
     assert outs["decoded"] == outs["stored"] and len(outs["stored"]) == 6
     assert 1.5 * held["stored"] < held["decoded"] < 2.5 * held["stored"]
 
