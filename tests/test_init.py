@@ -6,6 +6,7 @@ import json
 import struct
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -141,3 +142,19 @@ def test_init_bad_input_is_one_line_and_writes_nothing(
     assert len(lines) == 1 and lines[0].startswith("tiercache: error: "), err
     assert words in lines[0], lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_decoded_tier_is_warned_about_at_its_decoded_size(tmp_path: Path) -> None:
+    """An LRU RAM tier that holds the stored model but not the decoded one thrashes when
+    it holds shards decoded: the warning compares its capacity with the decoded bytes."""
+    ram: dict[str, Any] = {"name": "ram", "backend": "memory", "capacity": "200MiB",
+                           "policy": "lru"}
+    ssd: dict[str, Any] = {"name": "ssd", "backend": "packed", "path": str(tmp_path / "ssd"),
+                           "capacity": "1GiB", "promote_after": 1}
+    stored = load_config({"tiers": [ram, ssd]})
+    decoded = load_config({"tiers": [{**ram, "representation": "decoded"}, ssd]})
+    native, f32 = SMOLLM2_NATIVE_BYTES, SMOLLM2_F32_BYTES
+    assert layout_warnings(stored, native, decoded_bytes=f32) == []
+    (warning,) = layout_warnings(decoded, native, decoded_bytes=f32)
+    assert "tier 'ram'" in warning and "513.1 MiB" in warning and "thrash" in warning
+    assert layout_warnings(decoded, native) == []  # decoded size unknown: the stored one

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-from .config import CacheConfig
+from .config import CacheConfig, TierConfig
 from .policies import get_policy_class
 from .units import format_size, parse_percent, parse_size
 
@@ -77,7 +77,7 @@ def _thrash_warning(cfg: CacheConfig, index: int, schedule_bytes: int) -> str:
 
 
 def layout_warnings(cfg: CacheConfig, schedule_bytes: int, *,
-                    prefetch: bool = False) -> list[str]:
+                    prefetch: bool = False, decoded_bytes: int | None = None) -> list[str]:
     """Problems of ``cfg`` for a loop that reads ``schedule_bytes`` per pass.
 
     Parameters
@@ -88,6 +88,9 @@ def layout_warnings(cfg: CacheConfig, schedule_bytes: int, *,
         Bytes of the distinct shards one forward pass reads (the model's size).
     prefetch:
         Whether a prefetcher will run.
+    decoded_bytes:
+        The same shards' bytes once decoded (float32), what a memory tier with
+        ``representation = "decoded"`` holds of them; ``schedule_bytes`` if not given.
 
     Returns
     -------
@@ -98,13 +101,18 @@ def layout_warnings(cfg: CacheConfig, schedule_bytes: int, *,
     if schedule_bytes < 0:
         raise ValueError(f"schedule_bytes must be >= 0, got {schedule_bytes}")
     out: list[str] = []
+
+    def held(tier: TierConfig) -> int:  # what one pass takes in this tier
+        decoded = tier.options.get("representation") == "decoded"
+        return decoded_bytes if decoded and decoded_bytes is not None else schedule_bytes
+
     for index, tier in enumerate(cfg.tiers):
-        if tier.capacity_bytes >= schedule_bytes or knows_schedule(tier.policy):
+        if tier.capacity_bytes >= held(tier) or knows_schedule(tier.policy):
             continue
         if _fed_by_the_loop(cfg, index):
-            out.append(_thrash_warning(cfg, index, schedule_bytes))
+            out.append(_thrash_warning(cfg, index, held(tier)))
     top = cfg.tiers[0]
-    if prefetch and top.backend == "memory" and top.capacity_bytes < schedule_bytes:
+    if prefetch and top.backend == "memory" and top.capacity_bytes < held(top):
         for tier in cfg.tiers[1:]:
             if tier.backend == "lmdb":
                 out.append(

@@ -203,6 +203,12 @@ def _schedule_bytes(manifest: ModelManifest, schedule: Sequence[str]) -> int:
     return sum(manifest.tensors[k].nbytes for k in set(schedule) if k in manifest.tensors)
 
 
+def _decoded_schedule_bytes(manifest: ModelManifest, schedule: Sequence[str]) -> int:
+    """The same shards' bytes once decoded to float32 (what a decoded RAM tier holds)."""
+    return sum(4 * math.prod(manifest.tensors[k].shape) for k in set(schedule)
+               if k in manifest.tensors)
+
+
 def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig, *,
                manifest: str | os.PathLike[str] | ModelManifest | None = None,
                prefetch: int | bool = DEFAULT_PREFETCH, compile: bool = True,
@@ -260,7 +266,8 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
     if depth < 0:
         raise ValueError(f"prefetch must be a depth >= 0 (0: off), got {prefetch!r}")
     schedule = llama_schedule(hparams, loaded.key_prefix)
-    advice = layout_warnings(cfg, _schedule_bytes(loaded, schedule), prefetch=depth > 0)
+    advice = layout_warnings(cfg, _schedule_bytes(loaded, schedule), prefetch=depth > 0,
+                             decoded_bytes=_decoded_schedule_bytes(loaded, schedule))
     for text in advice:
         if callable(warn):
             warn(text)
