@@ -1,8 +1,11 @@
 """Runtimes: run models whose weights stream from a tiercache.
 
 - :mod:`tiercache.models.runtime.tensorflow` -- a Llama-family decoder in
-  TensorFlow (:class:`~tiercache.models.runtime.tensorflow.LlamaModel`), the
-  only module that imports ``tensorflow`` (lazily, on first use).
+  TensorFlow (:class:`~tiercache.models.runtime.tensorflow.LlamaModel`), built
+  from :mod:`.handoff` (zero-copy numpy -> tensor, decoding stored shards),
+  :mod:`.kv` (the bucketed KV cache), :mod:`.decoder` (the compiled functions)
+  and :mod:`.batch` (batched generation); they import ``tensorflow`` lazily,
+  on first use.
 - :mod:`tiercache.models.runtime.keras` -- run a Keras 3 model layer by layer
   with its weights set from the cache just before each layer
   (:class:`~tiercache.models.runtime.keras.StreamingKerasModel`).
