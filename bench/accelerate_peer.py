@@ -83,7 +83,7 @@ def child(job_path: str) -> None:
         stat = {k: int(v) for k, v in (line.split() for line in
                                        (group / "memory.stat").read_text().splitlines())}
         anon = stat.get("total_rss", stat.get("rss", 0))
-        limit = anon + budget + args["slack_mib"] * MIB
+        limit = anon + budget + cfg["slack_mib"] * MIB
         (group / "memory.limit_in_bytes").write_text(f"{limit}\n")
         (group / "memory.max_usage_in_bytes").write_text("0\n")
         out.update(anon_mb=anon / MIB, limit_mb=limit / MIB)

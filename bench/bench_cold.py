@@ -33,8 +33,10 @@ Cold method (bench/bench_serving.py's): every configuration runs in a child
 process inside a cgroup v1 memory child group capped at "what the child needs
 once TensorFlow has traced on zeros (llama.cpp: while loaded; accelerate: torch
 imported) + ``--budget`` x the layout's own bytes + ``--slack-mib``" (the cap
-counts the page cache; default slack 48 MiB, not bench_serving's 160, which
-alone would hold the whole 92 MiB native SmolLM2; the tracing runs on zeros in
+counts the page cache; slack: bench_serving's 160 MiB, but 48 MiB for SmolLM2
+(``--smollm2-slack-mib``), as 160 alone would hold the whole 92 MiB native layout;
+48 MiB is too little for the synthetic model: its opt RAM tier + packed run is
+OOM-killed, shards of 12-70 MB in flight); the tracing runs on zeros in
 the layout's stored form, so the decoder's reused float32 buffers are part of
 what the child needs), ``sync; echo 3 > /proc/sys/vm/drop_caches`` right before the weights are
 first read. Reported per configuration: the cold first pass (the prompt; for
@@ -69,7 +71,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -189,6 +191,8 @@ def prepare(root: Path, args: argparse.Namespace) -> list[Config]:
                                   reference=cpp_warm))
         if args.accelerate_python and (name == "smollm2" or args.synthetic_accelerate):
             configs += accelerate_configs(name, gguf_path, root / name / "hf", args)
+    configs = [replace(c, slack_mib=args.smollm2_slack_mib if c.model == "smollm2"
+                       else args.slack_mib) for c in configs]
     if args.only:
         wanted = [w.strip() for w in args.only.split(";")]
         chosen = {c.label for c in configs if any(w in c.label for w in wanted)}
@@ -239,6 +243,8 @@ def child_main(job_path: str) -> None:
     r["disk_gbps"] = statistics.median([max(d["direct_gbps"], d["buffered_gbps"])
                                         for d in disk])
     if group is not None and cfg.capped:
+        stat = bs.cgroup_stat(group)
+        r["anon_end_mb"] = stat.get("total_rss", stat.get("rss", 0)) / MIB
         r["max_usage_mb"] = int((group / "memory.max_usage_in_bytes").read_text()) / MIB
         r["failcnt"] = int((group / "memory.failcnt").read_text())
     print("RESULT " + json.dumps(r), flush=True)
@@ -253,7 +259,7 @@ def cap(group: Path | None, cfg: Config, args: SimpleNamespace,
     if anon is None:
         stat = bs.cgroup_stat(group)
         anon = stat.get("total_rss", stat.get("rss", 0))
-    limit = cs.set_cap(group, anon, int(args.budget * cfg.layout_bytes), args.slack_mib * MIB)
+    limit = cs.set_cap(group, anon, int(args.budget * cfg.layout_bytes), cfg.slack_mib * MIB)
     return {"anon_mb": anon / MIB, "limit_mb": limit / MIB}
 
 
@@ -425,9 +431,12 @@ def main() -> None:
                              "--quick: 1,4)")
     parser.add_argument("--budget", type=float, default=0.25,
                         help="RAM tier and cap: this fraction of each layout's own bytes")
-    parser.add_argument("--slack-mib", type=int, default=48,
-                        help="added to the cap (activations, one shard in flight); "
-                             "bench_serving's 160 would hold all of SmolLM2 native")
+    parser.add_argument("--slack-mib", type=int, default=160,
+                        help="added to the cap (activations, shards in flight): "
+                             "bench_serving's 160 (default)")
+    parser.add_argument("--smollm2-slack-mib", type=int, default=48,
+                        help="the slack for SmolLM2 (default 48: 160 would hold all of the "
+                             "92 MiB native layout)")
     parser.add_argument("--prefetch", type=int, default=9, help="prefetch depth")
     parser.add_argument("--threads", type=int, default=2, help="threads for every engine")
     parser.add_argument("--config-seconds", type=float, default=60.0,
@@ -497,7 +506,7 @@ def main() -> None:
         prompts = {m: prompt_ids(configs, m, max(batches)) for m in
                    dict.fromkeys(c.model for c in configs)}
         child_args = {"tokens": args.tokens, "warmup": args.warmup, "budget": args.budget,
-                      "slack_mib": args.slack_mib, "prefetch": args.prefetch,
+                      "prefetch": args.prefetch,
                       "threads": args.threads, "config_seconds": args.config_seconds,
                       "min_tokens": args.min_tokens, "batches": batches,
                       "llama_cpp_repack": args.llama_cpp_repack}
@@ -534,7 +543,8 @@ def main() -> None:
         markdown = []
         for model in dict.fromkeys(c.model for c in configs):
             head = (f"\n### {model}: cold at RAM {args.budget:.0%} of each layout's bytes "
-                    f"(+ {args.slack_mib} MiB slack), {args.tokens} timed tokens after "
+                    f"(+ {next(c.slack_mib for c in configs if c.model == model)} MiB "
+                    f"slack), {args.tokens} timed tokens after "
                     f"{args.warmup} warm-up, medians of {args.repeat}")
             markdown.append(head + "\n\n" + table(model, configs, results, batches))
         print("\n".join(markdown))

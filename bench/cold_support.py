@@ -214,6 +214,7 @@ class Config:
     representation: str = "stored"
     capped: bool = True
     reference: str = ""  # label of the all-in-RAM run giving this row's compute bound
+    slack_mib: int = 160  # added to the cap (see bench_cold's docstring)
 
 
 def decoded_tier_supported() -> bool:
