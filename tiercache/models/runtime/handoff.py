@@ -149,6 +149,11 @@ class ShardDecoder:
         self.seconds = 0.0
         self.bytes_decoded = 0
 
+    @property
+    def buffer_bytes(self) -> int:
+        """Bytes held by the slot buffers. O(slots)."""
+        return sum(int(b.nbytes) for b in self._buffers.values())
+
     @staticmethod
     def logical_shape(array: np.ndarray) -> tuple[int, ...]:
         """The float shape ``array`` stands for (its own shape unless quantized)."""

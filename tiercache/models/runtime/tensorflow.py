@@ -209,6 +209,13 @@ class LlamaModel:
         """Tokens of the current sequence (its next position)."""
         return int(self._kv.lengths[0])
 
+    @property
+    def decode_buffer_bytes(self) -> int:
+        """Bytes of the float32 buffers stored (quantized, float16) shards are decoded
+        into: bounded by one block's shards plus the norm and the output head, since
+        only float32 shards run the whole step at once. O(buffers)."""
+        return self._decoder.buffer_bytes
+
     def traces(self) -> dict[str, int]:
         """How often each compiled function was traced, per shape key (``step:L:BxS``:
         a one-token step over L blocks, batch bucket B, length bucket S)."""
@@ -390,16 +397,27 @@ class LlamaModel:
             logits = self.forward([token])
 
     def _all_resident(self) -> bool:
-        """Whether the provider holds every shard of the schedule in memory. O(shards)."""
+        """Whether the provider holds every shard of the schedule in memory, as float32
+        (no decoding: see the loop's comment). O(shards)."""
         provider: Any = self.provider
         if isinstance(provider, MappingProvider):
-            return True
+            return all(isinstance(a, np.ndarray) and a.dtype == np.float32
+                       for a in provider.arrays.values())
         where, tier = getattr(provider, "where", None), getattr(provider, "tier", None)
         if where is None or tier is None:
             return False
         for key in set(self.schedule()):
             names = where(key)
-            if not names or not getattr(tier(names[0]), "holds_arrays", False):
+            if not names:
+                return False
+            top = tier(names[0])
+            if not getattr(top, "holds_arrays", False):
+                return False
+            # a stored (quantized, float16) shard would need a decoded buffer of its own for
+            # the whole step: memory no tier counts. Only float32 shards (a float32 import, a
+            # decoded memory tier) run the whole step; others stream block by block.
+            info = top.info(key)
+            if info is None or np.dtype(info.dtype) != np.float32:
                 return False
         return True
 
