@@ -61,6 +61,8 @@ Thread-safety: a single-threaded script (children are separate processes).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -243,11 +245,24 @@ def child_main(job_path: str) -> None:
     r["disk_gbps"] = statistics.median([max(d["direct_gbps"], d["buffered_gbps"])
                                         for d in disk])
     if group is not None and cfg.capped:
-        stat = bs.cgroup_stat(group)
-        r["anon_end_mb"] = stat.get("total_rss", stat.get("rss", 0)) / MIB
         r["max_usage_mb"] = int((group / "memory.max_usage_in_bytes").read_text()) / MIB
         r["failcnt"] = int((group / "memory.failcnt").read_text())
     print("RESULT " + json.dumps(r), flush=True)
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the kernel (glibc ``malloc_trim``), so that the memory
+    measured for the cap is what the child holds, not what tracing left free."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def group_anon_mb(group: Path | None) -> float | None:
+    if group is None:
+        return None
+    stat = bs.cgroup_stat(group)
+    return stat.get("total_rss", stat.get("rss", 0)) / MIB
 
 
 def cap(group: Path | None, cfg: Config, args: SimpleNamespace,
@@ -256,6 +271,7 @@ def cap(group: Path | None, cfg: Config, args: SimpleNamespace,
     the group's anonymous memory now."""
     if group is None:
         return {}
+    release_free_memory()
     if anon is None:
         stat = bs.cgroup_stat(group)
         anon = stat.get("total_rss", stat.get("rss", 0))
@@ -313,6 +329,7 @@ def tiercache_child(cfg: Config, args: SimpleNamespace, prompts: list[list[int]]
         spec = bs.Spec("tiered", prefetch=args.prefetch if cache is not None else 0)
         r = bs.timed_generation(model, source, cache, spec, prompts[0], ns)
         r.pop("text_ids", None)
+        r["anon_run_mb"] = group_anon_mb(group)  # RAM tier included
         for batch in args.batches:
             if batch > 1:
                 r[f"b{batch}"] = timed_batch(model, cache, prompts[:batch], args)
@@ -402,6 +419,7 @@ def llama_cpp_child(cfg: Config, args: SimpleNamespace, prompts: list[list[int]]
     t3, io3 = time.perf_counter(), bs.read_bytes()
     step(llm, args.tokens)
     t4, io4 = time.perf_counter(), bs.read_bytes()
+    out["anon_run_mb"] = group_anon_mb(group)
     llm.close()
     out.update(load_ms=(t1 - t0) * 1e3, load_read_mb=(io1 - io0) / 1e6,
                first_pass_ms=(t2 - t1) * 1e3, first_pass_read_mb=(io2 - io1) / 1e6,

@@ -34,7 +34,7 @@ from tiercache.models import BPETokenizer, DictSink, import_model
 from tiercache.models.importers.safetensors import import_safetensors
 from tiercache.models.quant import dequantize
 
-#: The prompts of tests/test_model.py and tests/test_generate_batch.py.
+#: The prompts of tests/models/test_model.py and tests/models/test_generate_batch.py.
 PROMPTS = ["The capital of France is", "hello", "The quick brown", "xyz xyz", "0123456789!"]
 DTYPES = ("float32", "float16", "bfloat16", "q8_0")
 

@@ -1,4 +1,4 @@
-"""Worker for tests/test_crash.py: a writer that gets SIGKILLed, and the checker after it.
+"""Worker for tests/faults/test_crash.py: a writer that gets SIGKILLed, and the checker after it.
 
 Run as ``python tests/crash_worker.py zygote ROOT``. The *zygote* imports
 everything once and then, per line ``RUN round seed mode expect.json`` on its

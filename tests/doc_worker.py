@@ -1,4 +1,4 @@
-"""Child process of tests/test_docs.py: runs the Python blocks of the documentation pages.
+"""Child process of tests/project/test_docs.py: runs the Python blocks of the documentation pages.
 
 Protocol: one JSON object per line on stdin, ``{"page": "docs/x.md", "folder": "/tmp/..",
 "path": "docs/x.md", "line": 12, "code": "..."}`` (``line``: the first line of the code in

@@ -14,7 +14,7 @@ the logical shape.
 
 :func:`dequantize` turns a shard back into float32 with the formulas of
 gguf-py's reference dequantization (the same float32 operations in the same
-order, so the result is equal bit for bit; tests/test_quant.py checks every
+order, so the result is equal bit for bit; tests/models/test_quant.py checks every
 type against it). It works on row chunks of about :data:`CHUNK_ELEMS` output
 values (256 KiB, L2-sized) with scratch arrays of one chunk, writing into the
 caller's ``out``: the only full-size array is the output. Every numpy call

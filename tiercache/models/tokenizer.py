@@ -5,7 +5,7 @@ byte-level BPE -- every byte is first mapped to a printable character
 (:func:`bytes_to_unicode`), text is split into pieces by a pre-tokenizer, and
 each piece is merged pair by pair in the order of ``tokenizer.ggml.merges``.
 This module implements that in pure Python, matching llama.cpp's tokenizer
-(checked token for token against it in tests/test_tokenizer.py):
+(checked token for token against it in tests/models/test_tokenizer.py):
 
 - Pre-tokenizers (``tokenizer.ggml.pre``): ``"gpt2"`` splits with the GPT-2
   pattern ``'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+``;

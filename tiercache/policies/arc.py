@@ -185,7 +185,7 @@ class ARCPolicy(Policy):
         at most one key as :meth:`victim` + :meth:`on_evict` (into B1 or B2), and
         inserts and trims ghosts as :meth:`on_insert`. The hit sequence, ``p``
         and the four lists therefore equal the generic, hook-calling replay's
-        (``tests/test_sim_replay.py`` checks it on random traces, in chunks and
+        (``tests/sim/test_sim_replay.py`` checks it on random traces, in chunks and
         from a warm state). A subclass that overrides a hook, or a state holding
         sizes other than 1, gets the generic replay.
 

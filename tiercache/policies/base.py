@@ -229,7 +229,7 @@ class Policy(ABC):
 
         This generic version calls the hooks; LRU and ARC override it with
         fast paths that must give the identical hit sequence and final state
-        (``tests/test_sim_replay.py`` checks it).
+        (``tests/sim/test_sim_replay.py`` checks it).
 
         Parameters
         ----------

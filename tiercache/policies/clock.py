@@ -27,7 +27,7 @@ libCacheSim's ``Clock`` defaults (``Clock(cache_size, init_freq=0,
 n_bit_counter=1)``), and in count mode the hit/miss sequence equals
 libCacheSim's on every request, for every capacity; ``n_bit_counter=2`` and
 ``init_freq=1`` match libCacheSim given the same parameters
-(``tests/test_policies_more.py``).
+(``tests/policies/test_policies_more.py``).
 
 Complexity: ``on_hit``, ``on_insert``, ``on_remove`` O(1). ``victim`` scans
 from the hand to the first key with the smallest counter: O(keys passed),

@@ -15,7 +15,7 @@ re-written) moves to the young end.
 
 Exactness: in count mode (every size 1) the hit/miss sequence equals
 libCacheSim's ``FIFO`` on every request, for every capacity
-(``tests/test_policies_more.py``).
+(``tests/policies/test_policies_more.py``).
 
 Complexity: every hook and :meth:`~FIFOPolicy.victim` is O(1); memory
 O(resident keys). Not thread-safe; the owner serialises calls (see

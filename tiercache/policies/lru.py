@@ -62,7 +62,7 @@ class LRUPolicy(Policy):
         ``move_to_end``; a miss into a full cache pops the LRU end (``victim`` +
         ``on_evict``) and appends the key with size 1 (``on_insert``). So the
         hit sequence and the final state equal the generic, hook-calling
-        replay's (``tests/test_sim_replay.py`` checks both on random traces).
+        replay's (``tests/sim/test_sim_replay.py`` checks both on random traces).
         A subclass that overrides a hook gets the generic replay.
 
         Complexity: O(len(keys)), ~0.1 µs per request. Not thread-safe.

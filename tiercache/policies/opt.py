@@ -16,7 +16,7 @@ OPT needs to know the future. :class:`OPTPolicy` gets it in one of two forms:
     numpy: a stable argsort groups each key's positions, O(n log n) in C
     (about 1.3 s for 5 million requests). In count mode
     this is Belady's MIN and gives the maximum number of hits any demand-paging
-    policy can get on that trace (``tests/test_policies_more.py`` checks it
+    policy can get on that trace (``tests/policies/test_policies_more.py`` checks it
     against libCacheSim's ``Belady``, a brute-force optimum and every other
     registered policy).
 

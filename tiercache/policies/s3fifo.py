@@ -40,7 +40,7 @@ This is libCacheSim's ``S3FIFO`` (``S3FIFO.c``), whose defaults it takes:
 and its documented variant of the paper: before the first eviction ever, a
 new key goes to M when S is already full (the original, ``S3FIFOv0.c``,
 always fills S). In count mode the hit/miss sequence equals libCacheSim's on
-every request for capacities of 20 and more (``tests/test_policies_more.py``).
+every request for capacities of 20 and more (``tests/policies/test_policies_more.py``).
 Smaller caches differ by construction: libCacheSim refuses to build a cache
 whose S would be 0 (capacity < 10), and it refuses to admit, into S, a key as
 large as S itself (every key when ``int(0.1 * capacity) == 1``), while

@@ -23,7 +23,7 @@ The queue is a doubly-linked list kept in two dicts (``newer``/``older``
 neighbour of each key), so unlinking a key in the middle is O(1).
 
 Exactness: in count mode the hit/miss sequence equals libCacheSim's ``Sieve``
-on every request, for every capacity (``tests/test_policies_more.py``).
+on every request, for every capacity (``tests/policies/test_policies_more.py``).
 
 Complexity: ``on_hit``, ``on_insert``, ``on_remove`` O(1). ``victim`` and
 ``on_evict`` walk from the hand to the first unvisited key: O(n) in the worst

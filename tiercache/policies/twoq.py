@@ -34,7 +34,7 @@ Exactness and deviations
 Defaults equal libCacheSim's ``TwoQ`` (``a_in_size_ratio=0.25``,
 ``a_out_size_ratio=0.5``; Kin and Kout truncated with ``int``). In count mode
 the hit/miss sequence equals libCacheSim's on every request for capacities of
-4 and more (``tests/test_policies_more.py``). Below 4, ``Kin`` is 0 and
+4 and more (``tests/policies/test_policies_more.py``). Below 4, ``Kin`` is 0 and
 libCacheSim refuses every object larger than A1in, so it caches nothing;
 tiercache's protocol gives a policy no way to refuse an admission, so here the
 key is admitted into A1in and evicted first. libCacheSim's Am is also capped

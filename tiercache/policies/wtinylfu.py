@@ -52,7 +52,7 @@ Exactness: *not* request-by-request equal to libCacheSim's ``WTinyLFU``, and
 cannot be: libCacheSim estimates with a counting Bloom filter (hash
 collisions), counts only main-cache hits, insertions and window victims, and
 refuses in count mode every key while ``int(0.01 * capacity) == 0`` (capacity
-< 100). ``tests/test_policies_more.py`` checks that on skewed (Zipf) traces
+< 100). ``tests/policies/test_policies_more.py`` checks that on skewed (Zipf) traces
 its hit ratio is within 2 percentage points of libCacheSim's ``WTinyLFU`` at
 capacities of 100 and more, and above LRU's.
 

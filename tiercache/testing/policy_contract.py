@@ -11,7 +11,7 @@ How to use it for a policy of your own (see docs/policies.md; needs the
         def policy_cls(self):
             return MyPolicy
 
-The repository's ``tests/test_policies.py`` runs it for every name in
+The repository's ``tests/policies/test_policies.py`` runs it for every name in
 :func:`tiercache.policies.available_policies`, so a newly registered policy is
 covered without editing any test.
 

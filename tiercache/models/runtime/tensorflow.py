@@ -38,9 +38,9 @@ and 61.3 ms = 1.06x block by block; batch 4 decodes 42 tokens/s (1.9x batch
 
 ``compile=False`` runs the same Python body eagerly (for debugging): logits
 agree with the compiled path within 1e-4 absolute on the synthetic test model,
-greedy tokens are the same (tests/test_decoder.py); SmolLM2's prompt logits
+greedy tokens are the same (tests/models/test_decoder.py); SmolLM2's prompt logits
 stay within 1e-3 of the numpy reference and its greedy tokens equal it
-(tests/test_model.py).
+(tests/models/test_model.py).
 
 ``tensorflow`` is imported on first use (3-7 s), never at module import.
 

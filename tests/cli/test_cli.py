@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_config import BAD, _furnish
+from bad_configs import BAD, _furnish
 
 import tiercache
 from tiercache.cli import main

@@ -30,7 +30,7 @@ from tiercache.models import quant
 from tiercache.stores import open_store
 from tiercache.stores.memory import MemoryStore, shard_cost_nbytes
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def shards() -> dict[str, np.ndarray]:

@@ -21,7 +21,7 @@ from tiercache.sim.policy_specs import parse_policy_spec, split_policies
 from tiercache.sim.replay import infer_unit, parse_capacity
 from tiercache.testing import ProtocolDriver
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def random_trace(seed: int, n: int = 3000) -> list[int]:

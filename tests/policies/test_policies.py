@@ -42,7 +42,7 @@ from tiercache.policies import (
 from tiercache.testing import PolicyContract, ProtocolDriver, apply_op, random_ops
 from tiercache.testing import make_trace as shared_make_trace
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # ======================================================================================
 # The contract, for every registered policy

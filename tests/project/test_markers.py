@@ -11,7 +11,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FAST = "not tf and not redis and not slow"
 
 
@@ -46,7 +46,7 @@ def test_make_test_fast_deselects_the_three_and_make_test_runs_all() -> None:
 def test_the_inner_loop_leaves_out_redis_tests_and_the_policy_state_machines() -> None:
     """Redis tests by file and by fixture, the contract's state machines by the conftest
     rule (10 policies x 3 capacities, + MRU's 3); everything else of those files stays in."""
-    files = ["tests/test_redis_tier.py", "tests/test_policies.py"]
+    files = ["tests/stores/test_redis_tier.py", "tests/policies/test_policies.py"]
     fast, summary = _collect("-m", FAST, *files)
     assert fast and all("test_policies.py::" in t for t in fast)
     assert not any("::test_state_machine[" in t for t in fast)

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 ROUNDS = int(os.environ.get("TIERCACHE_CRASH_ROUNDS", "120"))
-WORKER = Path(__file__).with_name("crash_worker.py")
+WORKER = Path(__file__).resolve().parents[1] / "crash_worker.py"
 LINE_TIMEOUT_S = 60.0
 
 pytestmark = [
@@ -46,7 +46,7 @@ class Zygote:
 
     def __init__(self, root: Path, stderr: Path) -> None:
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+               "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         self._stderr = stderr.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, str(WORKER), "zygote", str(root)], stdin=subprocess.PIPE,

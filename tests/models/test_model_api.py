@@ -404,7 +404,7 @@ def test_generate_cli_prints_status_lines_and_the_thrash_warning(
 
 
 def test_generate_cli_needs_a_prompt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # --prompt, --prompt-file and --prompts-file combine (tests/test_generate_batch.py); none:
+    # --prompt, --prompt-file and --prompts-file combine (models/test_generate_batch.py); none:
     assert main(["generate", "--config", str(tmp_path / "t.toml")]) == 2
     assert "no prompt: give --prompt TEXT" in capsys.readouterr().err
 

@@ -22,7 +22,7 @@ from tiercache.sim import Trace, read_trace, simulate
 
 pytestmark = pytest.mark.slow  # about a minute: the ARC paper's traces replayed
 
-TRACES = Path(__file__).resolve().parents[1] / "data" / "traces" / "arc"
+TRACES = Path(__file__).resolve().parents[2] / "data" / "traces" / "arc"
 TOLERANCE_PP = 0.05  # percentage points, for tiercache's LRU and ARC
 REFERENCE_TOLERANCE_PP = 0.02  # for the independent Figure-4 transliteration
 

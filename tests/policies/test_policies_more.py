@@ -1,7 +1,7 @@
 """The policy lab: FIFO, CLOCK, 2Q, SIEVE, S3-FIFO, W-TinyLFU and OPT.
 
 The generic contract (:class:`tiercache.testing.PolicyContract`) already runs for each of
-them through ``tests/test_policies.py`` (every name in ``available_policies()``).
+them through ``tests/policies/test_policies.py`` (every name in ``available_policies()``).
 This file adds:
 
 * Exactness in count mode against libCacheSim, request by request, on random

@@ -27,7 +27,7 @@ class RunProgress(Protocol):
 
     def start_run(self, policy: str, capacity: str, trace: str, requests: int) -> None: ...
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIELDS = {"policy", "capacity", "unit", "requests", "hits", "hit_ratio", "byte_hit_ratio"}
 
 

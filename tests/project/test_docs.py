@@ -61,8 +61,8 @@ from redis_fixtures import HOST, _die_with_parent, free_port, redis_binaries
 import tiercache
 from tiercache.sim.tiers import DEFAULT_MODELS, TierModel, load_models
 
-ROOT = Path(__file__).resolve().parent.parent
-WORKER = Path(__file__).resolve().parent / "doc_worker.py"
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).resolve().parents[1] / "doc_worker.py"
 #: Wall-clock limit of one block (its setup commands included).
 BLOCK_TIMEOUT_S = 120.0
 _MARKER = re.compile(r"^\s*<!--\s*(illustrative|setup)\s*:(.*?)-->\s*$")
