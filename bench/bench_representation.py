@@ -102,9 +102,8 @@ def timed(model: Any, ids: list[int], tokens: int) -> tuple[dict[str, float], li
 
 def decoder_bytes(model: Any) -> int:
     """Bytes of the float32 buffers the model's shard decoder holds (outside the cache:
-    one per slot; with every shard in memory, one per shard). O(buffers)."""
-    buffers = getattr(model.llama._decoder, "_buffers", {})
-    return sum(int(b.nbytes) for b in buffers.values())
+    one block's shards, the norm and the output head). O(buffers)."""
+    return int(model.llama.decode_buffer_bytes)
 
 
 def main() -> None:

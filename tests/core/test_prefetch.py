@@ -196,7 +196,7 @@ def test_close_stops_the_prefetcher(tmp_path: Path) -> None:
     prefetcher = cache.start_prefetcher()
     cache.get(LAYERS[0])
     cache.close()
-    assert not prefetcher._thread.is_alive()
+    assert not prefetcher.running
 
 
 def _loop_hits(tmp_path: Path, policy: str, prefetch: bool) -> dict[str, Any]:

@@ -49,7 +49,7 @@ def write_typed_gguf(path: Path, *, extra_iq4_nl: bool = True) -> dict[str, np.n
     shards: dict[str, np.ndarray] = {}
     for type_name, (name, shape) in TYPED.items():
         t = GGML_TYPES[type_name]
-        shard = quant._random_shard(t, *shape, rng)
+        shard = quant.random_shard(t, *shape, rng)
         shards[name] = shard
         qtype = gguf.GGMLQuantizationType[type_name]
         if type_name in ("F32", "F16"):

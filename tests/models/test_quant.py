@@ -51,7 +51,7 @@ def test_dequantize_equals_gguf_bit_for_bit(name: str) -> None:
     # 70 x 1024 values: more than one chunk, so chunk boundaries are crossed
     t = GGML_TYPES[name]
     rng = np.random.default_rng(t.type_id)
-    shard = quant._random_shard(t, 70, 1024, rng)
+    shard = quant.random_shard(t, 70, 1024, rng)
     assert quant.CHUNK_ELEMS < 70 * 1024
     ours = dequantize(shard)
     assert ours.dtype == np.float32 and ours.shape == (70, 1024)
@@ -73,7 +73,7 @@ def test_dequantize_random_bytes_with_extreme_scales(name: str) -> None:
 
 def test_dequantize_writes_into_out_and_returns_it() -> None:
     rng = np.random.default_rng(5)
-    shard = quant._random_shard(GGML_TYPES["Q4_1"], 6, 64, rng)
+    shard = quant.random_shard(GGML_TYPES["Q4_1"], 6, 64, rng)
     out = np.full((6, 64), np.nan, np.float32)
     assert dequantize(shard, out=out) is out
     assert same_bits(out, reference(shard, "Q4_1"))
@@ -86,7 +86,7 @@ def test_dequantize_writes_into_out_and_returns_it() -> None:
                                  np.empty((64, 6), np.float32).T,
                                  np.empty((6, 64), np.float32)[:, ::1][::-1]])
 def test_dequantize_refuses_an_unfit_out(bad: np.ndarray) -> None:
-    shard = quant._random_shard(GGML_TYPES["Q8_0"], 6, 64, np.random.default_rng(0))
+    shard = quant.random_shard(GGML_TYPES["Q8_0"], 6, 64, np.random.default_rng(0))
     with pytest.raises(ValueError, match="out must be"):
         dequantize(shard, out=bad)
 
@@ -206,7 +206,7 @@ def test_quantize_refuses(array: np.ndarray, name: str, message: str) -> None:
 
 def test_dequantize_from_threads() -> None:
     rng = np.random.default_rng(9)
-    shards = [quant._random_shard(GGML_TYPES[n], 64, 1024, rng) for n in ("Q4_1", "Q6_K")]
+    shards = [quant.random_shard(GGML_TYPES[n], 64, 1024, rng) for n in ("Q4_1", "Q6_K")]
     expected = [dequantize(s) for s in shards]
     outs = [np.empty((64, 1024), np.float32) for _ in range(4)]
     errors: list[BaseException] = []

@@ -481,9 +481,11 @@ def q8_0_error_bound(array: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- bench
 
-def _random_shard(ggml_type: GGMLType, rows: int, cols: int,
-                  rng: np.random.Generator) -> np.ndarray:
-    """Random valid blocks: random bytes with every float16 field set to a finite value."""
+def random_shard(ggml_type: GGMLType, rows: int, cols: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """A ``rows`` x ``cols`` shard of random valid blocks of ``ggml_type`` (random bytes
+    with every float16 field set to a finite value): test and benchmark input.
+    O(rows * cols)."""
     if not ggml_type.blocked:
         x = rng.standard_normal((rows, cols), dtype=np.float32)
         return quantize(x, ggml_type.name)
@@ -529,7 +531,7 @@ def bench(rows: int = 1024, cols: int = 1024, repeat: int = 5, threads: int = 1,
 
     with ThreadPoolExecutor(threads) as pool:
         for name, ggml_type in GGML_TYPES.items():
-            shards = [_random_shard(ggml_type, rows, cols, rng) for _ in range(threads)]
+            shards = [random_shard(ggml_type, rows, cols, rng) for _ in range(threads)]
 
             def ours(shards: list[np.ndarray] = shards) -> object:
                 return list(pool.map(dequantize, shards, targets))

@@ -145,6 +145,11 @@ class Prefetcher:
                 self._cursor = cursor
                 self._cond.notify()
 
+    @property
+    def running(self) -> bool:
+        """Whether the prefetch thread is alive (False once :meth:`stop` returned). O(1)."""
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         """Stop the thread and wait for its current read to finish. Idempotent."""
         with self._cond:
