@@ -30,30 +30,34 @@ the synthetic Llama (``--synthetic-shape``, default 10 x 2048, ffn 5632, vocab 3
     float32 (``--synthetic-float32`` adds it: a 2 GB write).
 
 Cold method (bench/bench_serving.py's): every configuration runs in a child
-process inside a cgroup v1 memory child group capped at "what the child needs
-once TensorFlow has traced on zeros (llama.cpp: while loaded; accelerate: torch
-imported) + ``--budget`` x the layout's own bytes + ``--slack-mib``" (the cap
-counts the page cache; slack: bench_serving's 160 MiB, but 48 MiB for SmolLM2
-(``--smollm2-slack-mib``), as 160 alone would hold the whole 92 MiB native layout;
-48 MiB is too little for the synthetic model: its opt RAM tier + packed run is
-OOM-killed, shards of 12-70 MB in flight); the tracing runs on zeros in
-the layout's stored form, so the decoder's reused float32 buffers are part of
-what the child needs), ``sync; echo 3 > /proc/sys/vm/drop_caches`` right before the weights are
-first read. Reported per configuration: the cold first pass (the prompt; for
-llama.cpp also the load), steady-state time per token and bytes read from
+process inside a cgroup v1 memory child group capped at "what the child holds
+once TensorFlow has traced on zeros (llama.cpp: while loaded; accelerate: once
+torch is imported) + ``--budget`` x the layout's own bytes + the slack". The cap
+counts the page cache. Tracing runs on zeros in the layout's stored form, so the
+decoder's reused float32 buffers count as held; freed heap is handed back
+(``malloc_trim``) before measuring. The slack is bench_serving's 160 MiB
+(``--slack-mib``), but 48 MiB for SmolLM2 (``--smollm2-slack-mib``): 160 alone
+would hold the whole 92 MiB native layout (48 got the synthetic model's opt
+RAM + packed run OOM-killed in a trial: shards of 12-70 MB in flight). ``sync;
+echo 3 > /proc/sys/vm/drop_caches`` right before the weights are first read.
+
+Reported per configuration: the cold first pass (the prompt; llama.cpp and
+accelerate also their load), steady-state time per token and bytes read from
 storage per token (``/proc/self/io``) at batch 1 and, where asked
-(``--batches``), tokens/s at batch 4 and 16 (``generate_batch``; prefill is one
-prompt pass per prompt and is left out), against the bound ``max(compute,
-bytes read / disk bandwidth)``: compute is the same layout's all-in-RAM time
-per token measured in this run (uncapped child, every shard in a dict), the
-disk bandwidth that of cold 256 MiB reads of a probe file right before and
-after the configuration. ``--repeat`` rounds alternate the order; medians.
+(``--batches``), tokens/s at batch 4 and 16 (``generate_batch``; prefill, one
+prompt pass per prompt, left out), against the bound ``max(compute, bytes read
+/ disk bandwidth)``: compute is the same layout's all-in-RAM time per token in
+this run (an uncapped child, every shard in a dict; the decoded tier's: the
+float32 one; llama.cpp's and accelerate's: their own uncapped run), the disk
+bandwidth that of cold 256 MiB reads of a probe file right before and after
+the configuration. ``x float32`` columns are against the float32 layout's row.
+``--repeat`` rounds alternate the order; medians.
 
-Usage (needs root for drop_caches and the cgroup)::
+Usage (as root: drop_caches and the cgroup)::
 
-    python bench/bench_cold.py                       # everything (see the report for the time)
-    python bench/bench_cold.py --quick               # 3 tokens, 1 round, batch 1 and 4
-    python bench/bench_cold.py --no-synthetic --batches 1 --json out.json
+    python bench/bench_cold.py --json out.json     # everything: ~45-60 min on the 2-core VM
+    python bench/bench_cold.py --quick             # 3 tokens, 1 round, batches 1,4: ~10 min
+    python bench/bench_cold.py --no-synthetic --batches 1 --only "float32;native"
 
 Thread-safety: a single-threaded script (children are separate processes).
 """
