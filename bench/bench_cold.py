@@ -38,7 +38,9 @@ decoder's reused float32 buffers count as held; freed heap is handed back
 (``malloc_trim``) before measuring. The slack is bench_serving's 160 MiB
 (``--slack-mib``), but 48 MiB for SmolLM2 (``--smollm2-slack-mib``): 160 alone
 would hold the whole 92 MiB native layout (48 got the synthetic model's opt
-RAM + packed run OOM-killed in a trial: shards of 12-70 MB in flight). ``sync;
+RAM + packed run OOM-killed in a trial); and at least the layout's largest
+tensor (one shard in flight: SmolLM2's float32 embedding is 113 MiB, and with
+less the float32 run thrashes for many minutes a token). ``sync;
 echo 3 > /proc/sys/vm/drop_caches`` right before the weights are first read.
 
 Reported per configuration: the cold first pass (the prompt; llama.cpp and
@@ -197,8 +199,9 @@ def prepare(root: Path, args: argparse.Namespace) -> list[Config]:
                                   reference=cpp_warm))
         if args.accelerate_python and (name == "smollm2" or args.synthetic_accelerate):
             configs += accelerate_configs(name, gguf_path, root / name / "hf", args)
-    configs = [replace(c, slack_mib=args.smollm2_slack_mib if c.model == "smollm2"
-                       else args.slack_mib) for c in configs]
+    configs = [replace(c, slack_mib=max(
+        args.smollm2_slack_mib if c.model == "smollm2" else args.slack_mib,
+        -(-cs.largest_tensor_bytes(c) // MIB))) for c in configs]
     if args.only:
         wanted = [w.strip() for w in args.only.split(";")]
         chosen = {c.label for c in configs if any(w in c.label for w in wanted)}
@@ -565,8 +568,7 @@ def main() -> None:
         markdown = []
         for model in dict.fromkeys(c.model for c in configs):
             head = (f"\n### {model}: cold at RAM {args.budget:.0%} of each layout's bytes "
-                    f"(+ {next(c.slack_mib for c in configs if c.model == model)} MiB "
-                    f"slack), {args.tokens} timed tokens after "
+                    f"(+ the slack), {args.tokens} timed tokens after "
                     f"{args.warmup} warm-up, medians of {args.repeat}")
             markdown.append(head + "\n\n" + table(model, configs, results, batches))
         print("\n".join(markdown))

@@ -251,7 +251,7 @@ def table(model: str, configs: list[Config], results: dict[str, list[dict[str, A
         return med([(r[sub] if sub else r)[key] for r in ok.get(label, [])
                     if key in (r[sub] if sub else r)])
 
-    head = ("| configuration | cap MiB | ms/token b1 | MB read/token | bound ms | x bound "
+    head = ("| configuration | cap MiB (slack) | ms/token b1 | MB read/token | bound ms | x bound "
             "| first pass ms (MB read) | x float32 time | x float32 bytes | "
             + " | ".join(f"tok/s b{b}" for b in batches) + " |")
     lines = [head, "|" + "---|" * (9 + len(batches))]
@@ -264,7 +264,7 @@ def table(model: str, configs: list[Config], results: dict[str, list[dict[str, A
         ms, read = m(c.label, "ms_per_token"), m(c.label, "read_mb_per_token")
         compute = m(c.reference, "ms_per_token") if c.reference else float("nan")
         bound = med([max(compute, r["read_mb_per_token"] / r["disk_gbps"]) for r in runs])
-        cap = f"{m(c.label, 'limit_mb'):.0f}" if c.capped else "none"
+        cap = f"{m(c.label, 'limit_mb'):.0f} ({c.slack_mib})" if c.capped else "none"
         first = f"{m(c.label, 'first_pass_ms'):.0f} ({m(c.label, 'first_pass_read_mb'):.0f})"
         if c.kind in ("llama.cpp", "accelerate"):
             first += f"; load {m(c.label, 'load_ms'):.0f} ({m(c.label, 'load_read_mb'):.0f})"
@@ -277,3 +277,25 @@ def table(model: str, configs: list[Config], results: dict[str, list[dict[str, A
                      f"**{ms / bound:.2f}** | {first} | {vs_t} | {vs_b} | "
                      + " | ".join(tps) + " |")
     return "\n".join(lines)
+
+
+def largest_tensor_bytes(cfg: Config) -> int:
+    """Bytes of the largest tensor ``cfg`` reads (one shard in flight must fit the page
+    cache next to the budget): from the manifest, the GGUF header, or the safetensors
+    header of an accelerate checkpoint. O(tensors)."""
+    from tiercache.models import load_manifest
+
+    if cfg.kind == "accelerate":
+        sizes = []
+        for file in Path(cfg.data).glob("*.safetensors"):
+            with file.open("rb") as fh:
+                length = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(length))
+            sizes += [v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items()
+                      if k != "__metadata__"]
+        return max(sizes, default=0)
+    if cfg.kind in ("llama.cpp", "gguf-memmap"):
+        header, buf = read_gguf_header(Path(cfg.data))
+        buf.close()
+        return max(t.nbytes for t in header.tensors)
+    return max(t.nbytes for t in load_manifest(cfg.manifest).tensors.values())
