@@ -23,6 +23,13 @@ step for every live sequence -- or as batches of ``--batch-size``. Prompt
 ``i`` samples with seed ``--seed + i``. Each result is printed, after its
 batch ends, under a header line ``[i] PROMPT``; ``--json`` prints
 ``{"results": [{"prompt_ids", "token_ids", "text"}, ...], "stats", "timing"}``.
+
+The attention state of each prompt is kept in the tiers as KV blocks of
+``--kv-block-tokens`` tokens and the longest cached prefix of the next prompt
+is reused -- in this process or a later one (:mod:`tiercache.models.prefix`);
+``--no-kv-cache`` turns that off. ``timing`` holds ``ttft_s`` (time to the
+first token, the prompt pass included) and ``prompt_tokens_reused``; ``kv``
+(one prompt) the reuse counters.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..models.api import DEFAULT_PREFETCH
+from ..models.prefix import DEFAULT_BLOCK_TOKENS
 
 if TYPE_CHECKING:
     from ..models.api import Model, Sampler
@@ -98,10 +106,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--prefetch must be >= 0 (0: off)")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
+    if args.kv_block_tokens < 1:
+        raise ValueError("--kv-block-tokens must be >= 1")
     sampler = Sampler(args.temperature, args.top_k, args.top_p, args.seed)
     prompts = _prompts(args)
     model = load_model(args.config, manifest=args.manifest, prefetch=args.prefetch,
-                       warn=_warning, on_status=None if args.json else _status)
+                       warn=_warning, on_status=None if args.json else _status,
+                       kv_cache=not args.no_kv_cache, kv_block_tokens=args.kv_block_tokens)
     if len(prompts) > 1:
         samplers = batch_samplers(len(prompts), args.temperature, args.top_k, args.top_p,
                                   args.seed)
@@ -132,7 +143,7 @@ def _run_one(args: argparse.Namespace, model: Model, prompt: str, sampler: Sampl
     if args.json:
         print(json.dumps({"prompt_ids": prompt_ids, "token_ids": token_ids,
                           "text": model.tokenizer.decode(token_ids), "stats": stats,
-                          "timing": timing}, indent=2, default=str))
+                          "timing": timing, "kv": model.kv_stats}, indent=2, default=str))
         return 0
     sys.stdout.write(stream.flush() + "\n")
     rate = timing["decode_tokens_per_s"]
@@ -140,6 +151,10 @@ def _run_one(args: argparse.Namespace, model: Model, prompt: str, sampler: Sampl
           f"fetch {timing['fetch_s']:.2f} s, handoff {timing['handoff_s']:.3f} s, "
           f"compute {timing['compute_s']:.2f} s" if rate is not None else
           f"{len(token_ids)} tokens", file=sys.stderr)
+    if timing["ttft_s"] is not None:
+        reused = timing["prompt_tokens_reused"]
+        print(f"first token after {timing['ttft_s']:.2f} s; prompt {len(prompt_ids)} tokens"
+              + (f", {reused} reused from the KV cache" if reused else ""), file=sys.stderr)
     _print_stats(args, stats)
     return 0
 
@@ -233,6 +248,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--manifest", help="the model manifest (default: <config stem>.model.json "
                    "next to the config)")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence")
+    p.add_argument("--no-kv-cache", action="store_true",
+                   help="compute every prompt whole: neither reuse nor keep KV blocks")
+    p.add_argument("--kv-block-tokens", type=int, default=DEFAULT_BLOCK_TOKENS, metavar="N",
+                   help=f"tokens per KV block ({DEFAULT_BLOCK_TOKENS})")
     p.add_argument("--stats", action="store_true",
                    help="print the per-tier statistics table after the text")
     p.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH, metavar="DEPTH",

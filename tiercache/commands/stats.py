@@ -135,6 +135,16 @@ def render_stats(stats: dict[str, Any], *, loop: bool | None = None,
                       f"{_fmt_latency(origin['get_latency_p50_s'])}/"
                       f"{_fmt_latency(origin['get_latency_p99_s'])}", markup=False,
                       highlight=False)
+    kv = [(name, t) for name, t in stats["tiers"].items() if t.get("kv_blocks")
+          or t.get("kv_capacity_bytes") is not None]
+    if kv:  # the attention KV blocks' share of each tier (tiercache.models.prefix)
+        console.print("KV blocks: " + "; ".join(
+            f"{name} {_count(t['kv_blocks'])} ({_size(t['kv_bytes'])}"
+            + (f" of {_size(t['kv_capacity_bytes'])} allowed" if t.get("kv_capacity_bytes")
+               is not None else "")
+            + (f", {100 * t['kv_bytes'] / t['resident_bytes']:.0f}% of the tier's bytes"
+               if t["resident_bytes"] else "") + ")"
+            for name, t in kv), markup=False, highlight=False, soft_wrap=True)
     for name, why in problems.items():  # one line each, however long the reason
         console.print(f"tier {name} degraded: {why}", markup=False, highlight=False,
                       soft_wrap=True)

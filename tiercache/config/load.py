@@ -43,7 +43,7 @@ __all__ = ["load_config"]
 _TOP_KEYS = {"mode", "tiers", "origin", "flush_on_close", "record_trace"}
 #: Keys every tier takes, whatever its backend.
 _COMMON_TIER_KEYS = {"name", "backend", "capacity", "policy", "policy_options",
-                     "promote_after", "verify"}
+                     "promote_after", "verify", "kv_capacity"}
 _ORIGIN_KEYS = {"kind", "path"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -123,6 +123,23 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def kv_capacity_bytes(value: Any, capacity: int) -> int | None:
+    """A tier's ``kv_capacity``: absent (``None``, no bound), a size (0 allowed: KV
+    blocks never enter the tier) or a percentage of the tier's ``capacity``; never
+    more than the capacity. ``ValueError`` with the reason. O(1)."""
+    if value is None:
+        return None
+    fraction = parse_percent(value)
+    if fraction is not None:
+        return int(capacity * fraction)
+    size = parse_size(value, allow_zero=True)
+    if size > capacity:
+        raise ValueError(f"{show(value)} ({size} bytes) is more than the tier's capacity "
+                         f"({capacity} bytes); give at most the capacity or a percentage "
+                         "such as \"30%\"")
+    return size
 
 
 def _all_tier_keys() -> set[str]:
@@ -288,6 +305,10 @@ class _Validator:
             raise self.error(f"{where}.backend",
                              f"unknown backend {show(backend)}{hint} (known: {known})")
         capacity = self.capacity(f"{where}.capacity", t.get("capacity"), spec)
+        try:
+            kv_capacity = kv_capacity_bytes(t.get("kv_capacity"), capacity)
+        except ValueError as exc:
+            raise self.error(f"{where}.kv_capacity", str(exc)) from None
         policy = t.get("policy", "lru")
         if not isinstance(policy, str) or not policy:
             raise self.error(f"{where}.policy", f"must be a policy name, got {show(policy)}")
@@ -318,7 +339,8 @@ class _Validator:
         return TierConfig(name=name, backend=backend, capacity_bytes=capacity, policy=policy,
                           path=path, promote_after=promote_after, verify=verify,
                           zero_copy=zero_copy,
-                          policy_options=dict(options), options=store_options)
+                          policy_options=dict(options), options=store_options,
+                          kv_capacity_bytes=kv_capacity)
 
     def policy_options(self, where: str, policy: str, cls: type[Policy], capacity: int,
                        options: Mapping[str, Any]) -> None:

@@ -41,6 +41,9 @@ class TierConfig:
     #: :class:`~tiercache.stores.registry.BackendSpec` (redis: ``url`` or ``cluster_nodes``,
     #: ``namespace``, ``timeout_s``, ``chunk_bytes``); empty for the other backends.
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: The most bytes KV blocks may take in the tier (``kv_capacity``: a size or a
+    #: percentage of ``capacity``); ``None``: no bound of their own.
+    kv_capacity_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ def tier_from_config(cfg: TierConfig, store: Store) -> Tier:
     its options), capacity, promotion rule and zero-copy reads (when the store can).
     The one place a Tier is assembled, for caches and for the simulator. O(1)."""
     policy = get_policy_class(cfg.policy)(cfg.capacity_bytes, **dict(cfg.policy_options))
-    tier = Tier(cfg.name, store, policy, cfg.capacity_bytes, PromotionRule(cfg.promote_after))
+    tier = Tier(cfg.name, store, policy, cfg.capacity_bytes, PromotionRule(cfg.promote_after),
+                kv_capacity_bytes=cfg.kv_capacity_bytes)
     tier.zero_copy = cfg.zero_copy and store.zero_copy
     return tier
 

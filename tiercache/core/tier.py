@@ -26,9 +26,10 @@ import numpy as np
 from ..codec import observe_write_sequence
 from ..errors import CorruptShardError, StoreError
 from ..policies import Policy
-from ..stores.base import ShardInfo, Store
-from ..stores.memory import MemoryStore
+from ..stores.base import Store
 from .health import TierHealth
+from .kv_share import KVShare
+from .medium import TierMedium
 from .stats import TierStats
 
 log = logging.getLogger("tiercache")
@@ -56,7 +57,7 @@ class PromotionRule:
         return self.after_hits is not None and hits >= self.after_hits
 
 
-class Tier(TierHealth):
+class Tier(TierMedium, TierHealth):
     """One level of the hierarchy.
 
     Parameters
@@ -69,10 +70,13 @@ class Tier(TierHealth):
         Hard limit on the sum of :meth:`Store.stored_size` of resident shards.
     promotion:
         When hits here promote a shard to the tier above.
+    kv_capacity_bytes:
+        The most bytes KV blocks may take here (``None``: the policy alone decides);
+        see :class:`~tiercache.core.kv_share.KVShare`.
     """
 
     def __init__(self, name: str, store: Store, policy: Policy, capacity_bytes: int,
-                 promotion: PromotionRule) -> None:
+                 promotion: PromotionRule, kv_capacity_bytes: int | None = None) -> None:
         self.name = name
         self.store = store
         self.policy = policy
@@ -84,6 +88,8 @@ class Tier(TierHealth):
         self._opened_over_bytes = 0
         self._sizes: dict[str, int] = {}
         self._hits_here: dict[str, int] = {}
+        #: The KV blocks held and their bound (``kv_capacity``).
+        self.kv = KVShare(kv_capacity_bytes)
         self.is_memory = not store.persistent  # a volatile, in-process medium
         #: Serve plain reads as zero-copy views of the medium (``zero_copy = true``).
         self.zero_copy = False
@@ -112,6 +118,7 @@ class Tier(TierHealth):
             self.policy.on_remove(key)
         self._sizes.clear()
         self._hits_here.clear()
+        self.kv.clear()
         self.used_bytes = 0
         return lost
 
@@ -167,6 +174,7 @@ class Tier(TierHealth):
                 self.policy.on_insert(key, info.stored_nbytes)
                 self._sizes[key] = info.stored_nbytes
                 self.used_bytes += info.stored_nbytes
+                self.kv.add(key, info.stored_nbytes)
         except StoreError as exc:
             if not shared:
                 raise
@@ -207,63 +215,8 @@ class Tier(TierHealth):
         self.policy.on_insert(key, stored_nbytes)
         self._sizes[key] = stored_nbytes
         self.used_bytes += stored_nbytes
+        self.kv.add(key, stored_nbytes)
         return True
-
-    # --- the medium: every access from outside the tier goes through these -----------
-    @property
-    def backend(self) -> str:
-        return self.store.backend
-
-    @property
-    def holds_arrays(self) -> bool:
-        """Whether the medium keeps the arrays themselves (a :class:`MemoryStore`): a
-        hit returns the stored, read-only array. O(1)."""
-        return isinstance(self.store, MemoryStore)
-
-    @property
-    def persistent(self) -> bool:
-        """Whether the medium outlives the process (disk, Redis)."""
-        return self.store.persistent
-
-    @property
-    def shared(self) -> bool:
-        """Whether other processes write the medium too (Redis)."""
-        return self.store.shared
-
-    def stored_size(self, array: np.ndarray) -> int:
-        """Bytes ``array`` would take here (what the capacity counts). O(1)."""
-        return self.store.stored_size(array)
-
-    def info(self, key: str) -> ShardInfo | None:
-        """Dtype, shape, size and write sequence of ``key`` on the medium, indexed or
-        not (no payload read). May raise StoreError / CorruptShardError."""
-        return self.store.info(key)
-
-    def medium_has(self, key: str) -> bool:
-        """Whether the medium holds ``key`` (indexed or not: a shared store). O(1) I/O."""
-        return key in self.store
-
-    def medium_keys(self) -> list[str]:
-        """Every key the medium holds, indexed or not (for scrubbing). O(n)."""
-        return list(self.store.keys())
-
-    def viewed(self, key: str) -> bool:
-        """Whether the store holds a verified view of ``key`` already (:meth:`Store.viewed`)."""
-        return self.store.viewed(key)
-
-    def needs_check(self, key: str) -> bool:
-        """Whether the next zero-copy view of ``key`` verifies it first (see
-        :meth:`Store.needs_check`). O(1)."""
-        return self.store.needs_check(key)
-
-    def check(self, key: str, out: np.ndarray) -> np.ndarray | None:
-        """Read ``key`` into ``out`` verifying its checksum whatever ``verify`` says
-        (scrubbing). Raises CorruptShardError / StoreError."""
-        return self.store.check(key, out)
-
-    def sweep_orphans(self, *, remove: bool, min_age_s: float) -> int:
-        """Count (and with ``remove`` delete) leftovers of interrupted writes."""
-        return self.store.sweep_orphans(remove=remove, min_age_s=min_age_s)
 
     def close(self) -> None:
         """Close the medium. Idempotent."""
@@ -301,6 +254,7 @@ class Tier(TierHealth):
         array = self.store.get(key) if key in self._sizes else None
         if array is not None:
             self.policy.on_hit(key)
+            self.kv.touch(key)
             stats = self.stats
             stats.hits += 1
             stats.bytes_read += array.nbytes
@@ -310,6 +264,7 @@ class Tier(TierHealth):
     def record_hit(self, key: str, nbytes: int, latency_s: float) -> bool:
         """Account a hit on ``key``; return whether it is now due for promotion."""
         self.policy.on_hit(key)
+        self.kv.touch(key)
         stats = self.stats
         stats.hits += 1
         stats.bytes_read += nbytes
@@ -343,7 +298,7 @@ class Tier(TierHealth):
     def wants(self, key: str, nbytes: int) -> bool:
         """Whether an optional move of ``key`` into this tier (promotion, prefetch) is
         worth it: it fits and the policy's admission test agrees. Counts refusals."""
-        if nbytes > self.capacity_bytes:
+        if nbytes > self.capacity_bytes or self.kv.refuses(key, nbytes):
             return False
         if self.policy.admits(key, nbytes, self.capacity_bytes - self.used_bytes):
             return True
@@ -363,7 +318,7 @@ class Tier(TierHealth):
         O(victims) policy calls plus the I/O of the victims and the put.
         """
         size = self.store.stored_size(array)
-        if size > self.capacity_bytes:
+        if size > self.capacity_bytes or self.kv.refuses(key, size):
             self.stats.skipped_too_large += 1
             return False
         if not self.writable(force=force) or not self.check_medium():
@@ -373,8 +328,9 @@ class Tier(TierHealth):
             self.remove(key)
         policy = self.policy
         policy.on_miss(key, size)
-        while self.used_bytes + size > self.capacity_bytes:
-            victim = policy.victim(key)
+        while self.kv.needs_room(key, size) or self.used_bytes + size > self.capacity_bytes:
+            # the KV share full: its least recently used block first, else the policy's
+            victim = self.kv.oldest() if self.kv.needs_room(key, size) else policy.victim(key)
             try:
                 demote(victim)  # type: ignore[arg-type]
             except DemotionFailed:
@@ -397,6 +353,7 @@ class Tier(TierHealth):
         policy.on_insert(key, stored)
         self._sizes[key] = stored
         self.used_bytes += stored
+        self.kv.add(key, stored)
         self.stats.bytes_written += stored
         self._opened_over_bytes = 0  # room was made for a write: back within capacity
         return True
@@ -424,6 +381,7 @@ class Tier(TierHealth):
             self.policy.on_remove(key)
         self.used_bytes -= self._sizes.pop(key)
         self._hits_here.pop(key, None)
+        self.kv.discard(key)
 
     def check_invariants(self) -> None:
         """Raise AssertionError if capacity, index and policy disagree (for tests)."""
@@ -431,6 +389,7 @@ class Tier(TierHealth):
             f"tier {self.name}: {self.used_bytes} bytes used > capacity {self.capacity_bytes}")
         assert self.used_bytes == sum(self._sizes.values())
         assert set(self.policy) == set(self._sizes), f"tier {self.name}: policy and index differ"
+        self.kv.check(self._sizes, bool(self._opened_over_bytes))
         self.policy.check_invariants()
 
     def describe(self) -> dict[str, object]:
@@ -441,6 +400,7 @@ class Tier(TierHealth):
             "capacity_bytes": self.capacity_bytes,
             "resident_bytes": self.used_bytes,
             "resident_count": len(self._sizes),
+            **self.kv.describe(),
             "over_capacity_bytes": self.over_capacity_bytes,
             "degraded": self.degraded_reason is not None,
             "degraded_reason": self.degraded_reason,

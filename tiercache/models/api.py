@@ -54,6 +54,7 @@ from .manifest import (
     manifest_path_for_config,
     manifest_path_for_npy_dir,
 )
+from .prefix import DEFAULT_BLOCK_TOKENS, PrefixCache, model_identity
 from .tokenizer import BPETokenizer, apply_chat_template
 
 if TYPE_CHECKING:
@@ -213,7 +214,9 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
                manifest: str | os.PathLike[str] | ModelManifest | None = None,
                prefetch: int | bool = DEFAULT_PREFETCH, compile: bool = True,
                warn: bool | Callable[[str], None] = True,
-               on_status: Callable[[str], None] | None = None) -> Model:
+               on_status: Callable[[str], None] | None = None,
+               kv_cache: bool = True,
+               kv_block_tokens: int = DEFAULT_BLOCK_TOKENS) -> Model:
     """Open the cache of ``config`` and the model imported into it, ready to generate.
 
     Parameters
@@ -238,6 +241,11 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
     on_status:
         Called with a short line before each slow step (``"loading TensorFlow…"``,
         ``"loading MODEL…"``); ``tiercache generate`` prints them on stderr.
+    kv_cache:
+        Keep each prompt's attention state (KV blocks of ``kv_block_tokens``
+        tokens) in the cache's tiers and reuse the longest cached prefix of the
+        next prompts (:mod:`tiercache.models.prefix`; per call:
+        ``generate(..., kv_cache=False)``). ``False``: every prompt computed whole.
 
     Errors (a bad config, no manifest, a model that is not a Llama, no
     tokenizer) are raised before TensorFlow is imported. Takes seconds
@@ -284,6 +292,9 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
     cache = TieredCache.from_config(cfg)
     try:
         llama = LlamaModel(cache, hparams, key_prefix=loaded.key_prefix, compile=compile)
+        if kv_cache:
+            llama.prefix_cache = PrefixCache(cache, _identity(cache, loaded), hparams,
+                                             block_tokens=kv_block_tokens)
         cache.declare_schedule(llama.schedule())
         if depth:
             cache.start_prefetcher(depth=depth)
@@ -291,6 +302,17 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
         cache.close()
         raise
     return Model(cache, loaded, tokenizer, llama, layout_warnings=advice)
+
+
+def _identity(cache: TieredCache, manifest: ModelManifest) -> str:
+    """The model's KV identity: its manifest plus the bytes of its norm weights (a few
+    KiB), so re-imported weights with the same manifest never share KV blocks."""
+    fingerprint = b""
+    for name in ("output_norm.weight", "blk.0.attn_norm.weight"):
+        shard = cache.get(manifest.key_prefix + name, None)
+        if isinstance(shard, np.ndarray):
+            fingerprint += np.ascontiguousarray(shard).tobytes()
+    return model_identity(manifest, fingerprint)
 
 
 def _id_batch(prompt_ids: Sequence[int] | Sequence[Sequence[int]]) -> list[list[int]] | None:
@@ -363,21 +385,22 @@ class Model:
     @overload
     def generate_ids(self, prompt_ids: Sequence[int], max_new_tokens: int, *,
                      sampler: Callable[[np.ndarray], int] | None = ...,
-                     stop_at_eos: bool = ...) -> Iterator[int]: ...
+                     stop_at_eos: bool = ..., kv_cache: bool = ...) -> Iterator[int]: ...
 
     @overload
     def generate_ids(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, *,
                      sampler: Callable[[np.ndarray], int]
                      | Sequence[Callable[[np.ndarray], int]] | None = ...,
                      stop_at_eos: bool = ..., on_token: OnToken | None = ...,
-                     batch_size: int | None = ...) -> list[list[int]]: ...
+                     batch_size: int | None = ..., kv_cache: bool = ...) -> list[list[int]]: ...
 
     def generate_ids(self, prompt_ids: Sequence[int] | Sequence[Sequence[int]],
                      max_new_tokens: int, *,
                      sampler: Callable[[np.ndarray], int]
                      | Sequence[Callable[[np.ndarray], int]] | None = None,
                      stop_at_eos: bool = True, on_token: OnToken | None = None,
-                     batch_size: int | None = None) -> Iterator[int] | list[list[int]]:
+                     batch_size: int | None = None,
+                     kv_cache: bool = True) -> Iterator[int] | list[list[int]]:
         """New token ids; stops after the end-of-sequence token unless ``stop_at_eos``
         is false.
 
@@ -389,6 +412,9 @@ class Model:
         one callable per prompt (e.g. :func:`batch_samplers`) or one shared by
         all (then its random state is shared too), ``None`` greedy. One forward
         pass per step serves every live sequence of a batch.
+
+        ``kv_cache``: one prompt reuses and keeps KV blocks (see :meth:`generate`);
+        a batch computes its prompts whole.
         """
         self._check_open()
         eos = self.tokenizer.eos_id if stop_at_eos else None
@@ -398,14 +424,35 @@ class Model:
                 raise ValueError("one prompt takes one sampler (a callable), not a list")
             if on_token is not None or batch_size is not None:
                 raise ValueError("on_token and batch_size are for a list of prompts")
-            return self.llama.stream(cast("Sequence[int]", prompt_ids), max_new_tokens,
-                                     eos_id=eos, sampler=sampler)
+            return self._stream_one(list(cast("Sequence[int]", prompt_ids)), max_new_tokens,
+                                    eos, sampler, kv_cache)
         if max_new_tokens < 0:
             raise ValueError("max_new_tokens must be >= 0")
         samplers = None if sampler is None else (
             [sampler] * len(batch) if callable(sampler) else list(sampler))
         return run_in_chunks(self.llama.generate_batch, batch, max_new_tokens, eos_id=eos,
                              samplers=samplers, on_token=on_token, batch_size=batch_size)
+
+    def _stream_one(self, prompt_ids: list[int], max_new_tokens: int, eos: int | None,
+                    sampler: Callable[[np.ndarray], int] | None,
+                    kv_cache: bool) -> Iterator[int]:
+        """One prompt's ids, with or without KV-block reuse for this call only."""
+        stream = self.llama.stream(prompt_ids, max_new_tokens, eos_id=eos, sampler=sampler)
+        return stream if kv_cache else self._without_kv_cache(stream)
+
+    def _without_kv_cache(self, stream: Iterator[int]) -> Iterator[int]:
+        prefix, self.llama.prefix_cache = self.llama.prefix_cache, None
+        try:
+            yield from stream
+        finally:
+            self.llama.prefix_cache = prefix
+
+    @property
+    def kv_stats(self) -> dict[str, int] | None:
+        """What KV-block reuse did (:class:`~tiercache.models.prefix.PrefixStats`), or
+        ``None`` when the model was loaded with ``kv_cache=False``."""
+        prefix = self.llama.prefix_cache
+        return None if prefix is None else prefix.stats.as_dict()
 
     def _stream_batch(self, batch: list[list[int]], max_new_tokens: int,
                       samplers: list[Sampler], stop_at_eos: bool,
@@ -426,7 +473,7 @@ class Model:
                  stream: Literal[True] = ..., chat: bool = ..., temperature: float = ...,
                  top_k: int | None = ..., top_p: float | None = ..., seed: int | None = ...,
                  system: str | None = ..., stop_at_eos: bool = ...,
-                 batch_size: int | None = ...) -> Iterator[str]: ...
+                 batch_size: int | None = ..., kv_cache: bool = ...) -> Iterator[str]: ...
 
     @overload
     def generate(self, text: str | ChatMessages,  # type: ignore[overload-overlap]
@@ -434,27 +481,29 @@ class Model:
                  stream: Literal[False], chat: bool = ..., temperature: float = ...,
                  top_k: int | None = ..., top_p: float | None = ..., seed: int | None = ...,
                  system: str | None = ..., stop_at_eos: bool = ...,
-                 batch_size: int | None = ...) -> str: ...
+                 batch_size: int | None = ..., kv_cache: bool = ...) -> str: ...
 
     @overload
     def generate(self, text: Prompts, max_new_tokens: int = ..., *,
                  stream: Literal[True] = ..., chat: bool = ..., temperature: float = ...,
                  top_k: int | None = ..., top_p: float | None = ..., seed: int | None = ...,
                  system: str | None = ..., stop_at_eos: bool = ...,
-                 batch_size: int | None = ...) -> Generator[tuple[int, str], None, None]: ...
+                 batch_size: int | None = ..., kv_cache: bool = ...
+                 ) -> Generator[tuple[int, str], None, None]: ...
 
     @overload
     def generate(self, text: Prompts, max_new_tokens: int = ..., *,
                  stream: Literal[False], chat: bool = ..., temperature: float = ...,
                  top_k: int | None = ..., top_p: float | None = ..., seed: int | None = ...,
                  system: str | None = ..., stop_at_eos: bool = ...,
-                 batch_size: int | None = ...) -> list[str]: ...
+                 batch_size: int | None = ..., kv_cache: bool = ...) -> list[str]: ...
 
     def generate(self, text: str | ChatMessages | Prompts, max_new_tokens: int = 64, *,
                  stream: bool = True, chat: bool = False, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None,
                  seed: int | None = None, system: str | None = None,
                  stop_at_eos: bool = True, batch_size: int | None = None,
+                 kv_cache: bool = True,
                  ) -> Iterator[str] | str | Generator[tuple[int, str], None, None] | list[str]:
         """Continue ``text`` (or, with ``chat``, answer it) with up to ``max_new_tokens``.
 
@@ -475,6 +524,11 @@ class Model:
         prompt ``index``, in order, join to its text; a worker thread runs the
         batch: read the iterator to the end or ``close()`` it before the next
         call). Prompt ``i`` samples with seed ``seed + i``.
+
+        ``kv_cache`` (one prompt, a model loaded with ``kv_cache=True``): reuse the
+        cached KV blocks of the prompt's longest cached prefix and keep its new
+        blocks; ``False`` computes the whole prompt and keeps nothing. The tokens
+        are the same either way.
         """
         if max_new_tokens < 0:
             raise ValueError("max_new_tokens must be >= 0")
@@ -487,7 +541,7 @@ class Model:
             prompt_ids = self.encode_prompt(cast("str | ChatMessages", text), chat=chat,
                                             system=system)
             self._check_open()
-            pieces = self._pieces(prompt_ids, max_new_tokens, sampler, stop_at_eos)
+            pieces = self._pieces(prompt_ids, max_new_tokens, sampler, stop_at_eos, kv_cache)
             return pieces if stream else "".join(pieces)
         samplers = batch_samplers(len(prompts), temperature, top_k, top_p, seed)
         batch = [self._encode_item(i, p, chat, system) for i, p in enumerate(prompts)]
@@ -506,10 +560,10 @@ class Model:
             raise ValueError(f"prompt {index}: {exc}") from None
 
     def _pieces(self, prompt_ids: list[int], max_new_tokens: int, sampler: Sampler,
-                stop_at_eos: bool) -> Iterator[str]:
+                stop_at_eos: bool, kv_cache: bool = True) -> Iterator[str]:
         text = TextStream(self.tokenizer)
         for token in self.generate_ids(prompt_ids, max_new_tokens, sampler=sampler,
-                                       stop_at_eos=stop_at_eos):
+                                       stop_at_eos=stop_at_eos, kv_cache=kv_cache):
             piece = text.push(token)
             if piece:
                 yield piece

@@ -61,6 +61,7 @@ import numpy as np
 from ...errors import ModelFormatError, ShardNotFoundError
 from ..llama import LlamaHParams, llama_layer_keys, llama_schedule
 from ..manifest import ModelManifest
+from ..prefix import PrefixCache
 from . import MappingProvider, WeightProvider
 from .batch import generate_batch, greedy
 from .decoder import build_functions
@@ -107,6 +108,8 @@ class ModelTimings:
     bytes_fetched: int = 0
     zero_copy_handoffs: int = 0
     copied_handoffs: int = 0
+    ttft_s: float | None = None
+    prompt_tokens_reused: int = 0
 
     def reset(self) -> None:
         for f in fields(self):
@@ -188,6 +191,9 @@ class LlamaModel:
         self._inv_freq = hparams.rope_theta ** (-np.arange(0, half, dtype=np.float64) * 2
                                                 / hparams.head_dim)
         self._kv = self.new_cache(1)
+        #: Reuse of prompt prefixes' KV blocks (:class:`~tiercache.models.prefix.PrefixCache`);
+        #: ``None``: every prompt is computed whole.
+        self.prefix_cache: PrefixCache | None = None
 
     @classmethod
     def from_manifest(cls, provider: WeightProvider, manifest: ModelManifest, *,
@@ -348,6 +354,28 @@ class LlamaModel:
                 on_token(token)
         return out
 
+    def prefill(self, prompt_ids: Sequence[int]) -> np.ndarray:
+        """Run a prompt (appended to the current sequence); return the float32 logits of
+        its last token, ``(vocab,)``. With :attr:`prefix_cache` set and an empty
+        sequence, the prompt's longest cached block prefix is loaded instead of
+        computed (``timings.prompt_tokens_reused``) and its new blocks are kept
+        (:mod:`tiercache.models.prefix`). O(weights + computed tokens x (width +
+        positions) + reused blocks' bytes)."""
+        ids = list(prompt_ids)
+        if not ids:
+            raise ValueError("token_ids must be a non-empty sequence of ints")
+        prefix = self.prefix_cache if self.position == 0 else None
+        reused = 0
+        if prefix is not None:
+            self._kv.reserve(len(ids))
+            reused = prefix.load(ids, self._kv.array, 0)
+            self._kv.lengths[0] = reused
+            self.timings.prompt_tokens_reused += reused
+        logits = self.forward(ids[reused:])
+        if prefix is not None:
+            prefix.save(ids, self._kv.array, 0, skip_tokens=reused)
+        return logits
+
     def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, *,
                eos_id: int | None = None, reset: bool = True,
                sampler: Callable[[np.ndarray], int] | None = None) -> Iterator[int]:
@@ -386,15 +414,24 @@ class LlamaModel:
             self.reset()
         if max_new_tokens == 0:
             return
-        logits = self.forward(prompt_ids)
+        started = time.perf_counter()
+        logits = self.prefill(prompt_ids)
         produced = 0
+        tokens: list[int] = []
         while True:
             token = int(sampler(logits))
+            if produced == 0:
+                self.timings.ttft_s = time.perf_counter() - started
             produced += 1
             yield token
             if produced >= max_new_tokens or (eos_id is not None and token == eos_id):
-                return
+                break
+            tokens.append(token)
             logits = self.forward([token])
+        if self.prefix_cache is not None and tokens and self.position == len(prompt_ids) + len(
+                tokens):  # a fresh sequence: the answer's blocks, for the next turn of a chat
+            self.prefix_cache.save(prompt_ids + tokens, self._kv.array, 0,
+                                   skip_tokens=len(prompt_ids))
 
     def _all_resident(self) -> bool:
         """Whether the provider holds every shard of the schedule in memory, as float32
