@@ -371,7 +371,7 @@ def timed_batch(model: Any, cache: Any, prompts: list[list[int]],
     if cache is not None:
         cache.stop_prefetcher()
     t = model.timings
-    steps = max(1, t.forward_passes - len(prompts))
+    steps = max(1, t.decoded_tokens // len(prompts))  # one prompt pass for the batch
     return {"tokens_per_s": t.decoded_tokens / t.decode_s,
             "ms_per_step": t.decode_s / steps * 1e3,
             "wall_ms_per_step": (end_t - snap["t"]) / steps * 1e3,

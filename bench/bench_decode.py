@@ -86,7 +86,7 @@ def timed_batch(model: LlamaModel, prompts: list[list[int]], tokens: int) -> dic
     model.timings.reset()
     model.generate_batch(prompts, tokens)
     t = model.timings
-    steps = max(1, t.forward_passes - len(prompts))
+    steps = max(1, t.decoded_tokens // len(prompts))  # every sequence runs to the end
     return {"tokens_per_s": t.decoded_tokens / t.decode_s,
             "ms_per_step": t.decode_s / steps * 1000,
             "fetch_ms_per_step": t.fetch_s / t.forward_passes * 1000,
