@@ -10,7 +10,8 @@ VM; a wheel folder given with ``--llama-cpp-wheels`` skips the build).
 
 ``matmul_floor`` times only the matrix products of one decode step (the same
 shapes as the model, ``transpose_b=True``, weights resident as tensors) in one
-``tf.function``: what no decoder built from TensorFlow's matmuls can beat.
+``tf.function``, with and without XLA, and keeps the faster: what no decoder
+built from TensorFlow's matmuls can beat.
 
 Thread-safety: single-threaded benchmark helpers.
 """
@@ -84,7 +85,14 @@ def llama_cpp_decode(gguf: Path, prompt_ids: list[int], new_tokens: int, threads
 
 def matmul_floor(hp: LlamaHParams, batch: int, steps: int = 32, repeats: int = 3) -> float:
     """Median ms of one decode step's matrix products alone (random float32 weights of
-    ``hp``'s shapes, resident as tensors, one ``tf.function``, ``batch`` rows)."""
+    ``hp``'s shapes, resident as tensors, ``batch`` rows): the faster of one
+    ``tf.function`` (oneDNN's matmuls) and the same under XLA (faster at batch 1 and
+    16 on the 2-core VM, slower at 4)."""
+    return min(_matmul_floor(hp, batch, steps, repeats, jit) for jit in (False, True))
+
+
+def _matmul_floor(hp: LlamaHParams, batch: int, steps: int, repeats: int,
+                  jit: bool) -> float:
     from tiercache.models.runtime.tensorflow import tf_module
 
     tf = tf_module()
@@ -98,7 +106,7 @@ def matmul_floor(hp: LlamaHParams, batch: int, steps: int = 32, repeats: int = 3
     x0 = tf.constant(rng.standard_normal((batch, hp.dim), dtype=np.float32))
     q_dim = hp.n_heads * hp.head_dim
 
-    @tf.function  # type: ignore[untyped-decorator]
+    @tf.function(jit_compile=jit)  # type: ignore[untyped-decorator]
     def step(x: Any) -> Any:
         kv_sum = tf.zeros([batch, 1])  # keeps the K and V products from being pruned
         for wq, wk, wv, wo, wg, wu, wd in weights:
