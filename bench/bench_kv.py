@@ -99,8 +99,10 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     with tiercache.load_model(job["config"], manifest=job["manifest"], prefetch=0,
                               warn=False, kv_block_tokens=job["block_tokens"]) as model:
         doc = model.tokenizer.encode(job["document"])[:job["doc_tokens"]]
-        warm = model.tokenizer.encode(" ".join(["warm up the traces"] * 400))[:len(doc) + 12]
-        for n in (len(warm), 40, 24):  # trace the prompt pass on unrelated prompts
+        warm = model.tokenizer.encode(" ".join(["warm up the traces"] * 600))[:len(doc) + 40]
+        first = len(doc) + len(model.tokenizer.encode(
+            "\n\nQuestion: " + job["questions"][0] + "\nAnswer:"))
+        for n in (len(warm), 40, 24, first, first):  # trace the prompt pass, unrelated ids
             list(model.generate_ids(warm[:n], 2, kv_cache=False))
         short = model.tokenizer.encode("The capital of France is")
 
@@ -231,6 +233,7 @@ def main() -> int:
     base = {"document": document, "doc_tokens": args.doc_tokens, "questions": questions,
             "new_tokens": args.new_tokens, "block_tokens": args.block_tokens}
     summaries = []
+    raws: dict[str, Any] = {}
     ssd = work / "ssd"
     ram_cfg = work / "ram.toml"
     ram_cfg.write_text(_tiers(ssd, kv_capacity="25%"), encoding="utf-8")
@@ -241,6 +244,7 @@ def main() -> int:
     result = _run_child({**base, "config": str(ram_cfg), "manifest": manifest,
                          "populate": True}, args.timeout)
     summaries.append(_summary("RAM, same process", result))
+    raws["ram"] = result
     ssd_cfg = work / "ssd.toml"
     ssd_cfg.write_text(_tiers(ssd, kv_capacity="0"), encoding="utf-8")
     dropped = _drop_caches()
@@ -248,6 +252,7 @@ def main() -> int:
           flush=True)
     result = _run_child({**base, "config": str(ssd_cfg), "manifest": manifest}, args.timeout)
     summaries.append(_summary("SSD tier, new process", result))
+    raws["ssd"] = result
     if not args.no_redis:
         with _redis_server() as url:
             first = work / "worker1.toml"
@@ -264,6 +269,7 @@ def main() -> int:
             result = _run_child({**base, "config": str(second),
                                  "manifest": str(work / "worker1.model.json")}, args.timeout)
             summaries.append(_summary("Redis, second worker", result))
+            raws["redis"] = result
     print()
     print(f"SmolLM2-135M, document {summaries[0]['prompt_tokens'] - 12:.0f}+ tokens, "
           f"{args.questions} questions, {args.new_tokens} new tokens, blocks of "
@@ -280,7 +286,7 @@ def main() -> int:
               f"{total:>8} {s['tokens_reused']:>7.0f} {s['same_tokens']!s:>5} "
               f"{s['decode_ms_before']:>6.1f}/{s['decode_ms_after']:<6.1f}")
     if args.json is not None:
-        args.json.write_text(json.dumps({"summaries": summaries}, indent=2))
+        args.json.write_text(json.dumps({"summaries": summaries, "raw": raws}, indent=2))
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if all(s["same_tokens"] for s in summaries) else 1
