@@ -174,7 +174,9 @@ class MemmapSource:
 
     def close(self) -> None:
         self.views.clear()
-        self.map._mmap.close()  # type: ignore[attr-defined]
+        mapping = self.map.base  # np.memmap of a file: the mmap.mmap it reads through
+        if isinstance(mapping, mmap.mmap):
+            mapping.close()
 
 
 class RedisSource:

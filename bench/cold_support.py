@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import statistics
 import subprocess
@@ -132,7 +133,9 @@ class GGUFMemmapSource:
 
     def close(self) -> None:
         self.views.clear()
-        self.map._mmap.close()  # type: ignore[attr-defined]
+        mapping = self.map.base  # np.memmap of a file: the mmap.mmap it reads through
+        if isinstance(mapping, mmap.mmap):
+            mapping.close()
 
 
 class ZeroStoredSource:

@@ -22,7 +22,7 @@ from tiercache.models import (
 from tiercache.models.runtime import MappingProvider
 from tiercache.models.runtime.batch import generate_batch
 from tiercache.models.runtime.kv import KVCache, batch_bucket, length_bucket
-from tiercache.models.runtime.tensorflow import LlamaModel
+from tiercache.models.runtime.tensorflow import RESIDENCY_CHECK_PASSES, LlamaModel
 
 pytestmark = pytest.mark.tf
 
@@ -171,9 +171,9 @@ def test_the_whole_step_runs_in_one_call_only_when_every_shard_is_in_memory(
         assert model.group_layers == 1  # the first pass read from the SSD tier
         for key in synth.sink.arrays:
             cache.put(key, synth.sink.arrays[key], tier="ram")
-        model._passes_to_check = 1  # re-check now rather than after 16 passes
-        assert model.generate([1, 2, 3], 3) == first
+        model.generate([1, 2, 3], RESIDENCY_CHECK_PASSES)  # residency is checked again
         assert model.group_layers == HP.n_layers
+        assert model.generate([1, 2, 3], 3) == first
 
 
 # --- batches -----------------------------------------------------------------------------------

@@ -340,7 +340,7 @@ def test_a_streamed_batch_owns_the_model_until_it_is_read_or_closed(
         left = model.generate(PROMPTS, 200, stop_at_eos=False)
         next(left)
     # close() stopped the run still going (it waited for its thread)
-    assert model._batch is not None and not model._batch.running
+    assert not model.batch_running
     with pytest.raises(tiercache.TierCacheError, match="closed"):
         model.generate(["a", "b"], stream=False)
 

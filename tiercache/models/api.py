@@ -13,12 +13,9 @@ TensorFlow decoder (:class:`~tiercache.models.runtime.tensorflow.LlamaModel`),
 declares its schedule to the cache (so ``opt`` tiers and the prefetcher know the
 loop's order) and starts the prefetcher (``prefetch=0`` leaves it off).
 
-Sampling (:class:`Sampler`) is pure numpy: ``temperature=0`` is greedy (the
-largest logit, ties to the lowest id: exactly the tokens of
-``LlamaModel.generate``); otherwise the logits are divided by the temperature,
-cut to the ``top_k`` largest, then to the smallest set whose probability
-reaches ``top_p``, and one token is drawn with a ``numpy`` generator seeded by
-``seed`` (the same seed gives the same tokens).
+Sampling (:class:`Sampler`) is pure numpy: greedy at ``temperature=0`` (ties to
+the lowest id: the tokens of ``LlamaModel.generate``), else temperature, ``top_k``,
+``top_p`` and a draw seeded by ``seed`` (the same seed, the same tokens).
 
 Several prompts at once: ``generate`` and ``generate_ids`` also take a list of
 prompts and run them as one batch (``LlamaModel.generate_batch``: one forward
@@ -448,6 +445,11 @@ class Model:
             self.llama.prefix_cache = prefix
 
     @property
+    def batch_running(self) -> bool:
+        """Whether a streamed batch (``generate([...])``) is still running on its thread."""
+        return self._batch is not None and self._batch.running
+
+    @property
     def kv_stats(self) -> dict[str, int] | None:
         """What KV-block reuse did (:class:`~tiercache.models.prefix.PrefixStats`), or
         ``None`` when the model was loaded with ``kv_cache=False``."""
@@ -575,7 +577,7 @@ class Model:
         if self._closed:
             raise CacheClosedError(f"model {self.manifest.name!r} is closed (model.close() "
                                    "closed its cache)")
-        if self._batch is not None and self._batch.running:
+        if self.batch_running:
             raise RuntimeError("a streamed batch of prompts is still running on this model: "
                                "read its iterator to the end or close() it first")
 
