@@ -92,6 +92,9 @@ class Prefetcher:
         self._deferred: set[int] = set()  # positions left to the thread (copied up)
         self._notified: tuple[int, int] | None = None  # (cursor, period) of the last notify
         self._stopped = False
+        #: Times :meth:`notify` woke the thread, and passes the thread made over the window.
+        self.wakeups = 0
+        self.passes = 0
         self._thread = threading.Thread(target=self._run, name="tiercache-prefetch",
                                         daemon=True)
 
@@ -143,6 +146,7 @@ class Prefetcher:
         if wake:
             with self._cond:
                 self._cursor = cursor
+                self.wakeups += 1
                 self._cond.notify()
 
     @property
@@ -167,6 +171,7 @@ class Prefetcher:
                 if self._stopped:
                     return
                 cursor = self._seen = self._cursor
+                self.passes += 1
             try:
                 self._fetch_ahead(cursor)
             except Exception:  # never let the thread die silently
