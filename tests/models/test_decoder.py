@@ -86,6 +86,11 @@ def test_kv_cache_writes_in_place_and_grows_by_bucket() -> None:
     assert np.array_equal(cache.array[:, 0, :, 5], kv[:, 2, :, 0])
     with pytest.raises(ValueError, match="reserve"):
         cache.write(slice(0, 2), slice(0, 1), np.zeros((2, 1, 2, 200, 1, 4), np.float32))
+    cache.reserve(10)  # rows still held: a live cache never shrinks
+    assert cache.length == 128
+    cache.reset()  # a new sequence: a short prompt gets a short bucket back
+    cache.reserve(10)
+    assert cache.length == 64 and cache.reallocations == 3
 
 
 # --- exactness -----------------------------------------------------------------------------

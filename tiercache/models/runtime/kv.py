@@ -102,12 +102,14 @@ class KVCache:
 
     def reserve(self, needed: int) -> None:
         """Make every row able to hold ``needed`` positions: grow to the length bucket
-        that holds them with one copy of the live part. ``ValueError`` past the context."""
+        that holds them with one copy of the live part; an empty cache (a new
+        sequence) also shrinks to it, so a short prompt after a long one attends over
+        a short bucket again. ``ValueError`` past the context."""
         bucket = length_bucket(needed, self.context_length)
-        if bucket <= self.length:
+        used = int(self.lengths.max()) if self.lengths.size else 0
+        if bucket == self.length or (bucket < self.length and used):
             return
         grown = self._allocate(self.rows, bucket)
-        used = int(self.lengths.max()) if self.lengths.size else 0
         grown[:, :, :, :used] = self.array[:, :, :, :used]
         self.array = grown
         self.reallocations += 1
