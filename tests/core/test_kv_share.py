@@ -113,3 +113,21 @@ def test_the_policy_lab_replays_a_mixed_trace_with_the_kv_share(
         results[share] = {t["name"]: t["hits"] for t in out["tiers"]}
     assert results[None]["ram"] < 100  # every block read pushed a weight shard out
     assert results["4200"]["ram"] >= 400 - 8  # the weights stayed: every loop read after the first
+
+
+def test_a_lowered_kv_capacity_deletes_nothing_on_open(tmp_path: Path) -> None:
+    """Reopened with a smaller share than it holds: the blocks stay, and the excess moves
+    down as new blocks come in."""
+    config = _config(tmp_path, kv_capacity=None)
+    config["tiers"][1]["kv_capacity"] = "512KiB"
+    with tiercache.open(config) as cache:
+        for i in range(6):
+            cache.put(f"{KV_PREFIX}m/{i}", _shard(i), tier="ssd")
+    config["tiers"][1]["kv_capacity"] = "128KiB"
+    with tiercache.open(config) as cache:
+        ssd = cache.tier("ssd")
+        assert len(ssd.kv) == 6 and ssd.kv.opened_over
+        ssd.check_invariants()  # over its share, as opened: allowed
+        cache.put(f"{KV_PREFIX}m/new", _shard(9), tier="ssd")
+        assert ssd.kv.bytes <= 128 * KIB and not ssd.kv.opened_over
+        ssd.check_invariants()

@@ -26,6 +26,9 @@ class KVShare:
         self._sizes: OrderedDict[str, int] = OrderedDict()  # least recently used first
         #: Bytes of the blocks held.
         self.bytes = 0
+        #: Opened holding more than the bound (``kv_capacity`` lowered since): nothing is
+        #: deleted for it; the excess moves down as blocks are admitted.
+        self.opened_over = False
 
     def __len__(self) -> int:
         return len(self._sizes)
@@ -38,6 +41,9 @@ class KVShare:
         if is_kv_key(key):
             self._sizes[key] = size
             self.bytes += size
+            if self.opened_over and self.capacity_bytes is not None \
+                    and self.bytes <= self.capacity_bytes:
+                self.opened_over = False
 
     def discard(self, key: str) -> None:
         """The tier no longer holds ``key``. O(1)."""
@@ -69,12 +75,16 @@ class KVShare:
         """The least recently used block. O(1)."""
         return next(iter(self._sizes))
 
+    def opened(self) -> None:
+        """The tier indexed what its medium held: note a share already over the bound."""
+        self.opened_over = self.capacity_bytes is not None and self.bytes > self.capacity_bytes
+
     def check(self, held: dict[str, int], over_capacity: bool) -> None:
         """Raise AssertionError unless this agrees with the tier's index ``held`` and
-        (unless the tier opened over capacity) with the bound. O(n)."""
+        (unless the tier or its share opened over capacity) with the bound. O(n)."""
         assert dict(self._sizes) == {k: v for k, v in held.items() if is_kv_key(k)}
         assert self.bytes == sum(self._sizes.values())
-        if self.capacity_bytes is not None and not over_capacity:
+        if self.capacity_bytes is not None and not over_capacity and not self.opened_over:
             assert self.bytes <= self.capacity_bytes, (
                 f"KV blocks take {self.bytes} bytes > kv_capacity {self.capacity_bytes}")
 

@@ -182,6 +182,7 @@ class Tier(TierMedium, TierHealth):
             log.warning("tier %s: cannot list its shared store (%s); starting with %d shards "
                         "indexed", self.name, exc, len(self._sizes))
             self.note_failure(exc, "open")  # degraded with the real reason, retried later
+        self.kv.opened()
         if self.used_bytes > self.capacity_bytes:
             self._opened_over_bytes = self.used_bytes
             log.warning("tier %s holds %d bytes, more than its capacity of %d: nothing is "
