@@ -122,7 +122,8 @@ def prepare(root: Path, names: list[str], dtype: str = "float32") -> dict[str, P
         folder.mkdir(parents=True)
         config = folder / "tiers.toml"
         if name == "tiercache init":
-            _tiercache("init", "--model", "smollm2", "--ram", "25%", "--output", str(config))
+            _tiercache("init", "--model", "smollm2", "--ram", "25%", "--dtype", dtype,
+                       "--output", str(config))
         else:
             config.write_text(LAYOUTS[name].lstrip())
         started = time.perf_counter()
