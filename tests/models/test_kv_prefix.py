@@ -23,7 +23,7 @@ from tiercache.models import load_manifest
 from tiercache.models.api import find_manifest
 from tiercache.models.llama import LlamaHParams
 from tiercache.models.manifest import ModelManifest
-from tiercache.models.prefix import PrefixCache, block_keys, model_identity
+from tiercache.models.prefix import PrefixCache, block_keys, model_identity, stored_identity
 
 SYNTH = ["--layers", "2", "--dim", "64", "--ffn", "96", "--vocab", "300", "--heads", "4",
          "--kv-heads", "2", "--seed", "5"]
@@ -72,6 +72,16 @@ def test_model_identity_names_the_model_not_where_its_file_was() -> None:
     assert model_identity(_manifest(name="other")) != first
     assert model_identity(_manifest(dtype="native")) != first
     assert model_identity(_manifest(), b"weights") != first  # a fingerprint of its weights
+
+
+def test_the_stored_identity_tells_apart_weights_with_equal_manifests() -> None:
+    norm = np.ones(64, np.float32)
+    same = DictStore({"output_norm.weight": norm, "blk.0.attn_norm.weight": norm})
+    other = DictStore({"output_norm.weight": norm * 2, "blk.0.attn_norm.weight": norm})
+    first = stored_identity(same, _manifest())
+    assert stored_identity(DictStore(same), _manifest()) == first
+    assert stored_identity(other, _manifest()) != first
+    assert stored_identity(DictStore(), _manifest()) == model_identity(_manifest())
 
 
 # --- the block store on numpy -------------------------------------------------------------

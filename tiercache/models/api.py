@@ -51,7 +51,7 @@ from .manifest import (
     manifest_path_for_config,
     manifest_path_for_npy_dir,
 )
-from .prefix import DEFAULT_BLOCK_TOKENS, PrefixCache, model_identity
+from .prefix import DEFAULT_BLOCK_TOKENS, PrefixCache, stored_identity
 from .tokenizer import BPETokenizer, apply_chat_template
 
 if TYPE_CHECKING:
@@ -290,7 +290,7 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
     try:
         llama = LlamaModel(cache, hparams, key_prefix=loaded.key_prefix, compile=compile)
         if kv_cache:
-            llama.prefix_cache = PrefixCache(cache, _identity(cache, loaded), hparams,
+            llama.prefix_cache = PrefixCache(cache, stored_identity(cache, loaded), hparams,
                                              block_tokens=kv_block_tokens)
         cache.declare_schedule(llama.schedule())
         if depth:
@@ -299,17 +299,6 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
         cache.close()
         raise
     return Model(cache, loaded, tokenizer, llama, layout_warnings=advice)
-
-
-def _identity(cache: TieredCache, manifest: ModelManifest) -> str:
-    """The model's KV identity: its manifest plus the bytes of its norm weights (a few
-    KiB), so re-imported weights with the same manifest never share KV blocks."""
-    fingerprint = b""
-    for name in ("output_norm.weight", "blk.0.attn_norm.weight"):
-        shard = cache.get(manifest.key_prefix + name, None)
-        if isinstance(shard, np.ndarray):
-            fingerprint += np.ascontiguousarray(shard).tobytes()
-    return model_identity(manifest, fingerprint)
 
 
 def _id_batch(prompt_ids: Sequence[int] | Sequence[Sequence[int]]) -> list[list[int]] | None:

@@ -101,6 +101,18 @@ def model_identity(manifest: ModelManifest, fingerprint: bytes = b"") -> str:
     return digest.hexdigest()
 
 
+def stored_identity(store: BlockStore, manifest: ModelManifest) -> str:
+    """:func:`model_identity` of the model whose shards ``store`` serves, fingerprinted
+    with the bytes of its norm weights (a few KiB; absent ones are skipped), so
+    re-imported weights with the same manifest never share KV blocks. O(dim)."""
+    fingerprint = b""
+    for name in ("output_norm.weight", "blk.0.attn_norm.weight"):
+        shard = store.get(manifest.key_prefix + name, None)
+        if isinstance(shard, np.ndarray):
+            fingerprint += np.ascontiguousarray(shard).tobytes()
+    return model_identity(manifest, fingerprint)
+
+
 def block_keys(identity: str, token_ids: Sequence[int], block_tokens: int,
                dtype: np.dtype[Any] = KV_DTYPE) -> list[str]:
     """The keys of the complete blocks of ``token_ids``, in order. Key ``i`` hashes
