@@ -36,11 +36,12 @@ torch is imported) + ``--budget`` x the layout's own bytes + the slack". The cap
 counts the page cache. Tracing runs on zeros in the layout's stored form, so the
 decoder's reused float32 buffers count as held; freed heap is handed back
 (``malloc_trim``) before measuring. The slack is bench_serving's 160 MiB
-(``--slack-mib``), but 48 MiB for SmolLM2 (``--smollm2-slack-mib``): 160 alone
-would hold the whole 92 MiB native layout (48 got the synthetic model's opt
-RAM + packed run OOM-killed in a trial); and at least the layout's largest
-tensor (one shard in flight: SmolLM2's float32 embedding is 113 MiB, and with
-less the float32 run thrashes for many minutes a token). ``sync;
+(``--slack-mib``, ``--smollm2-slack-mib``), and at least the layout's largest
+tensor. At 160 MiB SmolLM2's 92 MiB native layout and its GGUF fit in the page
+cache the cap leaves (warm after the first pass); a smaller SmolLM2 slack makes
+them cold but starves everything in flight: at 48 MiB native runs re-read 12-31
+GB per token, and at 108 MiB (float32's 113 MB embedding alone) batch 16
+collapsed to 0.69 tok/s (docs/lab-notes/2026-12-04-cold-runs.md). ``sync;
 echo 3 > /proc/sys/vm/drop_caches`` right before the weights are first read.
 
 Reported per configuration: the cold first pass (the prompt; llama.cpp and
@@ -459,9 +460,9 @@ def main() -> None:
     parser.add_argument("--slack-mib", type=int, default=160,
                         help="added to the cap (activations, shards in flight): "
                              "bench_serving's 160 (default)")
-    parser.add_argument("--smollm2-slack-mib", type=int, default=48,
-                        help="the slack for SmolLM2 (default 48: 160 would hold all of the "
-                             "92 MiB native layout)")
+    parser.add_argument("--smollm2-slack-mib", type=int, default=160,
+                        help="the slack for SmolLM2 (default 160, which holds all of the "
+                             "92 MiB native layout; less starves the runs)")
     parser.add_argument("--prefetch", type=int, default=9, help="prefetch depth")
     parser.add_argument("--threads", type=int, default=2, help="threads for every engine")
     parser.add_argument("--config-seconds", type=float, default=60.0,
