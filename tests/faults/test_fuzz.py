@@ -304,7 +304,7 @@ def safetensors_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 @pytest.fixture(scope="module")
 def gguf_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    from test_sources import write_tiny_gguf
+    from gguf_fixtures import write_tiny_gguf
 
     path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
     write_tiny_gguf(path, layers=1, dim=32, ffn=64)

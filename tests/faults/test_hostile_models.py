@@ -231,7 +231,7 @@ def _patch_value(data: bytes, key: str, type_id: int, value: bytes) -> bytes:
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    from test_sources import write_tiny_gguf
+    from gguf_fixtures import write_tiny_gguf
 
     path = tmp_path_factory.mktemp("llama") / "tiny.gguf"
     write_tiny_gguf(path, layers=1, dim=32, ffn=64, heads=4, kv_heads=2, vocab=260)
@@ -461,7 +461,7 @@ class _FailingSink(CacheSink):
 
 def test_a_write_failing_midway_removes_the_shards_already_written(
         tmp_path: Path, cfg3: dict[str, Any]) -> None:
-    from test_sources import write_tiny_gguf
+    from gguf_fixtures import write_tiny_gguf
 
     path = tmp_path / "tiny.gguf"
     write_tiny_gguf(path, layers=1, dim=32, ffn=64)

@@ -11,9 +11,9 @@ import struct
 from pathlib import Path
 from typing import Any
 
-import gguf
 import numpy as np
 import pytest
+from gguf_fixtures import write_tiny_gguf
 from reference_llama import ReferenceLlama, load_gguf
 
 import tiercache
@@ -22,7 +22,6 @@ from tiercache.models import (
     BPETokenizer,
     CacheSink,
     DictSink,
-    LlamaHParams,
     ModelFormatError,
     ModelManifest,
     NpyDirSink,
@@ -38,54 +37,10 @@ from tiercache.models import (
     synthetic_hparams,
     synthetic_llama,
 )
-from tiercache.models.importers.synthetic import synthetic_tensor
 from tiercache.origins import NpyDirOrigin
 
 
 # --- a tiny llama GGUF --------------------------------------------------------------------------
-def write_tiny_gguf(path: Path, *, layers: int = 2, dim: int = 64, ffn: int = 96,
-                    heads: int = 4, kv_heads: int = 2, vocab: int = 300,
-                    seed: int = 0) -> dict[str, np.ndarray]:
-    """A llama GGUF with seeded weights; returns the arrays as written (before quantizing)."""
-    hp = LlamaHParams(n_layers=layers, dim=dim, ffn_dim=ffn, n_heads=heads, n_kv_heads=kv_heads,
-                      vocab_size=vocab, head_dim=dim // heads, rope_theta=5000.0)
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("tiny")
-    writer.add_block_count(layers)
-    writer.add_context_length(256)
-    writer.add_embedding_length(dim)
-    writer.add_feed_forward_length(ffn)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_rope_freq_base(5000.0)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_dimension_count(dim // heads)
-    tok = BPETokenizer.byte_level(vocab)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt2")
-    writer.add_token_list(tok.tokens)
-    writer.add_token_types(tok.token_types)
-    writer.add_token_merges(["a b"])
-    writer.add_eos_token_id(256)
-    writer.add_add_bos_token(False)
-    arrays: dict[str, np.ndarray] = {}
-    for name, shape in hp.tensor_shapes().items():
-        value = synthetic_tensor(name, shape, seed=seed, dtype=np.dtype(np.float32))
-        arrays[name] = value
-        if len(shape) == 1:
-            writer.add_tensor(name, value)
-        elif name.endswith("ffn_up.weight"):
-            writer.add_tensor(name, value.astype(np.float16))
-        else:
-            q = gguf.quants.quantize(value, gguf.GGMLQuantizationType.Q8_0)
-            writer.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return arrays
-
-
 @pytest.fixture
 def tiny_gguf(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.gguf"

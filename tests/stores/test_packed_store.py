@@ -806,7 +806,7 @@ def test_synthetic_import_lays_shards_out_in_reading_order(
 
 def test_gguf_import_lays_shards_out_in_reading_order(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from test_sources import write_tiny_gguf
+    from gguf_fixtures import write_tiny_gguf
 
     from tiercache.models.importers.gguf import import_gguf
 
