@@ -166,6 +166,35 @@ def test_eacces_on_delete_never_serves_the_stale_copy(cache: TieredCache,
     assert ssd.inner.get("k") is None
 
 
+def test_the_newest_copy_is_not_dropped_while_a_stale_one_waits_for_its_delete(
+        tmp_path: Path) -> None:
+    """A put whose older copy a tier could not delete writes the new value to another
+    persistent tier; evicting that copy out of the hierarchy while the stale one is
+    still on the medium would let a restart bring the older value back (found by the
+    crash test: an acknowledged version replaced by an older one after SIGKILL). The
+    drop waits until the stale copy is deleted."""
+    cfg = three_tier_config(tmp_path, hdd="256KiB")
+    with tiercache.open(cfg) as cache:
+        (ssd,) = _faulty(cache, "ssd")
+        cache.put("k", shard(1), tier="ssd")
+        ssd.fail(errno.EACCES, ops={"delete"})
+        cache.put("k", shard(2))
+        assert cache.where("k") == ["ram", "hdd"]
+        refused = 0
+        for i in range(40):  # enough to evict "k" out of the 256 KiB HDD tier
+            try:
+                cache.put(f"filler{i}", shard(50 + i), tier="hdd")
+            except TierCacheError:  # no room: the HDD's LRU victim is "k", kept for now
+                refused += 1
+        assert refused
+        assert "hdd" in cache.where("k")  # the newest durable copy stayed
+        np.testing.assert_array_equal(cache.get("k"), shard(2))
+        cache.check_invariants()
+    with tiercache.open(cfg) as cache:  # the stale SSD copy is still on the medium
+        got = cache.get("k", None)
+        assert got is None or np.array_equal(got, shard(2)), "the older value came back"
+
+
 def test_pending_delete_is_retried_at_close(tmp_path: Path) -> None:
     cfg = three_tier_config(tmp_path)
     with tiercache.open(cfg) as cache:

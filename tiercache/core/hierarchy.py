@@ -5,7 +5,9 @@ the next tier below that can hold it -- or dropped without a write when a copy
 of the same version already lives below (``clean_drops``). A persistent tier's
 victims only go to persistent tiers. A promotion moves a shard up (inclusive:
 copies it); out of a persistent tier into a memory tier the persistent copy
-always stays, so a shard that reached disk is never held only in memory. With a
+always stays, so a shard that reached disk is never held only in memory; while a
+tier holds an older copy it could not delete, the newest durable copy is not
+dropped out of the hierarchy (a restart would bring the older one back). With a
 declared schedule a promotion is skipped when the target would evict a shard
 the loop needs sooner (:meth:`Hierarchy._worth_promoting`).
 
@@ -70,6 +72,14 @@ class Hierarchy(CacheState):
         if source.persistent:  # never leave a persisted shard only in memory
             below = [t for t in below if t.persistent]
         if not below:
+            if source.persistent and self._stale_tiers(key):
+                # an older copy waits for its delete on another medium: dropping the
+                # newest durable copy now would let a restart bring the older one back
+                for tier in self._tiers:
+                    if key in tier.pending_deletes:
+                        tier.retry_pending_deletes()
+                if self._stale_tiers(key):
+                    raise DemotionFailed(key)
             source.count("dropped")  # evicted out of the hierarchy
             return
         try:
