@@ -195,6 +195,30 @@ def test_the_newest_copy_is_not_dropped_while_a_stale_one_waits_for_its_delete(
         assert got is None or np.array_equal(got, shard(2)), "the older value came back"
 
 
+def test_a_put_over_a_stale_copy_writes_the_new_value_before_removing_any(
+        tmp_path: Path) -> None:
+    """Found by the crash test: with an older copy waiting for its delete on the SSD, a
+    put used to delete the previous value's durable copy first and write the new one
+    after; a kill in between left the stale copy the newest on disk. Now the new value
+    is written first -- into the stale tier itself when it takes writes, which
+    overwrites the stale bytes."""
+    cfg = three_tier_config(tmp_path)
+    with tiercache.open(cfg) as cache:
+        (ssd,) = _faulty(cache, "ssd")
+        cache.put("k", shard(1), tier="ssd")
+        ssd.fail(errno.EACCES, ops={"delete"})  # the disk refuses deletes, not writes
+        cache.put("k", shard(2))
+        assert cache.where("k") == ["ram", "hdd"] and "k" in cache.tier("ssd").pending_deletes
+        cache.put("k", shard(3))
+        np.testing.assert_array_equal(ssd.inner.get("k"), shard(3))  # stale bytes replaced
+        assert "k" not in cache.tier("ssd").pending_deletes
+        assert "hdd" not in cache.where("k")  # the previous durable copy went after
+        np.testing.assert_array_equal(cache.get("k"), shard(3))
+        cache.check_invariants()
+    with tiercache.open(cfg) as cache:
+        np.testing.assert_array_equal(cache.get("k"), shard(3))
+
+
 def test_pending_delete_is_retried_at_close(tmp_path: Path) -> None:
     cfg = three_tier_config(tmp_path)
     with tiercache.open(cfg) as cache:

@@ -162,9 +162,16 @@ class TieredCache(Lookup, Maintenance):
         with self._lock:
             start = 0 if tier is None else self._tiers.index(self.tier(tier))
             self._bump(key)
+            durable = self._write_ahead_of_stale(key, array)
             for t in self._tiers:
-                t.remove(key)
-            if not self._admit_from(start, key, array, adopt=False):
+                if t is not durable:
+                    t.remove(key)
+            landed = (durable if durable is self._tiers[start]
+                      else self._admit_where(start, key, array, adopt=False))
+            if durable is not None and landed is not None and landed is not durable \
+                    and landed.persistent:  # durable where asked: one persistent copy
+                durable.remove(key)
+            if landed is None:
                 raise TierCacheError(
                     f"shard {key!r} ({array.nbytes} bytes) could not be stored: "
                     + "; ".join(self._refusal(t, array) for t in self._tiers[start:]))
@@ -177,6 +184,28 @@ class TieredCache(Lookup, Maintenance):
                         f"put of {key!r} is not durable: tier(s) {', '.join(stale)} could not "
                         "delete the older value and no persistent tier took the new one; "
                         "this process serves the new value, a restart may bring back the old")
+
+    def _write_ahead_of_stale(self, key: str, array: np.ndarray) -> Tier | None:
+        """When a tier still holds an older copy of ``key`` it could not delete (a full
+        disk), write the new value to a persistent tier *before* any current copy is
+        removed -- into the stale tier itself when it takes writes, which overwrites
+        the stale bytes -- so that no kill in between leaves the stale copy the newest
+        on disk. Returns the tier that took it, or None (nothing stale, or no tier
+        took it: :meth:`put` then writes it after the removals, as before). Lock held."""
+        stale = self._stale_tiers(key)
+        if not stale:
+            return None
+        for index, tier in enumerate(self._tiers):  # the stale tier first: it may take writes
+            if tier.name in stale:
+                try:
+                    if tier.admit(key, array, self._demoter(index), force=True):
+                        return tier
+                except StoreError as exc:
+                    tier.count("errors")
+                    log.warning("tier %s failed to take %r: %s", tier.name, key, exc)
+        first = next((i for i, t in enumerate(self._tiers) if t.persistent and not t.shared),
+                     None)
+        return None if first is None else self._admit_where(first, key, array, adopt=False)
 
     def __setitem__(self, key: str, array: np.ndarray) -> None:
         self.put(key, array)

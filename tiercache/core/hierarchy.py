@@ -39,6 +39,11 @@ class Hierarchy(CacheState):
 
         If none does, degraded tiers waiting for their retry time are tried once
         more (a last resort: a put fails only if no tier can take it right now)."""
+        return self._admit_where(start, key, array, adopt=adopt) is not None
+
+    def _admit_where(self, start: int, key: str, array: np.ndarray, *,
+                     adopt: bool) -> Tier | None:
+        """:meth:`_admit_from`, returning the tier that took the shard (or None)."""
         for force in (False, True):
             for index in range(start, len(self._tiers)):
                 tier = self._tiers[index]
@@ -47,11 +52,11 @@ class Hierarchy(CacheState):
                 try:
                     if tier.admit(key, array, self._demoter(index),
                                   adopt=adopt and tier.is_memory, force=force):
-                        return True
+                        return tier
                 except StoreError as exc:  # e.g. Redis is down: try the tiers below
                     tier.count("errors")
                     log.warning("tier %s failed to take %r: %s", tier.name, key, exc)
-        return False
+        return None
 
     def _demoter(self, index: int) -> Any:
         def demote(victim: str) -> None:
