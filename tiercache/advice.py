@@ -6,11 +6,12 @@ before the first token and ``tiercache init`` can write a layout:
 
 - :func:`layout_warnings` -- a tier the loop fills whose policy does not know
   the schedule (``lru``, ``fifo``, ``clock``, ``arc``, ``lfu``, ...; not
-  ``opt``) and that is smaller than one forward pass thrashes: a decoder reads
-  every shard once per token in the same order, so the least recently used
-  shard is always the next one needed, and every get misses
-  (docs/serving.md, "What the numbers say"). Also prefetching from an ``lmdb``
-  tier below a RAM tier that cannot hold the model.
+  ``opt``) and that is smaller than one forward pass would thrash on its own: a
+  decoder reads every shard once per token in the same order, so the least
+  recently used shard is always the next one needed. With the schedule declared,
+  the engine's promotion rule keeps a fixed part of the pass in such a tier
+  instead (docs/serving.md); the warning says which policy keeps the best part.
+  Also prefetching from an ``lmdb`` tier below a RAM tier that cannot hold the model.
 - :func:`recommended_layout` -- the TOML of docs/serving.md's recipe sized
   for a model: an ``opt`` RAM tier over a ``packed``, ``zero_copy`` SSD tier,
   each choice with its reason as a comment.
@@ -63,14 +64,19 @@ def _thrash_warning(cfg: CacheConfig, index: int, schedule_bytes: int) -> str:
     tier = cfg.tiers[index]
     head = (f"{cfg.config_path}: tier {tier.name!r} ({tier.policy}, {_mib(tier.capacity_bytes)}) "
             f"is smaller than one forward pass ({_mib(schedule_bytes)}) and its policy does "
-            "not know the loop's order: each shard is evicted just before it is needed "
-            "again, so nearly every get misses (thrashing).")
+            "not know the loop's order: ")
     if index + 1 < len(cfg.tiers):
         below = cfg.tiers[index + 1].name
-        fix = (f' Fix: policy = "opt" on tier {tier.name!r} (schedule-aware; generate '
-               f'declares the schedule), or promote_after = "never" on tier {below!r} '
+        head += ("on its own it would thrash (evict each shard just before it is needed "
+                 "again). With the schedule declared (generate declares it) the engine skips "
+                 "promotions that would evict a shard needed sooner, so the tier keeps a fixed "
+                 "part of the pass -- whichever part the policy happened to keep.")
+        fix = (f' Fix: policy = "opt" on tier {tier.name!r} (schedule-aware: keeps the part '
+               f'worth most), or promote_after = "never" on tier {below!r} '
                "(read-through). See docs/serving.md.")
     else:
+        head += ("each shard is evicted just before it is needed again, so nearly every get "
+                 "misses (thrashing).")
         fix = (f' Fix: policy = "opt" on tier {tier.name!r}, or a capacity of at least '
                f"{_mib(schedule_bytes)}. See docs/serving.md.")
     return head + fix

@@ -149,3 +149,35 @@ class BufferPool:
 
 #: The pool behind :func:`tiercache.codec.empty_aligned`.
 default_pool = BufferPool()
+
+
+_libc: object | None = None
+
+
+def pages_resident(array: np.ndarray) -> bool:
+    """Whether every page under ``array``'s bytes is in memory now (``mincore``): for a
+    view of a mapped file, that reading it will not wait for the disk. ``False`` where
+    ``mincore`` is unavailable (not Linux) or fails. A snapshot: the kernel may evict
+    a page right after. O(pages): one system call, a byte of output per page.
+    Thread-safe."""
+    global _libc
+    import ctypes
+    import ctypes.util
+
+    if array.nbytes == 0:
+        return True
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        except OSError:
+            _libc = False
+    mincore = getattr(_libc, "mincore", None)
+    if mincore is None:
+        return False
+    start = array.ctypes.data - array.ctypes.data % PAGE_BYTES
+    length = array.ctypes.data + array.nbytes - start
+    pages = -(-length // PAGE_BYTES)
+    vec = (ctypes.c_ubyte * pages)()
+    if mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), vec) != 0:
+        return False
+    return bool(np.all(np.frombuffer(memoryview(vec).cast("B"), dtype=np.uint8) & 1))

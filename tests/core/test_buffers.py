@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import mmap
+import os
+from pathlib import Path
+
 import numpy as np
 
 from tiercache.buffers import MIN_POOLED_BYTES, PAGE_BYTES, BufferPool
@@ -64,3 +68,24 @@ def test_allocated_nbytes_is_the_raw_buffer_behind_acquire() -> None:
         assert isinstance(raw, np.ndarray) and raw.flags.owndata
         assert raw.nbytes == BufferPool.allocated_nbytes(nbytes), nbytes
         assert BufferPool.allocated_nbytes(nbytes) >= nbytes + PAGE_BYTES - 1
+
+
+def test_pages_resident_follows_the_page_cache(tmp_path: Path) -> None:
+    """mincore's answer: anonymous memory is resident; a mapped file's pages are after
+    a read and are not once the kernel dropped them (fdatasync, then DONTNEED)."""
+    from tiercache.buffers import pages_resident
+
+    assert pages_resident(np.ones(1 << 18, np.float32))
+    assert pages_resident(np.empty(0, np.float32))
+    path = tmp_path / "w.bin"
+    np.arange(8 << 20, dtype=np.float32).tofile(path)  # 32 MiB: beyond read-ahead
+    with open(path, "rb") as f:
+        os.fdatasync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        view = np.frombuffer(mapped, np.float32)
+        assert not pages_resident(view)
+        assert float(view[: 1 << 18].sum()) > 0  # touch the first MiB
+        assert pages_resident(view[1000: 1 << 18]) and not pages_resident(view)
+        del view
+        mapped.close()

@@ -181,6 +181,30 @@ def test_the_whole_step_runs_in_one_call_only_when_every_shard_is_in_memory(
         assert model.generate([1, 2, 3], 3) == first
 
 
+def test_the_whole_step_runs_over_views_of_a_zero_copy_tier_in_the_page_cache(
+        synth: Synthetic, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shards a zero-copy (packed) tier serves as verified float32 views cost no memory
+    of their own: the whole step runs in one call while every page is in the page cache
+    (mincore), block by block as soon as one is not (reading it would wait for the disk).
+    Same tokens either way."""
+    from tiercache.models.runtime import tensorflow as runtime
+
+    cfg = {"tiers": [{"name": "ssd", "backend": "packed", "path": str(tmp_path / "ssd"),
+                      "capacity": "64MiB", "zero_copy": True}]}
+    with tiercache.open(cfg) as cache:
+        for key, array in synth.sink.arrays.items():
+            cache.put(key, array.astype(np.float32))
+        model = LlamaModel.from_manifest(cache, synth.manifest)
+        first = model.generate([1, 2, 3], 3)
+        model.generate([1, 2, 3], RESIDENCY_CHECK_PASSES)
+        assert model.group_layers == HP.n_layers
+        assert model.generate([1, 2, 3], 3) == first
+        monkeypatch.setattr(runtime, "pages_resident", lambda array: False)
+        model.generate([1, 2, 3], RESIDENCY_CHECK_PASSES)
+        assert model.group_layers == 1
+        assert model.generate([1, 2, 3], 3) == first
+
+
 # --- batches -----------------------------------------------------------------------------------
 PROMPTS = [[1, 2, 3], [5], [7, 8, 9, 10, 11, 12, 13], [4, 4], [250, 3, 17]]
 

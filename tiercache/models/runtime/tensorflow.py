@@ -52,12 +52,14 @@ may share one provider.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
+from ...buffers import pages_resident
 from ...errors import ModelFormatError, ShardNotFoundError
 from ..llama import LlamaHParams, llama_layer_keys, llama_schedule
 from ..manifest import ModelManifest
@@ -150,8 +152,10 @@ class LlamaModel:
         step fetched first). ``None`` (the default): the whole step while every
         shard of the schedule is held in memory (a
         :class:`~tiercache.models.runtime.MappingProvider`, or a cache whose
-        fastest copy of each is in a memory tier; checked every
-        :data:`RESIDENCY_CHECK_PASSES` passes), else block by block. Measured
+        fastest copy of each is in a memory tier or is a verified float32 view
+        of a zero-copy tier whose pages are all in the page cache, asked of
+        ``mincore``; checked every :data:`RESIDENCY_CHECK_PASSES` passes), else
+        block by block. Measured
         (2-core VM, SmolLM2 float32 all in RAM, ratio to the matmul floor of the
         same rounds, bench/bench_decoder_ab.py, two runs): whole step
         0.79-1.02x, block by block 1.06-1.47x (an earlier run: groups of 5
@@ -177,6 +181,9 @@ class LlamaModel:
         self._auto_group = group_layers is None
         self._passes_to_check = 0
         self._memo: dict[str, tuple[np.ndarray, Any]] | None = None
+        #: The array each key's last fetch returned, while something else holds it (a
+        #: store's cached view): what the residency check asks ``mincore`` about.
+        self._seen: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
         self.timings = ModelTimings()
         self._shapes = {key_prefix + k: v for k, v in hparams.tensor_shapes().items()}
         self._layer_keys = [llama_layer_keys(i, key_prefix) for i in range(hparams.n_layers)]
@@ -435,7 +442,8 @@ class LlamaModel:
 
     def _all_resident(self) -> bool:
         """Whether the provider holds every shard of the schedule in memory, as float32
-        (no decoding: see the loop's comment). O(shards)."""
+        (no decoding: see the loop's comment): in a memory tier, or as a verified view
+        of a zero-copy tier whose pages are all in the page cache. O(shards + pages)."""
         provider: Any = self.provider
         if isinstance(provider, MappingProvider):
             return all(isinstance(a, np.ndarray) and a.dtype == np.float32
@@ -449,7 +457,16 @@ class LlamaModel:
                 return False
             top = tier(names[0])
             if not getattr(top, "holds_arrays", False):
-                return False
+                # a zero-copy tier's view costs no memory of its own; it runs in the
+                # whole step when it is verified, float32 and wholly in the page cache
+                # (else reading it would wait for the disk: block by block, the
+                # prefetcher overlaps that wait with compute)
+                seen = self._seen.get(key)
+                if not (getattr(top, "zero_copy", False) and top.viewed(key)
+                        and seen is not None and seen.dtype == np.float32
+                        and pages_resident(seen)):
+                    return False
+                continue
             # a stored (quantized, float16) shard would need a decoded buffer of its own for
             # the whole step: memory no tier counts. Only float32 shards (a float32 import, a
             # decoded memory tier) run the whole step; others stream block by block.
@@ -525,4 +542,5 @@ class LlamaModel:
                                    f"expects {expected}: the cache holds another model")
         t.shards_fetched += 1
         t.bytes_fetched += array.nbytes
+        self._seen[key] = array
         return array
