@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -82,6 +82,43 @@ RESIDENCY_CHECK_PASSES = 16
 
 __all__ = ["TF_ALIGN_BYTES", "LlamaModel", "ModelTimings", "_writable_alias", "greedy",
            "tf_module", "to_tensor", "zero_copy_ok"]
+
+
+def every_shard_in_memory(provider: Any, keys: Iterable[str],
+                          seen: Mapping[str, np.ndarray]) -> bool:
+    """Whether ``provider`` holds every shard of ``keys`` in memory, as float32 (no
+    decoding: see the loop's comment): in a memory tier, or as a verified view of a
+    zero-copy tier whose pages are all in the page cache -- ``seen`` maps a key to the
+    array its last fetch returned, what ``mincore`` is asked about. O(shards + pages)."""
+    if isinstance(provider, MappingProvider):
+        return all(isinstance(a, np.ndarray) and a.dtype == np.float32
+                   for a in provider.arrays.values())
+    where, tier = getattr(provider, "where", None), getattr(provider, "tier", None)
+    if where is None or tier is None:
+        return False
+    for key in keys:
+        names = where(key)
+        if not names:
+            return False
+        top = tier(names[0])
+        if not getattr(top, "holds_arrays", False):
+            # a zero-copy tier's view costs no memory of its own; it runs in the
+            # whole step when it is verified, float32 and wholly in the page cache
+            # (else reading it would wait for the disk: block by block, the
+            # prefetcher overlaps that wait with compute)
+            view = seen.get(key)
+            if not (getattr(top, "zero_copy", False) and top.viewed(key)
+                    and view is not None and view.dtype == np.float32
+                    and pages_resident(view)):
+                return False
+            continue
+        # a stored (quantized, float16) shard would need a decoded buffer of its own for
+        # the whole step: memory no tier counts. Only float32 shards (a float32 import, a
+        # decoded memory tier) run the whole step; others stream block by block.
+        info = top.info(key)
+        if info is None or np.dtype(info.dtype) != np.float32:
+            return False
+    return True
 
 
 @dataclass
@@ -441,39 +478,8 @@ class LlamaModel:
                                    skip_tokens=len(prompt_ids))
 
     def _all_resident(self) -> bool:
-        """Whether the provider holds every shard of the schedule in memory, as float32
-        (no decoding: see the loop's comment): in a memory tier, or as a verified view
-        of a zero-copy tier whose pages are all in the page cache. O(shards + pages)."""
-        provider: Any = self.provider
-        if isinstance(provider, MappingProvider):
-            return all(isinstance(a, np.ndarray) and a.dtype == np.float32
-                       for a in provider.arrays.values())
-        where, tier = getattr(provider, "where", None), getattr(provider, "tier", None)
-        if where is None or tier is None:
-            return False
-        for key in set(self.schedule()):
-            names = where(key)
-            if not names:
-                return False
-            top = tier(names[0])
-            if not getattr(top, "holds_arrays", False):
-                # a zero-copy tier's view costs no memory of its own; it runs in the
-                # whole step when it is verified, float32 and wholly in the page cache
-                # (else reading it would wait for the disk: block by block, the
-                # prefetcher overlaps that wait with compute)
-                seen = self._seen.get(key)
-                if not (getattr(top, "zero_copy", False) and top.viewed(key)
-                        and seen is not None and seen.dtype == np.float32
-                        and pages_resident(seen)):
-                    return False
-                continue
-            # a stored (quantized, float16) shard would need a decoded buffer of its own for
-            # the whole step: memory no tier counts. Only float32 shards (a float32 import, a
-            # decoded memory tier) run the whole step; others stream block by block.
-            info = top.info(key)
-            if info is None or np.dtype(info.dtype) != np.float32:
-                return False
-        return True
+        """:func:`every_shard_in_memory` for this model's schedule."""
+        return every_shard_in_memory(self.provider, set(self.schedule()), self._seen)
 
     def _embed(self, ids: np.ndarray) -> np.ndarray:
         """Float32 embedding rows ``[rows, T, dim]`` (row lookup: no full-table handoff)."""
