@@ -273,7 +273,7 @@ def test_batch_does_not_disturb_the_single_sequence(synth: Synthetic) -> None:
 
 
 # --- stored formats --------------------------------------------------------------------------
-@pytest.mark.parametrize("encoding", ["Q8_0", "BF16", "F16"])
+@pytest.mark.parametrize("encoding", ["Q8_0", "Q4_0", "Q4_1", "BF16", "F16"])
 def test_quantized_shards_decode_to_the_float_model(synth: Synthetic, encoding: str) -> None:
     from tiercache.models import quant
     from tiercache.models.runtime.handoff import aligned_empty
@@ -283,30 +283,53 @@ def test_quantized_shards_decode_to_the_float_model(synth: Synthetic, encoding: 
         out[...] = array
         return out
 
-    stored = {k: quant.quantize(v, encoding) if v.ndim == 2 else aligned(v)
+    def encode(v: np.ndarray) -> np.ndarray:
+        if encoding in ("Q4_0", "Q4_1"):  # tiercache writes only Q8_0: gguf-py's encoder
+            from gguf import GGMLQuantizationType, quants
+            blocks = quants.quantize(v.astype(np.float32),
+                                     getattr(GGMLQuantizationType, encoding))
+            return blocks.reshape(v.shape[0], -1, quant.GGML_TYPES[encoding].block_bytes)
+        return quant.quantize(v, encoding)
+
+    stored = {k: aligned(encode(v)) if v.ndim == 2 else aligned(v)
               for k, v in synth.sink.arrays.items()}
     decoded = {k: quant.dequantize(v) for k, v in stored.items()}
     model = LlamaModel.from_manifest(MappingProvider(stored), synth.manifest)
     tokens = model.generate([1, 2, 3], 8)
-    assert model.timings.dequant_s > 0
-    assert model.timings.copied_handoffs == 0  # decoded into aligned buffers: zero-copy
-    # stored shards stream block by block, decoded at each use into one block's buffers:
-    # the decoded model is never held whole (no tier counts that memory)
-    decoded_s = model.timings.dequant_s
-    assert model.generate([1, 2, 3], 8) == tokens
-    assert model.timings.dequant_s > decoded_s
-    one_block = sum(quant.dequantize(v).nbytes for k, v in stored.items()
-                    if k.startswith("blk.0."))
-    head = max(quant.dequantize(v).nbytes for v in stored.values())
-    assert 0 < model.decode_buffer_bytes <= one_block + 2 * head
-    assert model.group_layers == 1
+    assert model.timings.copied_handoffs == 0  # blocks as stored or decoded into aligned buffers
     assert tokens == LlamaModel.from_manifest(MappingProvider(decoded),
                                               synth.manifest).generate([1, 2, 3], 8)
+    if encoding in ("Q8_0", "Q4_0", "Q4_1"):
+        # the compiled functions multiply by the blocks as stored: no decoded buffer
+        # (only the embedding rows a pass looks up are dequantized), and the whole step
+        # runs in one call (nothing to hold); logits within float rounding of the eager
+        # path, which dequantizes exactly
+        assert model.decode_buffer_bytes == 0
+        model.generate([1, 2, 3], RESIDENCY_CHECK_PASSES)
+        assert model.group_layers == HP.n_layers
+        eager = LlamaModel.from_manifest(MappingProvider(stored), synth.manifest, compile=False)
+        compiled = LlamaModel.from_manifest(MappingProvider(stored), synth.manifest)
+        for ids in ([1, 2, 3], [4], [5]):  # a prompt pass, then two one-token steps
+            want, got = eager.forward(ids), compiled.forward(ids)
+            assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+        assert eager.timings.dequant_s > 0
+    else:
+        assert model.timings.dequant_s > 0
+        # stored shards stream block by block, decoded at each use into one block's
+        # buffers: the decoded model is never held whole (no tier counts that memory)
+        decoded_s = model.timings.dequant_s
+        assert model.generate([1, 2, 3], 8) == tokens
+        assert model.timings.dequant_s > decoded_s
+        one_block = sum(quant.dequantize(v).nbytes for k, v in stored.items()
+                        if k.startswith("blk.0."))
+        head = max(quant.dequantize(v).nbytes for v in stored.values())
+        assert 0 < model.decode_buffer_bytes <= one_block + 2 * head
+        assert model.group_layers == 1
     wrong = dict(stored)
     other = synthetic_llama(DictSink(), synthetic_hparams(layers=1, dim=96, vocab=300),
                             progress=False)
     assert other.tensors["blk.0.attn_q.weight"].shape != (64, 64)
-    wrong["blk.0.attn_q.weight"] = quant.quantize(np.ones((64, 96), np.float32), encoding)
+    wrong["blk.0.attn_q.weight"] = encode(np.ones((64, 96), np.float32))
     with pytest.raises(tiercache.TierCacheError, match=r"attn_q.*\(64, 96\).*another model"):
         LlamaModel.from_manifest(MappingProvider(wrong), synth.manifest).forward([1])
     broken = dict(stored)

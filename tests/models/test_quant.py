@@ -233,3 +233,33 @@ def test_bench_reports_every_type() -> None:
     assert set(result) == set(GGML_TYPES)
     assert all(ours > 0 and theirs is not None and theirs > 0
                for ours, theirs in result.values())
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("encoding", ["Q4_0", "Q4_1", "Q8_0"])
+def test_products_on_blocks_in_tensorflow_match_dequantize_then_multiply(encoding: str) -> None:
+    """qlinear's fused per-block sums (few rows) and in-graph dequantization (more rows),
+    compiled by XLA or not, equal numpy's exact dequantization times the input up to
+    float rounding; the in-graph dequantized matrix equals quant.dequantize's."""
+    import tensorflow as tf
+    from gguf import GGMLQuantizationType, quants
+
+    from tiercache.models.runtime.qlinear import dequantized, is_tf_block, quantized_linear
+
+    rng = np.random.default_rng(7)
+    weights = (rng.standard_normal((96, 128)) * 0.05).astype(np.float32)
+    blocks = quants.quantize(weights, getattr(GGMLQuantizationType, encoding))
+    blocks = np.ascontiguousarray(blocks.reshape(96, 4, -1))
+    assert is_tf_block(blocks.dtype, blocks.shape)
+    assert not is_tf_block(np.dtype(np.float32), (96, 128))
+    exact = quant.dequantize(blocks)
+    graph_w = tf.function(lambda b: dequantized(tf, b))(tf.constant(blocks)).numpy()
+    assert np.array_equal(graph_w, exact)  # same formula, same float32 roundings
+    for xla in (True, False):
+        fn = tf.function(lambda x, b: quantized_linear(tf, x, b), jit_compile=xla)
+        for rows in (1, 2, 4, 16):
+            x = rng.standard_normal((rows, 128)).astype(np.float32)
+            got = fn(tf.constant(x), tf.constant(blocks)).numpy()
+            want = x @ exact.T
+            assert got.shape == (rows, 96)
+            assert np.abs(got - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))

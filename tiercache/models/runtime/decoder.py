@@ -20,7 +20,9 @@ Shapes (``L`` layers in the group, ``T`` new tokens per row, ``d`` model width):
   read only: the new tokens attend to the cache *and* to themselves (a causal
   ``T x T`` block), so the function never writes the cache and never copies it;
 - ``weights``: ``L`` tuples of the nine block tensors (GGUF layout, rows =
-  outputs).
+  outputs): float32, or Q4_0/Q4_1/Q8_0 blocks as stored (uint8), which
+  :func:`~tiercache.models.runtime.qlinear.quantized_linear` multiplies by
+  without a float32 copy (a new trace per mix of the two).
 
 It returns the new ``x`` and the new keys/values ``[L, B, 2, T, n_kv, head_dim]``,
 which the caller writes in place into its preallocated cache
@@ -40,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..llama import LlamaHParams
+from .qlinear import quantized_linear
 
 
 @dataclass
@@ -109,10 +112,17 @@ def build_functions(tf: Any, hp: LlamaHParams, *, compile: bool = True,
         x0, x1 = x[..., :half], x[..., half:]  # rotate (x[i], x[i+d/2]) -- HF rotate_half
         return tf.concat([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
 
+    def matmul_t(x: Any, w: Any) -> Any:
+        # x: [n, in] @ w.T, w float32 [out, in] or ggml blocks [out, in/32, bytes] (uint8)
+        if w.dtype == tf.uint8:
+            return quantized_linear(tf, x, w)
+        return tf.matmul(x, w, transpose_b=True)
+
     def linear(h: Any, w: Any) -> Any:
         # h: [B, T, in], w: [out, in] -> [B, T, out] (one matmul over all rows)
         shape = tf.shape(h)
-        flat = tf.matmul(tf.reshape(h, [-1, shape[-1]]), w, transpose_b=True)
+        width = h.shape[-1] if h.shape[-1] is not None else shape[-1]
+        flat = matmul_t(tf.reshape(h, [-1, width]), w)
         return tf.reshape(flat, tf.concat([shape[:2], [-1]], axis=0))
 
     def attention(q: Any, k: Any, v: Any, cache: Any, mask: Any, causal: Any) -> Any:
@@ -155,7 +165,7 @@ def build_functions(tf: Any, hp: LlamaHParams, *, compile: bool = True,
         return x, tf.stack(new_kv, axis=0)
 
     def head_body(x: Any, norm: Any, weight: Any) -> Any:
-        return tf.matmul(rms_norm(x[:, -1], norm), weight, transpose_b=True)
+        return matmul_t(rms_norm(x[:, -1], norm), weight)
 
     if not compile:
         fns.group = fns.step = group_body

@@ -76,6 +76,7 @@ from .handoff import (
     zero_copy_ok,
 )
 from .kv import KVCache
+from .qlinear import is_tf_block
 
 #: How often (forward passes) ``group_layers=None`` re-checks that every shard is in memory.
 RESIDENCY_CHECK_PASSES = 16
@@ -85,13 +86,18 @@ __all__ = ["TF_ALIGN_BYTES", "LlamaModel", "ModelTimings", "_writable_alias", "g
 
 
 def every_shard_in_memory(provider: Any, keys: Iterable[str],
-                          seen: Mapping[str, np.ndarray]) -> bool:
-    """Whether ``provider`` holds every shard of ``keys`` in memory, as float32 (no
-    decoding: see the loop's comment): in a memory tier, or as a verified view of a
-    zero-copy tier whose pages are all in the page cache -- ``seen`` maps a key to the
+                          seen: Mapping[str, np.ndarray], *, raw_blocks: bool = False) -> bool:
+    """Whether ``provider`` holds every shard of ``keys`` in memory, as float32 -- or,
+    with ``raw_blocks``, as Q4_0/Q4_1/Q8_0 blocks the compiled step computes on (no
+    decoded buffer: see the loop's comment): in a memory tier, or as a verified view of
+    a zero-copy tier whose pages are all in the page cache -- ``seen`` maps a key to the
     array its last fetch returned, what ``mincore`` is asked about. O(shards + pages)."""
+
+    def ready(dtype: Any, shape: tuple[int, ...]) -> bool:
+        return dtype == np.float32 or (raw_blocks and is_tf_block(dtype, shape))
+
     if isinstance(provider, MappingProvider):
-        return all(isinstance(a, np.ndarray) and a.dtype == np.float32
+        return all(isinstance(a, np.ndarray) and ready(a.dtype, a.shape)
                    for a in provider.arrays.values())
     where, tier = getattr(provider, "where", None), getattr(provider, "tier", None)
     if where is None or tier is None:
@@ -108,7 +114,7 @@ def every_shard_in_memory(provider: Any, keys: Iterable[str],
             # prefetcher overlaps that wait with compute)
             view = seen.get(key)
             if not (getattr(top, "zero_copy", False) and top.viewed(key)
-                    and view is not None and view.dtype == np.float32
+                    and view is not None and ready(view.dtype, view.shape)
                     and pages_resident(view)):
                 return False
             continue
@@ -116,7 +122,7 @@ def every_shard_in_memory(provider: Any, keys: Iterable[str],
         # the whole step: memory no tier counts. Only float32 shards (a float32 import, a
         # decoded memory tier) run the whole step; others stream block by block.
         info = top.info(key)
-        if info is None or np.dtype(info.dtype) != np.float32:
+        if info is None or not ready(np.dtype(info.dtype), tuple(info.shape)):
             return False
     return True
 
@@ -217,7 +223,11 @@ class LlamaModel:
         self.group_layers = min(group_layers or 1, hparams.n_layers)
         self._auto_group = group_layers is None
         self._passes_to_check = 0
-        self._memo: dict[str, tuple[np.ndarray, Any]] | None = None
+        self._memo: dict[str, tuple[np.ndarray, Any, bool]] | None = None
+        #: Hand Q4_0/Q4_1/Q8_0 blocks to the compiled functions as stored (the eager
+        #: path dequantizes in numpy: the exact reference).
+        self._raw_blocks = compile
+        self._forms: list[bool] = []
         #: The array each key's last fetch returned, while something else holds it (a
         #: store's cached view): what the residency check asks ``mincore`` about.
         self._seen: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
@@ -339,6 +349,7 @@ class LlamaModel:
         size = self.group_layers
         for first in range(0, hp.n_layers, size):
             layers = range(first, min(first + size, hp.n_layers))
+            self._forms = []
             weights = tuple(tuple(self._weight(key, (layer - first, j))
                                   for j, key in enumerate(self._layer_keys[layer]))
                             for layer in layers)
@@ -347,7 +358,8 @@ class LlamaModel:
             args = (x, cos, sin, mask, caches, weights)
             if steps == 1:  # the compiled step: one trace per (group, batch, length) bucket
                 flat = [x, cos, sin, mask, *caches, *(w for ws in weights for w in ws)]
-                x, new_kv = fns.call("step", (len(layers), n_rows, cache.length), args, flat)
+                x, new_kv = fns.call("step", (len(layers), n_rows, cache.length,
+                                              tuple(self._forms)), args, flat)
             else:
                 x, new_kv = fns.group(*args)
             cache.write(slice(layers.start, layers.stop), rows, new_kv.numpy())
@@ -359,11 +371,13 @@ class LlamaModel:
         else:
             cache.lengths[rows] += counts
             last = tf.gather(x, np.maximum(counts - 1, 0)[:, None], batch_dims=1)
+        self._forms = []
         norm = self._weight(self._norm_key, "norm")
         head = self._weight(self._output_key, "head")
         t0 = time.perf_counter()
         head_args = (last, norm, head)
-        logits = np.asarray(fns.call("head", (n_rows,), head_args, list(head_args)),
+        logits = np.asarray(fns.call("head", (n_rows, tuple(self._forms)), head_args,
+                                     list(head_args)),
                             dtype=np.float32)
         t.compute_s += time.perf_counter() - t0
         del head, norm, head_args
@@ -479,7 +493,8 @@ class LlamaModel:
 
     def _all_resident(self) -> bool:
         """:func:`every_shard_in_memory` for this model's schedule."""
-        return every_shard_in_memory(self.provider, set(self.schedule()), self._seen)
+        return every_shard_in_memory(self.provider, set(self.schedule()), self._seen,
+                                     raw_blocks=self._raw_blocks)
 
     def _embed(self, ids: np.ndarray) -> np.ndarray:
         """Float32 embedding rows ``[rows, T, dim]`` (row lookup: no full-table handoff)."""
@@ -491,7 +506,9 @@ class LlamaModel:
         return rows.reshape(*ids.shape, -1)
 
     def _weight(self, key: str, slot: Any) -> Any:
-        """Fetch, decode (stored formats) and hand over one shard as a float32 tensor.
+        """Fetch, decode (stored formats) and hand over one shard as a float32 tensor --
+        or, for the compiled functions, Q4_0/Q4_1/Q8_0 blocks as stored (uint8: see
+        :mod:`~tiercache.models.runtime.qlinear`); records which in ``_forms``.
 
         While the whole step runs in one call (every shard in memory), the tensor
         made from a shard is kept with the array it came from and reused as long
@@ -506,9 +523,14 @@ class LlamaModel:
             kept = memo.get(key)
             if kept is not None and kept[0] is array:
                 t.zero_copy_handoffs += 1
+                self._forms.append(kept[2])
                 return kept[1]
         source = array
-        if array.dtype != np.float32:
+        raw = self._raw_blocks and is_tf_block(array.dtype, array.shape)
+        self._forms.append(raw)
+        if raw:
+            pass  # Q4_0/Q4_1/Q8_0 blocks: the compiled functions multiply by them as stored
+        elif array.dtype != np.float32:
             t0 = time.perf_counter()
             array = self._decoder.decode(key, array, slot)
             t.dequant_s += time.perf_counter() - t0
@@ -520,7 +542,7 @@ class LlamaModel:
         else:
             t.copied_handoffs += 1
         if memo is not None:
-            memo[key] = (source, tensor)
+            memo[key] = (source, tensor, raw)
         return tensor
 
     def _fetch(self, key: str) -> np.ndarray:
