@@ -336,3 +336,36 @@ def test_quantized_shards_decode_to_the_float_model(synth: Synthetic, encoding: 
     broken["blk.0.attn_k.weight"] = np.zeros((32, 2, 7), np.uint8)  # no ggml block is 7 bytes
     with pytest.raises(tiercache.TierCacheError, match="attn_k"):
         LlamaModel.from_manifest(MappingProvider(broken), synth.manifest).forward([1])
+
+
+def test_a_shard_that_came_decoded_once_is_decoded_from_then_on(synth: Synthetic) -> None:
+    """Each mix of float32 and block forms is an XLA trace of its own: a key served as
+    float32 once (a decoded tier) is decoded whenever it comes as blocks afterwards, so
+    moving between a decoded and a stored tier changes its form once, not every time."""
+    from gguf import GGMLQuantizationType, quants
+
+    from tiercache.models import quant
+
+    stored = {}
+    for k, v in synth.sink.arrays.items():
+        if v.ndim == 2:
+            blocks = quants.quantize(v.astype(np.float32), GGMLQuantizationType.Q4_1)
+            v = blocks.reshape(v.shape[0], -1, 20)
+        stored[k] = np.ascontiguousarray(v)
+    arrays = dict(stored)
+    model = LlamaModel.from_manifest(MappingProvider(arrays), synth.manifest,
+                                     group_layers=HP.n_layers)  # one mode throughout
+    model.generate([1, 2, 3], 4)
+
+    def step_traces() -> int:
+        return sum(n for k, n in model.traces().items() if k.startswith("step:"))
+
+    before = step_traces()
+    keys = ["blk.0.attn_q.weight", "blk.1.ffn_up.weight", "blk.2.ffn_down.weight"]
+    # which of the three come decoded, pass after pass: six different mixes
+    for decoded in ([0], [1], [2], [0, 1], [], [1, 2], [0], [2]):
+        for i, key in enumerate(keys):
+            arrays[key] = quant.dequantize(stored[key]) if i in decoded else stored[key]
+        model.generate([1, 2, 3], 2)
+    # forms change only towards decoded: {0}, {0,1}, {0,1,2} -- three new traces, not six
+    assert step_traces() == before + 3, model.traces()

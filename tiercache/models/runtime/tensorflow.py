@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -86,19 +86,22 @@ __all__ = ["TF_ALIGN_BYTES", "LlamaModel", "ModelTimings", "_writable_alias", "g
 
 
 def every_shard_in_memory(provider: Any, keys: Iterable[str],
-                          seen: Mapping[str, np.ndarray], *, raw_blocks: bool = False) -> bool:
+                          seen: Mapping[str, np.ndarray], *, raw_blocks: bool = False,
+                          decoded: Collection[str] = ()) -> bool:
     """Whether ``provider`` holds every shard of ``keys`` in memory, as float32 -- or,
     with ``raw_blocks``, as Q4_0/Q4_1/Q8_0 blocks the compiled step computes on (no
     decoded buffer: see the loop's comment): in a memory tier, or as a verified view of
     a zero-copy tier whose pages are all in the page cache -- ``seen`` maps a key to the
-    array its last fetch returned, what ``mincore`` is asked about. O(shards + pages)."""
+    array its last fetch returned, what ``mincore`` is asked about; keys in ``decoded``
+    are decoded whatever they arrive as. O(shards + pages)."""
 
-    def ready(dtype: Any, shape: tuple[int, ...]) -> bool:
-        return dtype == np.float32 or (raw_blocks and is_tf_block(dtype, shape))
+    def ready(key: str, dtype: Any, shape: tuple[int, ...]) -> bool:
+        return dtype == np.float32 or (raw_blocks and key not in decoded
+                                       and is_tf_block(dtype, shape))
 
     if isinstance(provider, MappingProvider):
-        return all(isinstance(a, np.ndarray) and ready(a.dtype, a.shape)
-                   for a in provider.arrays.values())
+        return all(isinstance(a, np.ndarray) and ready(k, a.dtype, a.shape)
+                   for k, a in provider.arrays.items())
     where, tier = getattr(provider, "where", None), getattr(provider, "tier", None)
     if where is None or tier is None:
         return False
@@ -114,7 +117,7 @@ def every_shard_in_memory(provider: Any, keys: Iterable[str],
             # prefetcher overlaps that wait with compute)
             view = seen.get(key)
             if not (getattr(top, "zero_copy", False) and top.viewed(key)
-                    and view is not None and ready(view.dtype, view.shape)
+                    and view is not None and ready(key, view.dtype, view.shape)
                     and pages_resident(view)):
                 return False
             continue
@@ -122,7 +125,7 @@ def every_shard_in_memory(provider: Any, keys: Iterable[str],
         # the whole step: memory no tier counts. Only float32 shards (a float32 import, a
         # decoded memory tier) run the whole step; others stream block by block.
         info = top.info(key)
-        if info is None or not ready(np.dtype(info.dtype), tuple(info.shape)):
+        if info is None or not ready(key, np.dtype(info.dtype), tuple(info.shape)):
             return False
     return True
 
@@ -228,6 +231,7 @@ class LlamaModel:
         #: path dequantizes in numpy: the exact reference).
         self._raw_blocks = compile
         self._forms: list[bool] = []
+        self._float_keys: set[str] = set()
         #: The array each key's last fetch returned, while something else holds it (a
         #: store's cached view): what the residency check asks ``mincore`` about.
         self._seen: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
@@ -494,7 +498,7 @@ class LlamaModel:
     def _all_resident(self) -> bool:
         """:func:`every_shard_in_memory` for this model's schedule."""
         return every_shard_in_memory(self.provider, set(self.schedule()), self._seen,
-                                     raw_blocks=self._raw_blocks)
+                                     raw_blocks=self._raw_blocks, decoded=self._float_keys)
 
     def _embed(self, ids: np.ndarray) -> np.ndarray:
         """Float32 embedding rows ``[rows, T, dim]`` (row lookup: no full-table handoff)."""
@@ -526,7 +530,13 @@ class LlamaModel:
                 self._forms.append(kept[2])
                 return kept[1]
         source = array
-        raw = self._raw_blocks and is_tf_block(array.dtype, array.shape)
+        if array.dtype == np.float32:
+            self._float_keys.add(key)
+        # a key served as float32 once (a decoded tier) is decoded from then on: each
+        # mix of forms is a trace of its own (an XLA compile), so a key changes form
+        # at most once instead of at every move between a decoded and a stored tier
+        raw = (self._raw_blocks and key not in self._float_keys
+               and is_tf_block(array.dtype, array.shape))
         self._forms.append(raw)
         if raw:
             pass  # Q4_0/Q4_1/Q8_0 blocks: the compiled functions multiply by them as stored
