@@ -33,27 +33,30 @@ def manifest(tmp_path: Path) -> tuple[Path, int]:
 def test_init_writes_the_serving_recipe_for_smollm2(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    """SmolLM2 imports natively (Q4_1 etc., 92 MiB): the RAM tier holds it decoded, sized
-    as a share of the decoded (float32) bytes; the SSD tier twice the stored bytes."""
+    """SmolLM2 imports natively (Q4_1 and Q8_0 blocks, 92 MiB), which the compiled decoder
+    multiplies by as stored: the RAM tier holds the blocks (no decoded representation),
+    sized as a share of the stored bytes; the SSD tier twice the stored bytes."""
     monkeypatch.chdir(tmp_path)
     assert main(["init", "--model", "smollm2", "--ram", "25%"]) == 0
     text = (tmp_path / "tiers.toml").read_text(encoding="utf-8")
     cfg = load_config(tmp_path / "tiers.toml")
     ram, ssd = cfg.tiers
     assert cfg.mode == "inclusive"
-    assert (ram.backend, ram.policy, ram.capacity_bytes) == ("memory", "opt", 129 << 20)
-    assert ram.options == {"representation": "decoded"}
+    assert (ram.backend, ram.policy, ram.capacity_bytes) == ("memory", "opt", 24 << 20)
+    assert ram.options == {} and "representation" not in text
     assert (ssd.backend, ssd.zero_copy, ssd.path) == ("packed", True, tmp_path / "ssd")
     assert 2 * SMOLLM2_NATIVE_BYTES <= ssd.capacity_bytes < 2 * SMOLLM2_NATIVE_BYTES + (64 << 20)
-    assert "92.1 MiB of weights, 513.1 MiB decoded" in text and "docs/serving.md" in text
-    assert "25% of the decoded weights" in text
+    assert "92.1 MiB of weights" in text and "decoded" not in text
+    assert "25% of the weights" in text and "docs/serving.md" in text
     assert layout_warnings(cfg, SMOLLM2_NATIVE_BYTES, prefetch=True) == []
     out = capsys.readouterr()
-    assert "wrote tiers.toml" in out.out and "opt decoded" in out.out
+    assert "wrote tiers.toml" in out.out and "opt decoded" not in out.out
     assert "tiercache import smollm2" in out.err
     name = "Smollm2 135M 8k Lc100K Mix1 Ep2"
     assert model_weight_bytes("smollm2") == (SMOLLM2_NATIVE_BYTES, name)
-    assert model_sizes("smollm2") == (SMOLLM2_NATIVE_BYTES, SMOLLM2_F32_BYTES, name)
+    # computed as stored: the decoded form is the stored one; float16 decodes to float32
+    assert model_sizes("smollm2") == (SMOLLM2_NATIVE_BYTES, SMOLLM2_NATIVE_BYTES, name)
+    assert model_sizes("smollm2", "float16").decoded == SMOLLM2_F32_BYTES
     assert model_weight_bytes("smollm2", "float32")[0] == SMOLLM2_F32_BYTES
     assert model_weight_bytes("smollm2", "float16")[0] == SMOLLM2_F32_BYTES // 2
 

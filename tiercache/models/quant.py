@@ -41,6 +41,7 @@ from ..errors import ModelFormatError
 __all__ = [
     "BLOCK_TYPES",
     "CHUNK_ELEMS",
+    "COMPUTED_AS_STORED",
     "GGML_TYPES",
     "GGMLType",
     "dequantize",
@@ -85,6 +86,9 @@ GGML_TYPES: dict[str, GGMLType] = {t.name: t for t in (
     GGMLType("Q2_K", 10, 256, 84), GGMLType("Q3_K", 11, 256, 110),
     GGMLType("Q4_K", 12, 256, 144), GGMLType("Q5_K", 13, 256, 176),
     GGMLType("Q6_K", 14, 256, 210))}
+#: Block types the compiled decoder multiplies by as stored, without a float32 copy
+#: (:mod:`tiercache.models.runtime.qlinear`); the others it dequantizes first.
+COMPUTED_AS_STORED = frozenset({"Q4_0", "Q4_1", "Q8_0"})
 #: Block types by ``block_bytes`` (unique among the supported types).
 BLOCK_TYPES: dict[int, GGMLType] = {t.block_bytes: t for t in GGML_TYPES.values() if t.blocked}
 assert len(BLOCK_TYPES) == sum(t.blocked for t in GGML_TYPES.values())

@@ -30,8 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from ..quant import COMPUTED_AS_STORED, GGML_TYPES
+
 #: Block types :func:`quantized_linear` computes on, by block bytes.
-TF_BLOCK_TYPES: dict[int, str] = {18: "Q4_0", 20: "Q4_1", 34: "Q8_0"}
+TF_BLOCK_TYPES: dict[int, str] = {GGML_TYPES[name].block_bytes: name
+                                  for name in sorted(COMPUTED_AS_STORED)}
 #: Up to this many rows of ``h``, the fused per-block sums; above, dequantize + matmul
 #: (measured crossing points on the 2-core VM: Q8_0's fused sums lose from 4 rows on).
 FUSED_MAX_ROWS: dict[str, int] = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 1}
