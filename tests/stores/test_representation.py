@@ -38,9 +38,18 @@ def shards() -> dict[str, np.ndarray]:
     bit patterns, and float32 (already ready to compute)."""
     rng = np.random.default_rng(7)
     x = rng.standard_normal((96, 256)).astype(np.float32)
-    return {"q8": quant.quantize(x, "Q8_0"), "q8b": quant.quantize(x[:64] * 2, "Q8_0"),
+    return {"q5": q5_0(x), "q5b": q5_0(x[:64] * 2),
             "f16": x[:32].astype(np.float16), "bf16": quant.quantize(x[:16], "BF16"),
             "f32": x[:8].copy()}
+
+
+def q5_0(x: np.ndarray) -> np.ndarray:
+    """Q5_0 blocks of ``x`` (gguf-py's encoder): a type the decoder dequantizes, so the
+    default decoder of a decoded tier decodes it (Q4_0/Q4_1/Q8_0 it keeps as stored)."""
+    from gguf import GGMLQuantizationType, quants
+
+    blocks = quants.quantize(x, GGMLQuantizationType.Q5_0)
+    return np.ascontiguousarray(blocks.reshape(x.shape[0], -1, 22))
 
 
 def held(store: MemoryStore, key: str) -> np.ndarray:
@@ -97,16 +106,16 @@ def test_a_decoded_store_keeps_the_decoded_form_and_charges_it() -> None:
     assert held(store, "ints").dtype == np.int32
     assert store.stored_size(ints) == shard_cost_nbytes(ints.nbytes)
     stored = MemoryStore()
-    q8 = shards()["q8"]
-    assert stored.stored_size(q8) == shard_cost_nbytes(q8.nbytes) < store.stored_size(q8)
-    assert stored.put("q8", q8) and held(stored, "q8").dtype == np.uint8
+    q5 = shards()["q5"]
+    assert stored.stored_size(q5) == shard_cost_nbytes(q5.nbytes) < store.stored_size(q5)
+    assert stored.put("q5", q5) and held(stored, "q5").dtype == np.uint8
 
 
 def test_adopt_decodes_too_and_a_float32_shard_is_adopted_without_a_copy() -> None:
     store = MemoryStore(representation="decoded")
-    q8 = shards()["q8"].copy()
-    store.adopt("q8", q8)
-    assert held(store, "q8").dtype == np.float32 and q8.flags.writeable  # q8 not kept
+    q5 = shards()["q5"].copy()
+    store.adopt("q5", q5)
+    assert held(store, "q5").dtype == np.float32 and q5.flags.writeable  # q5 not kept
     f32 = np.ones((256, 256), np.float32)  # 256 KiB: pooled size, adoptable when owned
     store.adopt("f32", f32)
     assert np.shares_memory(held(store, "f32"), f32)  # kept as is: no copy
@@ -133,7 +142,7 @@ def test_a_user_decoder_and_its_contract(tmp_path: Path, monkeypatch: pytest.Mon
     assert isinstance(opened, MemoryStore)
     store = opened
     store.put("h", np.ones((4, 3), np.float16))
-    store.put("q", shards()["q8"])
+    store.put("q", shards()["q5"])
     assert held(store, "h").dtype == np.float64 and held(store, "q").dtype == np.uint8
     assert store.stored_size(np.ones((4, 3), np.float16)) == shard_cost_nbytes(4 * 3 * 8)
     broken = MemoryStore(representation="decoded", decoder="halves:bad")
@@ -190,15 +199,15 @@ def test_promotion_decodes_once_hits_are_float32_and_eviction_writes_nothing(
 
 def test_capacity_counts_the_decoded_bytes(tmp_path: Path) -> None:
     data = shards()
-    q8 = data["q8"]
-    room = 2 * shard_cost_nbytes(decoded_nbytes(q8)) + 1000  # two decoded q8 shards
+    q5 = data["q5"]
+    room = 2 * shard_cost_nbytes(decoded_nbytes(q5)) + 1000  # two decoded q5 shards
     for representation, held in (("decoded", 2), ("stored", 3)):
         folder = tmp_path / representation
         folder.mkdir()
         config = layout(folder, ram=room, representation=representation)
         with tiercache.open(config) as cache:
             for i in range(3):
-                cache.put(f"w{i}", q8, tier="ssd")
+                cache.put(f"w{i}", q5, tier="ssd")
             for _ in range(2):
                 for i in range(3):
                     cache.get(f"w{i}")
@@ -214,20 +223,20 @@ def test_a_shard_only_in_the_decoded_tier_goes_down_decoded(tmp_path: Path) -> N
     """Documented: a put into the RAM tier itself (no copy below) is demoted, and flushed
     on close, in its decoded form -- the same values, float32 bytes on the SSD."""
     config = layout(tmp_path, ram=1 << 20, mode="exclusive")
-    q8 = shards()["q8"]
+    q5 = shards()["q5"]
     with tiercache.open(config) as cache:
-        cache.put("only", q8)  # to the top tier: decoded there, nothing below
+        cache.put("only", q5)  # to the top tier: decoded there, nothing below
         assert cache.where("only") == ["ram"]
         cache.put("filler", np.ones((512, 480), np.float32))  # 960 KiB: "only" must go
         assert cache.where("only") == ["ssd"]
         info = cache.tier("ssd").info("only")
         assert info is not None and info.dtype == np.float32
-        assert np.array_equal(cache.get("only"), quant.dequantize(q8))
-        cache.put("flushed", q8)
+        assert np.array_equal(cache.get("only"), quant.dequantize(q5))
+        cache.put("flushed", q5)
     with tiercache.open(config) as cache:  # flush_on_close wrote it down, decoded
         info = cache.tier("ssd").info("flushed")
         assert info is not None and info.dtype == np.float32
-        assert np.array_equal(cache.get("flushed"), quant.dequantize(q8))
+        assert np.array_equal(cache.get("flushed"), quant.dequantize(q5))
 
 
 def test_sigkill_after_promotions_leaves_every_stored_copy(tmp_path: Path) -> None:
@@ -300,6 +309,27 @@ def test_the_simulator_runs_a_layout_with_a_decoded_tier(tmp_path: Path) -> None
     result = simulate_tiers(trace, config)
     assert [t.name for t in result.tiers] == ["ram", "ssd"]
     assert result.requests == 40
+
+
+def test_the_default_decoder_keeps_blocks_the_step_computes_on() -> None:
+    """A decoded tier's default decoder (quant.decode_for_compute) keeps Q4_0/Q4_1/Q8_0
+    blocks as stored -- the compiled decoder multiplies by them, and float32 copies
+    would be 5.6x the bytes -- and decodes the rest (Q5_0, float16, bf16)."""
+    from gguf import GGMLQuantizationType, quants
+
+    store = MemoryStore(representation="decoded")
+    x = np.random.default_rng(3).standard_normal((32, 64)).astype(np.float32)
+    for name, width in (("Q4_0", 18), ("Q4_1", 20), ("Q8_0", 34)):
+        blocks = quants.quantize(x, getattr(GGMLQuantizationType, name)).reshape(32, 2, width)
+        assert store.stored_size(blocks) == shard_cost_nbytes(blocks.nbytes)
+        store.put(name, blocks)
+        assert held(store, name).dtype == np.uint8, name
+        with pytest.raises(ValueError, match="computed on as stored"):
+            quant.decode_for_compute(blocks)
+    for key, array in shards().items():
+        store.put(key, array)
+        assert held(store, key).dtype == np.float32, key
+        assert np.array_equal(held(store, key), quant.dequantize(array))
 
 
 # --------------------------------------------------------------------------- config
@@ -378,19 +408,23 @@ def test_generation_with_a_decoded_tier_gives_the_same_tokens(tmp_path: Path) ->
 @pytest.mark.tf
 @pytest.mark.slow
 def test_smollm2_native_generation_is_the_same_through_a_decoded_tier(tmp_path: Path) -> None:
-    """The real thing: Q4_1/Q8_0/... blocks on the SSD, decoded once into RAM."""
+    """The real thing: Q4_1/Q8_0 blocks on the SSD; a decoded RAM tier with the default
+    decoder keeps them as stored (the compiled step multiplies by them), one with
+    ``quant.dequantize`` as its decoder holds float32 copies; same tokens all three."""
     outs, held = {}, {}
-    for representation in ("stored", "decoded"):
-        folder = tmp_path / representation
+    for name, representation, extra in (
+            ("stored", "stored", ""), ("decoded", "decoded", ""),
+            ("float32", "decoded", 'decoder = "tiercache.models.quant:dequantize"\n')):
+        folder = tmp_path / name
         folder.mkdir()
-        config = layout(folder, ram="1GiB", representation=representation)
+        config = layout(folder, ram="1GiB", representation=representation, extra=extra)
         text = config.read_text(encoding="utf-8").replace('capacity = "64MiB"',
                                                           'capacity = "256MiB"')
         config.write_text(text, encoding="utf-8")
         subprocess.run([sys.executable, "-m", "tiercache", "import", "smollm2", "--config",
                         str(config), "--no-progress"], check=True, cwd=REPO,
                        capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "1"})
-        outs[representation], held[representation] = _generate(
-            config, folder / "tiers.model.json", 5)
-    assert outs["decoded"] == outs["stored"] and len(outs["stored"]) == 5
-    assert held["decoded"] > 5 * held["stored"]  # Q4_1 etc. -> float32
+        outs[name], held[name] = _generate(config, folder / "tiers.model.json", 5)
+    assert outs["decoded"] == outs["stored"] == outs["float32"] and len(outs["stored"]) == 5
+    assert held["decoded"] == held["stored"]  # Q4_1 and Q8_0: kept as stored
+    assert held["float32"] > 5 * held["stored"]  # Q4_1 etc. -> float32

@@ -44,6 +44,7 @@ __all__ = [
     "COMPUTED_AS_STORED",
     "GGML_TYPES",
     "GGMLType",
+    "decode_for_compute",
     "dequantize",
     "encoding_of",
     "logical_shape",
@@ -388,6 +389,18 @@ def dequantize(array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     for start in range(0, len(blocks), step):
         kernel(blocks[start:start + step], values[start:start + step])
     return result
+
+
+def decode_for_compute(array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """:func:`dequantize`, except the blocks the compiled decoder multiplies by as stored
+    (:data:`COMPUTED_AS_STORED`: Q4_0, Q4_1, Q8_0), which it refuses with
+    :class:`ValueError` -- the default decoder of a decoded memory tier, which then
+    keeps such a shard as stored (ready to compute, in a fifth of float32's bytes).
+    O(elements) for a shard it decodes, O(1) for one it refuses."""
+    enc = encoding_of(array)
+    if enc is not None and enc.name in COMPUTED_AS_STORED:
+        raise ValueError(f"{enc.name} blocks are computed on as stored, not decoded")
+    return dequantize(array, out)
 
 
 # --------------------------------------------------------------------------- quantize

@@ -26,8 +26,9 @@ Representation (``representation = "stored" | "decoded"`` on a memory tier, see
 docs/configuration.md): a *stored* store (the default) keeps each shard as put.
 A *decoded* store keeps what the model computes with: ``put`` runs the shard
 through a decoder (``decoder = "package.module:function"``, default
-:data:`DEFAULT_DECODER`, ggml blocks / float16 / bfloat16 -> float32, imported
-on first use so this module never imports :mod:`tiercache.models`) straight into
+:data:`DEFAULT_DECODER`, ggml blocks / float16 / bfloat16 -> float32 except the
+Q4_0/Q4_1/Q8_0 blocks the compiled decoder multiplies by as stored, imported on
+first use so this module never imports :mod:`tiercache.models`) straight into
 the store's aligned buffer, ``stored_size`` charges the decoded form (the tier
 asks before each put, so its capacity counts the bytes actually held) and
 ``get``/``info`` answer the decoded array. A shard the decoder refuses (a plain
@@ -55,7 +56,7 @@ from .base import ShardInfo, Store
 
 Representation = Literal["stored", "decoded"]
 #: What a decoded memory tier runs each shard through unless its ``decoder`` option says.
-DEFAULT_DECODER = "tiercache.models.quant:dequantize"
+DEFAULT_DECODER = "tiercache.models.quant:decode_for_compute"
 
 #: Alignment of the buffers of shards below :data:`~tiercache.buffers.MIN_POOLED_BYTES`:
 #: a cache line, which is also what TensorFlow needs to wrap a buffer without a copy.
