@@ -130,6 +130,24 @@ def every_shard_in_memory(provider: Any, keys: Iterable[str],
     return True
 
 
+def check_shard(key: str, array: object, expected: tuple[int, ...] | None) -> np.ndarray:
+    """``array``, checked: :class:`ModelFormatError` naming ``key`` unless it is a float
+    or quantized-block array whose logical shape is ``expected`` (when known). O(1)."""
+    if not isinstance(array, np.ndarray):
+        raise ModelFormatError(f"shard {key!r} is a {type(array).__name__}, not an array")
+    if array.dtype.kind not in "fu":
+        raise ModelFormatError(f"shard {key!r} has dtype {array.dtype}, expected floats "
+                               "or a quantized block layout")
+    try:
+        shape = ShardDecoder.logical_shape(array)
+    except ValueError as err:  # quant's ModelFormatError is one
+        raise ModelFormatError(f"shard {key!r}: {err}") from None
+    if expected is not None and shape != expected:
+        raise ModelFormatError(f"shard {key!r} has shape {shape}, the model "
+                               f"expects {expected}: the cache holds another model")
+    return array
+
+
 @dataclass
 class ModelTimings:
     """Where a model's time went, cumulative since construction or :meth:`reset`.
@@ -565,19 +583,7 @@ class LlamaModel:
                                      "import the model first (tiercache import MODEL "
                                      "--config ...)") from None
         t.fetch_s += time.perf_counter() - t0
-        if not isinstance(array, np.ndarray):
-            raise ModelFormatError(f"shard {key!r} is a {type(array).__name__}, not an array")
-        if array.dtype.kind not in "fu":
-            raise ModelFormatError(f"shard {key!r} has dtype {array.dtype}, expected floats "
-                                   "or a quantized block layout")
-        expected = self._shapes.get(key)
-        try:
-            shape = self._decoder.logical_shape(array)
-        except ValueError as err:  # quant's ModelFormatError is one
-            raise ModelFormatError(f"shard {key!r}: {err}") from None
-        if expected is not None and shape != expected:
-            raise ModelFormatError(f"shard {key!r} has shape {shape}, the model "
-                                   f"expects {expected}: the cache holds another model")
+        array = check_shard(key, array, self._shapes.get(key))
         t.shards_fetched += 1
         t.bytes_fetched += array.nbytes
         self._seen[key] = array
