@@ -21,7 +21,9 @@ Two commands:
     what does not fit on "disk" and loads it layer by layer at use), runs the
     prompt (the cold first pass) and greedy one-token steps with the KV cache
     (``past_key_values``), ``--threads`` torch threads; prints ``RESULT {...}``
-    with the figures bench_cold reports (batch 1 only).
+    with the figures bench_cold reports, and for each batch size of its
+    ``batches`` above 1 the same prompts at once (left padded, attention mask) and
+    greedy steps for all (:func:`timed_batch`).
 
 Thread-safety: a single-threaded script.
 """
@@ -121,10 +123,45 @@ def child(job_path: str) -> None:
                first_pass_ms=(t2 - t1) * 1e3, first_pass_read_mb=(io2 - io1) / 1e6,
                ms_per_token=(t4 - t3) / args["tokens"] * 1e3, decoded=args["tokens"],
                read_mb_per_token=(io4 - io3) / args["tokens"] / 1e6)
+    for batch in args.get("batches", [1]):
+        if batch > 1:
+            out[f"b{batch}"] = timed_batch(model, job["prompts"], batch, args, torch)
     if group is not None and cfg["capped"]:
         out["max_usage_mb"] = int((group / "memory.max_usage_in_bytes").read_text()) / MIB
         out["failcnt"] = int((group / "memory.failcnt").read_text())
     print("RESULT " + json.dumps(out), flush=True)
+
+
+def timed_batch(model: Any, prompts: list[list[int]], batch: int, args: dict[str, Any],
+                torch: Any) -> dict[str, float]:
+    """``batch`` prompts at once (bench_cold's first ``batch``, repeated if fewer), left
+    padded with an attention mask, then greedy one-token steps for all of them: the
+    warm-up steps, then ``args["tokens"]`` timed ones (as tiercache's batch rows)."""
+    rows = [prompts[i % len(prompts)] for i in range(batch)]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[0] * (width - len(r)) + list(r) for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    with torch.inference_mode():
+        result = model(ids, attention_mask=mask, use_cache=True)
+        past = result.past_key_values
+        token = result.logits[:, -1].argmax(-1, keepdim=True)
+
+        def step(count: int) -> None:
+            nonlocal past, token, mask
+            for _ in range(count):
+                mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype)], dim=1)
+                result = model(token, attention_mask=mask, past_key_values=past, use_cache=True)
+                past = result.past_key_values
+                token = result.logits[:, -1].argmax(-1, keepdim=True)
+
+        step(args["warmup"])
+        t0, io0 = time.perf_counter(), read_bytes()
+        step(args["tokens"])
+        t1, io1 = time.perf_counter(), read_bytes()
+    steps = args["tokens"]
+    return {"tokens_per_s": batch * steps / (t1 - t0), "ms_per_step": (t1 - t0) / steps * 1e3,
+            "wall_ms_per_step": (t1 - t0) / steps * 1e3,
+            "read_mb_per_token": (io1 - io0) / (batch * steps) / 1e6}
 
 
 if __name__ == "__main__":

