@@ -28,8 +28,11 @@ each). Thread-safety: safe from any thread (one lock).
 
 from __future__ import annotations
 
+import ctypes
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -151,33 +154,53 @@ class BufferPool:
 default_pool = BufferPool()
 
 
-_libc: object | None = None
+
+def _load_mincore() -> Callable[[int, int, Any], int] | None:
+    """libc's ``mincore`` through ctypes (which releases the GIL), or ``None``."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.mincore
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    fn.restype = ctypes.c_int
+    return cast(Callable[[int, int, Any], int], fn)
+
+
+_mincore = _load_mincore()
+
+
+def resident(mapping_address: int, offset: int, length: int) -> bool | None:
+    """Whether every page of bytes ``[offset, offset + length)`` of the memory starting at
+    ``mapping_address`` is in memory now (``mincore``: for a mapped file, in the page
+    cache); ``None`` where that cannot be asked (not Linux, or the call failed).
+    O(pages), one system call. Thread-safe."""
+    if _mincore is None:
+        return None
+    first = offset // PAGE_BYTES * PAGE_BYTES
+    span = offset + length - first
+    if span <= 0:
+        return True
+    pages = -(-span // PAGE_BYTES)
+    vector = bytearray(pages)
+    holder = (ctypes.c_ubyte * pages).from_buffer(vector)
+    try:
+        if _mincore(mapping_address + first, span, holder) != 0:
+            return None
+    finally:
+        del holder
+    return (min(vector) & 1) == 1
 
 
 def pages_resident(array: np.ndarray) -> bool:
-    """Whether every page under ``array``'s bytes is in memory now (``mincore``): for a
-    view of a mapped file, that reading it will not wait for the disk. ``False`` where
-    ``mincore`` is unavailable (not Linux) or fails. A snapshot: the kernel may evict
-    a page right after. O(pages): one system call, a byte of output per page.
+    """Whether every page under ``array``'s bytes is in memory now: for a view of a
+    mapped file, that reading it will not wait for the disk. ``False`` where ``mincore``
+    cannot say. A snapshot: the kernel may evict a page right after. O(pages).
     Thread-safe."""
-    global _libc
-    import ctypes
-    import ctypes.util
-
     if array.nbytes == 0:
         return True
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        except OSError:
-            _libc = False
-    mincore = getattr(_libc, "mincore", None)
-    if mincore is None:
-        return False
-    start = array.ctypes.data - array.ctypes.data % PAGE_BYTES
-    length = array.ctypes.data + array.nbytes - start
-    pages = -(-length // PAGE_BYTES)
-    vec = (ctypes.c_ubyte * pages)()
-    if mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), vec) != 0:
-        return False
-    return bool(np.all(np.frombuffer(memoryview(vec).cast("B"), dtype=np.uint8) & 1))
+    start = array.ctypes.data
+    base = start - start % PAGE_BYTES
+    return resident(base, start - base, array.nbytes) is True
