@@ -101,23 +101,12 @@ def child(job_path: str) -> None:
     placement = getattr(model, "hf_device_map", {})
     out["on_disk"] = sum(1 for v in placement.values() if v == "disk")
     out["modules"] = len(placement)
-    prompt = torch.tensor([job["prompts"][0]])
     with torch.inference_mode():
-        result = model(prompt, use_cache=True)
+        greedy = Greedy(model, torch, torch.tensor([job["prompts"][0]]))  # the prompt pass
         t2, io2 = time.perf_counter(), read_bytes()
-        past = result.past_key_values
-        token = result.logits[:, -1].argmax(-1, keepdim=True)
-
-        def step(count: int) -> None:
-            nonlocal past, token
-            for _ in range(count):
-                result = model(token, past_key_values=past, use_cache=True)
-                past = result.past_key_values
-                token = result.logits[:, -1].argmax(-1, keepdim=True)
-
-        step(args["warmup"])
+        greedy.steps(args["warmup"])
         t3, io3 = time.perf_counter(), read_bytes()
-        step(args["tokens"])
+        greedy.steps(args["tokens"])
         t4, io4 = time.perf_counter(), read_bytes()
     out.update(load_ms=(t1 - t0) * 1e3, load_read_mb=(io1 - io0) / 1e6,
                first_pass_ms=(t2 - t1) * 1e3, first_pass_read_mb=(io2 - io1) / 1e6,
@@ -132,6 +121,29 @@ def child(job_path: str) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
+class Greedy:
+    """Greedy decoding with the KV cache: the prompt pass at construction, then
+    :meth:`steps`; ``mask`` (a batch's attention mask, left padding) grows by one
+    column per step. Call under ``torch.inference_mode()``."""
+
+    def __init__(self, model: Any, torch: Any, ids: Any, mask: Any = None) -> None:
+        self.model, self.torch, self.mask = model, torch, mask
+        self._take(model(ids, attention_mask=mask, use_cache=True))
+
+    def _take(self, result: Any) -> None:
+        self.past = result.past_key_values
+        self.token = result.logits[:, -1].argmax(-1, keepdim=True)
+
+    def steps(self, count: int) -> None:
+        """``count`` one-token steps for every row."""
+        for _ in range(count):
+            if self.mask is not None:
+                ones = self.torch.ones((self.mask.shape[0], 1), dtype=self.mask.dtype)
+                self.mask = self.torch.cat([self.mask, ones], dim=1)
+            self._take(self.model(self.token, attention_mask=self.mask,
+                                  past_key_values=self.past, use_cache=True))
+
+
 def timed_batch(model: Any, prompts: list[list[int]], batch: int, args: dict[str, Any],
                 torch: Any) -> dict[str, float]:
     """``batch`` prompts at once (bench_cold's first ``batch``, repeated if fewer), left
@@ -142,21 +154,10 @@ def timed_batch(model: Any, prompts: list[list[int]], batch: int, args: dict[str
     ids = torch.tensor([[0] * (width - len(r)) + list(r) for r in rows])
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
     with torch.inference_mode():
-        result = model(ids, attention_mask=mask, use_cache=True)
-        past = result.past_key_values
-        token = result.logits[:, -1].argmax(-1, keepdim=True)
-
-        def step(count: int) -> None:
-            nonlocal past, token, mask
-            for _ in range(count):
-                mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype)], dim=1)
-                result = model(token, attention_mask=mask, past_key_values=past, use_cache=True)
-                past = result.past_key_values
-                token = result.logits[:, -1].argmax(-1, keepdim=True)
-
-        step(args["warmup"])
+        greedy = Greedy(model, torch, ids, mask)
+        greedy.steps(args["warmup"])
         t0, io0 = time.perf_counter(), read_bytes()
-        step(args["tokens"])
+        greedy.steps(args["tokens"])
         t1, io1 = time.perf_counter(), read_bytes()
     steps = args["tokens"]
     return {"tokens_per_s": batch * steps / (t1 - t0), "ms_per_step": (t1 - t0) / steps * 1e3,

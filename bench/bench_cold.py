@@ -131,9 +131,11 @@ def import_packed(model: str, folder: Path, dtype: str) -> tuple[str, int]:
     return str(manifest.save(folder / "model.json")), manifest.total_bytes
 
 
-def prepare(root: Path, args: argparse.Namespace) -> list[Config]:
-    """Import and write every layout under ``root``; the configurations to run."""
+def prepare(root: Path, args: argparse.Namespace) -> tuple[list[Config], dict[str, str]]:
+    """Import and write every layout under ``root``; the configurations to run, and each
+    model's native manifest (its tokenizer encodes the prompts of every row)."""
     configs: list[Config] = []
+    manifests: dict[str, str] = {}
     decoded = decoded_tier_supported()
     if not decoded:
         print("memory tiers take no `representation` key here: the decoded-RAM-tier layout "
@@ -155,6 +157,7 @@ def prepare(root: Path, args: argparse.Namespace) -> list[Config]:
         started = time.perf_counter()
         native_manifest, native_bytes = import_packed(str(gguf_path), root / name / "native",
                                                       "native")
+        manifests[name] = native_manifest
         want_f32 = name == "smollm2" or args.synthetic_float32
         if want_f32 and name == "smollm2":
             f32_manifest, f32_bytes = import_packed("smollm2", root / name / "float32",
@@ -209,7 +212,7 @@ def prepare(root: Path, args: argparse.Namespace) -> list[Config]:
         chosen = {c.label for c in configs if any(w in c.label for w in wanted)}
         chosen |= {c.reference for c in configs if c.label in chosen}  # their bounds
         configs = [c for c in configs if c.label in chosen]
-    return configs
+    return configs, manifests
 
 
 def accelerate_configs(name: str, gguf_path: Path, hf_dir: Path,
@@ -438,10 +441,10 @@ def llama_cpp_child(cfg: Config, args: SimpleNamespace, prompts: list[list[int]]
 
 
 # --- parent ----------------------------------------------------------------------------
-def prompt_ids(configs: list[Config], model: str, count: int) -> list[list[int]]:
-    """The first ``count`` PROMPTS encoded by ``model``'s tokenizer (BOS as it asks)."""
-    manifest = load_manifest(next(c.manifest for c in configs if c.model == model
-                                  and c.manifest))
+def prompt_ids(manifest_path: str, count: int) -> list[list[int]]:
+    """The first ``count`` PROMPTS encoded by the tokenizer of the model imported with
+    ``manifest_path`` (BOS as it asks)."""
+    manifest = load_manifest(manifest_path)
     tokenizer = BPETokenizer.from_dict(manifest.tokenizer or {})
     return [tokenizer.encode(p) for p in PROMPTS[:count]]
 
@@ -529,9 +532,9 @@ def main() -> None:
     report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()},
                               "start_load1": start_load}
     try:
-        configs = prepare(root, args)
+        configs, manifests = prepare(root, args)
         probe = cs.probe_file(root / "probe.bin")
-        prompts = {m: prompt_ids(configs, m, max(batches)) for m in
+        prompts = {m: prompt_ids(manifests[m], max(batches)) for m in
                    dict.fromkeys(c.model for c in configs)}
         child_args = {"tokens": args.tokens, "warmup": args.warmup, "budget": args.budget,
                       "prefetch": args.prefetch,

@@ -92,27 +92,6 @@ path = "hdd"
 capacity = "4GiB"
 policy = "lru"
 """,
-    "README lmdb-SSD": """
-mode = "exclusive"
-[[tiers]]
-name = "ram"
-backend = "memory"
-capacity = "128MiB"
-policy = "arc"
-[[tiers]]
-name = "ssd"
-backend = "lmdb"
-path = "ssd"
-capacity = "256MiB"
-policy = "lfu"
-promote_after = 2
-[[tiers]]
-name = "hdd"
-backend = "diskcache"
-path = "hdd"
-capacity = "4GiB"
-policy = "lru"
-""",
     "3-tier opt/packed": """
 mode = "exclusive"
 [[tiers]]
@@ -132,6 +111,8 @@ path = "hdd"
 capacity = "4GiB"
 """,
 }
+#: README's example with an lmdb SSD tier, as README showed it until 2026-12-05.
+LAYOUTS["README lmdb-SSD"] = LAYOUTS["README"].replace('backend = "packed"', 'backend = "lmdb"')
 
 
 def _tiercache(*args: str) -> None:

@@ -9,11 +9,12 @@ hands it to TensorFlow as it is stored, and :func:`quantized_linear` computes
   quantized values times the matching inputs, scaled by the block's ``d``
   (``y = sum_b d_b * sum_j q_bj x_bj``; Q4_1 adds ``sum_b m_b * sum_j x_bj``,
   Q4_0 subtracts ``8 d_b sum_j x_bj``). Under XLA this is one fused pass over
-  the blocks: measured on the 2-core VM for a 1536 x 576 Q4_1 tensor, 213 us
-  against 848 us for numpy dequantization into a reused buffer + matmul
-  (float32 weights: 87 us);
+  the blocks: for a 1536 x 576 Q4_1 tensor, 206 us against 977 us for numpy
+  dequantization into a reused buffer + matmul (float32 weights: 152 us);
 - more rows (a batch of 16, a prompt): the blocks are dequantized inside the
-  compiled function and multiplied once (736 us against 1,183 us in numpy).
+  compiled function and multiplied once (819 us against 1,265 us in numpy).
+
+(2-core VM, ``python bench/bench_qlinear.py``, 2026-12-05.)
 
 The result equals dequantize-then-multiply up to float rounding (the sums run
 in another order), not bit for bit: ``quant.dequantize`` stays the exact
