@@ -390,14 +390,19 @@ def llama_cpp_child(cfg: Config, args: SimpleNamespace, prompts: list[list[int]]
     import llama_cpp
 
     if not args.llama_cpp_repack:
-        defaults = llama_cpp.llama_model_default_params
+        # ``Llama.__init__`` reads the defaults from the ctypes module ``llama_cpp.llama_cpp``,
+        # not from the package: patching the package's name left repacking on, and a Q4_0
+        # model's weights went to anonymous buffers that the cap counted as its own memory.
+        import llama_cpp.llama_cpp as bindings
+
+        defaults = bindings.llama_model_default_params
 
         def no_repack() -> Any:
             params = defaults()
             params.use_extra_bufts = False
             return params
 
-        llama_cpp.llama_model_default_params = no_repack
+        bindings.llama_model_default_params = no_repack
     prompt = prompts[0]
     n_ctx = max(256, len(prompt) + args.tokens + args.warmup + 8)
 
