@@ -64,33 +64,47 @@ def test_buckets() -> None:
 
 def test_kv_cache_writes_in_place_and_grows_by_bucket() -> None:
     cache = KVCache(n_layers=2, n_kv_heads=1, head_dim=4, rows=4, context_length=300)
-    assert cache.array.shape == (2, 4, 2, 64, 1, 4)
-    assert cache.array.ctypes.data % 64 == 0 and cache.array[1].ctypes.data % 64 == 0
-    first = cache.array
+    # keys positions-last, values positions-major: the layouts attention multiplies by
+    assert cache.keys.shape == (2, 4, 1, 4, 64) and cache.values.shape == (2, 4, 1, 64, 4)
+    for array in (cache.keys, cache.values, cache.keys[1], cache.values[1]):
+        assert array.ctypes.data % 64 == 0
+    first = cache.keys, cache.values
     cache.lengths[:] = [3, 0, 5, 1]  # ragged rows: each written at its own length
     kv = np.arange(2 * 4 * 2 * 1 * 1 * 4, dtype=np.float32).reshape(2, 4, 2, 1, 1, 4)
     cache.write(slice(0, 2), slice(0, 4), kv)
-    assert cache.array is first  # in place
+    assert cache.keys is first[0] and cache.values is first[1]  # in place
     for row, length in enumerate([3, 0, 5, 1]):
-        assert np.array_equal(cache.array[:, row, :, length], kv[:, row, :, 0])
+        assert np.array_equal(cache.keys[:, row, :, :, length], kv[:, row, 0, 0])
+        assert np.array_equal(cache.values[:, row, :, length], kv[:, row, 1, 0])
+        # the prefix cache's token-major block view of the same position
+        assert np.array_equal(cache.read_block(row, length, 1), kv[:, row, :, :])
+    k_view, v_view = cache.layer(1, slice(0, 4))
+    assert np.shares_memory(k_view, cache.keys) and k_view.flags.c_contiguous
+    assert np.shares_memory(v_view, cache.values) and v_view.flags.c_contiguous
     cache.advance(slice(0, 4), 1)
     cache.reserve(65)
-    assert cache.array is not first and cache.length == 128 and cache.reallocations == 1
-    assert np.array_equal(cache.array[:, :, :, :64], first)  # the held part moved over
+    assert cache.keys is not first[0] and cache.length == 128 and cache.reallocations == 1
+    assert np.array_equal(cache.keys[..., :64], first[0])  # the held part moved over
+    assert np.array_equal(cache.values[:, :, :, :64], first[1])
     cache.reserve(100)
     assert cache.reallocations == 1  # still fits: no copy
     mask = cache.mask()
     assert mask.shape == (4, 128) and mask[2, 5] == 0 and np.isneginf(mask[2, 6])
     cache.keep([2, 0], rows=4)  # rows 2 and 0 survive, in that order
     assert list(cache.lengths) == [6, 4, 0, 0]
-    assert np.array_equal(cache.array[:, 0, :, 5], kv[:, 2, :, 0])
+    assert np.array_equal(cache.read_block(0, 5, 1), kv[:, 2])
+    assert np.array_equal(cache.read_block(1, 3, 1), kv[:, 0])
     with pytest.raises(ValueError, match="reserve"):
         cache.write(slice(0, 2), slice(0, 1), np.zeros((2, 1, 2, 200, 1, 4), np.float32))
+    block = np.random.default_rng(0).normal(size=(2, 2, 8, 1, 4)).astype(np.float32)
+    cache.write_block(3, 16, block)  # the prefix cache's round trip
+    assert np.array_equal(cache.read_block(3, 16, 8), block)
     cache.reserve(10)  # rows still held: a live cache never shrinks
     assert cache.length == 128
     cache.reset()  # a new sequence: a short prompt gets a short bucket back
     cache.reserve(10)
     assert cache.length == 64 and cache.reallocations == 3
+    assert cache.nbytes() == cache.keys.nbytes + cache.values.nbytes
 
 
 # --- exactness -----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from tiercache.models.api import find_manifest
 from tiercache.models.llama import LlamaHParams
 from tiercache.models.manifest import ModelManifest
 from tiercache.models.prefix import PrefixCache, block_keys, model_identity, stored_identity
+from tiercache.models.runtime.kv import KVCache
 
 SYNTH = ["--layers", "2", "--dim", "64", "--ffn", "96", "--vocab", "300", "--heads", "4",
          "--kv-heads", "2", "--seed", "5"]
@@ -105,28 +106,38 @@ HP = LlamaHParams(n_layers=2, dim=64, n_heads=4, n_kv_heads=2, ffn_dim=96, vocab
                   head_dim=16, context_length=512)
 
 
-def _kv_array(tokens: int, seed: int) -> np.ndarray:
-    shape = (HP.n_layers, 1, 2, tokens, HP.n_kv_heads, HP.head_dim)
-    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+def _empty_cache(tokens: int = 64) -> KVCache:
+    cache = KVCache(HP.n_layers, HP.n_kv_heads, HP.head_dim, rows=1,
+                    context_length=HP.context_length)
+    cache.reserve(tokens)
+    return cache
+
+
+def _kv_cache(tokens: int, seed: int) -> KVCache:
+    """A one-row cache holding ``tokens`` positions of random keys and values."""
+    cache = _empty_cache(tokens)
+    shape = (HP.n_layers, 2, tokens, HP.n_kv_heads, HP.head_dim)
+    cache.write_block(0, 0, np.random.default_rng(seed).normal(size=shape).astype(np.float32))
+    return cache
 
 
 def test_save_then_load_copies_the_longest_cached_prefix() -> None:
     store = DictStore()
     prefix = PrefixCache(store, "i" * 32, HP, block_tokens=8)
     ids = list(range(30))  # 3 complete blocks and 6 tokens
-    source = _kv_array(64, 1)
+    source = _kv_cache(64, 1)
     assert prefix.save(ids, source, 0) == 3 and len(store) == 3
     assert prefix.save(ids, source, 0) == 0  # already there
     assert prefix.block_bytes == 2 * 2 * 8 * 2 * 16 * 4
-    target = np.zeros_like(source)
+    target = _empty_cache()
     assert prefix.load([*ids, 5, 6], target, 0) == 24
-    assert np.array_equal(target[:, :, :, :24], source[:, :, :, :24])
-    assert not target[:, :, :, 24:].any()
+    assert np.array_equal(target.read_block(0, 0, 24), source.read_block(0, 0, 24))
+    assert not target.read_block(0, 24, 40).any()
     # at least one prompt token is always computed (its logits are needed)
-    assert prefix.load(ids[:24], np.zeros_like(source), 0) == 16
+    assert prefix.load(ids[:24], _empty_cache(), 0) == 16
     # another prompt shares only the first block
     other = ids[:8] + [299] * 22
-    assert prefix.load(other, np.zeros_like(source), 0) == 8
+    assert prefix.load(other, _empty_cache(), 0) == 8
     assert prefix.stats.tokens_reused == 24 + 16 + 8 and prefix.stats.blocks_saved == 3
 
 
@@ -134,17 +145,17 @@ def test_damaged_or_misshapen_blocks_are_deleted_and_recomputed() -> None:
     store = DictStore()
     prefix = PrefixCache(store, "i" * 32, HP, block_tokens=8)
     ids = list(range(40))
-    prefix.save(ids, _kv_array(64, 2), 0)
+    prefix.save(ids, _kv_cache(64, 2), 0)
     keys = prefix.keys(ids)
     store[keys[1]] = CorruptShardError("checksum mismatch")  # a get raises
     store[keys[3]] = np.zeros((2, 2, 8, 2, 16), np.float16)  # wrong dtype
-    assert prefix.load(ids, np.zeros((2, 1, 2, 64, 2, 16), np.float32), 0) == 8
+    assert prefix.load(ids, _empty_cache(), 0) == 8
     assert keys[1] not in store and prefix.stats.blocks_rejected == 1
-    assert prefix.load(ids[:8] + ids[8:], np.zeros((2, 1, 2, 64, 2, 16), np.float32), 0) == 8
-    prefix.save(ids, _kv_array(64, 2), 0)  # recomputed blocks are kept again
+    assert prefix.load(ids[:8] + ids[8:], _empty_cache(), 0) == 8
+    prefix.save(ids, _kv_cache(64, 2), 0)  # recomputed blocks are kept again
     assert keys[1] in store
     store[keys[2]] = np.zeros((2, 2, 4, 2, 16), np.float32)  # wrong shape
-    assert prefix.load(ids, np.zeros((2, 1, 2, 64, 2, 16), np.float32), 0) == 16
+    assert prefix.load(ids, _empty_cache(), 0) == 16
     assert keys[2] not in store and prefix.stats.blocks_rejected == 2
 
 

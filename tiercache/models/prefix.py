@@ -62,6 +62,16 @@ class BlockStore(Protocol):
     def __contains__(self, key: object) -> bool: ...
 
 
+class BlockRows(Protocol):
+    """Where a sequence's keys and values live: a
+    :class:`~tiercache.models.runtime.kv.KVCache` (its rows, in the block layout
+    ``[n_layers, 2, tokens, n_kv_heads, head_dim]``)."""
+
+    def read_block(self, row: int, start: int, count: int) -> np.ndarray: ...
+
+    def write_block(self, row: int, start: int, block: np.ndarray) -> None: ...
+
+
 @dataclass
 class PrefixStats:
     """What reuse did, summed over the prompts seen (plain counters)."""
@@ -175,12 +185,12 @@ class PrefixCache:
         """The keys of ``token_ids``' complete blocks. O(len(token_ids))."""
         return block_keys(self.identity, token_ids, self.block_tokens)
 
-    def load(self, token_ids: Sequence[int], array: np.ndarray, row: int) -> int:
-        """Copy the longest cached block prefix of ``token_ids`` into a KV cache array
-        (``[n_layers, rows, 2, length, n_kv_heads, head_dim]``, row ``row``, from
-        position 0) and return the tokens it covers: whole blocks, and at least one
-        token of the prompt is always left to compute (its logits are needed). The
-        caller makes the array long enough. O(reused blocks x block bytes)."""
+    def load(self, token_ids: Sequence[int], cache: BlockRows, row: int) -> int:
+        """Copy the longest cached block prefix of ``token_ids`` into row ``row`` of a KV
+        cache (:class:`~tiercache.models.runtime.kv.KVCache`), from position 0, and
+        return the tokens it covers: whole blocks, and at least one token of the
+        prompt is always left to compute (its logits are needed). The caller makes
+        the cache long enough. O(reused blocks x block bytes)."""
         self.stats.lookups += 1
         usable = max(0, len(token_ids) - 1) // self.block_tokens
         reused = 0
@@ -195,7 +205,7 @@ class PrefixCache:
                         self._delete(later)
                 break
             start = index * self.block_tokens
-            array[:, row, :, start:start + self.block_tokens] = block
+            cache.write_block(row, start, block)
             reused += self.block_tokens
         self.stats.blocks_reused += reused // self.block_tokens
         self.stats.tokens_reused += reused
@@ -203,10 +213,10 @@ class PrefixCache:
         self.stats.last_tokens_reused = reused
         return reused
 
-    def save(self, token_ids: Sequence[int], array: np.ndarray, row: int, *,
+    def save(self, token_ids: Sequence[int], cache: BlockRows, row: int, *,
              skip_tokens: int = 0) -> int:
         """Put the complete blocks of ``token_ids`` (whose keys and values are in
-        ``array``'s row ``row``) into the cache, except the first ``skip_tokens``
+        ``cache``'s row ``row``) into the cache, except the first ``skip_tokens``
         tokens' blocks (already there: they were just loaded) and blocks the cache
         already holds. Returns the blocks put. A put that fails (no tier takes the
         block) is logged and skipped: reuse is an optimisation. O(new blocks x block
@@ -217,7 +227,7 @@ class PrefixCache:
             if index < first or key in self.store:
                 continue
             start = index * self.block_tokens
-            block = np.ascontiguousarray(array[:, row, :, start:start + self.block_tokens])
+            block = cache.read_block(row, start, self.block_tokens)
             try:
                 self.store.put(key, block)
             except CacheClosedError:

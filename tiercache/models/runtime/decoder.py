@@ -16,9 +16,10 @@ Shapes (``L`` layers in the group, ``T`` new tokens per row, ``d`` model width):
   position (computed in numpy: positions differ per row);
 - ``mask``: ``[B, S]`` additive mask of the cached positions (0 where row ``b``
   holds a key at that position, ``-inf`` elsewhere);
-- ``caches``: ``L`` tensors ``[B, 2, S, n_kv, head_dim]`` (keys, values) --
-  read only: the new tokens attend to the cache *and* to themselves (a causal
-  ``T x T`` block), so the function never writes the cache and never copies it;
+- ``caches``: ``L`` pairs (keys ``[B, n_kv, head_dim, S]``, values ``[B, n_kv, S,
+  head_dim]``: each in the layout its product takes, so XLA neither transposes nor
+  copies them) -- read only: the new tokens attend to the cache *and* to themselves
+  (a causal ``T x T`` block), so the function never writes the cache;
 - ``weights``: ``L`` tuples of the nine block tensors (GGUF layout, rows =
   outputs): float32, or Q4_0/Q4_1/Q8_0 blocks as stored (uint8), which
   :func:`~tiercache.models.runtime.qlinear.quantized_linear` multiplies by
@@ -126,16 +127,17 @@ def build_functions(tf: Any, hp: LlamaHParams, *, compile: bool = True,
         return tf.reshape(flat, tf.concat([shape[:2], [-1]], axis=0))
 
     def attention(q: Any, k: Any, v: Any, cache: Any, mask: Any, causal: Any) -> Any:
-        # q: [B, T, n_heads, hd]; k, v: [B, T, n_kv, hd]; cache: [B, 2, S, n_kv, hd]
+        # q: [B, T, n_heads, hd]; k, v: [B, T, n_kv, hd]; cache: (keys [B, n_kv, hd, S],
+        # values [B, n_kv, S, hd]) -- the layouts the two products take as they are
         shape = tf.shape(q)
         q = tf.reshape(q, tf.concat([shape[:2], [n_kv, group_size, head_dim]], axis=0))
-        k_past, v_past = cache[:, 0], cache[:, 1]
-        past = (tf.einsum("btkgd,bskd->bkgts", q, k_past) * scale
+        k_past, v_past = cache
+        past = (tf.einsum("btkgd,bkds->bkgts", q, k_past) * scale
                 + mask[:, None, None, None, :])
         own = tf.einsum("btkgd,bukd->bkgtu", q, k) * scale + causal
         probs = tf.nn.softmax(tf.concat([past, own], axis=-1), axis=-1)
-        s = tf.shape(k_past)[1]
-        out = (tf.einsum("bkgts,bskd->btkgd", probs[..., :s], v_past)
+        s = tf.shape(v_past)[2]
+        out = (tf.einsum("bkgts,bksd->btkgd", probs[..., :s], v_past)
                + tf.einsum("bkgtu,bukd->btkgd", probs[..., s:], v))
         return tf.reshape(out, tf.concat([shape[:2], [n_heads * head_dim]], axis=0))
 

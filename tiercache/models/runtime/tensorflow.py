@@ -380,10 +380,12 @@ class LlamaModel:
                                   for j, key in enumerate(self._layer_keys[layer]))
                             for layer in layers)
             t0 = time.perf_counter()
-            caches = tuple(to_tensor(cache.array[layer, rows])[0] for layer in layers)
+            caches = tuple(tuple(to_tensor(part)[0] for part in cache.layer(layer, rows))
+                           for layer in layers)
             args = (x, cos, sin, mask, caches, weights)
             if steps == 1:  # the compiled step: one trace per (group, batch, length) bucket
-                flat = [x, cos, sin, mask, *caches, *(w for ws in weights for w in ws)]
+                flat = [x, cos, sin, mask, *(c for pair in caches for c in pair),
+                        *(w for ws in weights for w in ws)]
                 x, new_kv = fns.call("step", (len(layers), n_rows, cache.length,
                                               tuple(self._forms)), args, flat)
             else:
@@ -452,12 +454,12 @@ class LlamaModel:
         reused = 0
         if prefix is not None:
             self._kv.reserve(len(ids))
-            reused = prefix.load(ids, self._kv.array, 0)
+            reused = prefix.load(ids, self._kv, 0)
             self._kv.lengths[0] = reused
             self.timings.prompt_tokens_reused += reused
         logits = self.forward(ids[reused:])
         if prefix is not None:
-            prefix.save(ids, self._kv.array, 0, skip_tokens=reused)
+            prefix.save(ids, self._kv, 0, skip_tokens=reused)
         return logits
 
     def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, *,
@@ -514,7 +516,7 @@ class LlamaModel:
             logits = self.forward([token])
         if self.prefix_cache is not None and tokens and self.position == len(prompt_ids) + len(
                 tokens):  # a fresh sequence: the answer's blocks, for the next turn of a chat
-            self.prefix_cache.save(prompt_ids + tokens, self._kv.array, 0,
+            self.prefix_cache.save(prompt_ids + tokens, self._kv, 0,
                                    skip_tokens=len(prompt_ids))
 
     def _all_resident(self) -> bool:
