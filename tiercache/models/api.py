@@ -281,14 +281,15 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
 
     status = on_status or (lambda _line: None)
     status("loading TensorFlow…")
-    from .runtime.tensorflow import LlamaModel, tf_module
+    from .runtime.tensorflow import LlamaModel, tf_module, transposed_keys
 
     tf_module()
     status(f"loading {loaded.name or 'the model'} ({len(loaded.tensors)} shards, "
            f"{format_size(loaded.total_bytes)}) from {cfg.config_path}…")
     cache = TieredCache.from_config(cfg)
     try:
-        llama = LlamaModel(cache, hparams, key_prefix=loaded.key_prefix, compile=compile)
+        llama = LlamaModel(cache, hparams, key_prefix=loaded.key_prefix, compile=compile,
+                           transposed=transposed_keys(loaded))
         if kv_cache:
             llama.prefix_cache = PrefixCache(cache, stored_identity(cache, loaded), hparams,
                                              block_tokens=kv_block_tokens)

@@ -57,6 +57,9 @@ from .quant import GGML_TYPES, storage_dtype, stored_shape
 
 MANIFEST_FORMAT = "tiercache-model"
 MANIFEST_VERSION = 1
+#: The one non-default weight layout: a float matrix stored ``[inputs, outputs]``.
+IN_OUT = "in_out"
+
 #: File name of the manifest inside an ``.npy`` origin folder.
 NPY_DIR_MANIFEST = "tiercache-model.json"
 
@@ -70,11 +73,16 @@ class TensorInfo:
     dtype: str
     nbytes: int
     encoding: str | None = None
+    #: ``"in_out"``: a float matrix stored transposed, ``[inputs, outputs]`` (its
+    #: logical ``shape`` stays ``[outputs, inputs]``, the GGUF layout); None: as ``shape``.
+    layout: str | None = None
 
     @property
     def stored_shape(self) -> tuple[int, ...]:
         """The shape of the stored array (``(rows, blocks, block_bytes)`` for a block
-        encoding, else :attr:`shape`)."""
+        encoding, the reversed shape for the ``in_out`` layout, else :attr:`shape`)."""
+        if self.layout == IN_OUT:
+            return tuple(reversed(self.shape))
         if self.encoding is None:
             return self.shape
         return stored_shape(GGML_TYPES[self.encoding], self.shape)
@@ -84,6 +92,8 @@ class TensorInfo:
                                "nbytes": self.nbytes}
         if self.encoding is not None:
             out["encoding"] = self.encoding
+        if self.layout is not None:
+            out["layout"] = self.layout
         return out
 
 
@@ -180,7 +190,11 @@ def _tensor_info(key: str, entry: Any) -> TensorInfo:
     if not isinstance(dtype, str) or not whole(nbytes):
         raise ValueError(f"tensor {key!r}: dtype {dtype!r} / nbytes {nbytes!r} are not a "
                          "name and a whole number")
-    info = TensorInfo(tuple(shape), dtype, nbytes, encoding)
+    layout = entry.get("layout")
+    if layout is not None and (layout != IN_OUT or len(shape) != 2 or encoding is not None):
+        raise ValueError(f"tensor {key!r}: layout {str(layout)[:40]!r} is not valid here "
+                         f"(the only layout is {IN_OUT!r}, for a 2-D float matrix)")
+    info = TensorInfo(tuple(shape), dtype, nbytes, encoding, layout)
     if encoding is not None:
         if not isinstance(encoding, str) or encoding not in GGML_TYPES:
             raise ValueError(f"tensor {key!r}: unknown encoding {str(encoding)[:40]!r} "

@@ -117,14 +117,16 @@ def detect_format(path: Path) -> str:
 
 def import_model(model: str | os.PathLike[str], sink: ShardSink, *,
                  dtype: str | np.dtype[Any] | None = None, key_prefix: str = "",
-                 progress: bool = True) -> ModelManifest:
+                 progress: bool = True, weight_layout: str = "out_in") -> ModelManifest:
     """Import ``model`` (a file or ``"smollm2"``) into ``sink`` with the matching importer.
 
     ``dtype`` ``None`` means ``"native"`` for GGUF (each tensor in its ggml
     encoding) and "as stored" for safetensors and Keras. A GGUF takes
     ``native``, ``float32`` or ``float16``; a float checkpoint also
     ``bfloat16`` and ``q8_0`` (:data:`FLOAT_DTYPES`); another choice is a
-    ``ValueError`` naming the file.
+    ``ValueError`` naming the file. ``weight_layout="in_out"`` (a float32/float16
+    GGUF import of a Llama model) stores the blocks' matrices transposed, the
+    faster layout for batches (:func:`~tiercache.models.importers.gguf.import_gguf`).
     """
     path = resolve_model(model)
     kind = detect_format(path)
@@ -137,7 +139,10 @@ def import_model(model: str | os.PathLike[str], sink: ShardSink, *,
         target = "native" if dtype is None or float_target(dtype) == "native" else \
             float_target(dtype)
         return import_gguf(path, sink, dtype=target or "native", key_prefix=key_prefix,
-                           progress=progress)
+                           progress=progress, weight_layout=weight_layout)
+    if weight_layout != "out_in":
+        raise ValueError(f"{path}: weight_layout {weight_layout!r} is for GGUF imports "
+                         "(float32/float16)")
     if kind == "safetensors":
         return import_safetensors(path, sink, dtype=dtype, key_prefix=key_prefix,
                                   progress=progress)

@@ -166,8 +166,9 @@ class PlannedShard(NamedTuple):
     that produces the array (called once, right before the write).
 
     ``encoding`` names the ggml type of a shard kept encoded
-    (:mod:`tiercache.models.quant`; None: a plain array) and ``logical`` the
-    float shape it stands for (None: ``shape``); both go into its manifest entry.
+    (:mod:`tiercache.models.quant`; None: a plain array), ``logical`` the
+    float shape it stands for (None: ``shape``) and ``layout`` ``"in_out"`` for a
+    float matrix stored transposed; all go into its manifest entry.
     """
 
     key: str
@@ -176,6 +177,7 @@ class PlannedShard(NamedTuple):
     load: Callable[[], np.ndarray]
     logical: tuple[int, ...] | None = None
     encoding: str | None = None
+    layout: str | None = None
 
     @property
     def nbytes(self) -> int:
@@ -369,7 +371,7 @@ def write_shards(sink: ShardSink, plan: Sequence[PlannedShard], *, progress: boo
                 sink.write(shard.key, np.ascontiguousarray(array))
                 infos[shard.key] = TensorInfo(
                     shard.logical if shard.logical is not None else shard.shape,
-                    shard.dtype.name, int(array.nbytes), shard.encoding)
+                    shard.dtype.name, int(array.nbytes), shard.encoding, shard.layout)
                 del array
                 report.advance(shard.nbytes)
         sink.finish()

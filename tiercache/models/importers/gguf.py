@@ -40,8 +40,8 @@ import numpy as np
 
 from ...errors import ModelFormatError
 from .. import quant
-from ..llama import HPARAM_LIMITS, LlamaHParams, llama_schedule
-from ..manifest import ModelManifest
+from ..llama import HPARAM_LIMITS, LlamaHParams, llama_layer_keys, llama_schedule
+from ..manifest import IN_OUT, ModelManifest
 from ..quant import GGML_TYPES
 from .base import PlannedShard, ShardSink, in_reading_order, write_shards
 from .gguf_header import GGUFTensor, read_gguf_header
@@ -285,9 +285,18 @@ def _dequantized_shard(buf: Any, t: GGUFTensor, key: str, target: np.dtype[Any],
     return PlannedShard(key, t.shape, target, load)
 
 
+def _transposed(shard: PlannedShard) -> PlannedShard:
+    """``shard`` (a float ``[outputs, inputs]`` matrix) stored ``[inputs, outputs]``."""
+    rows, cols = shard.shape
+    load = shard.load
+    return PlannedShard(shard.key, (cols, rows), shard.dtype,
+                        lambda: np.ascontiguousarray(load().T), logical=shard.shape,
+                        layout=IN_OUT)
+
+
 def import_gguf(path: str | os.PathLike[str], sink: ShardSink, *,
                 dtype: str | np.dtype[Any] = "native", key_prefix: str = "",
-                progress: bool = True) -> ModelManifest:
+                progress: bool = True, weight_layout: str = "out_in") -> ModelManifest:
     """Write every tensor of the GGUF file ``path`` into ``sink``; return the manifest.
 
     Parameters
@@ -312,6 +321,13 @@ def import_gguf(path: str | os.PathLike[str], sink: ShardSink, *,
         Prepended to every tensor name to form its shard key.
     progress:
         Report progress on stderr (:class:`~tiercache.models.importers.base.ImportProgress`).
+    weight_layout:
+        ``"out_in"`` (default): matrices as the file has them, ``[outputs, inputs]``.
+        ``"in_out"`` (float32/float16 imports of a Llama model only): each block's
+        seven projection matrices stored transposed, which XLA multiplies 4-16 rows
+        by in 0.55-0.62x the time (1 row: 1.18x; ``bench/bench_weight_layout.py``):
+        the layout for batched decoding. The manifest marks them (``"layout":
+        "in_out"``); the decoder takes either.
 
     The whole header -- every tensor's type, shape and offsets, the llama
     hyper-parameters and the tokenizer -- is checked before the first shard is
@@ -325,6 +341,11 @@ def import_gguf(path: str | os.PathLike[str], sink: ShardSink, *,
     if not native and target not in (np.dtype(np.float32), np.dtype(np.float16)):
         raise ValueError(f"dtype must be native, float32 or float16 for a GGUF file, got "
                          f"{dtype}")
+    if weight_layout not in ("out_in", IN_OUT):
+        raise ValueError(f"weight_layout must be out_in or in_out, got {weight_layout!r}")
+    if weight_layout == IN_OUT and native:
+        raise ValueError(f"{file}: weight_layout in_out is for float32/float16 imports "
+                         "(quantized blocks are stored per output row)")
     header, buf = read_gguf_header(file)
     meta = header.metadata
     if not header.tensors:
@@ -348,6 +369,14 @@ def import_gguf(path: str | os.PathLike[str], sink: ShardSink, *,
                 raise ModelFormatError(f"llama tensor {name!r} has shape {actual.get(name)}, "
                                        f"expected {shape}", file=file)
         plan = in_reading_order(plan, llama_schedule(hparams, key_prefix))
+        if weight_layout == IN_OUT:
+            projections = {key for layer in range(hparams.n_layers)
+                           for key in llama_layer_keys(layer, key_prefix)
+                           if not key.endswith("_norm.weight")}
+            plan = [_transposed(p) if p.key in projections else p for p in plan]
+    elif weight_layout == IN_OUT:
+        raise ModelFormatError("weight_layout in_out needs a Llama model (the matrices "
+                               "it transposes are a Llama block's)", file=file)
     tokenizer = tokenizer_from_metadata(meta, file=file)
     model_name = meta.get("general.name")
     architecture = meta.get("general.architecture", "unknown")

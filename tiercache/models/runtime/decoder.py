@@ -21,7 +21,9 @@ Shapes (``L`` layers in the group, ``T`` new tokens per row, ``d`` model width):
   copies them) -- read only: the new tokens attend to the cache *and* to themselves
   (a causal ``T x T`` block), so the function never writes the cache;
 - ``weights``: ``L`` tuples of the nine block tensors (GGUF layout, rows =
-  outputs): float32, or Q4_0/Q4_1/Q8_0 blocks as stored (uint8), which
+  outputs): float32, float32 ``[1, inputs, outputs]`` (matrices an import stored
+  transposed: XLA multiplies batches by them faster), or Q4_0/Q4_1/Q8_0 blocks as
+  stored (uint8), which
   :func:`~tiercache.models.runtime.qlinear.quantized_linear` multiplies by
   without a float32 copy (a new trace per mix of the two).
 
@@ -114,9 +116,12 @@ def build_functions(tf: Any, hp: LlamaHParams, *, compile: bool = True,
         return tf.concat([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
 
     def matmul_t(x: Any, w: Any) -> Any:
-        # x: [n, in] @ w.T, w float32 [out, in] or ggml blocks [out, in/32, bytes] (uint8)
+        # x: [n, in] @ W.T: w float32 [out, in], float32 [1, in, out] (stored transposed:
+        # a manifest's in_out layout), or ggml blocks [out, in/32, bytes] (uint8)
         if w.dtype == tf.uint8:
             return quantized_linear(tf, x, w)
+        if len(w.shape) == 3:
+            return tf.matmul(x, w[0])
         return tf.matmul(x, w, transpose_b=True)
 
     def linear(h: Any, w: Any) -> Any:

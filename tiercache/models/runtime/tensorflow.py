@@ -55,14 +55,14 @@ import time
 import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from ...buffers import pages_resident
 from ...errors import ModelFormatError, ShardNotFoundError
 from ..llama import LlamaHParams, llama_layer_keys, llama_schedule
-from ..manifest import ModelManifest
+from ..manifest import IN_OUT, ModelManifest
 from ..prefix import PrefixCache
 from . import MappingProvider, WeightProvider
 from .batch import generate_batch, greedy
@@ -83,6 +83,11 @@ RESIDENCY_CHECK_PASSES = 16
 
 __all__ = ["TF_ALIGN_BYTES", "LlamaModel", "ModelTimings", "_writable_alias", "greedy",
            "tf_module", "to_tensor", "zero_copy_ok"]
+
+
+#: How a weight goes to the functions: float32 ``[out, in]`` (False), ggml blocks as
+#: stored (True), or float32 ``[in, out]`` with a leading 1 (``"in_out"``).
+Form = bool | Literal["in_out"]
 
 
 def every_shard_in_memory(provider: Any, keys: Iterable[str],
@@ -128,6 +133,12 @@ def every_shard_in_memory(provider: Any, keys: Iterable[str],
         if info is None or not ready(key, np.dtype(info.dtype), tuple(info.shape)):
             return False
     return True
+
+
+def transposed_keys(manifest: ModelManifest) -> frozenset[str]:
+    """Shard keys of ``manifest``'s float matrices stored ``[inputs, outputs]``. O(tensors)."""
+    return frozenset(manifest.key_prefix + name for name, info in manifest.tensors.items()
+                     if info.layout == IN_OUT)
 
 
 def check_shard(key: str, array: object, expected: tuple[int, ...] | None) -> np.ndarray:
@@ -231,7 +242,8 @@ class LlamaModel:
 
     def __init__(self, provider: WeightProvider, hparams: LlamaHParams, *, key_prefix: str = "",
                  compile: bool = True, xla: bool = True,
-                 group_layers: int | None = None) -> None:
+                 group_layers: int | None = None,
+                 transposed: Collection[str] = ()) -> None:
         if group_layers is not None and (isinstance(group_layers, bool)
                                          or not isinstance(group_layers, int)
                                          or group_layers < 1):
@@ -244,17 +256,22 @@ class LlamaModel:
         self.group_layers = min(group_layers or 1, hparams.n_layers)
         self._auto_group = group_layers is None
         self._passes_to_check = 0
-        self._memo: dict[str, tuple[np.ndarray, Any, bool]] | None = None
+        self._memo: dict[str, tuple[np.ndarray, Any, Form]] | None = None
         #: Q4_0/Q4_1/Q8_0 blocks go to compiled functions as stored (eager: numpy, exact).
         self._raw_blocks = compile
-        self._forms: list[bool] = []
+        self._forms: list[Form] = []
         self._float_keys: set[str] = set()
         #: Each key's array (while a store holds it) from the pass before a residency
         #: check, for its mincore; that pass only (~1.4 us a shard: 3 % of a native step).
         self._seen: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
         self._record_seen = False
         self.timings = ModelTimings()
+        #: Keys of float matrices stored ``[inputs, outputs]`` (a manifest's ``in_out``).
+        self._transposed = frozenset(transposed)
         self._shapes = {key_prefix + k: v for k, v in hparams.tensor_shapes().items()}
+        for key in self._transposed:
+            if key in self._shapes:
+                self._shapes[key] = tuple(reversed(self._shapes[key]))
         self._layer_keys = [llama_layer_keys(i, key_prefix) for i in range(hparams.n_layers)]
         self._embed_key = f"{key_prefix}token_embd.weight"
         self._output_key = (self._embed_key if hparams.tied_embeddings
@@ -275,9 +292,11 @@ class LlamaModel:
     def from_manifest(cls, provider: WeightProvider, manifest: ModelManifest, *,
                       compile: bool = True, xla: bool = True,
                       group_layers: int | None = None) -> LlamaModel:
-        """The model described by an import's manifest."""
+        """The model described by an import's manifest (matrices it marks ``in_out``
+        are taken transposed)."""
         return cls(provider, manifest.llama_hparams(), key_prefix=manifest.key_prefix,
-                   compile=compile, xla=xla, group_layers=group_layers)
+                   compile=compile, xla=xla, group_layers=group_layers,
+                   transposed=transposed_keys(manifest))
 
     # --- public API ----------------------------------------------------------------------
     def schedule(self) -> list[str]:
@@ -561,13 +580,16 @@ class LlamaModel:
         # at most once instead of at every move between a decoded and a stored tier
         raw = (self._raw_blocks and key not in self._float_keys
                and is_tf_block(array.dtype, array.shape))
-        self._forms.append(raw)
+        form: Form = True if raw else ("in_out" if key in self._transposed else False)
+        self._forms.append(form)
         if raw:
             pass  # Q4_0/Q4_1/Q8_0 blocks: the compiled functions multiply by them as stored
         elif array.dtype != np.float32:
             t0 = time.perf_counter()
             array = self._decoder.decode(key, array, slot)
             t.dequant_s += time.perf_counter() - t0
+        if form == "in_out":  # [inputs, outputs]: a leading 1 tells the functions (a view)
+            array = array.reshape(1, *array.shape)
         t0 = time.perf_counter()
         tensor, zero_copy = to_tensor(array)
         t.handoff_s += time.perf_counter() - t0
@@ -576,7 +598,7 @@ class LlamaModel:
         else:
             t.copied_handoffs += 1
         if memo is not None:
-            memo[key] = (source, tensor, raw)
+            memo[key] = (source, tensor, form)
         return tensor
 
     def _fetch(self, key: str) -> np.ndarray:
