@@ -74,9 +74,12 @@ def memory_cache(capacity: str = "2GiB") -> tiercache.TieredCache:
 
 
 def load(dtype: str, threads: int) -> tuple[LlamaModel, tiercache.TieredCache, Any]:
-    """The SmolLM2 decoder over a memory tier holding the ``dtype`` import."""
+    """The SmolLM2 decoder over a memory tier holding the ``dtype`` import
+    (``float32-in_out``: float32 with the blocks' matrices stored ``[in, out]``)."""
     cache = memory_cache()
-    manifest = import_model("smollm2", CacheSink(cache), dtype=dtype, progress=False)
+    dtype, _, layout = dtype.partition("-")
+    manifest = import_model("smollm2", CacheSink(cache), dtype=dtype, progress=False,
+                            weight_layout=layout or "out_in")
     model = LlamaModel.from_manifest(cache, manifest)
     return model, cache, manifest
 
@@ -98,7 +101,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per sequence")
     parser.add_argument("--repeat", type=int, default=3, help="rounds (medians reported)")
     parser.add_argument("--batches", default="1,4,16", help="batch sizes, comma-separated")
-    parser.add_argument("--dtypes", default="float32,native", help="imports to compare")
+    parser.add_argument("--dtypes", default="float32,float32-in_out,native",
+                        help="imports to compare (float32-in_out: the blocks' matrices "
+                             "stored [in, out])")
     parser.add_argument("--threads", type=int, default=2, help="threads for every engine")
     parser.add_argument("--llama-cpp", action="store_true", help="measure llama.cpp too")
     parser.add_argument("--llama-cpp-wheels", type=Path, default=None,

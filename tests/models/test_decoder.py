@@ -12,6 +12,7 @@ import pytest
 from reference_llama import RefConfig, ReferenceLlama
 
 import tiercache
+from tiercache.errors import ModelFormatError
 from tiercache.models import (
     DictSink,
     LlamaHParams,
@@ -383,3 +384,50 @@ def test_a_shard_that_came_decoded_once_is_decoded_from_then_on(synth: Synthetic
         model.generate([1, 2, 3], 2)
     # forms change only towards decoded: {0}, {0,1}, {0,1,2} -- three new traces, not six
     assert step_traces() == before + 3, model.traces()
+
+
+# --- the in_out weight layout --------------------------------------------------------------------
+def test_an_in_out_import_stores_matrices_transposed_and_decodes_the_same(tmp_path: Path) -> None:
+    from gguf_fixtures import write_tiny_gguf
+
+    from tiercache.models import import_model
+
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+    rows, cols = DictSink(), DictSink()
+    plain = import_model(path, rows, dtype="float32", progress=False)
+    moved = import_model(path, cols, dtype="float32", progress=False, weight_layout="in_out")
+    q = "blk.0.attn_q.weight"
+    assert moved.tensors[q].layout == "in_out" and moved.tensors[q].shape == (64, 64)
+    assert np.array_equal(cols.arrays["blk.0.attn_k.weight"], rows.arrays["blk.0.attn_k.weight"].T)
+    assert cols.arrays["blk.1.ffn_down.weight"].shape == (96, 64)  # [in, out]
+    for key in ("token_embd.weight", "blk.0.attn_norm.weight", "output_norm.weight"):
+        assert moved.tensors[key].layout is None  # only a block's matrices move
+        assert np.array_equal(cols.arrays[key], rows.arrays[key])
+    prompts = [[1, 2, 3, 4], [5, 6], [7, 8, 9]]
+    runs = {}
+    for name, sink, manifest in (("rows", rows, plain), ("cols", cols, moved)):
+        for compile in (True, False):
+            model = LlamaModel.from_manifest(MappingProvider(sink.arrays), manifest,
+                                             compile=compile)
+            runs[name, compile] = (model.generate(prompts[0], 12),
+                                   model.generate_batch(prompts, 6))
+            last = model.forward([5])
+            if name == "rows" and compile:
+                reference = last
+            else:
+                assert np.allclose(last, reference, atol=1e-4 * float(np.abs(reference).max()))
+    assert len({repr(v) for v in runs.values()}) == 1  # same tokens every way
+    with pytest.raises(ValueError, match="in_out is for float32/float16"):
+        import_model(path, DictSink(), progress=False, weight_layout="in_out")
+    with pytest.raises(ValueError, match="must be out_in or in_out"):
+        import_model(path, DictSink(), dtype="float32", progress=False, weight_layout="cols")
+
+
+def test_a_shard_in_the_wrong_layout_is_refused_naming_it() -> None:
+    synth = Synthetic()
+    # the manifest says in_out, the store holds [out, in]: a non-square matrix shows it
+    model = LlamaModel(MappingProvider(synth.sink.arrays), synth.hp,
+                       transposed={"blk.0.attn_k.weight"})
+    with pytest.raises(ModelFormatError, match=r"blk\.0\.attn_k\.weight"):
+        model.generate([1, 2], 2)

@@ -182,6 +182,17 @@ def test_manifest_round_trip_with_encodings(tmp_path: Path) -> None:
     assert back.tensors["d"].stored_shape == (3, 2)
 
 
+def test_manifest_round_trip_with_the_in_out_layout(tmp_path: Path) -> None:
+    m = ModelManifest(architecture="llama", dtype="float32", tensors={
+        "w": TensorInfo((3, 2), "float32", 24, None, "in_out"),
+        "n": TensorInfo((3,), "float32", 12)})
+    path = m.save(tmp_path / "m.json")
+    raw = json.loads(path.read_text())
+    assert raw["tensors"]["w"]["layout"] == "in_out" and "layout" not in raw["tensors"]["n"]
+    back = load_manifest(path)
+    assert back.tensors == m.tensors and back.tensors["w"].stored_shape == (2, 3)
+
+
 def _manifest_with(tmp_path: Path, entry: dict[str, Any]) -> Path:
     data = ModelManifest(architecture="x").to_dict()
     data["tensors"] = {"blk.0.w": entry}
@@ -207,6 +218,12 @@ def test_an_old_manifest_without_encodings_still_reads(tmp_path: Path) -> None:
     ({"shape": [4, 32], "dtype": "uint16", "nbytes": 8, "encoding": "BF16"}, "takes 256"),
     ({"shape": [2, 3], "dtype": "float32", "nbytes": 12}, "nbytes is 12, but float32"),
     ({"shape": [2, 3], "dtype": "floaty", "nbytes": 12}, "not a numpy dtype"),
+    ({"shape": [2, 3], "dtype": "float32", "nbytes": 24, "layout": "cols"},
+     "layout 'cols' is not valid"),
+    ({"shape": [6], "dtype": "float32", "nbytes": 24, "layout": "in_out"},
+     "for a 2-D float matrix"),
+    ({"shape": [4, 32], "dtype": "uint8", "nbytes": 80, "encoding": "Q4_1",
+      "layout": "in_out"}, "layout 'in_out' is not valid"),
 ])
 def test_a_hostile_manifest_entry_names_the_file_and_tensor(tmp_path: Path, entry: Any,
                                                             message: str) -> None:

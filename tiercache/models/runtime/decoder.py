@@ -21,11 +21,12 @@ Shapes (``L`` layers in the group, ``T`` new tokens per row, ``d`` model width):
   copies them) -- read only: the new tokens attend to the cache *and* to themselves
   (a causal ``T x T`` block), so the function never writes the cache;
 - ``weights``: ``L`` tuples of the nine block tensors (GGUF layout, rows =
-  outputs): float32, float32 ``[1, inputs, outputs]`` (matrices an import stored
-  transposed: XLA multiplies batches by them faster), or Q4_0/Q4_1/Q8_0 blocks as
-  stored (uint8), which
+  outputs): float32, or Q4_0/Q4_1/Q8_0 blocks as stored (uint8), which
   :func:`~tiercache.models.runtime.qlinear.quantized_linear` multiplies by
-  without a float32 copy (a new trace per mix of the two).
+  without a float32 copy (a new trace per mix of the two);
+- ``in_out`` (static, part of the trace): ``L`` tuples of nine flags, True for a
+  float matrix stored ``[inputs, outputs]`` (an import's ``in_out`` layout, which
+  XLA multiplies batches of rows by faster); empty: none.
 
 It returns the new ``x`` and the new keys/values ``[L, B, 2, T, n_kv, head_dim]``,
 which the caller writes in place into its preallocated cache
@@ -52,7 +53,7 @@ from .qlinear import quantized_linear
 class DecoderFunctions:
     """The callables and a trace counter.
 
-    ``group(x, cos, sin, mask, caches, weights) -> (x, new_kv)`` for prompt
+    ``group(x, cos, sin, mask, caches, weights, in_out) -> (x, new_kv)`` for prompt
     passes, ``step`` the same for one-token passes (XLA when ``xla``),
     ``head(x, norm, weight) -> logits`` (``x``: ``[B, T, d]``, the logits of
     each row's last token). ``traces`` counts the Python traces per function
@@ -115,20 +116,21 @@ def build_functions(tf: Any, hp: LlamaHParams, *, compile: bool = True,
         x0, x1 = x[..., :half], x[..., half:]  # rotate (x[i], x[i+d/2]) -- HF rotate_half
         return tf.concat([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
 
-    def matmul_t(x: Any, w: Any) -> Any:
-        # x: [n, in] @ W.T: w float32 [out, in], float32 [1, in, out] (stored transposed:
-        # a manifest's in_out layout), or ggml blocks [out, in/32, bytes] (uint8)
+    def matmul_t(x: Any, w: Any, in_out: bool = False) -> Any:
+        # x: [n, in] @ W.T: w float32 [out, in], float32 [in, out] when ``in_out`` (a
+        # manifest's in_out layout: static, part of the trace), or ggml blocks [out,
+        # in/32, bytes] (uint8)
         if w.dtype == tf.uint8:
             return quantized_linear(tf, x, w)
-        if len(w.shape) == 3:
-            return tf.matmul(x, w[0])
+        if in_out:
+            return tf.matmul(x, w)
         return tf.matmul(x, w, transpose_b=True)
 
-    def linear(h: Any, w: Any) -> Any:
-        # h: [B, T, in], w: [out, in] -> [B, T, out] (one matmul over all rows)
+    def linear(h: Any, w: Any, in_out: bool = False) -> Any:
+        # h: [B, T, in], w: [out, in] (or [in, out]) -> [B, T, out] (one matmul, all rows)
         shape = tf.shape(h)
         width = h.shape[-1] if h.shape[-1] is not None else shape[-1]
-        flat = matmul_t(tf.reshape(h, [-1, width]), w)
+        flat = matmul_t(tf.reshape(h, [-1, width]), w, in_out)
         return tf.reshape(flat, tf.concat([shape[:2], [-1]], axis=0))
 
     def attention(q: Any, k: Any, v: Any, cache: Any, mask: Any, causal: Any) -> Any:
@@ -147,27 +149,31 @@ def build_functions(tf: Any, hp: LlamaHParams, *, compile: bool = True,
         return tf.reshape(out, tf.concat([shape[:2], [n_heads * head_dim]], axis=0))
 
     def block(x: Any, cos: Any, sin: Any, mask: Any, causal: Any, cache: Any,
-              w: Sequence[Any]) -> tuple[Any, Any]:
+              w: Sequence[Any], t: Sequence[bool]) -> tuple[Any, Any]:
         attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down = w
+        t = tuple(t) or (False,) * len(w)
         shape = tf.shape(x)
         h = rms_norm(x, attn_norm)
-        q = tf.reshape(linear(h, wq), tf.concat([shape[:2], [n_heads, head_dim]], axis=0))
-        k = tf.reshape(linear(h, wk), tf.concat([shape[:2], [n_kv, head_dim]], axis=0))
-        v = tf.reshape(linear(h, wv), tf.concat([shape[:2], [n_kv, head_dim]], axis=0))
+        q = tf.reshape(linear(h, wq, t[1]), tf.concat([shape[:2], [n_heads, head_dim]], 0))
+        k = tf.reshape(linear(h, wk, t[2]), tf.concat([shape[:2], [n_kv, head_dim]], 0))
+        v = tf.reshape(linear(h, wv, t[3]), tf.concat([shape[:2], [n_kv, head_dim]], 0))
         q, k = rope(q, cos, sin), rope(k, cos, sin)
-        x = x + linear(attention(q, k, v, cache, mask, causal), wo)
+        x = x + linear(attention(q, k, v, cache, mask, causal), wo, t[4])
         h = rms_norm(x, ffn_norm)
-        x = x + linear(tf.nn.silu(linear(h, w_gate)) * linear(h, w_up), w_down)
+        x = x + linear(tf.nn.silu(linear(h, w_gate, t[6])) * linear(h, w_up, t[7]),
+                       w_down, t[8])
         return x, tf.stack([k, v], axis=1)  # [B, 2, T, n_kv, hd]
 
     def group_body(x: Any, cos: Any, sin: Any, mask: Any, caches: Sequence[Any],
-                   weights: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
+                   weights: Sequence[Sequence[Any]],
+                   in_out: Sequence[Sequence[bool]] = ()) -> tuple[Any, Any]:
         steps = tf.shape(x)[1]
         below = tf.linalg.band_part(tf.ones([steps, steps], dtype=x.dtype), -1, 0)
         causal = (1.0 - below) * -1e30  # exp() of it is exactly 0 after the max shift
         new_kv = []
-        for cache, w in zip(caches, weights, strict=True):
-            x, kv = block(x, cos, sin, mask, causal, cache, w)
+        layouts = in_out or ((),) * len(weights)
+        for cache, w, t in zip(caches, weights, layouts, strict=True):
+            x, kv = block(x, cos, sin, mask, causal, cache, w, t)
             new_kv.append(kv)
         return x, tf.stack(new_kv, axis=0)
 

@@ -401,7 +401,11 @@ class LlamaModel:
             t0 = time.perf_counter()
             caches = tuple(tuple(to_tensor(part)[0] for part in cache.layer(layer, rows))
                            for layer in layers)
-            args = (x, cos, sin, mask, caches, weights)
+            per = len(self._layer_keys[0])  # the forms of each block's shards, in order
+            in_out = tuple(tuple(form == "in_out" for form in self._forms[i:i + per])
+                           for i in range(0, len(self._forms), per)
+                           ) if self._transposed else ()
+            args = (x, cos, sin, mask, caches, weights, in_out)
             if steps == 1:  # the compiled step: one trace per (group, batch, length) bucket
                 flat = [x, cos, sin, mask, *(c for pair in caches for c in pair),
                         *(w for ws in weights for w in ws)]
@@ -588,8 +592,6 @@ class LlamaModel:
             t0 = time.perf_counter()
             array = self._decoder.decode(key, array, slot)
             t.dequant_s += time.perf_counter() - t0
-        if form == "in_out":  # [inputs, outputs]: a leading 1 tells the functions (a view)
-            array = array.reshape(1, *array.shape)
         t0 = time.perf_counter()
         tensor, zero_copy = to_tensor(array)
         t.handoff_s += time.perf_counter() - t0
