@@ -281,7 +281,8 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
 
     status = on_status or (lambda _line: None)
     status("loading TensorFlow…")
-    from .runtime.tensorflow import LlamaModel, tf_module, transposed_keys
+    from .runtime.shards import transposed_keys
+    from .runtime.tensorflow import LlamaModel, tf_module
 
     tf_module()
     status(f"loading {loaded.name or 'the model'} ({len(loaded.tensors)} shards, "

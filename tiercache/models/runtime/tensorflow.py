@@ -53,18 +53,17 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from ...buffers import pages_resident
-from ...errors import ModelFormatError, ShardNotFoundError
+from ...errors import ShardNotFoundError
 from ..llama import LlamaHParams, llama_layer_keys, llama_schedule
-from ..manifest import IN_OUT, ModelManifest
+from ..manifest import ModelManifest
 from ..prefix import PrefixCache
-from . import MappingProvider, WeightProvider
+from . import WeightProvider
 from .batch import generate_batch, greedy
 from .decoder import build_functions
 from .handoff import (
@@ -77,6 +76,7 @@ from .handoff import (
 )
 from .kv import KVCache
 from .qlinear import is_tf_block
+from .shards import Form, check_shard, every_shard_in_memory, in_out_flags, transposed_keys
 
 #: How often (forward passes) ``group_layers=None`` re-checks that every shard is in memory.
 RESIDENCY_CHECK_PASSES = 16
@@ -85,78 +85,12 @@ __all__ = ["TF_ALIGN_BYTES", "LlamaModel", "ModelTimings", "_writable_alias", "g
            "tf_module", "to_tensor", "zero_copy_ok"]
 
 
-#: How a weight goes to the functions: float32 ``[out, in]`` (False), ggml blocks as
-#: stored (True), or float32 ``[in, out]`` with a leading 1 (``"in_out"``).
-Form = bool | Literal["in_out"]
-
-
-def every_shard_in_memory(provider: Any, keys: Iterable[str],
-                          seen: Mapping[str, np.ndarray], *, raw_blocks: bool = False,
-                          decoded: Collection[str] = ()) -> bool:
-    """Whether ``provider`` holds every shard of ``keys`` in memory, as float32 -- or,
-    with ``raw_blocks``, as Q4_0/Q4_1/Q8_0 blocks the compiled step computes on (no
-    decoded buffer: see the loop's comment): in a memory tier, or as a verified view of
-    a zero-copy tier whose pages are all in the page cache -- ``seen`` maps a key to the
-    array its last fetch returned, what ``mincore`` is asked about; keys in ``decoded``
-    are decoded whatever they arrive as. O(shards + pages)."""
-
-    def ready(key: str, dtype: Any, shape: tuple[int, ...]) -> bool:
-        return dtype == np.float32 or (raw_blocks and key not in decoded
-                                       and is_tf_block(dtype, shape))
-
-    if isinstance(provider, MappingProvider):
-        return all(isinstance(a, np.ndarray) and ready(k, a.dtype, a.shape)
-                   for k, a in provider.arrays.items())
-    where, tier = getattr(provider, "where", None), getattr(provider, "tier", None)
-    if where is None or tier is None:
-        return False
-    for key in keys:
-        names = where(key)
-        if not names:
-            return False
-        top = tier(names[0])
-        if not getattr(top, "holds_arrays", False):
-            # a zero-copy tier's view costs no memory of its own; it runs in the
-            # whole step when it is verified, float32 and wholly in the page cache
-            # (else reading it would wait for the disk: block by block, the
-            # prefetcher overlaps that wait with compute)
-            view = seen.get(key)
-            if not (getattr(top, "zero_copy", False) and top.viewed(key)
-                    and view is not None and ready(key, view.dtype, view.shape)
-                    and pages_resident(view)):
-                return False
-            continue
-        # a stored (quantized, float16) shard would need a decoded buffer of its own for
-        # the whole step: memory no tier counts. Only float32 shards (a float32 import, a
-        # decoded memory tier) run the whole step; others stream block by block.
-        info = top.info(key)
-        if info is None or not ready(key, np.dtype(info.dtype), tuple(info.shape)):
-            return False
-    return True
-
-
-def transposed_keys(manifest: ModelManifest) -> frozenset[str]:
-    """Shard keys of ``manifest``'s float matrices stored ``[inputs, outputs]``. O(tensors)."""
-    return frozenset(manifest.key_prefix + name for name, info in manifest.tensors.items()
-                     if info.layout == IN_OUT)
-
-
-def check_shard(key: str, array: object, expected: tuple[int, ...] | None) -> np.ndarray:
-    """``array``, checked: :class:`ModelFormatError` naming ``key`` unless it is a float
-    or quantized-block array whose logical shape is ``expected`` (when known). O(1)."""
-    if not isinstance(array, np.ndarray):
-        raise ModelFormatError(f"shard {key!r} is a {type(array).__name__}, not an array")
-    if array.dtype.kind not in "fu":
-        raise ModelFormatError(f"shard {key!r} has dtype {array.dtype}, expected floats "
-                               "or a quantized block layout")
-    try:
-        shape = ShardDecoder.logical_shape(array)
-    except ValueError as err:  # quant's ModelFormatError is one
-        raise ModelFormatError(f"shard {key!r}: {err}") from None
-    if expected is not None and shape != expected:
-        raise ModelFormatError(f"shard {key!r} has shape {shape}, the model "
-                               f"expects {expected}: the cache holds another model")
-    return array
+def _check_group_layers(group_layers: object) -> None:
+    """``ValueError`` unless ``group_layers`` is None or a whole number >= 1."""
+    if group_layers is not None and (isinstance(group_layers, bool)
+                                     or not isinstance(group_layers, int) or group_layers < 1):
+        raise ValueError(f"group_layers must be a whole number >= 1 or None, "
+                         f"got {group_layers!r}")
 
 
 @dataclass
@@ -244,11 +178,7 @@ class LlamaModel:
                  compile: bool = True, xla: bool = True,
                  group_layers: int | None = None,
                  transposed: Collection[str] = ()) -> None:
-        if group_layers is not None and (isinstance(group_layers, bool)
-                                         or not isinstance(group_layers, int)
-                                         or group_layers < 1):
-            raise ValueError(f"group_layers must be a whole number >= 1 or None, "
-                             f"got {group_layers!r}")
+        _check_group_layers(group_layers)
         self.provider = provider
         self.hparams = hparams
         self.key_prefix = key_prefix
@@ -268,10 +198,8 @@ class LlamaModel:
         self.timings = ModelTimings()
         #: Keys of float matrices stored ``[inputs, outputs]`` (a manifest's ``in_out``).
         self._transposed = frozenset(transposed)
-        self._shapes = {key_prefix + k: v for k, v in hparams.tensor_shapes().items()}
-        for key in self._transposed:
-            if key in self._shapes:
-                self._shapes[key] = tuple(reversed(self._shapes[key]))
+        self._shapes = {key_prefix + k: (v[::-1] if key_prefix + k in self._transposed else v)
+                        for k, v in hparams.tensor_shapes().items()}  # as stored
         self._layer_keys = [llama_layer_keys(i, key_prefix) for i in range(hparams.n_layers)]
         self._embed_key = f"{key_prefix}token_embd.weight"
         self._output_key = (self._embed_key if hparams.tied_embeddings
@@ -401,10 +329,8 @@ class LlamaModel:
             t0 = time.perf_counter()
             caches = tuple(tuple(to_tensor(part)[0] for part in cache.layer(layer, rows))
                            for layer in layers)
-            per = len(self._layer_keys[0])  # the forms of each block's shards, in order
-            in_out = tuple(tuple(form == "in_out" for form in self._forms[i:i + per])
-                           for i in range(0, len(self._forms), per)
-                           ) if self._transposed else ()
+            in_out = (in_out_flags(self._forms, len(self._layer_keys[0]))
+                      if self._transposed else ())
             args = (x, cos, sin, mask, caches, weights, in_out)
             if steps == 1:  # the compiled step: one trace per (group, batch, length) bucket
                 flat = [x, cos, sin, mask, *(c for pair in caches for c in pair),
@@ -557,16 +483,12 @@ class LlamaModel:
         return rows.reshape(*ids.shape, -1)
 
     def _weight(self, key: str, slot: Any) -> Any:
-        """Fetch, decode (stored formats) and hand over one shard as a float32 tensor --
-        or, for the compiled functions, Q4_0/Q4_1/Q8_0 blocks as stored (uint8: see
-        :mod:`~tiercache.models.runtime.qlinear`); records which in ``_forms``.
-
-        While the whole step runs in one call (every shard in memory), the tensor
-        made from a shard is kept with the array it came from and reused as long
-        as the provider returns that same (immutable) array object: no new
-        handoff, and a stored shard is not decoded again (its slot buffer is
-        its own in that mode). Any other mode keeps nothing between passes.
-        """
+        """Fetch, decode (stored formats) and hand over one shard as a float32 tensor (or
+        Q4_0/Q4_1/Q8_0 blocks as stored, for the compiled functions: see
+        :mod:`~tiercache.models.runtime.qlinear`); records its :data:`Form` in ``_forms``.
+        While the whole step runs in one call, the tensor is kept with its array and
+        reused while the provider returns that same (immutable) array: no new handoff
+        or decode. Any other mode keeps nothing between passes."""
         array = self._fetch(key)
         t = self.timings
         memo = self._memo
@@ -586,19 +508,15 @@ class LlamaModel:
                and is_tf_block(array.dtype, array.shape))
         form: Form = True if raw else ("in_out" if key in self._transposed else False)
         self._forms.append(form)
-        if raw:
-            pass  # Q4_0/Q4_1/Q8_0 blocks: the compiled functions multiply by them as stored
-        elif array.dtype != np.float32:
+        if not raw and array.dtype != np.float32:  # (blocks: multiplied by as stored)
             t0 = time.perf_counter()
             array = self._decoder.decode(key, array, slot)
             t.dequant_s += time.perf_counter() - t0
         t0 = time.perf_counter()
         tensor, zero_copy = to_tensor(array)
         t.handoff_s += time.perf_counter() - t0
-        if zero_copy:
-            t.zero_copy_handoffs += 1
-        else:
-            t.copied_handoffs += 1
+        t.zero_copy_handoffs += zero_copy
+        t.copied_handoffs += not zero_copy
         if memo is not None:
             memo[key] = (source, tensor, form)
         return tensor
