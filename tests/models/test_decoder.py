@@ -202,7 +202,7 @@ def test_the_whole_step_runs_over_views_of_a_zero_copy_tier_in_the_page_cache(
     of their own: the whole step runs in one call while every page is in the page cache
     (mincore), block by block as soon as one is not (reading it would wait for the disk).
     Same tokens either way."""
-    from tiercache.models.runtime import tensorflow as runtime
+    from tiercache.models.runtime import shards as runtime
 
     cfg = {"tiers": [{"name": "ssd", "backend": "packed", "path": str(tmp_path / "ssd"),
                       "capacity": "64MiB", "zero_copy": True}]}
