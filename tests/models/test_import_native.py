@@ -356,6 +356,25 @@ def test_cli_dtype_for_a_gguf(typed_gguf: Any, tmp_path: Path,
     assert "typed.gguf" in err and "bfloat16 and q8_0 are for float checkpoints" in err
 
 
+def test_cli_weight_layout_is_refused_where_it_does_not_apply(
+        typed_gguf: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, _ = typed_gguf
+    capsys.readouterr()
+    # not a Llama model: nothing to transpose, and nothing written
+    assert _cli(str(path), "--npy-dir", str(tmp_path / "a"), "--dtype", "float32",
+                "--weight-layout", "in_out") == 2
+    assert "needs a Llama model" in capsys.readouterr().err
+    assert not list((tmp_path / "a").glob("*.npy"))
+    # a quantized (native) import keeps its blocks per output row
+    assert _cli(str(path), "--npy-dir", str(tmp_path / "b"), "--weight-layout", "in_out") == 2
+    assert "in_out is for float32/float16 imports" in capsys.readouterr().err
+    # a float checkpoint: the option is a GGUF import's
+    st = tmp_path / "w.safetensors"
+    _float_checkpoint(st)
+    assert _cli(str(st), "--npy-dir", str(tmp_path / "c"), "--weight-layout", "in_out") == 2
+    assert "is for GGUF imports" in capsys.readouterr().err
+
+
 def test_cli_dtype_for_safetensors_and_synthetic(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "m.safetensors"
