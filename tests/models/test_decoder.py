@@ -424,6 +424,25 @@ def test_an_in_out_import_stores_matrices_transposed_and_decodes_the_same(tmp_pa
         import_model(path, DictSink(), dtype="float32", progress=False, weight_layout="cols")
 
 
+def test_an_in_out_float16_import_decodes_the_same_as_its_default_layout(
+        tmp_path: Path) -> None:
+    from gguf_fixtures import write_tiny_gguf
+
+    from tiercache.models import import_model
+
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+    tokens = []
+    for layout in ("out_in", "in_out"):
+        sink = DictSink()
+        manifest = import_model(path, sink, dtype="float16", progress=False,
+                                weight_layout=layout)
+        assert sink.arrays["blk.0.ffn_up.weight"].dtype == np.float16
+        model = LlamaModel.from_manifest(MappingProvider(sink.arrays), manifest)
+        tokens.append((model.generate([1, 2, 3], 10), model.generate_batch([[4], [5, 6]], 5)))
+    assert tokens[0] == tokens[1]
+
+
 def test_a_shard_in_the_wrong_layout_is_refused_naming_it() -> None:
     synth = Synthetic()
     # the manifest says in_out, the store holds [out, in]: a non-square matrix shows it
