@@ -36,9 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_serving as bs
+
 MIB = 1 << 20
 PAGE = 4096
-CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 MADV_POPULATE_READ = 22
 
 
@@ -53,18 +55,6 @@ def pieces() -> tuple[list[int], list[int], int]:
         offsets.append(end)
         end += size
     return sizes, offsets, end
-
-
-def read_bytes() -> int:
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("read_bytes:"):
-            return int(line.split()[1])
-    return 0
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def one_pass(path: Path, how: str, depth: int) -> float:
@@ -139,17 +129,17 @@ def child(args: argparse.Namespace) -> None:
         group = Path(args.group)
         (group / "cgroup.procs").write_text(f"{os.getpid()}\n")
         ram_tier = np.ones(128 * MIB // 8)  # the RAM tier's memory, touched
-        stat = dict(line.split() for line in (group / "memory.stat").read_text().splitlines())
-        limit = int(stat.get("total_rss", stat.get("rss", "0"))) + args.slack_mib * MIB
+        stat = bs.cgroup_stat(group)
+        limit = stat.get("total_rss", stat.get("rss", 0)) + args.slack_mib * MIB
         (group / "memory.limit_in_bytes").write_text(f"{limit}\n")
     _, _, total = pieces()
     for how in ("faults", "willneed", "populate", "direct"):
         times, reads = [], []
         for _ in range(args.repeat):
-            drop_caches()
-            before = read_bytes()
+            bs.drop_caches()
+            before = bs.read_bytes()
             times.append(one_pass(Path(args.file), how, args.depth))
-            reads.append((read_bytes() - before) / 1e6)
+            reads.append((bs.read_bytes() - before) / 1e6)
         print(f"{'capped' if args.group else 'uncapped':<9} {how:<9} "
               f"{total / statistics.median(times) / 1e9:6.2f} GB/s  "
               f"{statistics.median(reads):6.0f} MB read/pass  "
@@ -182,17 +172,12 @@ def main() -> None:
               f"medians of {args.repeat} passes; cap: own memory + 128 MiB + "
               f"{args.slack_mib} MiB", flush=True)
         subprocess.run(base, check=True)
-        group = CGROUP_ROOT / f"tiercache-bench-read-ways-{os.getpid()}"
+        group = Path(bs.CGROUP_MEMORY_ROOT) / f"tiercache-bench-read-ways-{os.getpid()}"
         group.mkdir()
         try:
             subprocess.run([*base, "--group", str(group)], check=True)
         finally:
-            for _ in range(50):
-                try:
-                    group.rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            bs.remove_group(group)
 
 
 if __name__ == "__main__":

@@ -225,6 +225,16 @@ def wait_for_quiet(max_load: float, max_wait_s: float) -> float:
     return load
 
 
+def remove_group(group: Path) -> None:
+    """Remove a cgroup its processes have left (the kernel takes a moment to let go)."""
+    for _ in range(50):
+        try:
+            group.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
 def read_bytes() -> int:
     """Bytes this process caused to be read from storage (``/proc/self/io``)."""
     for line in Path("/proc/self/io").read_text().splitlines():
@@ -734,12 +744,7 @@ def run_cold(prep: Prepared, specs: list[Spec], args: argparse.Namespace,
                                       capture_output=True, text=True, timeout=600)
             finally:
                 if group is not None:
-                    for _ in range(50):
-                        try:
-                            group.rmdir()
-                            break
-                        except OSError:
-                            time.sleep(0.1)
+                    remove_group(group)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]

@@ -33,11 +33,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import bench_serving as bs
 import numpy as np
 
 from tiercache.models import quant
@@ -169,12 +169,7 @@ def run_capped_child(script: Path, job: dict[str, Any], job_path: Path,
         return {"failed": True, "log": f"timed out after {timeout_s:.0f} s"}
     finally:
         if group is not None:
-            for _ in range(50):
-                try:
-                    group.rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            bs.remove_group(group)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]

@@ -151,7 +151,6 @@ def build_functions(tf: Any, hp: LlamaHParams, *, compile: bool = True,
     def block(x: Any, cos: Any, sin: Any, mask: Any, causal: Any, cache: Any,
               w: Sequence[Any], t: Sequence[bool]) -> tuple[Any, Any]:
         attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down = w
-        t = tuple(t) or (False,) * len(w)
         shape = tf.shape(x)
         h = rms_norm(x, attn_norm)
         q = tf.reshape(linear(h, wq, t[1]), tf.concat([shape[:2], [n_heads, head_dim]], 0))
@@ -171,7 +170,7 @@ def build_functions(tf: Any, hp: LlamaHParams, *, compile: bool = True,
         below = tf.linalg.band_part(tf.ones([steps, steps], dtype=x.dtype), -1, 0)
         causal = (1.0 - below) * -1e30  # exp() of it is exactly 0 after the max shift
         new_kv = []
-        layouts = in_out or ((),) * len(weights)
+        layouts = in_out or tuple((False,) * len(w) for w in weights)
         for cache, w, t in zip(caches, weights, layouts, strict=True):
             x, kv = block(x, cos, sin, mask, causal, cache, w, t)
             new_kv.append(kv)

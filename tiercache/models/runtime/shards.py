@@ -22,7 +22,8 @@ from .qlinear import is_tf_block
 __all__ = ["Form", "check_shard", "every_shard_in_memory", "in_out_flags", "transposed_keys"]
 
 #: How a weight goes to the functions: float32 ``[out, in]`` (False), ggml blocks as
-#: stored (True), or float32 ``[in, out]`` with a leading 1 (``"in_out"``).
+#: stored (True), or float32 ``[in, out]`` (``"in_out"``: a manifest's layout, which
+#: the compiled step gets as its static ``in_out`` argument).
 Form = bool | Literal["in_out"]
 
 
