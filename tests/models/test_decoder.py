@@ -4,6 +4,7 @@ eager path and the numpy reference agreeing with the compiled one."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -194,6 +195,23 @@ def test_the_whole_step_runs_in_one_call_only_when_every_shard_is_in_memory(
         model.generate([1, 2, 3], RESIDENCY_CHECK_PASSES)  # residency is checked again
         assert model.group_layers == HP.n_layers
         assert model.generate([1, 2, 3], 3) == first
+
+
+def test_a_whole_step_runs_the_blocks_and_the_head_in_one_call(synth: Synthetic) -> None:
+    model = synth.model()
+    calls: Counter[str] = Counter()
+    call = model._fns.call
+
+    def counting(fn: str, key: tuple[object, ...], args: tuple[object, ...],
+                 flat: list[object]) -> object:
+        calls[fn] += 1
+        return call(fn, key, args, flat)
+
+    model._fns.call = counting  # type: ignore[method-assign]
+    tokens = model.generate([1, 2, 3], 5)
+    assert model.group_layers == HP.n_layers
+    assert calls == {"head": 1, "step_head": 4}  # the prompt's head, then 4 one-call steps
+    assert tokens == synth.model(group_layers=1).generate([1, 2, 3], 5)  # block by block
 
 
 def test_the_whole_step_runs_over_views_of_a_zero_copy_tier_in_the_page_cache(

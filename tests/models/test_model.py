@@ -32,6 +32,8 @@ from tiercache.models import (
     synthetic_llama,
 )
 from tiercache.models.runtime import MappingProvider
+from tiercache.models.runtime.handoff import CacheTensors
+from tiercache.models.runtime.kv import KVCache
 from tiercache.models.runtime.tensorflow import LlamaModel, to_tensor, zero_copy_ok
 
 pytestmark = pytest.mark.tf
@@ -318,6 +320,32 @@ def test_handoff_is_zero_copy_for_aligned_arrays() -> None:
     assert zero_copy_ok(array)
     tensor, zero_copy = to_tensor(array)
     assert zero_copy and float(tf.reduce_sum(tensor)) == float(array.sum())
+
+
+def test_cache_tensors_are_kept_while_the_arrays_stay_and_see_in_place_writes() -> None:
+    cache = KVCache(n_layers=2, rows=2, n_kv_heads=1, head_dim=4, context_length=256)
+    kept = CacheTensors()
+    keys, values = kept.layer(cache.keys, cache.values, 1, slice(0, 2))
+    assert kept.layer(cache.keys, cache.values, 1, slice(0, 2))[0] is keys  # made once
+    assert kept.layer(cache.keys, cache.values, 0, slice(0, 2))[0] is not keys
+    cache.keys[1, 1, 0, 2, 0] = 7.0  # the cache is written in place between calls
+    cache.values[1, 0, 0, 0, 3] = 5.0
+    assert float(keys[1, 0, 2, 0]) == 7.0 and float(values[0, 0, 0, 3]) == 5.0
+    cache.lengths[:] = 3
+    cache.reserve(100)  # new arrays: new tensors, over them
+    fresh = kept.layer(cache.keys, cache.values, 1, slice(0, 2))[0]
+    assert fresh is not keys and fresh.shape[-1] == cache.length
+    assert float(fresh[1, 0, 2, 0]) == 7.0  # the live part was carried over
+
+
+def test_cache_tensors_never_keep_a_copy() -> None:
+    keys = _aligned(2 * 4 * 16, offset=4).reshape(2, 1, 1, 4, 16)  # unaligned: copied
+    values = _aligned(2 * 4 * 16).reshape(2, 1, 1, 16, 4)
+    kept = CacheTensors()
+    first, _ = kept.layer(keys, values, 0, slice(0, 1))
+    keys[0, 0, 0, 0, 0] = 3.0
+    again, _ = kept.layer(keys, values, 0, slice(0, 1))
+    assert again is not first and float(again[0, 0, 0, 0]) == 3.0
 
 
 def test_handoff_copies_unaligned_arrays() -> None:

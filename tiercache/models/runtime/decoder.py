@@ -56,7 +56,11 @@ class DecoderFunctions:
     ``group(x, cos, sin, mask, caches, weights, in_out) -> (x, new_kv)`` for prompt
     passes, ``step`` the same for one-token passes (XLA when ``xla``),
     ``head(x, norm, weight) -> logits`` (``x``: ``[B, T, d]``, the logits of
-    each row's last token). ``traces`` counts the Python traces per function
+    each row's last token), and ``step_head(x, cos, sin, mask, caches, weights,
+    in_out, norm, weight) -> (logits, new_kv)``: a one-token step of every block
+    and the head in one call (what a step runs while the whole model is one group:
+    one dispatch and no hand-back of ``x`` between the two; counted as a ``step``
+    trace). ``traces`` counts the Python traces per function
     and shape key (eager calls are not counted).
 
     :meth:`call` runs ``step`` or ``head`` through a concrete function kept per
@@ -70,6 +74,7 @@ class DecoderFunctions:
     group: Any
     step: Any
     head: Any
+    step_head: Any = None
     traces: Counter[str] = field(default_factory=Counter)
     _concrete: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
@@ -179,9 +184,16 @@ def build_functions(tf: Any, hp: LlamaHParams, *, compile: bool = True,
     def head_body(x: Any, norm: Any, weight: Any) -> Any:
         return matmul_t(rms_norm(x[:, -1], norm), weight)
 
+    def step_head_body(x: Any, cos: Any, sin: Any, mask: Any, caches: Sequence[Any],
+                       weights: Sequence[Sequence[Any]], in_out: Sequence[Sequence[bool]],
+                       norm: Any, head: Any) -> tuple[Any, Any]:
+        x, new_kv = group_body(x, cos, sin, mask, caches, weights, in_out)
+        return head_body(x, norm, head), new_kv
+
     if not compile:
         fns.group = fns.step = group_body
         fns.head = head_body
+        fns.step_head = step_head_body
         return fns
 
     def counted(name: str, body: Any) -> Any:
@@ -198,4 +210,5 @@ def build_functions(tf: Any, hp: LlamaHParams, *, compile: bool = True,
     fns.group = tf.function(counted("prompt", group_body), reduce_retracing=True)
     fns.step = tf.function(counted("step", group_body), jit_compile=xla)
     fns.head = tf.function(counted_head, jit_compile=xla)
+    fns.step_head = tf.function(counted("step", step_head_body), jit_compile=xla)
     return fns

@@ -68,8 +68,10 @@ from .batch import generate_batch, greedy
 from .decoder import build_functions
 from .handoff import (
     TF_ALIGN_BYTES,
+    CacheTensors,
     ShardDecoder,
     _writable_alias,
+    aligned_empty,
     tf_module,
     to_tensor,
     zero_copy_ok,
@@ -187,6 +189,8 @@ class LlamaModel:
         self._auto_group = group_layers is None
         self._passes_to_check = 0
         self._memo: dict[str, tuple[np.ndarray, Any, Form]] | None = None
+        self._cache_tensors = CacheTensors()
+        self._inputs: dict[str, np.ndarray] = {}
         #: Q4_0/Q4_1/Q8_0 blocks go to compiled functions as stored (eager: numpy, exact).
         self._raw_blocks = compile
         self._forms: list[Form] = []
@@ -304,12 +308,12 @@ class LlamaModel:
         if self._record_seen:
             self._seen.clear()
         t0 = time.perf_counter()
-        x = tf.constant(self._embed(ids))
+        x = self._input("x", self._embed(ids))
         positions = (lengths[:, None] + np.arange(steps)[None, :]).astype(np.float64)
         angles = positions[..., None] * self._inv_freq  # [rows, T, half]
-        cos = tf.constant(np.cos(angles).astype(np.float32)[:, :, None, :])
-        sin = tf.constant(np.sin(angles).astype(np.float32)[:, :, None, :])
-        mask = tf.constant(cache.mask(rows))
+        cos = self._input("cos", np.cos(angles)[:, :, None, :])
+        sin = self._input("sin", np.sin(angles)[:, :, None, :])
+        mask = self._input("mask", cache.mask(rows))
         t.handoff_s += time.perf_counter() - t0
         fns = self._fns
         if self._auto_group:
@@ -320,28 +324,41 @@ class LlamaModel:
                 self.group_layers = hp.n_layers if resident else 1
                 self._memo = (self._memo or {}) if resident else None
         size = self.group_layers
+        # one group of every block, one token a row: the head runs in the same call
+        whole = steps == 1 and counts is None and size >= hp.n_layers
+        logits_t = None
         for first in range(0, hp.n_layers, size):
             layers = range(first, min(first + size, hp.n_layers))
             self._forms = []
             weights = tuple(tuple(self._weight(key, (layer - first, j))
                                   for j, key in enumerate(self._layer_keys[layer]))
                             for layer in layers)
-            t0 = time.perf_counter()
-            caches = tuple(tuple(to_tensor(part)[0] for part in cache.layer(layer, rows))
-                           for layer in layers)
             in_out = (in_out_flags(self._forms, len(self._layer_keys[0]))
                       if self._transposed else ())
-            args = (x, cos, sin, mask, caches, weights, in_out)
+            ends = (self._weight(self._norm_key, "norm"),
+                    self._weight(self._output_key, "head")) if whole else ()
+            t0 = time.perf_counter()
+            caches = tuple(self._cache_tensors.layer(cache.keys, cache.values, layer, rows)
+                           for layer in layers)
+            args = (x, cos, sin, mask, caches, weights, in_out, *ends)
             if steps == 1:  # the compiled step: one trace per (group, batch, length) bucket
                 flat = [x, cos, sin, mask, *(c for pair in caches for c in pair),
-                        *(w for ws in weights for w in ws)]
-                x, new_kv = fns.call("step", (len(layers), n_rows, cache.length,
-                                              tuple(self._forms)), args, flat)
+                        *(w for ws in weights for w in ws), *ends]
+                out, new_kv = fns.call("step_head" if whole else "step",
+                                       (len(layers), n_rows, cache.length,
+                                        tuple(self._forms)), args, flat)
+                logits_t, x = (out, x) if whole else (None, out)
             else:
                 x, new_kv = fns.group(*args)
             cache.write(slice(layers.start, layers.stop), rows, new_kv.numpy())
             t.compute_s += time.perf_counter() - t0
-            del weights, caches, new_kv, args
+            del weights, caches, new_kv, args, ends
+        if logits_t is not None:
+            cache.advance(rows, steps)
+            t0 = time.perf_counter()
+            logits = np.asarray(logits_t, dtype=np.float32)
+            t.compute_s += time.perf_counter() - t0
+            return self._count_pass(started, is_decode, n_rows, live, ids, counts, logits)
         if counts is None:
             cache.advance(rows, steps)
             last = x if steps == 1 else x[:, -1:]  # [rows, 1, dim]
@@ -358,6 +375,13 @@ class LlamaModel:
                             dtype=np.float32)
         t.compute_s += time.perf_counter() - t0
         del head, norm, head_args
+        return self._count_pass(started, is_decode, n_rows, live, ids, counts, logits)
+
+    def _count_pass(self, started: float, is_decode: bool, n_rows: int, live: int | None,
+                    ids: np.ndarray, counts: np.ndarray | None,
+                    logits: np.ndarray) -> np.ndarray:
+        """Add a finished pass to :attr:`timings`; returns ``logits``."""
+        t = self.timings
         elapsed = time.perf_counter() - started
         t.forward_passes += 1
         if is_decode:
@@ -473,6 +497,13 @@ class LlamaModel:
         return every_shard_in_memory(self.provider, set(self.schedule()), self._seen,
                                      raw_blocks=self._raw_blocks, decoded=self._float_keys)
 
+    def _input(self, name: str, values: np.ndarray) -> Any:
+        buf = self._inputs.get(name)
+        if buf is None or buf.shape != values.shape:
+            buf = self._inputs[name] = aligned_empty(values.shape, np.float32)
+        np.copyto(buf, values, casting="same_kind")
+        return to_tensor(buf)[0]
+
     def _embed(self, ids: np.ndarray) -> np.ndarray:
         """Float32 embedding rows ``[rows, T, dim]`` (row lookup: no full-table handoff)."""
         table = self._fetch(self._embed_key)
@@ -531,7 +562,9 @@ class LlamaModel:
                                      "import the model first (tiercache import MODEL "
                                      "--config ...)") from None
         t.fetch_s += time.perf_counter() - t0
-        array = check_shard(key, array, self._shapes.get(key))
+        kept = self._memo.get(key) if self._memo is not None else None
+        if kept is None or kept[0] is not array:  # (a kept array was checked when kept)
+            array = check_shard(key, array, self._shapes.get(key))
         t.shards_fetched += 1
         t.bytes_fetched += array.nbytes
         if self._record_seen:
