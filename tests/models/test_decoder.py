@@ -214,6 +214,30 @@ def test_a_whole_step_runs_the_blocks_and_the_head_in_one_call(synth: Synthetic)
     assert tokens == synth.model(group_layers=1).generate([1, 2, 3], 5)  # block by block
 
 
+def test_a_head_of_blocks_for_several_rows_keeps_its_own_call(synth: Synthetic) -> None:
+    from gguf import GGMLQuantizationType, quants
+
+    stored = {k: (quants.quantize(v.astype(np.float32), GGMLQuantizationType.Q4_1)
+                  .reshape(v.shape[0], -1, 20) if v.ndim == 2 else v)
+              for k, v in synth.sink.arrays.items()}
+    model = LlamaModel.from_manifest(MappingProvider(stored), synth.manifest)
+    calls: Counter[str] = Counter()
+    call = model._fns.call
+
+    def counting(fn: str, key: tuple[object, ...], args: tuple[object, ...],
+                 flat: list[object]) -> object:
+        calls[fn] += 1
+        return call(fn, key, args, flat)
+
+    model._fns.call = counting  # type: ignore[method-assign]
+    model.generate([1, 2, 3], 3)  # one row: blocks and head in one call
+    assert calls == {"head": 1, "step_head": 2}
+    calls.clear()
+    model.generate_batch([[1, 2, 3], [4, 5]], 3)  # two rows: the head dequantized apart
+    # the prompts together in one pass, then 2 steps: each with a head call of its own
+    assert calls == {"head": 3, "step": 2}
+
+
 def test_the_whole_step_runs_over_views_of_a_zero_copy_tier_in_the_page_cache(
         synth: Synthetic, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Shards a zero-copy (packed) tier serves as verified float32 views cost no memory

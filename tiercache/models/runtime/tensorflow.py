@@ -324,8 +324,13 @@ class LlamaModel:
                 self.group_layers = hp.n_layers if resident else 1
                 self._memo = (self._memo or {}) if resident else None
         size = self.group_layers
-        # one group of every block, one token a row: the head runs in the same call
-        whole = steps == 1 and counts is None and size >= hp.n_layers
+        # one group of every block, one token a row: the head runs in the same call -- but
+        # not a head of ggml blocks for several rows (dequantized in the step: a temporary
+        # the size of the float32 head, which slowed the one call from 86 to 125 ms at
+        # batch 16 in a process that had run other models; its own call keeps to 86)
+        kept = self._memo.get(self._output_key) if self._memo is not None else None
+        whole = (steps == 1 and counts is None and size >= hp.n_layers
+                 and not (n_rows > 1 and kept is not None and kept[2] is True))
         logits_t = None
         for first in range(0, hp.n_layers, size):
             layers = range(first, min(first + size, hp.n_layers))
