@@ -69,9 +69,9 @@ from .decoder import build_functions
 from .handoff import (
     TF_ALIGN_BYTES,
     CacheTensors,
+    InputBuffers,
     ShardDecoder,
     _writable_alias,
-    aligned_empty,
     tf_module,
     to_tensor,
     zero_copy_ok,
@@ -128,6 +128,16 @@ class ModelTimings:
         for f in fields(self):
             setattr(self, f.name, f.default)
 
+    def add_pass(self, seconds: float, decode: bool, tokens: int) -> None:
+        """Count a forward pass: a one-token step (``tokens`` decoded) or a prompt pass."""
+        self.forward_passes += 1
+        if decode:
+            self.decode_s += seconds
+            self.decoded_tokens += tokens
+        else:
+            self.prefill_s += seconds
+            self.prompt_tokens += tokens
+
     def as_dict(self) -> dict[str, Any]:
         """The counters plus derived rates (``decode_tokens_per_s`` counts one-token passes)."""
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -138,6 +148,15 @@ class ModelTimings:
         out["handoff_s_per_shard"] = (self.handoff_s / self.shards_fetched
                                       if self.shards_fetched else None)
         return out
+
+
+def head_in_step(rows: int, head_form: Form | None) -> bool:
+    """Whether a one-token step of every block runs the output head in the same call:
+    yes, but not a head of ggml blocks (form ``True``) for several rows -- dequantized
+    in the step, a temporary the size of the float32 head, it slowed the one call from
+    86 to 125 ms at batch 16 in a process that had run other models (its own call: 86).
+    ``head_form``: the head's form last pass (None: not known yet). O(1)."""
+    return rows == 1 or head_form is not True
 
 
 class LlamaModel:
@@ -159,21 +178,13 @@ class LlamaModel:
         Compile the one-token step with XLA (``jit_compile``).
     group_layers:
         Blocks per compiled call, fetched together before it (1: stream block
-        by block; ``n_layers``: the whole step in one call, every shard of the
-        step fetched first). ``None`` (the default): the whole step while every
-        shard of the schedule is held in memory (a
-        :class:`~tiercache.models.runtime.MappingProvider`, or a cache whose
-        fastest copy of each is in a memory tier or is a verified float32 view
-        of a zero-copy tier whose pages are all in the page cache, asked of
-        ``mincore``; checked every :data:`RESIDENCY_CHECK_PASSES` passes), else
-        block by block. Measured
-        (2-core VM, SmolLM2 float32 all in RAM, ratio to the matmul floor of the
-        same rounds, bench/bench_decoder_ab.py, two runs): whole step
-        0.79-1.02x, block by block 1.06-1.47x (an earlier run: groups of 5
-        blocks 1.17-1.30x) -- XLA's per-call cost and the lost fusion across
-        blocks; so streaming block by block is kept only where it is
-        needed (a shard read from disk: the model may not fit in RAM, and the
-        prefetcher overlaps the next block's read with this block's compute).
+        by block; ``n_layers``: the whole step in one call). ``None`` (the
+        default): the whole step while every shard of the schedule is held in
+        memory (:func:`~tiercache.models.runtime.shards.every_shard_in_memory`,
+        checked every :data:`RESIDENCY_CHECK_PASSES` passes), else block by block:
+        the whole step ran at 0.79-1.02x the matmul floor, block by block at
+        1.06-1.47x (bench/bench_decoder_ab.py), so streaming is kept for shards read
+        from disk, whose reads the prefetcher overlaps with the compute.
     """
 
     def __init__(self, provider: WeightProvider, hparams: LlamaHParams, *, key_prefix: str = "",
@@ -190,7 +201,7 @@ class LlamaModel:
         self._passes_to_check = 0
         self._memo: dict[str, tuple[np.ndarray, Any, Form]] | None = None
         self._cache_tensors = CacheTensors()
-        self._inputs: dict[str, np.ndarray] = {}
+        self._inputs = InputBuffers()
         #: Q4_0/Q4_1/Q8_0 blocks go to compiled functions as stored (eager: numpy, exact).
         self._raw_blocks = compile
         self._forms: list[Form] = []
@@ -302,20 +313,16 @@ class LlamaModel:
         t = self.timings
         started = time.perf_counter()
         is_decode = steps == 1 and bool(lengths.max() > 0)
-        tf = self._tf
         # record what this pass fetches when the next pass checks residency (1 -> 0)
         self._record_seen = self._auto_group and self._passes_to_check == 2
         if self._record_seen:
             self._seen.clear()
         t0 = time.perf_counter()
-        x = self._input("x", self._embed(ids))
-        positions = (lengths[:, None] + np.arange(steps)[None, :]).astype(np.float64)
-        angles = positions[..., None] * self._inv_freq  # [rows, T, half]
-        cos = self._input("cos", np.cos(angles)[:, :, None, :])
-        sin = self._input("sin", np.sin(angles)[:, :, None, :])
-        mask = self._input("mask", cache.mask(rows))
+        angles = (lengths[:, None] + np.arange(steps)[None, :])[..., None] * self._inv_freq
+        x, cos, sin, mask = self._inputs.tensors(  # angles: [rows, T, half], float64
+            x=self._embed(ids), cos=np.cos(angles)[:, :, None, :],
+            sin=np.sin(angles)[:, :, None, :], mask=cache.mask(rows))
         t.handoff_s += time.perf_counter() - t0
-        fns = self._fns
         if self._auto_group:
             self._passes_to_check -= 1
             if self._passes_to_check <= 0:
@@ -324,14 +331,10 @@ class LlamaModel:
                 self.group_layers = hp.n_layers if resident else 1
                 self._memo = (self._memo or {}) if resident else None
         size = self.group_layers
-        # one group of every block, one token a row: the head runs in the same call -- but
-        # not a head of ggml blocks for several rows (dequantized in the step: a temporary
-        # the size of the float32 head, which slowed the one call from 86 to 125 ms at
-        # batch 16 in a process that had run other models; its own call keeps to 86)
         kept = self._memo.get(self._output_key) if self._memo is not None else None
         whole = (steps == 1 and counts is None and size >= hp.n_layers
-                 and not (n_rows > 1 and kept is not None and kept[2] is True))
-        logits_t = None
+                 and head_in_step(n_rows, kept[2] if kept is not None else None))
+        logits = None
         for first in range(0, hp.n_layers, size):
             layers = range(first, min(first + size, hp.n_layers))
             self._forms = []
@@ -340,8 +343,7 @@ class LlamaModel:
                             for layer in layers)
             in_out = (in_out_flags(self._forms, len(self._layer_keys[0]))
                       if self._transposed else ())
-            ends = (self._weight(self._norm_key, "norm"),
-                    self._weight(self._output_key, "head")) if whole else ()
+            ends = self._head_weights() if whole else ()
             t0 = time.perf_counter()
             caches = tuple(self._cache_tensors.layer(cache.keys, cache.values, layer, rows)
                            for layer in layers)
@@ -349,53 +351,39 @@ class LlamaModel:
             if steps == 1:  # the compiled step: one trace per (group, batch, length) bucket
                 flat = [x, cos, sin, mask, *(c for pair in caches for c in pair),
                         *(w for ws in weights for w in ws), *ends]
-                out, new_kv = fns.call("step_head" if whole else "step",
-                                       (len(layers), n_rows, cache.length,
-                                        tuple(self._forms)), args, flat)
-                logits_t, x = (out, x) if whole else (None, out)
+                out, new_kv = self._fns.call("step_head" if whole else "step",
+                                             (len(layers), n_rows, cache.length,
+                                              tuple(self._forms)), args, flat)
+                logits, x = (out, x) if whole else (None, out)
             else:
-                x, new_kv = fns.group(*args)
+                x, new_kv = self._fns.group(*args)
             cache.write(slice(layers.start, layers.stop), rows, new_kv.numpy())
             t.compute_s += time.perf_counter() - t0
             del weights, caches, new_kv, args, ends
-        if logits_t is not None:
-            cache.advance(rows, steps)
-            t0 = time.perf_counter()
-            logits = np.asarray(logits_t, dtype=np.float32)
-            t.compute_s += time.perf_counter() - t0
-            return self._count_pass(started, is_decode, n_rows, live, ids, counts, logits)
         if counts is None:
             cache.advance(rows, steps)
             last = x if steps == 1 else x[:, -1:]  # [rows, 1, dim]
         else:
             cache.lengths[rows] += counts
-            last = tf.gather(x, np.maximum(counts - 1, 0)[:, None], batch_dims=1)
-        self._forms = []
-        norm = self._weight(self._norm_key, "norm")
-        head = self._weight(self._output_key, "head")
+            last = self._tf.gather(x, np.maximum(counts - 1, 0)[:, None], batch_dims=1)
         t0 = time.perf_counter()
-        head_args = (last, norm, head)
-        logits = np.asarray(fns.call("head", (n_rows, tuple(self._forms)), head_args,
-                                     list(head_args)),
-                            dtype=np.float32)
+        if logits is None:
+            self._forms = []
+            head_args = (last, *self._head_weights())
+            logits = self._fns.call("head", (n_rows, tuple(self._forms)), head_args,
+                                    list(head_args))
+            del head_args
+        result = np.asarray(logits, dtype=np.float32)
         t.compute_s += time.perf_counter() - t0
-        del head, norm, head_args
-        return self._count_pass(started, is_decode, n_rows, live, ids, counts, logits)
+        tokens = (n_rows if live is None else live) if is_decode else \
+            int(ids.size if counts is None else counts.sum())
+        t.add_pass(time.perf_counter() - started, is_decode, tokens)
+        return result
 
-    def _count_pass(self, started: float, is_decode: bool, n_rows: int, live: int | None,
-                    ids: np.ndarray, counts: np.ndarray | None,
-                    logits: np.ndarray) -> np.ndarray:
-        """Add a finished pass to :attr:`timings`; returns ``logits``."""
-        t = self.timings
-        elapsed = time.perf_counter() - started
-        t.forward_passes += 1
-        if is_decode:
-            t.decode_s += elapsed
-            t.decoded_tokens += n_rows if live is None else live
-        else:
-            t.prefill_s += elapsed
-            t.prompt_tokens += int(ids.size if counts is None else counts.sum())
-        return logits
+    def _head_weights(self) -> tuple[Any, Any]:
+        """The final norm and the output head as handed to the functions (their forms
+        appended to ``_forms``)."""
+        return self._weight(self._norm_key, "norm"), self._weight(self._output_key, "head")
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, *,
                  eos_id: int | None = None, reset: bool = True,
@@ -501,13 +489,6 @@ class LlamaModel:
         """:func:`every_shard_in_memory` for this model's schedule."""
         return every_shard_in_memory(self.provider, set(self.schedule()), self._seen,
                                      raw_blocks=self._raw_blocks, decoded=self._float_keys)
-
-    def _input(self, name: str, values: np.ndarray) -> Any:
-        buf = self._inputs.get(name)
-        if buf is None or buf.shape != values.shape:
-            buf = self._inputs[name] = aligned_empty(values.shape, np.float32)
-        np.copyto(buf, values, casting="same_kind")
-        return to_tensor(buf)[0]
 
     def _embed(self, ids: np.ndarray) -> np.ndarray:
         """Float32 embedding rows ``[rows, T, dim]`` (row lookup: no full-table handoff)."""
