@@ -197,8 +197,8 @@ def test_the_whole_step_runs_in_one_call_only_when_every_shard_is_in_memory(
         assert model.generate([1, 2, 3], 3) == first
 
 
-def test_a_whole_step_runs_the_blocks_and_the_head_in_one_call(synth: Synthetic) -> None:
-    model = synth.model()
+def _count_calls(model: LlamaModel) -> Counter[str]:
+    """Counts, from now on, the model's calls of its compiled functions, by name."""
     calls: Counter[str] = Counter()
     call = model._fns.call
 
@@ -208,6 +208,12 @@ def test_a_whole_step_runs_the_blocks_and_the_head_in_one_call(synth: Synthetic)
         return call(fn, key, args, flat)
 
     model._fns.call = counting  # type: ignore[method-assign]
+    return calls
+
+
+def test_a_whole_step_runs_the_blocks_and_the_head_in_one_call(synth: Synthetic) -> None:
+    model = synth.model()
+    calls = _count_calls(model)
     tokens = model.generate([1, 2, 3], 5)
     assert model.group_layers == HP.n_layers
     assert calls == {"head": 1, "step_head": 4}  # the prompt's head, then 4 one-call steps
@@ -221,15 +227,7 @@ def test_a_head_of_blocks_for_several_rows_keeps_its_own_call(synth: Synthetic) 
                   .reshape(v.shape[0], -1, 20) if v.ndim == 2 else v)
               for k, v in synth.sink.arrays.items()}
     model = LlamaModel.from_manifest(MappingProvider(stored), synth.manifest)
-    calls: Counter[str] = Counter()
-    call = model._fns.call
-
-    def counting(fn: str, key: tuple[object, ...], args: tuple[object, ...],
-                 flat: list[object]) -> object:
-        calls[fn] += 1
-        return call(fn, key, args, flat)
-
-    model._fns.call = counting  # type: ignore[method-assign]
+    calls = _count_calls(model)
     model.generate([1, 2, 3], 3)  # one row: blocks and head in one call
     assert calls == {"head": 1, "step_head": 2}
     calls.clear()
