@@ -234,6 +234,11 @@ def test_a_head_of_blocks_for_several_rows_keeps_its_own_call(synth: Synthetic) 
     model.generate_batch([[1, 2, 3], [4, 5]], 3)  # two rows: the head dequantized apart
     # the prompts together in one pass, then 2 steps: each with a head call of its own
     assert calls == {"head": 3, "step": 2}
+    grouped = LlamaModel.from_manifest(MappingProvider(stored), synth.manifest,
+                                       group_layers=HP.n_layers)  # no residency checks
+    calls = _count_calls(grouped)
+    grouped.generate_batch([[1, 2, 3], [4, 5]], 3)
+    assert calls == {"head": 3, "step": 2}
 
 
 def test_the_whole_step_runs_over_views_of_a_zero_copy_tier_in_the_page_cache(

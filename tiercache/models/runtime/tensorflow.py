@@ -155,7 +155,7 @@ def head_in_step(rows: int, head_form: Form | None) -> bool:
     yes, but not a head of ggml blocks (form ``True``) for several rows -- dequantized
     in the step, a temporary the size of the float32 head, it slowed the one call from
     86 to 125 ms at batch 16 in a process that had run other models (its own call: 86).
-    ``head_form``: the head's form last pass (None: not known yet). O(1)."""
+    ``head_form``: the head's form at its last fetch (None: not fetched yet). O(1)."""
     return rows == 1 or head_form is not True
 
 
@@ -205,6 +205,7 @@ class LlamaModel:
         #: Q4_0/Q4_1/Q8_0 blocks go to compiled functions as stored (eager: numpy, exact).
         self._raw_blocks = compile
         self._forms: list[Form] = []
+        self._head_form: Form | None = None  # the output head's form at its last fetch
         self._float_keys: set[str] = set()
         #: Each key's array (while a store holds it) from the pass before a residency
         #: check, for its mincore; that pass only (~1.4 us a shard: 3 % of a native step).
@@ -331,9 +332,8 @@ class LlamaModel:
                 self.group_layers = hp.n_layers if resident else 1
                 self._memo = (self._memo or {}) if resident else None
         size = self.group_layers
-        kept = self._memo.get(self._output_key) if self._memo is not None else None
         whole = (steps == 1 and counts is None and size >= hp.n_layers
-                 and head_in_step(n_rows, kept[2] if kept is not None else None))
+                 and head_in_step(n_rows, self._head_form))
         logits = None
         for first in range(0, hp.n_layers, size):
             layers = range(first, min(first + size, hp.n_layers))
@@ -382,8 +382,10 @@ class LlamaModel:
 
     def _head_weights(self) -> tuple[Any, Any]:
         """The final norm and the output head as handed to the functions (their forms
-        appended to ``_forms``)."""
-        return self._weight(self._norm_key, "norm"), self._weight(self._output_key, "head")
+        appended to ``_forms``; the head's kept for :func:`head_in_step`)."""
+        norm, head = self._weight(self._norm_key, "norm"), self._weight(self._output_key, "head")
+        self._head_form = self._forms[-1]
+        return norm, head
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, *,
                  eos_id: int | None = None, reset: bool = True,
