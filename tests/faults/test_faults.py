@@ -219,6 +219,31 @@ def test_a_put_over_a_stale_copy_writes_the_new_value_before_removing_any(
         np.testing.assert_array_equal(cache.get("k"), shard(3))
 
 
+def test_a_failed_promotion_never_drops_the_newest_copy_while_a_stale_one_waits(
+        tmp_path: Path) -> None:
+    """Found by the crash test (a disk-full round: an acknowledged version replaced by an
+    older one after the kill). Exclusive mode moved a shard up between persistent tiers
+    by deleting it below first; with the tier above full and the one below too, the
+    re-admit failed and the newest durable copy was dropped while an older copy still
+    waited for its delete -- a restart served the older value. Now, while a stale copy
+    waits, the shard is removed below only after the tier above took it."""
+    cfg = three_tier_config(tmp_path, promote_after=1)
+    with tiercache.open(cfg) as cache:
+        ssd, hdd = _faulty(cache, "ssd", "hdd")
+        cache.put("k", shard(1), tier="ssd")
+        ssd.fail(errno.EACCES, ops={"delete"})
+        cache.put("k", shard(2), tier="hdd")  # the SSD's shard(1) waits for its delete
+        assert cache.where("k") == ["hdd"] and "k" in cache.tier("ssd").pending_deletes
+        ssd.fail(errno.ENOSPC, ops={"put", "delete"})  # both disks full now
+        hdd.fail(errno.ENOSPC, ops={"put"})
+        for _ in range(3):  # gets from the HDD tier: promotions that fail
+            np.testing.assert_array_equal(cache.get("k"), shard(2))
+        assert cache.where("k") == ["hdd"]  # the newest durable copy stayed
+    with tiercache.open(cfg) as cache:
+        got = cache.get("k", None)
+        assert got is None or np.array_equal(got, shard(2)), "the older value came back"
+
+
 def test_pending_delete_is_retried_at_close(tmp_path: Path) -> None:
     cfg = three_tier_config(tmp_path)
     with tiercache.open(cfg) as cache:

@@ -169,7 +169,11 @@ class Hierarchy(CacheState):
                 return False
             keep_source = self.inclusive or (source.persistent
                                              and not target.persistent)
-            if not keep_source:
+            # an older copy waits for its delete elsewhere: this durable copy is the one
+            # that beats it after a restart, so it goes only once the new one is written
+            remove_after = not keep_source and source.persistent and bool(
+                self._stale_tiers(key))
+            if not keep_source and not remove_after:
                 source.remove(key)  # the bytes are in `array`; re-admitted below on failure
             adopt = private and target.is_memory
             try:
@@ -178,10 +182,13 @@ class Hierarchy(CacheState):
                 target.count("errors")
                 log.warning("tier %s failed to take promoted %r: %s", target.name, key, exc)
                 moved = False
+            if moved and remove_after:
+                source.remove(key)
             if moved:
                 source.count("promotions_out")
                 target.count("promotions_in")
-            elif not keep_source and not self._admit_from(index, key, array, adopt=False):
+            elif (not keep_source and not remove_after  # (else it stayed where it was)
+                  and not self._admit_from(index, key, array, adopt=False)):
                 log.warning("shard %r could not be kept after a failed promotion", key)
                 source.count("dropped")
             return moved
