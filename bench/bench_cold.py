@@ -344,7 +344,7 @@ def tiercache_child(cfg: Config, args: SimpleNamespace, prompts: list[list[int]]
         r["anon_run_mb"] = group_anon_mb(group)  # RAM tier included
         for batch in args.batches:
             if batch > 1:
-                r[f"b{batch}"] = timed_batch(model, cache, prompts[:batch], args)
+                r[f"b{batch}"] = timed_batch(model, cache, prompts[:batch], args, group)
     finally:
         if cache is not None:
             cache.close()
@@ -355,9 +355,11 @@ def tiercache_child(cfg: Config, args: SimpleNamespace, prompts: list[list[int]]
 
 
 def timed_batch(model: Any, cache: Any, prompts: list[list[int]],
-                args: SimpleNamespace) -> dict[str, float]:
+                args: SimpleNamespace, group: Path | None = None) -> dict[str, float]:
     """A warm-up pass, then ``args.tokens`` steps for every prompt at once; figures of the
-    one-token steps (the prompt passes, one per prompt, left out)."""
+    one-token steps (the prompt passes, one per prompt, left out), and in a capped run
+    the group's anonymous memory and page cache at the end (what the batch's KV cache
+    left the page cache)."""
     if cache is not None:
         cache.declare_schedule(model.schedule())
         cache.start_prefetcher(depth=args.prefetch)
@@ -377,10 +379,15 @@ def timed_batch(model: Any, cache: Any, prompts: list[list[int]],
         cache.stop_prefetcher()
     t = model.timings
     steps = max(1, t.decoded_tokens // len(prompts))  # one prompt pass for the batch
-    return {"tokens_per_s": t.decoded_tokens / t.decode_s,
-            "ms_per_step": t.decode_s / steps * 1e3,
-            "wall_ms_per_step": (end_t - snap["t"]) / steps * 1e3,
-            "read_mb_per_token": (end_io - snap["io"]) / max(1, t.decoded_tokens) / 1e6}
+    out = {"tokens_per_s": t.decoded_tokens / t.decode_s,
+           "ms_per_step": t.decode_s / steps * 1e3,
+           "wall_ms_per_step": (end_t - snap["t"]) / steps * 1e3,
+           "read_mb_per_token": (end_io - snap["io"]) / max(1, t.decoded_tokens) / 1e6}
+    if group is not None:
+        stat = bs.cgroup_stat(group)
+        out["anon_mb"] = stat.get("total_rss", stat.get("rss", 0)) / MIB
+        out["cache_mb"] = stat.get("total_cache", stat.get("cache", 0)) / MIB
+    return out
 
 
 def llama_cpp_child(cfg: Config, args: SimpleNamespace, prompts: list[list[int]],

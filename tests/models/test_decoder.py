@@ -197,6 +197,28 @@ def test_the_whole_step_runs_in_one_call_only_when_every_shard_is_in_memory(
         assert model.generate([1, 2, 3], 3) == first
 
 
+def test_the_whole_step_waits_for_the_memory_its_compile_keeps(
+        synth: Synthetic, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every shard in memory, yet too little to spare for compiling the whole step (a
+    capped process): the model keeps streaming block by block, and takes the whole
+    step once the memory is there, with the same tokens, and keeps it."""
+    from tiercache.models.runtime import shards
+    need = HP.n_layers * shards.WHOLE_STEP_BYTES_PER_LAYER
+    monkeypatch.setattr(shards, "spare_memory_bytes", lambda: need - 1)
+    model = synth.model()
+    first = model.generate([1, 2, 3], RESIDENCY_CHECK_PASSES + 2)
+    assert model.group_layers == 1
+    steps = {k for k in model.traces() if k.startswith("step:")}
+    assert steps == {"step:1:1x64"}  # the block's variant only, never the whole step
+    monkeypatch.setattr(shards, "spare_memory_bytes", lambda: need)
+    assert model.generate([1, 2, 3], RESIDENCY_CHECK_PASSES + 2) == first
+    assert model.group_layers == HP.n_layers
+    # its compile spent, the whole step stays while every shard stays in memory
+    monkeypatch.setattr(shards, "spare_memory_bytes", lambda: 0)
+    assert model.generate([1, 2, 3], RESIDENCY_CHECK_PASSES + 2) == first
+    assert model.group_layers == HP.n_layers
+
+
 def _count_calls(model: LlamaModel) -> Counter[str]:
     """Counts, from now on, the model's calls of its compiled functions, by name."""
     calls: Counter[str] = Counter()

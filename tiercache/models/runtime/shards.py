@@ -14,17 +14,34 @@ import numpy as np
 
 from ...buffers import pages_resident
 from ...errors import ModelFormatError
+from ...spare_memory import spare_memory_bytes
 from ..manifest import IN_OUT, ModelManifest
 from . import MappingProvider
 from .handoff import ShardDecoder
 from .qlinear import is_tf_block
 
-__all__ = ["Form", "check_shard", "every_shard_in_memory", "in_out_flags", "transposed_keys"]
+__all__ = ["WHOLE_STEP_BYTES_PER_LAYER", "Form", "check_shard", "every_shard_in_memory",
+           "in_out_flags", "room_for_whole_step", "transposed_keys"]
+
+#: Spare memory per layer the whole step needs before the decoder switches to it: each
+#: compiled variant of the whole step (a batch and length bucket) kept 11-14 MiB per
+#: layer at batch 1 and ~31 at batch 16 after its first call, which peaked at ~42 MiB
+#: per layer (SmolLM2 native and a 10 x 1024 synthetic model, 2-core VM, 2026-12-05:
+#: docs/performance.md). Block by block, a variant keeps ~1 MiB per layer.
+WHOLE_STEP_BYTES_PER_LAYER = 48 << 20
 
 #: How a weight goes to the functions: float32 ``[out, in]`` (False), ggml blocks as
 #: stored (True), or float32 ``[in, out]`` (``"in_out"``: a manifest's layout, which
 #: the compiled step gets as its static ``in_out`` argument).
 Form = bool | Literal["in_out"]
+
+
+def room_for_whole_step(n_layers: int) -> bool:
+    """Whether this process can spare what compiling the whole step of ``n_layers``
+    blocks takes (:data:`WHOLE_STEP_BYTES_PER_LAYER` each; the host's available memory
+    and the room left in its memory cgroups: :func:`~tiercache.spare_memory.spare_memory_bytes`).
+    O(cgroup depth) file reads."""
+    return spare_memory_bytes() >= n_layers * WHOLE_STEP_BYTES_PER_LAYER
 
 
 def every_shard_in_memory(provider: Any, keys: Iterable[str],

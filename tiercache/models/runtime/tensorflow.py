@@ -78,13 +78,28 @@ from .handoff import (
 )
 from .kv import KVCache
 from .qlinear import is_tf_block
-from .shards import Form, check_shard, every_shard_in_memory, in_out_flags, transposed_keys
+from .shards import (
+    Form,
+    check_shard,
+    every_shard_in_memory,
+    in_out_flags,
+    room_for_whole_step,
+    transposed_keys,
+)
 
 #: How often (forward passes) ``group_layers=None`` re-checks that every shard is in memory.
 RESIDENCY_CHECK_PASSES = 16
 
 __all__ = ["TF_ALIGN_BYTES", "LlamaModel", "ModelTimings", "_writable_alias", "greedy",
            "tf_module", "to_tensor", "zero_copy_ok"]
+
+
+def _check_ids(ids: np.ndarray, vocab_size: int) -> None:
+    """``ValueError`` unless ``ids`` is a non-empty ``[rows, tokens]`` array of token ids."""
+    if ids.ndim != 2 or ids.size == 0:
+        raise ValueError("ids must be a non-empty [rows, tokens] array")
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise ValueError(f"token ids must be in [0, {vocab_size})")
 
 
 def _check_group_layers(group_layers: object) -> None:
@@ -179,8 +194,8 @@ class LlamaModel:
     group_layers:
         Blocks per compiled call, fetched together before it (1: stream block
         by block; ``n_layers``: the whole step in one call). ``None`` (the
-        default): the whole step while every shard of the schedule is held in
-        memory (:func:`~tiercache.models.runtime.shards.every_shard_in_memory`,
+        default): the whole step while every shard of the schedule is in memory and
+        the process can spare what its compile keeps (``shards.room_for_whole_step``;
         checked every :data:`RESIDENCY_CHECK_PASSES` passes), else block by block:
         the whole step ran at 0.79-1.02x the matmul floor, block by block at
         1.06-1.47x (bench/bench_decoder_ab.py), so streaming is kept for shards read
@@ -302,10 +317,7 @@ class LlamaModel:
         real token. O(weights + rows * T * (model width + cached positions)).
         """
         hp = self.hparams
-        if ids.ndim != 2 or ids.size == 0:
-            raise ValueError("ids must be a non-empty [rows, tokens] array")
-        if ids.min() < 0 or ids.max() >= hp.vocab_size:
-            raise ValueError(f"token ids must be in [0, {hp.vocab_size})")
+        _check_ids(ids, hp.vocab_size)
         n_rows, steps = ids.shape
         lengths = cache.lengths[rows]
         if lengths.size != n_rows:
@@ -488,9 +500,12 @@ class LlamaModel:
                                    skip_tokens=len(prompt_ids))
 
     def _all_resident(self) -> bool:
-        """:func:`every_shard_in_memory` for this model's schedule."""
-        return every_shard_in_memory(self.provider, set(self.schedule()), self._seen,
-                                     raw_blocks=self._raw_blocks, decoded=self._float_keys)
+        """:func:`every_shard_in_memory` of the schedule; to switch to the whole step,
+        also :func:`room_for_whole_step` (once it runs, its compile is spent)."""
+        n = self.hparams.n_layers
+        return (self.group_layers >= n or room_for_whole_step(n)) and every_shard_in_memory(
+            self.provider, set(self.schedule()), self._seen, raw_blocks=self._raw_blocks,
+            decoded=self._float_keys)
 
     def _embed(self, ids: np.ndarray) -> np.ndarray:
         """Float32 embedding rows ``[rows, T, dim]`` (row lookup: no full-table handoff)."""
