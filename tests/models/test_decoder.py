@@ -219,6 +219,28 @@ def test_the_whole_step_waits_for_the_memory_its_compile_keeps(
     assert model.group_layers == HP.n_layers
 
 
+def test_steps_that_compiled_are_counted_apart(synth: Synthetic) -> None:
+    """The first one-token step traces and compiles; ``compiling_s`` holds it and the
+    steady rate leaves it out; the same buckets again compile nothing."""
+    from tiercache.commands.generate import _decode_rate
+
+    model = synth.model(group_layers=1)
+    model.generate([1, 2, 3], 6)
+    t = model.timings
+    assert t.compiling_tokens == 1 and 0 < t.compiling_s < t.decode_s
+    timing = t.as_dict()
+    steady = timing["steady_decode_tokens_per_s"]
+    assert steady == pytest.approx(4 / (t.decode_s - t.compiling_s))  # 5 steps, 1 compiled
+    assert f"({steady:.2f} once compiled; {t.compiling_s:.2f} s compiling)" in _decode_rate(
+        timing)
+    model.timings.reset()
+    model.generate([1, 2, 3], 6)
+    timing = model.timings.as_dict()
+    assert timing["compiling_s"] == 0 and timing["compiling_tokens"] == 0
+    assert timing["steady_decode_tokens_per_s"] == timing["decode_tokens_per_s"]
+    assert "compiling" not in _decode_rate(timing)
+
+
 def _count_calls(model: LlamaModel) -> Counter[str]:
     """Counts, from now on, the model's calls of its compiled functions, by name."""
     calls: Counter[str] = Counter()

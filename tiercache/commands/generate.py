@@ -147,7 +147,7 @@ def _run_one(args: argparse.Namespace, model: Model, prompt: str, sampler: Sampl
         return 0
     sys.stdout.write(stream.flush() + "\n")
     rate = timing["decode_tokens_per_s"]
-    print(f"{len(token_ids)} tokens; decode {rate:.2f} tokens/s; "
+    print(f"{len(token_ids)} tokens; {_decode_rate(timing)}; "
           f"fetch {timing['fetch_s']:.2f} s, handoff {timing['handoff_s']:.3f} s, "
           f"compute {timing['compute_s']:.2f} s" if rate is not None else
           f"{len(token_ids)} tokens", file=sys.stderr)
@@ -210,12 +210,21 @@ def _run_batch(args: argparse.Namespace, model: Model, prompts: list[str],
         return 0
     tokens = sum(len(r["token_ids"]) for r in results)
     rate = timing["decode_tokens_per_s"]
-    print(f"{len(prompts)} prompts, {tokens} tokens; decode {rate:.2f} tokens/s; "
+    print(f"{len(prompts)} prompts, {tokens} tokens; {_decode_rate(timing)}; "
           f"fetch {timing['fetch_s']:.2f} s, handoff {timing['handoff_s']:.3f} s, "
           f"compute {timing['compute_s']:.2f} s" if rate is not None else
           f"{len(prompts)} prompts, {tokens} tokens", file=sys.stderr)
     _print_stats(args, stats)
     return 0
+
+
+def _decode_rate(timing: dict[str, Any]) -> str:
+    """"decode R tokens/s", and the rate once compiled when some steps compiled."""
+    text = f"decode {timing['decode_tokens_per_s']:.2f} tokens/s"
+    steady = timing.get("steady_decode_tokens_per_s")
+    if timing.get("compiling_s") and steady is not None:
+        text += f" ({steady:.2f} once compiled; {timing['compiling_s']:.2f} s compiling)"
+    return text
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

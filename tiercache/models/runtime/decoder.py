@@ -78,6 +78,11 @@ class DecoderFunctions:
     traces: Counter[str] = field(default_factory=Counter)
     _concrete: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
+    @property
+    def trace_count(self) -> int:
+        """Traces so far, every function and shape together. O(functions)."""
+        return sum(self.traces.values())
+
     def call(self, fn: str, key: tuple[Any, ...], args: tuple[Any, ...],
              flat: list[Any]) -> Any:
         """``getattr(self, fn)(*args)``; ``key`` must identify the argument shapes and

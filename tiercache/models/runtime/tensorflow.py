@@ -120,7 +120,11 @@ class ModelTimings:
     ``prefill_s`` and ``decode_s`` wall time of prompt passes and of
     one-token passes. ``decoded_tokens`` counts every sequence's token of a
     batched step; ``forward_passes`` counts passes (one per step however many
-    sequences it serves, one per prompt).
+    sequences it serves, one per prompt). ``compiling_s`` and
+    ``compiling_tokens``: the one-token passes that traced (and compiled) a new
+    function (a new batch or length bucket, the switch to the whole step),
+    included in ``decode_s`` / ``decoded_tokens``; ``as_dict()``'s
+    ``steady_decode_tokens_per_s`` leaves them out.
     """
 
     fetch_s: float = 0.0
@@ -138,17 +142,23 @@ class ModelTimings:
     copied_handoffs: int = 0
     ttft_s: float | None = None
     prompt_tokens_reused: int = 0
+    compiling_s: float = 0.0
+    compiling_tokens: int = 0
 
     def reset(self) -> None:
         for f in fields(self):
             setattr(self, f.name, f.default)
 
-    def add_pass(self, seconds: float, decode: bool, tokens: int) -> None:
-        """Count a forward pass: a one-token step (``tokens`` decoded) or a prompt pass."""
+    def add_pass(self, seconds: float, decode: bool, tokens: int, traced: bool = False) -> None:
+        """Count a forward pass: a one-token step (``tokens`` decoded) or a prompt pass;
+        ``traced``: it traced a new function."""
         self.forward_passes += 1
         if decode:
             self.decode_s += seconds
             self.decoded_tokens += tokens
+            if traced:
+                self.compiling_s += seconds
+                self.compiling_tokens += tokens
         else:
             self.prefill_s += seconds
             self.prompt_tokens += tokens
@@ -158,6 +168,10 @@ class ModelTimings:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         out["decode_tokens_per_s"] = (self.decoded_tokens / self.decode_s
                                       if self.decode_s > 0 else None)
+        steady_s = self.decode_s - self.compiling_s
+        out["steady_decode_tokens_per_s"] = (
+            (self.decoded_tokens - self.compiling_tokens) / steady_s
+            if steady_s > 0 and self.decoded_tokens > self.compiling_tokens else None)
         out["fetch_gb_per_s"] = (self.bytes_fetched / self.fetch_s / 1e9
                                  if self.fetch_s > 0 else None)
         out["handoff_s_per_shard"] = (self.handoff_s / self.shards_fetched
@@ -323,7 +337,7 @@ class LlamaModel:
         if lengths.size != n_rows:
             raise ValueError(f"{n_rows} rows of ids for {lengths.size} cache rows")
         cache.reserve(int(lengths.max()) + steps)
-        t = self.timings
+        t, traced = self.timings, self._fns.trace_count
         started = time.perf_counter()
         is_decode = steps == 1 and bool(lengths.max() > 0)
         # record what this pass fetches when the next pass checks residency (1 -> 0)
@@ -389,12 +403,12 @@ class LlamaModel:
         t.compute_s += time.perf_counter() - t0
         tokens = (n_rows if live is None else live) if is_decode else \
             int(ids.size if counts is None else counts.sum())
-        t.add_pass(time.perf_counter() - started, is_decode, tokens)
+        t.add_pass(time.perf_counter() - started, is_decode, tokens,
+                   traced=self._fns.trace_count != traced)
         return result
 
     def _head_weights(self) -> tuple[Any, Any]:
-        """The final norm and the output head as handed to the functions (their forms
-        appended to ``_forms``; the head's kept for :func:`head_in_step`)."""
+        """The final norm and the output head as handed over (forms: ``_forms``, ``_head_form``)."""
         norm, head = self._weight(self._norm_key, "norm"), self._weight(self._output_key, "head")
         self._head_form = self._forms[-1]
         return norm, head
