@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import gguf
 import gguf.quants
@@ -265,39 +264,3 @@ def test_products_on_blocks_in_tensorflow_match_dequantize_then_multiply(encodin
             assert got.shape == (rows, 96)
             assert np.abs(got - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
 
-
-@pytest.mark.tf
-def test_in_a_graph_blocks_are_dequantized_only_once_their_input_is_ready() -> None:
-    """A prompt pass over many layers runs as one graph: without the input as a
-    control dependency of each dequantization, the executor decoded every layer's
-    blocks first and held them all (a 30-block prompt pass of SmolLM2's native
-    import kept 0.4 GB more). Each op reading the blocks waits for ``x`` (directly
-    or through the constants it reads, which TensorFlow's pruning leaves it)."""
-    import tensorflow as tf
-
-    from tiercache.models.runtime.qlinear import quantized_linear
-
-    blocks = tf.TensorSpec([96, 4, 20], tf.uint8)
-    x = tf.TensorSpec([16, 128], tf.float32)  # 16 rows: dequantize, then multiply
-    graph = tf.function(lambda x, b: quantized_linear(tf, x, b)).get_concrete_function(
-        x, blocks).graph
-    x_op, b_op = (op for op in graph.get_operations() if op.type == "Placeholder")
-    blocks_name = b_op.outputs[0].name
-    readers = [op for op in graph.get_operations()
-               if any(t.name == blocks_name for t in op.inputs)]
-    assert readers
-
-    def waits_for_x(op: Any) -> bool:  # x among its ancestors, by data or control edge
-        seen: set[str] = set()
-        todo = [op]
-        while todo:
-            now = todo.pop()
-            if now.name == x_op.name:
-                return True
-            if now.name not in seen:
-                seen.add(now.name)
-                todo += [t.op for t in now.inputs] + list(now.control_inputs)
-        return False
-
-    for op in readers:
-        assert waits_for_x(op), op.name

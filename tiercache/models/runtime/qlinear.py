@@ -87,12 +87,7 @@ def quantized_linear(tf: Any, x: Any, blocks: Any) -> Any:
     O(n * out * in)."""
     n = x.shape[0]
     if n is None or n > FUSED_MAX_ROWS[TF_BLOCK_TYPES[int(blocks.shape[-1])]]:
-        # Dequantize only once the input is ready: in graph mode (the prompt's group
-        # function) the executor would otherwise decode every layer's blocks first and
-        # hold them all, and the allocator keeps that peak.
-        with tf.control_dependencies([x]):
-            weights = dequantized(tf, blocks)
-        return tf.matmul(x, weights, transpose_b=True)
+        return tf.matmul(x, dequantized(tf, blocks), transpose_b=True)
     name, d, m, q = _fields(tf, blocks)
     nb = blocks.shape[1]
     xb = tf.reshape(x, [-1, 1, nb, 32])                            # [n, 1, nb, 32]

@@ -23,12 +23,13 @@ from .qlinear import is_tf_block
 __all__ = ["WHOLE_STEP_BYTES_PER_LAYER", "Form", "check_shard", "every_shard_in_memory",
            "in_out_flags", "room_for_whole_step", "transposed_keys"]
 
-#: Spare memory per layer the whole step needs before the decoder switches to it: each
-#: compiled variant of the whole step (a batch and length bucket) kept 11-14 MiB per
-#: layer at batch 1 and ~31 at batch 16 after its first call, which peaked at ~42 MiB
-#: per layer (SmolLM2 native and a 10 x 1024 synthetic model, 2-core VM, 2026-12-05:
-#: docs/performance.md). Block by block, a variant keeps ~1 MiB per layer.
-WHOLE_STEP_BYTES_PER_LAYER = 48 << 20
+#: Spare memory per layer the whole step needs before the decoder switches to it: the
+#: first call of a compiled variant of the whole step (a batch and length bucket)
+#: peaked at 39-50 MiB per layer over the process before it, and the variant kept
+#: 36-47 MiB per layer (SmolLM2 native, batch 1 and 16; float32 12-13 MiB; 2-core VM,
+#: 2026-12-05, ``bench/bench_step_memory.py``: docs/performance.md). Block by block, a
+#: variant keeps 4-10 MiB per layer.
+WHOLE_STEP_BYTES_PER_LAYER = 64 << 20
 
 #: How a weight goes to the functions: float32 ``[out, in]`` (False), ggml blocks as
 #: stored (True), or float32 ``[in, out]`` (``"in_out"``: a manifest's layout, which
