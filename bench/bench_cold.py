@@ -35,9 +35,13 @@ once TensorFlow has traced on zeros (llama.cpp: while loaded; accelerate: once
 torch is imported) + ``--budget`` x the layout's own bytes + the slack". The cap
 counts the page cache. Tracing runs on zeros in the layout's stored form, so the
 decoder's reused float32 buffers count as held; freed heap is handed back
-(``malloc_trim``) before measuring. The slack is bench_serving's 160 MiB
-(``--slack-mib``, ``--smollm2-slack-mib``), and at least the layout's largest
-tensor. At 160 MiB SmolLM2's 92 MiB native layout and its GGUF fit in the page
+(``malloc_trim``) before measuring; the single sequence's KV cache is held then,
+so for a batch the cap is raised by that batch's KV cache (its batch and length
+buckets; 47 MiB for SmolLM2 at batch 16: ``b16.kv_mb``, ``b16.cap_mb``; since the
+fourth session of 2026-12-05 -- before, it came out of the slack; accelerate's
+child, whose cache grows with the tokens, gets no such allowance). The slack is
+bench_serving's 160 MiB (``--slack-mib``, ``--smollm2-slack-mib``), and at least the
+layout's largest tensor. At 160 MiB SmolLM2's 92 MiB native layout and its GGUF fit in the page
 cache the cap leaves (warm after the first pass); a smaller SmolLM2 slack makes
 them cold but starves everything in flight: at 48 MiB native runs re-read 12-31
 GB per token, and at 108 MiB (float32's 113 MB embedding alone) batch 16
@@ -344,7 +348,9 @@ def tiercache_child(cfg: Config, args: SimpleNamespace, prompts: list[list[int]]
         r["anon_run_mb"] = group_anon_mb(group)  # RAM tier included
         for batch in args.batches:
             if batch > 1:
+                batch_cap = recap_for_batch(group, cfg, args, out, model, prompts[:batch])
                 r[f"b{batch}"] = timed_batch(model, cache, prompts[:batch], args, group)
+                r[f"b{batch}"].update(batch_cap)
     finally:
         if cache is not None:
             cache.close()
@@ -352,6 +358,25 @@ def tiercache_child(cfg: Config, args: SimpleNamespace, prompts: list[list[int]]
             source.close()
     r.update(out)
     return r
+
+
+def recap_for_batch(group: Path | None, cfg: Config, args: SimpleNamespace,
+                    held: dict[str, float], model: Any,
+                    prompts: list[list[int]]) -> dict[str, float]:
+    """Raise the cap by the batch's KV cache (its batch and length buckets): the model's
+    memory, as batch 1's KV cache is counted in what the child holds once traced, not
+    page cache taken from the weights' share. O(1)."""
+    if group is None or "anon_mb" not in held:
+        return {}
+    from tiercache.models.runtime.kv import batch_bucket, length_bucket
+
+    hp = model.hparams
+    positions = max(len(p) for p in prompts) + args.warmup + args.tokens + 1
+    kv = (2 * hp.n_layers * hp.n_kv_heads * hp.head_dim * 4 * batch_bucket(len(prompts))
+          * length_bucket(positions, hp.context_length))
+    limit = cs.set_cap(group, int(held["anon_mb"] * MIB) + kv,
+                       int(args.budget * cfg.layout_bytes), cfg.slack_mib * MIB)
+    return {"cap_mb": limit / MIB, "kv_mb": kv / MIB}
 
 
 def timed_batch(model: Any, cache: Any, prompts: list[list[int]],
