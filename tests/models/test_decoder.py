@@ -201,7 +201,8 @@ def test_the_whole_step_waits_for_the_memory_its_compile_keeps(
         synth: Synthetic, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every shard in memory, yet too little to spare for compiling the whole step (a
     capped process): the model keeps streaming block by block, and takes the whole
-    step once the memory is there, with the same tokens, and keeps it."""
+    step once the memory is there, with the same tokens, and keeps it -- but does not
+    compile a new variant of it (a new length bucket) while memory is short."""
     from tiercache.models.runtime import shards
     need = HP.n_layers * shards.WHOLE_STEP_BYTES_PER_LAYER
     monkeypatch.setattr(shards, "spare_memory_bytes", lambda: need - 1)
@@ -217,6 +218,13 @@ def test_the_whole_step_waits_for_the_memory_its_compile_keeps(
     monkeypatch.setattr(shards, "spare_memory_bytes", lambda: 0)
     assert model.generate([1, 2, 3], RESIDENCY_CHECK_PASSES + 2) == first
     assert model.group_layers == HP.n_layers
+    # but a new length bucket would be a new variant of it: short of memory, those
+    # steps run block by block (same tokens)
+    long = model.generate([1, 2, 3], 70)  # past the 64-position bucket
+    steps = {k for k in model.traces() if k.startswith("step:")}
+    assert f"step:{HP.n_layers}:1x128" not in steps and "step:1:1x128" in steps
+    assert model.group_layers == 1
+    assert long == synth.model(group_layers=1).generate([1, 2, 3], 70)
 
 
 def test_steps_that_compiled_are_counted_apart(synth: Synthetic) -> None:

@@ -78,6 +78,12 @@ class DecoderFunctions:
     traces: Counter[str] = field(default_factory=Counter)
     _concrete: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
+    def has_step_variant(self, layers: int, rows: int, length: int) -> bool:
+        """Whether a one-token step over ``layers`` blocks at this batch and length
+        bucket is compiled (any forms). O(variants)."""
+        return any(k[0] in ("step", "step_head") and k[1:4] == (layers, rows, length)
+                   for k in self._concrete)
+
     @property
     def trace_count(self) -> int:
         """Traces so far, every function and shape together. O(functions)."""

@@ -120,11 +120,9 @@ class ModelTimings:
     ``prefill_s`` and ``decode_s`` wall time of prompt passes and of
     one-token passes. ``decoded_tokens`` counts every sequence's token of a
     batched step; ``forward_passes`` counts passes (one per step however many
-    sequences it serves, one per prompt). ``compiling_s`` and
-    ``compiling_tokens``: the one-token passes that traced (and compiled) a new
-    function (a new batch or length bucket, the switch to the whole step),
-    included in ``decode_s`` / ``decoded_tokens``; ``as_dict()``'s
-    ``steady_decode_tokens_per_s`` leaves them out.
+    sequences it serves, one per prompt). ``compiling_s`` / ``compiling_tokens``:
+    one-token passes that traced (compiled) a new function, included in ``decode_s``
+    / ``decoded_tokens``; ``as_dict()``'s ``steady_decode_tokens_per_s`` leaves them out.
     """
 
     fetch_s: float = 0.0
@@ -186,6 +184,23 @@ def head_in_step(rows: int, head_form: Form | None) -> bool:
     86 to 125 ms at batch 16 in a process that had run other models (its own call: 86).
     ``head_form``: the head's form at its last fetch (None: not fetched yet). O(1)."""
     return rows == 1 or head_form is not True
+
+
+def _choose_group(model: LlamaModel, one_token: bool, rows: int, length: int) -> None:
+    """``group_layers=None``'s group for the next pass (see the class); block by block
+    for a one-token pass whose whole-step variant (batch and length bucket) is not
+    compiled yet while memory is short: each variant keeps its own. O(1) most passes."""
+    n = model.hparams.n_layers
+    model._passes_to_check -= 1
+    if model._passes_to_check <= 0:
+        model._passes_to_check = RESIDENCY_CHECK_PASSES
+        resident = model._all_resident()
+        model.group_layers = n if resident else 1
+        model._memo = (model._memo or {}) if resident else None
+    if (one_token and model.group_layers >= n
+            and not model._fns.has_step_variant(n, rows, length)
+            and not room_for_whole_step(n)):
+        model.group_layers, model._memo = 1, None
 
 
 class LlamaModel:
@@ -351,12 +366,7 @@ class LlamaModel:
             sin=np.sin(angles)[:, :, None, :], mask=cache.mask(rows))
         t.handoff_s += time.perf_counter() - t0
         if self._auto_group:
-            self._passes_to_check -= 1
-            if self._passes_to_check <= 0:
-                self._passes_to_check = RESIDENCY_CHECK_PASSES
-                resident = self._all_resident()
-                self.group_layers = hp.n_layers if resident else 1
-                self._memo = (self._memo or {}) if resident else None
+            _choose_group(self, steps == 1, n_rows, cache.length)
         size = self.group_layers
         whole = (steps == 1 and counts is None and size >= hp.n_layers
                  and head_in_step(n_rows, self._head_form))
