@@ -263,4 +263,3 @@ def test_products_on_blocks_in_tensorflow_match_dequantize_then_multiply(encodin
             want = x @ exact.T
             assert got.shape == (rows, 96)
             assert np.abs(got - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
-
