@@ -278,6 +278,21 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.tf
+def test_load_model_group_layers_1_stays_block_by_block(synthetic: Path) -> None:
+    """``group_layers=1``: every step runs block by block even with every shard in the
+    RAM tier (the least memory); a bad value is refused before anything loads."""
+    with pytest.raises(ValueError, match="group_layers"):
+        tiercache.load_model(synthetic, group_layers=0)
+    with tiercache.load_model(synthetic, group_layers=1) as model:
+        text = model.generate("hello", max_new_tokens=40, stream=False)
+        steps = {k for k in model.llama.traces() if k.startswith("step:")}
+        assert model.llama.group_layers == 1
+    assert steps and all(k.startswith("step:1:") for k in steps), steps
+    with tiercache.load_model(synthetic) as model:  # the default may take the whole step
+        assert model.generate("hello", max_new_tokens=40, stream=False) == text
+
+
+@pytest.mark.tf
 def test_load_model_generates_the_greedy_tokens(synthetic: Path) -> None:
     from tiercache.models import load_manifest
     from tiercache.models.runtime.tensorflow import LlamaModel

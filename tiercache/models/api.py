@@ -213,7 +213,8 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
                warn: bool | Callable[[str], None] = True,
                on_status: Callable[[str], None] | None = None,
                kv_cache: bool = True,
-               kv_block_tokens: int = DEFAULT_BLOCK_TOKENS) -> Model:
+               kv_block_tokens: int = DEFAULT_BLOCK_TOKENS,
+               group_layers: int | None = None) -> Model:
     """Open the cache of ``config`` and the model imported into it, ready to generate.
 
     Parameters
@@ -243,6 +244,12 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
         tokens) in the cache's tiers and reuse the longest cached prefix of the
         next prompts (:mod:`tiercache.models.prefix`; per call:
         ``generate(..., kv_cache=False)``). ``False``: every prompt computed whole.
+    group_layers:
+        Blocks per compiled call (see ``LlamaModel``). ``None`` (the default): the
+        whole step in one call while every shard is in memory and the process can
+        spare what its compile keeps, else block by block. ``1``: always block by
+        block, the least memory (for a process whose memory is tight for reasons
+        other than the weights).
 
     Errors (a bad config, no manifest, a model that is not a Llama, no
     tokenizer) are raised before TensorFlow is imported. Takes seconds
@@ -267,6 +274,9 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
     if loaded.tokenizer is None:
         raise ValueError(f"model {loaded.name!r} has no supported tokenizer")
     tokenizer = BPETokenizer.from_dict(loaded.tokenizer)
+    from .runtime.tensorflow import check_group_layers  # no TensorFlow import
+
+    check_group_layers(group_layers)
     depth = DEFAULT_PREFETCH if prefetch is True else int(prefetch)
     if depth < 0:
         raise ValueError(f"prefetch must be a depth >= 0 (0: off), got {prefetch!r}")
@@ -290,7 +300,7 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
     cache = TieredCache.from_config(cfg)
     try:
         llama = LlamaModel(cache, hparams, key_prefix=loaded.key_prefix, compile=compile,
-                           transposed=transposed_keys(loaded))
+                           group_layers=group_layers, transposed=transposed_keys(loaded))
         if kv_cache:
             llama.prefix_cache = PrefixCache(cache, stored_identity(cache, loaded), hparams,
                                              block_tokens=kv_block_tokens)

@@ -90,7 +90,8 @@ from .shards import (
 #: How often (forward passes) ``group_layers=None`` re-checks that every shard is in memory.
 RESIDENCY_CHECK_PASSES = 16
 
-__all__ = ["TF_ALIGN_BYTES", "LlamaModel", "ModelTimings", "_writable_alias", "greedy",
+__all__ = ["TF_ALIGN_BYTES", "LlamaModel", "ModelTimings", "_writable_alias", "check_group_layers",
+           "greedy",
            "tf_module", "to_tensor", "zero_copy_ok"]
 
 
@@ -102,7 +103,7 @@ def _check_ids(ids: np.ndarray, vocab_size: int) -> None:
         raise ValueError(f"token ids must be in [0, {vocab_size})")
 
 
-def _check_group_layers(group_layers: object) -> None:
+def check_group_layers(group_layers: object) -> None:
     """``ValueError`` unless ``group_layers`` is None or a whole number >= 1."""
     if group_layers is not None and (isinstance(group_layers, bool)
                                      or not isinstance(group_layers, int) or group_layers < 1):
@@ -235,7 +236,7 @@ class LlamaModel:
                  compile: bool = True, xla: bool = True,
                  group_layers: int | None = None,
                  transposed: Collection[str] = ()) -> None:
-        _check_group_layers(group_layers)
+        check_group_layers(group_layers)
         self.provider = provider
         self.hparams = hparams
         self.key_prefix = key_prefix
