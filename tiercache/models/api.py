@@ -245,11 +245,8 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
         next prompts (:mod:`tiercache.models.prefix`; per call:
         ``generate(..., kv_cache=False)``). ``False``: every prompt computed whole.
     group_layers:
-        Blocks per compiled call (see ``LlamaModel``). ``None`` (the default): the
-        whole step in one call while every shard is in memory and the process can
-        spare what its compile keeps, else block by block. ``1``: always block by
-        block, the least memory (for a process whose memory is tight for reasons
-        other than the weights).
+        Blocks per compiled call (``LlamaModel``'s; default: the whole step when it
+        fits, else block by block). ``1``: always block by block, the least memory.
 
     Errors (a bad config, no manifest, a model that is not a Llama, no
     tokenizer) are raised before TensorFlow is imported. Takes seconds
@@ -275,7 +272,6 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
         raise ValueError(f"model {loaded.name!r} has no supported tokenizer")
     tokenizer = BPETokenizer.from_dict(loaded.tokenizer)
     from .runtime.tensorflow import check_group_layers  # no TensorFlow import
-
     check_group_layers(group_layers)
     depth = DEFAULT_PREFETCH if prefetch is True else int(prefetch)
     if depth < 0:

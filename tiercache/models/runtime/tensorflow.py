@@ -90,8 +90,7 @@ from .shards import (
 #: How often (forward passes) ``group_layers=None`` re-checks that every shard is in memory.
 RESIDENCY_CHECK_PASSES = 16
 
-__all__ = ["TF_ALIGN_BYTES", "LlamaModel", "ModelTimings", "_writable_alias", "check_group_layers",
-           "greedy",
+__all__ = ["TF_ALIGN_BYTES", "LlamaModel", "ModelTimings", "_writable_alias", "greedy",
            "tf_module", "to_tensor", "zero_copy_ok"]
 
 
