@@ -10,7 +10,7 @@ export TF_CPP_MIN_LOG_LEVEL := 1
 .PHONY: venv demo demo-numpy test test-fast lint typecheck pytest bench clean \
 	redis-server-installed
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py tiercache/models/runtime/_qmatmul.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,sim,tf,models,redis]'

@@ -75,12 +75,15 @@ def memory_cache(capacity: str = "2GiB") -> tiercache.TieredCache:
 
 def load(dtype: str, threads: int) -> tuple[LlamaModel, tiercache.TieredCache, Any]:
     """The SmolLM2 decoder over a memory tier holding the ``dtype`` import
-    (``float32-in_out``: float32 with the blocks' matrices stored ``[in, out]``)."""
+    (``float32-in_out``: float32 with the blocks' matrices stored ``[in, out]``;
+    ``native-xla``: native shards on TensorFlow's compiled step instead of the C
+    kernel, which ``native`` gets where it runs)."""
     cache = memory_cache()
-    dtype, _, layout = dtype.partition("-")
+    dtype, _, variant = dtype.partition("-")
     manifest = import_model("smollm2", CacheSink(cache), dtype=dtype, progress=False,
-                            weight_layout=layout or "out_in")
-    model = LlamaModel.from_manifest(cache, manifest)
+                            weight_layout="in_out" if variant == "in_out" else "out_in")
+    model = LlamaModel.from_manifest(cache, manifest,
+                                     kernels=False if variant == "xla" else None)
     return model, cache, manifest
 
 
@@ -103,7 +106,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4,16", help="batch sizes, comma-separated")
     parser.add_argument("--dtypes", default="float32,float32-in_out,native",
                         help="imports to compare (float32-in_out: the blocks' matrices "
-                             "stored [in, out])")
+                             "stored [in, out]; native-xla: native on TensorFlow, not "
+                             "the C kernel)")
     parser.add_argument("--threads", type=int, default=2, help="threads for every engine")
     parser.add_argument("--llama-cpp", action="store_true", help="measure llama.cpp too")
     parser.add_argument("--llama-cpp-wheels", type=Path, default=None,

@@ -252,14 +252,15 @@ def test_steps_that_compiled_are_counted_apart(synth: Synthetic) -> None:
 def _count_calls(model: LlamaModel) -> Counter[str]:
     """Counts, from now on, the model's calls of its compiled functions, by name."""
     calls: Counter[str] = Counter()
-    call = model._fns.call
+    fns = model._fns or model._start()
+    call = fns.call
 
     def counting(fn: str, key: tuple[object, ...], args: tuple[object, ...],
                  flat: list[object]) -> object:
         calls[fn] += 1
         return call(fn, key, args, flat)
 
-    model._fns.call = counting  # type: ignore[method-assign]
+    fns.call = counting  # type: ignore[method-assign]
     return calls
 
 

@@ -54,7 +54,6 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -64,8 +63,10 @@ from ..llama import LlamaHParams, llama_layer_keys, llama_schedule
 from ..manifest import ModelManifest
 from ..prefix import PrefixCache
 from . import WeightProvider
+from . import kernels as block_kernels
 from .batch import generate_batch, greedy
-from .decoder import build_functions
+from .cpu import CpuFunctions, last_real_rows
+from .decoder import DecoderFunctions, build_functions
 from .handoff import (
     TF_ALIGN_BYTES,
     CacheTensors,
@@ -86,6 +87,7 @@ from .shards import (
     room_for_whole_step,
     transposed_keys,
 )
+from .timings import ModelTimings
 
 #: How often (forward passes) ``group_layers=None`` re-checks that every shard is in memory.
 RESIDENCY_CHECK_PASSES = 16
@@ -110,73 +112,6 @@ def check_group_layers(group_layers: object) -> None:
                          f"got {group_layers!r}")
 
 
-@dataclass
-class ModelTimings:
-    """Where a model's time went, cumulative since construction or :meth:`reset`.
-
-    ``fetch_s`` waiting on ``provider.get``; ``dequant_s`` decoding stored
-    (quantized, float16, bfloat16) shards to float32; ``handoff_s`` numpy ->
-    ``tf.Tensor``; ``compute_s`` in TensorFlow (and the in-place KV writes);
-    ``prefill_s`` and ``decode_s`` wall time of prompt passes and of
-    one-token passes. ``decoded_tokens`` counts every sequence's token of a
-    batched step; ``forward_passes`` counts passes (one per step however many
-    sequences it serves, one per prompt). ``compiling_s`` / ``compiling_tokens``:
-    one-token passes that traced (compiled) a new function, included in ``decode_s``
-    / ``decoded_tokens``; ``as_dict()``'s ``steady_decode_tokens_per_s`` leaves them out.
-    """
-
-    fetch_s: float = 0.0
-    dequant_s: float = 0.0
-    handoff_s: float = 0.0
-    compute_s: float = 0.0
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-    forward_passes: int = 0
-    prompt_tokens: int = 0
-    decoded_tokens: int = 0
-    shards_fetched: int = 0
-    bytes_fetched: int = 0
-    zero_copy_handoffs: int = 0
-    copied_handoffs: int = 0
-    ttft_s: float | None = None
-    prompt_tokens_reused: int = 0
-    compiling_s: float = 0.0
-    compiling_tokens: int = 0
-
-    def reset(self) -> None:
-        for f in fields(self):
-            setattr(self, f.name, f.default)
-
-    def add_pass(self, seconds: float, decode: bool, tokens: int, traced: bool = False) -> None:
-        """Count a forward pass: a one-token step (``tokens`` decoded) or a prompt pass;
-        ``traced``: it traced a new function."""
-        self.forward_passes += 1
-        if decode:
-            self.decode_s += seconds
-            self.decoded_tokens += tokens
-            if traced:
-                self.compiling_s += seconds
-                self.compiling_tokens += tokens
-        else:
-            self.prefill_s += seconds
-            self.prompt_tokens += tokens
-
-    def as_dict(self) -> dict[str, Any]:
-        """The counters plus derived rates (``decode_tokens_per_s`` counts one-token passes)."""
-        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["decode_tokens_per_s"] = (self.decoded_tokens / self.decode_s
-                                      if self.decode_s > 0 else None)
-        steady_s = self.decode_s - self.compiling_s
-        out["steady_decode_tokens_per_s"] = (
-            (self.decoded_tokens - self.compiling_tokens) / steady_s
-            if steady_s > 0 and self.decoded_tokens > self.compiling_tokens else None)
-        out["fetch_gb_per_s"] = (self.bytes_fetched / self.fetch_s / 1e9
-                                 if self.fetch_s > 0 else None)
-        out["handoff_s_per_shard"] = (self.handoff_s / self.shards_fetched
-                                      if self.shards_fetched else None)
-        return out
-
-
 def head_in_step(rows: int, head_form: Form | None) -> bool:
     """Whether a one-token step of every block runs the output head in the same call:
     yes, but not a head of ggml blocks (form ``True``) for several rows -- dequantized
@@ -197,8 +132,9 @@ def _choose_group(model: LlamaModel, one_token: bool, rows: int, length: int) ->
         resident = model._all_resident()
         model.group_layers = n if resident else 1
         model._memo = (model._memo or {}) if resident else None
-    if (one_token and model.group_layers >= n
-            and not model._fns.has_step_variant(n, rows, length)
+    fns = model._fns
+    if (one_token and model.group_layers >= n and fns is not None
+            and not fns.has_step_variant(n, rows, length)
             and not room_for_whole_step(n)):
         model.group_layers, model._memo = 1, None
 
@@ -229,13 +165,23 @@ class LlamaModel:
         the whole step ran at 0.79-1.02x the matmul floor, block by block at
         1.06-1.47x (bench/bench_decoder_ab.py), so streaming is kept for shards read
         from disk, whose reads the prefetcher overlaps with the compute.
+    kernels:
+        Run on numpy and the C kernel of :mod:`~tiercache.models.runtime.kernels`
+        (:mod:`~tiercache.models.runtime.cpu`) instead of TensorFlow: products
+        straight on Q4_0/Q4_1/Q8_0 blocks, no compile, TensorFlow not imported.
+        ``None`` (the default): TensorFlow; :meth:`from_manifest` (and so
+        :func:`~tiercache.models.load_model`) chooses the kernel when it runs here
+        and the import keeps the blocks' query matrices as Q4_0/Q4_1/Q8_0.
+        ``ValueError`` for ``True`` where the kernel cannot run.
     """
 
     def __init__(self, provider: WeightProvider, hparams: LlamaHParams, *, key_prefix: str = "",
                  compile: bool = True, xla: bool = True,
                  group_layers: int | None = None,
-                 transposed: Collection[str] = ()) -> None:
+                 transposed: Collection[str] = (), kernels: bool | None = None) -> None:
         check_group_layers(group_layers)
+        self._kernels = block_kernels.wanted(kernels, compile)
+        self._compile, self._xla = compile, xla
         self.provider = provider
         self.hparams = hparams
         self.key_prefix = key_prefix
@@ -265,8 +211,8 @@ class LlamaModel:
         self._output_key = (self._embed_key if hparams.tied_embeddings
                             else f"{key_prefix}output.weight")
         self._norm_key = f"{key_prefix}output_norm.weight"
-        self._tf = tf_module()
-        self._fns = build_functions(self._tf, hparams, compile=compile, xla=xla)
+        self._tf: Any = None
+        self._fns: DecoderFunctions | CpuFunctions | None = None  # at the first pass
         self._decoder = ShardDecoder()
         half = hparams.head_dim // 2
         self._inv_freq = hparams.rope_theta ** (-np.arange(0, half, dtype=np.float64) * 2
@@ -279,12 +225,15 @@ class LlamaModel:
     @classmethod
     def from_manifest(cls, provider: WeightProvider, manifest: ModelManifest, *,
                       compile: bool = True, xla: bool = True,
-                      group_layers: int | None = None) -> LlamaModel:
+                      group_layers: int | None = None,
+                      kernels: bool | None = None) -> LlamaModel:
         """The model described by an import's manifest (matrices it marks ``in_out``
-        are taken transposed)."""
+        are taken transposed; ``kernels=None``: see the class)."""
+        if kernels is None:
+            kernels = block_kernels.suits(manifest, compile)
         return cls(provider, manifest.llama_hparams(), key_prefix=manifest.key_prefix,
                    compile=compile, xla=xla, group_layers=group_layers,
-                   transposed=transposed_keys(manifest))
+                   transposed=transposed_keys(manifest), kernels=kernels)
 
     # --- public API ----------------------------------------------------------------------
     def schedule(self) -> list[str]:
@@ -308,7 +257,7 @@ class LlamaModel:
     def traces(self) -> dict[str, int]:
         """How often each compiled function was traced, per shape key (``step:L:BxS``:
         a one-token step over L blocks, batch bucket B, length bucket S)."""
-        return dict(self._fns.traces)
+        return dict(self._fns.traces) if self._fns is not None else {}
 
     def reset(self) -> None:
         """Forget the sequence (empty the KV cache, keeping its memory); timings are kept."""
@@ -352,7 +301,8 @@ class LlamaModel:
         if lengths.size != n_rows:
             raise ValueError(f"{n_rows} rows of ids for {lengths.size} cache rows")
         cache.reserve(int(lengths.max()) + steps)
-        t, traced = self.timings, self._fns.trace_count
+        fns = self._fns or self._start()
+        t, traced = self.timings, fns.trace_count
         started = time.perf_counter()
         is_decode = steps == 1 and bool(lengths.max() > 0)
         # record what this pass fetches when the next pass checks residency (1 -> 0)
@@ -361,9 +311,11 @@ class LlamaModel:
             self._seen.clear()
         t0 = time.perf_counter()
         angles = (lengths[:, None] + np.arange(steps)[None, :])[..., None] * self._inv_freq
-        x, cos, sin, mask = self._inputs.tensors(  # angles: [rows, T, half], float64
-            x=self._embed(ids), cos=np.cos(angles)[:, :, None, :],
-            sin=np.sin(angles)[:, :, None, :], mask=cache.mask(rows))
+        inputs = dict(x=self._embed(ids), cos=np.cos(angles)[:, :, None, :],
+                      sin=np.sin(angles)[:, :, None, :], mask=cache.mask(rows))
+        cpu = isinstance(fns, CpuFunctions)
+        x, cos, sin, mask = ([v.astype(np.float32) for v in inputs.values()] if cpu
+                             else self._inputs.tensors(**inputs))
         t.handoff_s += time.perf_counter() - t0
         if self._auto_group:
             _choose_group(self, steps == 1, n_rows, cache.length)
@@ -381,19 +333,20 @@ class LlamaModel:
                       if self._transposed else ())
             ends = self._head_weights() if whole else ()
             t0 = time.perf_counter()
-            caches = tuple(self._cache_tensors.layer(cache.keys, cache.values, layer, rows)
+            caches = tuple((cache.keys[layer, rows], cache.values[layer, rows]) if cpu else
+                           self._cache_tensors.layer(cache.keys, cache.values, layer, rows)
                            for layer in layers)
             args = (x, cos, sin, mask, caches, weights, in_out, *ends)
             if steps == 1:  # the compiled step: one trace per (group, batch, length) bucket
                 flat = [x, cos, sin, mask, *(c for pair in caches for c in pair),
                         *(w for ws in weights for w in ws), *ends]
-                out, new_kv = self._fns.call("step_head" if whole else "step",
+                out, new_kv = fns.call("step_head" if whole else "step",
                                              (len(layers), n_rows, cache.length,
                                               tuple(self._forms)), args, flat)
                 logits, x = (out, x) if whole else (None, out)
             else:
-                x, new_kv = self._fns.group(*args)
-            cache.write(slice(layers.start, layers.stop), rows, new_kv.numpy())
+                x, new_kv = fns.group(*args)
+            cache.write(slice(layers.start, layers.stop), rows, np.asarray(new_kv))
             t.compute_s += time.perf_counter() - t0
             del weights, caches, new_kv, args, ends
         if counts is None:
@@ -401,12 +354,13 @@ class LlamaModel:
             last = x if steps == 1 else x[:, -1:]  # [rows, 1, dim]
         else:
             cache.lengths[rows] += counts
-            last = self._tf.gather(x, np.maximum(counts - 1, 0)[:, None], batch_dims=1)
+            last = (last_real_rows(x, counts) if cpu else
+                    self._tf.gather(x, np.maximum(counts - 1, 0)[:, None], batch_dims=1))
         t0 = time.perf_counter()
         if logits is None:
             self._forms = []
             head_args = (last, *self._head_weights())
-            logits = self._fns.call("head", (n_rows, tuple(self._forms)), head_args,
+            logits = fns.call("head", (n_rows, tuple(self._forms)), head_args,
                                     list(head_args))
             del head_args
         result = np.asarray(logits, dtype=np.float32)
@@ -414,8 +368,20 @@ class LlamaModel:
         tokens = (n_rows if live is None else live) if is_decode else \
             int(ids.size if counts is None else counts.sum())
         t.add_pass(time.perf_counter() - started, is_decode, tokens,
-                   traced=self._fns.trace_count != traced)
+                   traced=fns.trace_count != traced)
         return result
+
+    def _start(self) -> DecoderFunctions | CpuFunctions:
+        """The functions, made at the first pass (see ``kernels``): numpy and the C kernel,
+        or TensorFlow (imported here, 3-7 s). O(1) besides the import."""
+        if self._kernels:
+            self._fns = CpuFunctions(self.hparams)
+            self._auto_group = False  # nothing to compile: stream block by block
+        else:
+            self._tf = tf_module()
+            self._fns = build_functions(self._tf, self.hparams, compile=self._compile,
+                                        xla=self._xla)
+        return self._fns
 
     def _head_weights(self) -> tuple[Any, Any]:
         """The final norm and the output head as handed over (forms: ``_forms``, ``_head_form``)."""
@@ -566,10 +532,15 @@ class LlamaModel:
                and is_tf_block(array.dtype, array.shape))
         form: Form = True if raw else ("in_out" if key in self._transposed else False)
         self._forms.append(form)
+        if isinstance(self._fns, CpuFunctions):  # numpy: blocks the kernel takes as stored
+            raw = block_kernels.is_kernel_block(array)
+            self._forms[-1] = True if raw else form
         if not raw and array.dtype != np.float32:  # (blocks: multiplied by as stored)
             t0 = time.perf_counter()
             array = self._decoder.decode(key, array, slot)
             t.dequant_s += time.perf_counter() - t0
+        if isinstance(self._fns, CpuFunctions):
+            return array
         t0 = time.perf_counter()
         tensor, zero_copy = to_tensor(array)
         t.handoff_s += time.perf_counter() - t0
