@@ -443,7 +443,8 @@ class OPTPolicy(Policy):
         """Belady with bypass: an optional move (promotion, prefetch) of ``key`` is
         admitted only if the residents it would evict -- furthest next use first,
         until ``size`` fits -- are all needed later than ``key``. Without knowledge
-        of the future, admit. O(n log n) in resident keys when the cache is full."""
+        of the future, admit. O(1) amortised when the furthest resident is needed
+        before ``key``, else O(n log n) in resident keys."""
         if self._oracle is None or size <= free:
             return True
         incoming = self.next_use(key)
@@ -452,6 +453,11 @@ class OPTPolicy(Policy):
             # `key` is the request being served right now: what matters is its use
             # after this one
             incoming = oracle.next_use_after(key, incoming)
+        self._clean()
+        if self._heap and -self._heap[0][0] <= incoming:
+            # the resident needed furthest away is needed before `key` (the usual
+            # answer for a shard just used in a loop): refused without sorting
+            return False
         need = size - free
         for resident, nxt in sorted(self._next.items(), key=lambda item: -item[1]):
             if nxt <= incoming:
