@@ -1,4 +1,5 @@
-"""The one compiled piece: tiercache.models.runtime._qmatmul (products on ggml blocks).
+"""The one compiled piece: tiercache.models.runtime._qmatmul (products on ggml blocks
+and a one-token step's attention).
 
 Everything else is in pyproject.toml. The extension is optional: without a C compiler
 the install goes on and the decoder runs its TensorFlow path
@@ -14,5 +15,6 @@ setup(ext_modules=[Extension(
     # multiply and add (no fused multiply-add), so they equal quant.dequantize
     extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off", "-std=c11"],
     extra_link_args=["-fopenmp"],
+    libraries=["m"],
     optional=True,
 )])

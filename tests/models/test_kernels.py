@@ -149,3 +149,43 @@ def test_a_forked_child_computes_on_one_thread() -> None:
     child.join(timeout=60)
     assert child.exitcode == 0 and threads == 1
     assert np.array_equal(got, want) or np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def _attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, keys: np.ndarray,
+                         values: np.ndarray, mask: np.ndarray, scale: float) -> np.ndarray:
+    """float64 softmax attention of one token per row, head by head."""
+    b, _, heads, hd = q.shape
+    kv = k.shape[2]
+    out = np.zeros((b, 1, heads * hd))
+    for row in range(b):
+        for h in range(heads):
+            g = h // (heads // kv)
+            ks = np.concatenate([keys[row, g].T, k[row, :, g]]).astype(np.float64)
+            vs = np.concatenate([values[row, g], v[row, :, g]]).astype(np.float64)
+            scores = ks @ q[row, 0, h] * scale + np.append(mask[row], 0.0)
+            p = np.exp(scores - scores.max())
+            out[row, 0, h * hd:(h + 1) * hd] = (p / p.sum()) @ vs
+    return out
+
+
+def test_one_token_attention_equals_softmax_attention() -> None:
+    rng = np.random.default_rng(5)
+    for b, heads, kv, hd, s, held in [(1, 4, 2, 16, 64, 3), (16, 9, 3, 64, 64, 40),
+                                      (3, 4, 4, 8, 128, 0), (2, 6, 1, 32, 64, 64)]:
+        q = rng.standard_normal((b, 1, heads, hd), dtype=np.float32)
+        k = rng.standard_normal((b, 1, kv, hd), dtype=np.float32)
+        v = rng.standard_normal((b, 1, kv, hd), dtype=np.float32)
+        keys = rng.standard_normal((b, kv, hd, s), dtype=np.float32)
+        values = rng.standard_normal((b, kv, s, hd), dtype=np.float32)
+        mask = np.full((b, s), -np.inf, np.float32)
+        mask[:, :held] = 0.0  # positions past each row's length are masked
+        got = kernels.attend_one_token(q, k, v, keys, values, mask, 0.125, threads=2)
+        want = _attention_reference(q, k, v, keys, values, mask, 0.125)
+        assert got.shape == (b, 1, heads * hd)
+        assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+    with pytest.raises(ValueError, match=r"values must be \(2, 1, 63, 32\)"):
+        kernels.attend_one_token(q, k, v, keys[..., :-1], values, mask, 0.125)
+    with pytest.raises(ValueError, match="mask must be"):
+        kernels.attend_one_token(q, k, v, keys, values, mask[:1], 0.125)
+    with pytest.raises(ValueError, match="q must be"):
+        kernels.attend_one_token(np.concatenate([q, q], axis=1), k, v, keys, values, mask, 1.0)

@@ -19,6 +19,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <omp.h>
 #if defined(__x86_64__)
@@ -255,6 +257,105 @@ static PyObject *qmatmul(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_NONE;
 }
 
+/* ---- attention of one new token per row over a KV cache ---- */
+
+/* out[b, h] = softmax(scale * q[b, h] . [keys[b, g] | k_new[b, g]] + [mask[b] | 0])
+ *             @ [values[b, g] | v_new[b, g]], g = h / (H / KV): grouped-query attention
+ * of a one-token step. q [B, H, D], k_new / v_new [B, KV, D], keys [B, KV, D, S]
+ * (positions last), values [B, KV, S, D], mask [B, S] (additive: 0 or -inf), out
+ * [B, H, D]. scores: scratch of S + 1 floats per (b, h). */
+static void attend_one(const float *q, const float *k_new, const float *v_new,
+                       const float *keys, const float *values, const float *mask,
+                       float *out, int64_t b, int64_t h, int64_t H, int64_t KV, int64_t D,
+                       int64_t S, float scale, float *scores) {
+    const int64_t g = h / (H / KV);
+    const float *qr = q + (b * H + h) * D;
+    const float *kc = keys + (b * KV + g) * D * S, *vc = values + (b * KV + g) * S * D;
+    const float *kn = k_new + (b * KV + g) * D, *vn = v_new + (b * KV + g) * D;
+    for (int64_t j = 0; j < S; j++) scores[j] = 0.0f;
+    for (int64_t d = 0; d < D; d++) {  /* positions last: one row of keys per dimension */
+        const float qd = qr[d], *row = kc + d * S;
+        for (int64_t j = 0; j < S; j++) scores[j] += qd * row[j];
+    }
+    float own = 0.0f;
+    for (int64_t d = 0; d < D; d++) own += qr[d] * kn[d];
+    const float *m = mask + b * S;
+    for (int64_t j = 0; j < S; j++) scores[j] = scores[j] * scale + m[j];
+    scores[S] = own * scale;
+    float top = scores[S];
+    for (int64_t j = 0; j < S; j++) top = scores[j] > top ? scores[j] : top;
+    float total = 0.0f;
+    for (int64_t j = 0; j <= S; j++) {
+        scores[j] = expf(scores[j] - top);
+        total += scores[j];
+    }
+    float *o = out + (b * H + h) * D;
+    for (int64_t d = 0; d < D; d++) o[d] = 0.0f;
+    for (int64_t j = 0; j < S; j++) {
+        const float p = scores[j] / total, *row = vc + j * D;
+        if (p == 0.0f) continue;  /* a masked position */
+        for (int64_t d = 0; d < D; d++) o[d] += p * row[d];
+    }
+    const float p = scores[S] / total;
+    for (int64_t d = 0; d < D; d++) o[d] += p * vn[d];
+}
+
+/* attend(q, k_new, v_new, keys, values, mask, out, B, H, KV, D, S, scale, threads) */
+static PyObject *attend(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 14) {
+        PyErr_SetString(PyExc_TypeError, "attend takes 14 arguments");
+        return NULL;
+    }
+    long long B = PyLong_AsLongLong(args[7]), H = PyLong_AsLongLong(args[8]),
+              KV = PyLong_AsLongLong(args[9]), D = PyLong_AsLongLong(args[10]),
+              S = PyLong_AsLongLong(args[11]);
+    double scale = PyFloat_AsDouble(args[12]);
+    long threads = PyLong_AsLong(args[13]);
+    if (PyErr_Occurred()) return NULL;
+    if (B < 1 || H < 1 || KV < 1 || H % KV || D < 1 || S < 0 || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "attend: bad shape");
+        return NULL;
+    }
+    const Py_ssize_t want[7] = {B * H * D, B * KV * D, B * KV * D, B * KV * D * S,
+                                B * KV * S * D, B * S, B * H * D};
+    Py_buffer buf[7];
+    int held = 0, ok = 1;
+    for (; held < 7; held++) {
+        int flags = PyBUF_C_CONTIGUOUS | (held == 6 ? PyBUF_WRITABLE : 0);
+        if (PyObject_GetBuffer(args[held], &buf[held], flags) < 0) { ok = 0; break; }
+        if (buf[held].len != want[held] * 4) {
+            held++;
+            PyErr_SetString(PyExc_ValueError, "attend: buffer sizes do not match the shape");
+            ok = 0;
+            break;
+        }
+    }
+    if (ok) {
+        const float *q = buf[0].buf, *kn = buf[1].buf, *vn = buf[2].buf, *keys = buf[3].buf,
+                    *values = buf[4].buf, *mask = buf[5].buf;
+        float *out = buf[6].buf;
+        const float sc = (float)scale;
+        Py_BEGIN_ALLOW_THREADS
+        const int64_t pairs = B * H;
+#pragma omp parallel num_threads((int)threads) if (pairs > 1 && threads > 1)
+        {
+            float *scores = malloc((size_t)(S + 1) * sizeof(float));
+            if (scores != NULL) {
+#pragma omp for schedule(static)
+                for (int64_t i = 0; i < pairs; i++)
+                    attend_one(q, kn, vn, keys, values, mask, out, i / H, i % H, H, KV, D, S,
+                               sc, scores);
+                free(scores);
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    for (int i = 0; i < held; i++) PyBuffer_Release(&buf[i]);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *has_avx512(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
@@ -264,6 +365,10 @@ static PyObject *has_avx512(PyObject *self, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"qmatmul", (PyCFunction)(void (*)(void))qmatmul, METH_FASTCALL,
      "qmatmul(x, blocks, out, type, M, K, N, threads, plain): out = x @ W.T"},
+    {"attend", (PyCFunction)(void (*)(void))attend, METH_FASTCALL,
+     "attend(q, k_new, v_new, keys, values, mask, out, B, H, KV, D, S, scale, threads): "
+     "one-token "
+     "grouped-query attention over a KV cache"},
     {"has_avx512", has_avx512, METH_NOARGS, "Whether the AVX-512 kernel runs here."},
     {NULL, NULL, 0, NULL},
 };

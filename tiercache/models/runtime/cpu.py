@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..llama import LlamaHParams
-from .kernels import block_matmul, is_kernel_block
+from .kernels import attend_one_token, block_matmul, is_kernel_block
 
 __all__ = ["CpuFunctions", "last_real_rows"]
 
@@ -105,8 +105,11 @@ class CpuFunctions:
 
         ``q`` ``[B, T, heads, hd]``, ``k``/``v`` ``[B, T, kv, hd]``, cache (keys ``[B, kv,
         hd, S]``, values ``[B, kv, S, hd]``), ``mask`` ``[B, S]``, ``causal`` ``[T, T]``;
-        returns ``[B, T, heads * hd]``."""
+        returns ``[B, T, heads * hd]``. One token per row (a decode step): in C
+        (:func:`~.kernels.attend_one_token`); more (a prompt): numpy's batched products."""
         b, t, heads, hd = q.shape
+        if t == 1:
+            return attend_one_token(q, k, v, cache[0], cache[1], mask, float(self.scale))
         kv, g = k.shape[2], self.group_size
         keys, values = cache
         s = keys.shape[-1]

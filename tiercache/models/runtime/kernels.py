@@ -44,8 +44,8 @@ except ImportError:  # pragma: no cover - an install without a C compiler
 KERNEL_TYPES: dict[int, int] = {GGML_TYPES[name].block_bytes: code
                                 for code, name in enumerate(("Q4_0", "Q4_1", "Q8_0"))}
 
-__all__ = ["KERNEL_TYPES", "available", "block_matmul", "built", "is_kernel_block", "suits",
-           "wanted"]
+__all__ = ["KERNEL_TYPES", "attend_one_token", "available", "block_matmul", "built",
+           "is_kernel_block", "suits", "wanted"]
 
 _threads = max(1, len(os.sched_getaffinity(0)))
 
@@ -124,4 +124,32 @@ def block_matmul(x: np.ndarray, blocks: np.ndarray, out: np.ndarray | None = Non
                          f"{(rows, n_out)}")
     _extension.qmatmul(x, blocks, out, KERNEL_TYPES[int(blocks.shape[2])], rows, n_in, n_out,
                        threads or _threads, plain)
+    return out
+
+
+def attend_one_token(q: np.ndarray, k: np.ndarray, v: np.ndarray, keys: np.ndarray,
+                     values: np.ndarray, mask: np.ndarray, scale: float, *,
+                     threads: int | None = None) -> np.ndarray:
+    """Grouped-query attention of one new token per row, in C: ``q`` ``[B, 1, heads, hd]``,
+    the new ``k``/``v`` ``[B, 1, kv, hd]``, the cache's ``keys`` ``[B, kv, hd, S]`` and
+    ``values`` ``[B, kv, S, hd]``, the additive ``mask`` ``[B, S]``; returns ``[B, 1,
+    heads * hd]``: ``softmax(scale * q . [keys | k] + [mask | 0]) @ [values | v]`` per
+    head, the new token attending to itself. (numpy's batched matmuls over 48 small
+    matrices took ~190 us a layer at batch 16 in the decode loop, this ~20.)
+    ``ValueError`` on shapes that do not match. O(B * heads * S * hd)."""
+    if _extension is None:
+        raise RuntimeError("tiercache's _qmatmul extension is not built")
+    b, t, heads, hd = q.shape
+    kv, s = int(keys.shape[1]), int(keys.shape[3])
+    shapes = {"k": (k.shape, (b, 1, kv, hd)), "v": (v.shape, (b, 1, kv, hd)),
+              "keys": (keys.shape, (b, kv, hd, s)), "values": (values.shape, (b, kv, s, hd)),
+              "mask": (mask.shape, (b, s))}
+    for name, (got, want) in shapes.items():
+        if tuple(got) != want:
+            raise ValueError(f"{name} must be {want}, got {tuple(got)}")
+    if t != 1 or heads % kv:
+        raise ValueError(f"q must be [rows, 1, a multiple of {kv} heads, {hd}], got {q.shape}")
+    out = np.empty((b, 1, heads * hd), dtype=np.float32)
+    arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in (q, k, v, keys, values, mask)]
+    _extension.attend(*arrays, out, b, heads, kv, hd, s, float(scale), threads or _threads)
     return out
