@@ -201,6 +201,9 @@ class LlamaModel:
         #: check, for its mincore; that pass only (~1.4 us a shard: 3 % of a native step).
         self._seen: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
         self._record_seen = False
+        #: The array each key was last checked as (``check_shard``), while it is alive.
+        self._checked: weakref.WeakValueDictionary[str, np.ndarray] = \
+            weakref.WeakValueDictionary()
         self.timings = ModelTimings()
         #: Keys of float matrices stored ``[inputs, outputs]`` (a manifest's ``in_out``).
         self._transposed = frozenset(transposed)
@@ -560,9 +563,9 @@ class LlamaModel:
                                      "import the model first (tiercache import MODEL "
                                      "--config ...)") from None
         t.fetch_s += time.perf_counter() - t0
-        kept = self._memo.get(key) if self._memo is not None else None
-        if kept is None or kept[0] is not array:  # (a kept array was checked when kept)
-            array = check_shard(key, array, self._shapes.get(key))
+        if self._checked.get(key) is not array:  # (a provider returning the same
+            array = check_shard(key, array, self._shapes.get(key))  # immutable array:
+            self._checked[key] = array  # a RAM hit, a cached view; checked once)
         t.shards_fetched += 1
         t.bytes_fetched += array.nbytes
         if self._record_seen:
