@@ -87,6 +87,10 @@ def test_the_kernel_path_gives_the_compiled_and_eager_tokens(encoding: str) -> N
         == eager.generate([1, 2, 3], 12)
     assert cpu.traces() == {} and cpu.decode_buffer_bytes == 0  # nothing traced or decoded
     assert cpu.timings.decode_s > 0 and cpu.timings.compute_s > 0
+    assert cpu.timings.as_dict()["engine"] == "kernels"
+    assert xla.timings.as_dict()["engine"] == "tensorflow"
+    cpu.timings.reset()
+    assert cpu.timings.engine == "kernels" and cpu.timings.decode_s == 0  # engine kept
 
 
 def test_ragged_batches_equal_each_sequence_alone() -> None:

@@ -174,6 +174,7 @@ def test_generate_cli_json(smollm2: SmolLM2, reference: Any,
     assert out["text"].startswith(" Paris.")
     assert set(out["stats"]["tiers"]) == {"ram", "ssd"}
     assert out["timing"]["forward_passes"] == 4
+    assert out["timing"]["engine"] == "tensorflow"  # a float32 import
 
 
 def test_generate_cli_prints_text(smollm2: SmolLM2, capsys: pytest.CaptureFixture[str]) -> None:
@@ -181,7 +182,7 @@ def test_generate_cli_prints_text(smollm2: SmolLM2, capsys: pytest.CaptureFixtur
                  "--max-new-tokens", "2"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith(PROMPT + " Paris")
-    assert "tokens/s" in captured.err
+    assert "tokens/s" in captured.err and "s (TensorFlow)" in captured.err
 
 
 def test_load_model_generates_the_reference_text(smollm2: SmolLM2, reference: Any) -> None:

@@ -149,7 +149,7 @@ def _run_one(args: argparse.Namespace, model: Model, prompt: str, sampler: Sampl
     rate = timing["decode_tokens_per_s"]
     print(f"{len(token_ids)} tokens; {_decode_rate(timing)}; "
           f"fetch {timing['fetch_s']:.2f} s, handoff {timing['handoff_s']:.3f} s, "
-          f"compute {timing['compute_s']:.2f} s" if rate is not None else
+          f"compute {timing['compute_s']:.2f} s{_engine(timing)}" if rate is not None else
           f"{len(token_ids)} tokens", file=sys.stderr)
     if timing["ttft_s"] is not None:
         reused = timing["prompt_tokens_reused"]
@@ -212,10 +212,16 @@ def _run_batch(args: argparse.Namespace, model: Model, prompts: list[str],
     rate = timing["decode_tokens_per_s"]
     print(f"{len(prompts)} prompts, {tokens} tokens; {_decode_rate(timing)}; "
           f"fetch {timing['fetch_s']:.2f} s, handoff {timing['handoff_s']:.3f} s, "
-          f"compute {timing['compute_s']:.2f} s" if rate is not None else
+          f"compute {timing['compute_s']:.2f} s{_engine(timing)}" if rate is not None else
           f"{len(prompts)} prompts, {tokens} tokens", file=sys.stderr)
     _print_stats(args, stats)
     return 0
+
+
+def _engine(timing: dict[str, Any]) -> str:
+    """" (C kernel)" or " (TensorFlow)": what computed the passes."""
+    names = {"kernels": "C kernel", "tensorflow": "TensorFlow"}
+    return f" ({names[timing['engine']]})" if timing.get("engine") in names else ""
 
 
 def _decode_rate(timing: dict[str, Any]) -> str:

@@ -377,6 +377,7 @@ class LlamaModel:
     def _start(self) -> DecoderFunctions | CpuFunctions:
         """The functions, made at the first pass (see ``kernels``): numpy and the C kernel,
         or TensorFlow (imported here, 3-7 s). O(1) besides the import."""
+        self.timings.engine = "kernels" if self._kernels else "tensorflow"
         if self._kernels:
             self._fns = CpuFunctions(self.hparams)
             self._auto_group = False  # nothing to compile: stream block by block
@@ -557,7 +558,7 @@ class LlamaModel:
         t = self.timings
         t0 = time.perf_counter()
         try:
-            array = self.provider.get(key)
+            array: np.ndarray = self.provider.get(key)
         except KeyError:
             raise ShardNotFoundError(f"model shard {key!r} is not in the cache or its origin: "
                                      "import the model first (tiercache import MODEL "

@@ -44,10 +44,15 @@ class ModelTimings:
     prompt_tokens_reused: int = 0
     compiling_s: float = 0.0
     compiling_tokens: int = 0
+    #: What runs the passes: ``"kernels"`` (numpy and the C kernel) or ``"tensorflow"``;
+    #: set at the first pass and kept by :meth:`reset` ("" before).
+    engine: str = ""
 
     def reset(self) -> None:
+        """Zero every counter (``engine`` stays)."""
         for f in fields(self):
-            setattr(self, f.name, f.default)
+            if f.name != "engine":
+                setattr(self, f.name, f.default)
 
     def add_pass(self, seconds: float, decode: bool, tokens: int, traced: bool = False) -> None:
         """Count a forward pass: a one-token step (``tokens`` decoded) or a prompt pass;
