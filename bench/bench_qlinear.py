@@ -11,7 +11,10 @@ by gguf-py, and batches of 1, 4 and 16 rows, the median time of ``x @ W.T``:
     ``qlinear.quantized_linear`` under XLA on the uint8 blocks as stored (fused
     per-block sums up to ``FUSED_MAX_ROWS`` rows, in-graph dequantization above);
 ``float32``
-    an XLA matmul by the float32 matrix (what a decoded tier serves).
+    an XLA matmul by the float32 matrix (what a decoded tier serves);
+``kernel``
+    ``kernels.block_matmul``, the C kernel on the blocks as stored (what a native
+    import runs on where the CPU has AVX-512; "-" where the extension is not built).
 
 Usage::
 
@@ -56,6 +59,7 @@ def main() -> None:
     from gguf import GGMLQuantizationType, quants
 
     from tiercache.models import quant
+    from tiercache.models.runtime import kernels
     from tiercache.models.runtime.qlinear import quantized_linear
 
     blocks_fn = tf.function(lambda x, b: quantized_linear(tf, x, b), jit_compile=True)
@@ -67,7 +71,7 @@ def main() -> None:
     print(f"machine {platform.node()} ({os.cpu_count()} CPUs), tensorflow {tf.__version__}, "
           f"median of {args.repeat} calls, microseconds")
     print(f"{'type':<5} {'rows x cols':>12} {'batch':>5} {'numpy':>9} {'blocks':>9} "
-          f"{'float32':>9} {'numpy/blocks':>13}")
+          f"{'float32':>9} {'kernel':>9} {'numpy/blocks':>13} {'blocks/kernel':>14}")
     for name, rows, cols in SHAPES:
         weights = (rng.standard_normal((rows, cols)) * 0.05).astype(np.float32)
         raw = quants.quantize(weights, getattr(GGMLQuantizationType, name))
@@ -76,12 +80,17 @@ def main() -> None:
         buffer = np.empty_like(exact)
         tb, tw = tf.constant(blocks), tf.constant(exact)
         for batch in (int(b) for b in args.batches.split(",")):
-            x = tf.constant(rng.standard_normal((batch, cols)).astype(np.float32))
+            xn = rng.standard_normal((batch, cols)).astype(np.float32)
+            x = tf.constant(xn)
             cells = [median_us(partial(numpy_way, x, blocks, buffer), args.repeat),
                      median_us(partial(blocks_fn, x, tb), args.repeat),
                      median_us(partial(matmul, x, tw), args.repeat)]
+            out = np.empty((batch, rows), np.float32)
+            kernel = (median_us(partial(kernels.block_matmul, xn, blocks, out), args.repeat)
+                      if kernels.built() else float("nan"))
             print(f"{name:<5} {f'{rows}x{cols}':>12} {batch:>5} {cells[0]:>9.0f} "
-                  f"{cells[1]:>9.0f} {cells[2]:>9.0f} {cells[0] / cells[1]:>12.2f}x")
+                  f"{cells[1]:>9.0f} {cells[2]:>9.0f} {kernel:>9.0f} "
+                  f"{cells[0] / cells[1]:>12.2f}x {cells[1] / kernel:>13.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -189,3 +189,28 @@ def test_one_token_attention_equals_softmax_attention() -> None:
         kernels.attend_one_token(q, k, v, keys, values, mask[:1], 0.125)
     with pytest.raises(ValueError, match="q must be"):
         kernels.attend_one_token(np.concatenate([q, q], axis=1), k, v, keys, values, mask, 1.0)
+
+
+def test_concurrent_products_from_several_threads_are_exact() -> None:
+    """Each calling thread gets its own OpenMP team: four threads at once, every result
+    bit for bit what one thread alone gets."""
+    import threading
+
+    blocks = _blocks("Q4_1", 700, 576, seed=7)
+    rng = np.random.default_rng(8)
+    xs = [rng.standard_normal((rows, 576), dtype=np.float32) for rows in (1, 5, 16)]
+    want = [kernels.block_matmul(x, blocks) for x in xs]
+    wrong: list[int] = []
+
+    def work(offset: int) -> None:
+        for i in range(60):
+            j = (offset + i) % len(xs)
+            if not np.array_equal(kernels.block_matmul(xs[j], blocks), want[j]):
+                wrong.append(j)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads) and wrong == []

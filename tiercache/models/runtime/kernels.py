@@ -6,9 +6,9 @@ reference formulas and multiplied by four rows of ``x`` at once, so the float32
 matrix is never written -- the cost that bounds TensorFlow's path at several rows
 (it dequantizes every block into memory before a product; performance.md, "what
 did not help"). On the 2-core VM (AVX-512, 2 threads, 2026-12-05, ``python
-bench/bench_qlinear.py --kernels``) a 1536 x 576 Q4_1 product at 16 rows takes
-~96 us against ~820 us in the compiled TensorFlow step and ~170-250 us for float32
-weights; at one row it streams the blocks at ~18 us.
+bench/bench_qlinear.py``, medians of 50 calls) a 1536 x 576 Q4_1 product at 16 rows
+takes 113 us against 498 us for TensorFlow's blocks under XLA and 271 us for an XLA
+float32 product (those cells include a call's dispatch, ~0.1 ms); at one row 19 us.
 
 The result equals ``x @ quant.dequantize(W).T`` up to float rounding (the decoded
 weights are equal bit for bit; the sums run in another order). Outputs are split

@@ -24,7 +24,11 @@ The pieces, one module each:
   XLA over static shapes (batch bucket, length bucket; positions and masks are
   inputs), traced once per bucket pair, and a prompt pass (any length);
 - :mod:`.batch` -- :meth:`LlamaModel.generate_batch`: one forward pass per
-  step for every live sequence.
+  step for every live sequence;
+- :mod:`.cpu` and :mod:`.kernels` -- the same functions on numpy and a C kernel
+  that multiplies by Q4_0/Q4_1/Q8_0 blocks as stored (``kernels=True``; chosen by
+  :meth:`LlamaModel.from_manifest` for a native import where the CPU has AVX-512):
+  no TensorFlow at all, which is then never imported.
 
 Measured on the 2-core VM under other jobs' load (SmolLM2-135M float32 in a
 2 GiB memory tier, greedy, medians of 3 rounds of 32 tokens, same process;
@@ -435,7 +439,9 @@ class LlamaModel(SequenceMethods):
         :mod:`~tiercache.models.runtime.qlinear`); records its :data:`Form` in ``_forms``.
         While the whole step runs in one call, the tensor is kept with its array and
         reused while the provider returns that same (immutable) array: no new handoff
-        or decode. Any other mode keeps nothing between passes."""
+        or decode. Any other mode keeps nothing between passes. On the kernel path
+        (:mod:`.cpu`) the numpy array itself: blocks the kernel takes as stored, other
+        stored formats decoded."""
         array = self._fetch(key)
         t = self.timings
         memo = self._memo
