@@ -23,6 +23,7 @@ from tiercache.cli import main
 from tiercache.models import BPETokenizer
 from tiercache.models.api import Model, Sampler, TextStream, batch_samplers
 from tiercache.models.batching import BatchPieces, OnToken, run_in_chunks, split_prompts
+from tiercache.models.runtime import kernels
 
 SYNTH = ["--layers", "2", "--dim", "64", "--ffn", "96", "--vocab", "300", "--heads", "4",
          "--kv-heads", "2", "--seed", "5"]
@@ -462,6 +463,8 @@ def test_smollm2_batches_equal_each_prompt_alone(
         texts = model.generate(SMOL_PROMPTS, 8, stream=False)
         chats = model.generate(SMOL_CHATS, 8, stream=False, chat=True)
         decode = model.tokenizer.decode
+        # a native import runs on the C kernel where the CPU has AVX-512
+        assert model.timings.engine == ("kernels" if kernels.available() else "tensorflow")
     assert texts == [decode(t) for t in raw_alone]
     assert texts[0].startswith(" Paris")
     assert chats == [decode(t) for t in chat_alone]
@@ -470,7 +473,25 @@ def test_smollm2_batches_equal_each_prompt_alone(
     assert main(["generate", "--config", str(smollm2), "--max-new-tokens", "8", "--json",
                  "--chat", "--system", "Be brief.", "--prompt", questions[0], "--prompt",
                  questions[1]]) == 0
-    out = json.loads(capsys.readouterr().out)["results"]
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)["results"]
+    if kernels.available():  # TensorFlow is not even loaded for it
+        assert "loading TensorFlow" not in captured.err
     assert [r["prompt_ids"] for r in out] == brief_ids
     assert [r["token_ids"] for r in out] == brief_alone
     assert [r["text"] for r in out] == [decode(t) for t in brief_alone]
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_load_model_kernels_false_runs_tensorflow_with_the_same_tokens(smollm2: Path) -> None:
+    prompts = [[504, 3575, 282, 4649, 314], [1, 504, 2593]]
+    runs = {}
+    for kernels_arg in (None, False):
+        with tiercache.load_model(smollm2, prefetch=0, kernels=kernels_arg) as model:
+            runs[kernels_arg] = (list(model.generate_ids(prompts, 8)), model.timings.engine)
+    assert runs[False][1] == "tensorflow"
+    assert runs[None][1] == ("kernels" if kernels.available() else "tensorflow")
+    assert runs[None][0] == runs[False][0]
+    with pytest.raises(ValueError, match="compile=False"):
+        tiercache.load_model(smollm2, kernels=True, compile=False)
