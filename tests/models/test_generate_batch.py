@@ -495,3 +495,21 @@ def test_load_model_kernels_false_runs_tensorflow_with_the_same_tokens(smollm2: 
     assert runs[None][0] == runs[False][0]
     with pytest.raises(ValueError, match="compile=False"):
         tiercache.load_model(smollm2, kernels=True, compile=False)
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_generate_cli_engine_chooses_what_computes(
+        smollm2: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    texts = {}
+    for engine in ("tensorflow", "auto"):
+        assert main(["generate", "--config", str(smollm2), "--prompt", "The capital of",
+                     "--max-new-tokens", "4", "--prefetch", "0", "--engine", engine]) == 0
+        captured = capsys.readouterr()
+        texts[engine] = captured.out
+        named = "(C kernel)" if engine == "auto" and kernels.available() else "(TensorFlow)"
+        assert named in captured.err
+    assert texts["auto"] == texts["tensorflow"]
+    with pytest.raises(SystemExit):
+        main(["generate", "--config", str(smollm2), "--prompt", "x", "--engine", "gpu"])
+    assert "invalid choice: 'gpu'" in capsys.readouterr().err

@@ -1,7 +1,9 @@
 """``tiercache generate --config tiers.toml --prompt TEXT``: text generation.
 
-Runs the Llama model imported into the cache (``tiercache import``) with
-TensorFlow through :func:`tiercache.load_model`, streaming every block's
+Runs the Llama model imported into the cache (``tiercache import``) through
+:func:`tiercache.load_model` -- on tiercache's C kernel for a native import of
+Q4_0/Q4_1/Q8_0 blocks where the CPU has AVX-512, else TensorFlow (``--engine``
+chooses) -- streaming every block's
 weights from the tiers, and prints the generated text as it comes; status
 lines, layout warnings (:mod:`tiercache.advice`) and timing go to stderr.
 The schedule is declared and the prefetcher runs 32 shards ahead unless
@@ -112,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     prompts = _prompts(args)
     model = load_model(args.config, manifest=args.manifest, prefetch=args.prefetch,
                        warn=_warning, on_status=None if args.json else _status,
-                       kv_cache=not args.no_kv_cache, kv_block_tokens=args.kv_block_tokens)
+                       kv_cache=not args.no_kv_cache, kv_block_tokens=args.kv_block_tokens,
+                       kernels=ENGINES[args.engine])
     if len(prompts) > 1:
         samplers = batch_samplers(len(prompts), args.temperature, args.top_k, args.top_p,
                                   args.seed)
@@ -218,6 +221,10 @@ def _run_batch(args: argparse.Namespace, model: Model, prompts: list[str],
     return 0
 
 
+#: ``--engine`` -> ``load_model(kernels=)``.
+ENGINES: dict[str, bool | None] = {"auto": None, "kernels": True, "tensorflow": False}
+
+
 def _engine(timing: dict[str, Any]) -> str:
     """" (C kernel)" or " (TensorFlow)": what computed the passes."""
     names = {"kernels": "C kernel", "tensorflow": "TensorFlow"}
@@ -272,4 +279,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH, metavar="DEPTH",
                    help=f"prefetch DEPTH shards ahead of the loop ({DEFAULT_PREFETCH}; "
                         "0: off). The schedule is declared either way")
+    p.add_argument("--engine", choices=sorted(ENGINES), default="auto",
+                   help="what computes: the C kernel on ggml blocks, TensorFlow, or auto "
+                        "(the kernel for a native Q4_0/Q4_1/Q8_0 import where the CPU has "
+                        "AVX-512)")
     p.set_defaults(func=run)
