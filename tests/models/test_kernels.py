@@ -214,3 +214,13 @@ def test_concurrent_products_from_several_threads_are_exact() -> None:
     for t in threads:
         t.join(timeout=120)
     assert not any(t.is_alive() for t in threads) and wrong == []
+
+
+def test_the_lean_call_equals_the_checked_one_and_still_refuses_wrong_sizes() -> None:
+    blocks = _blocks("Q8_0", 37, 96, seed=9)
+    x = np.random.default_rng(9).standard_normal((5, 96), dtype=np.float32)
+    assert np.array_equal(kernels.block_matmul_lean(x, blocks), kernels.block_matmul(x, blocks))
+    with pytest.raises(ValueError, match="buffer sizes do not match"):
+        kernels.block_matmul_lean(np.ones((5, 64), np.float32), blocks)
+    with pytest.raises(ValueError, match="not C-contiguous"):  # the buffer protocol refuses it
+        kernels.block_matmul_lean(np.ones((96, 5), np.float32).T, blocks)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..llama import LlamaHParams
-from .kernels import attend_one_token, block_matmul, is_kernel_block
+from .kernels import attend_one_token, block_matmul, block_matmul_lean, is_kernel_block
 
 __all__ = ["CpuFunctions", "last_real_rows"]
 
@@ -93,7 +93,8 @@ class CpuFunctions:
         ``np.matmul`` (``in_out``: ``w`` stored ``[in, out]``)."""
         flat = h.reshape(-1, h.shape[-1])
         if w.dtype == np.uint8 and is_kernel_block(w):
-            out = block_matmul(flat, w)
+            lean = flat.dtype == F32 and flat.flags.c_contiguous
+            out = block_matmul_lean(flat, w) if lean else block_matmul(flat, w)
         else:
             out = flat @ (w if in_out else w.T)
         return out.reshape(*h.shape[:-1], out.shape[-1])

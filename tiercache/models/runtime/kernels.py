@@ -44,8 +44,8 @@ except ImportError:  # pragma: no cover - an install without a C compiler
 KERNEL_TYPES: dict[int, int] = {GGML_TYPES[name].block_bytes: code
                                 for code, name in enumerate(("Q4_0", "Q4_1", "Q8_0"))}
 
-__all__ = ["KERNEL_TYPES", "attend_one_token", "available", "block_matmul", "built",
-           "is_kernel_block", "suits", "wanted"]
+__all__ = ["KERNEL_TYPES", "attend_one_token", "available", "block_matmul",
+           "block_matmul_lean", "built", "is_kernel_block", "suits", "wanted"]
 
 _threads = max(1, len(os.sched_getaffinity(0)))
 
@@ -124,6 +124,19 @@ def block_matmul(x: np.ndarray, blocks: np.ndarray, out: np.ndarray | None = Non
                          f"{(rows, n_out)}")
     _extension.qmatmul(x, blocks, out, KERNEL_TYPES[int(blocks.shape[2])], rows, n_in, n_out,
                        threads or _threads, plain)
+    return out
+
+
+def block_matmul_lean(x: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """:func:`block_matmul` for the decoder's own arrays, without its Python checks (~2.5
+    us a call, ~0.5 ms a SmolLM2 token): ``x`` must be a C-contiguous float32 ``[M, K]``
+    and ``blocks`` a kernel block shard (:func:`is_kernel_block`). The extension still
+    checks every buffer's size against the shapes (``ValueError``), so a wrong call
+    cannot read or write out of bounds. O(M * N * K)."""
+    rows, n_out = x.shape[0], blocks.shape[0]
+    out = np.empty((rows, n_out), dtype=np.float32)
+    _extension.qmatmul(x, blocks, out, KERNEL_TYPES[blocks.shape[2]],  # type: ignore[union-attr]
+                       rows, x.shape[1], n_out, _threads, False)
     return out
 
 
