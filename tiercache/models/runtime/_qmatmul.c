@@ -336,20 +336,31 @@ static PyObject *attend(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                     *values = buf[4].buf, *mask = buf[5].buf;
         float *out = buf[6].buf;
         const float sc = (float)scale;
+        int failed = 0;
         Py_BEGIN_ALLOW_THREADS
         const int64_t pairs = B * H;
 #pragma omp parallel num_threads((int)threads) if (pairs > 1 && threads > 1)
         {
             float *scores = malloc((size_t)(S + 1) * sizeof(float));
-            if (scores != NULL) {
+            /* every thread meets the loop (a work-sharing construct); without scratch
+             * it only records the failure, and the call raises MemoryError */
 #pragma omp for schedule(static)
-                for (int64_t i = 0; i < pairs; i++)
-                    attend_one(q, kn, vn, keys, values, mask, out, i / H, i % H, H, KV, D, S,
-                               sc, scores);
-                free(scores);
+            for (int64_t i = 0; i < pairs; i++) {
+                if (scores == NULL) {
+#pragma omp atomic write
+                    failed = 1;
+                    continue;
+                }
+                attend_one(q, kn, vn, keys, values, mask, out, i / H, i % H, H, KV, D, S,
+                           sc, scores);
             }
+            free(scores);
         }
         Py_END_ALLOW_THREADS
+        if (failed) {
+            PyErr_NoMemory();
+            ok = 0;
+        }
     }
     for (int i = 0; i < held; i++) PyBuffer_Release(&buf[i]);
     if (!ok) return NULL;
