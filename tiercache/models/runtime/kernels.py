@@ -47,7 +47,9 @@ KERNEL_TYPES: dict[int, int] = {GGML_TYPES[name].block_bytes: code
 __all__ = ["KERNEL_TYPES", "attend_one_token", "available", "block_matmul",
            "block_matmul_lean", "built", "is_kernel_block", "suits", "wanted"]
 
-_threads = max(1, len(os.sched_getaffinity(0)))
+#: Threads per product: the CPUs this process may run on (1 in a forked child).
+_threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
 
 
 def _one_thread_after_fork() -> None:
