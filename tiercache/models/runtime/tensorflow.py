@@ -454,21 +454,21 @@ class LlamaModel(SequenceMethods):
         source = array
         if array.dtype == np.float32:
             self._float_keys.add(key)
-        # a key served as float32 once (a decoded tier) is decoded from then on: each
-        # mix of forms is a trace of its own (an XLA compile), so a key changes form
-        # at most once instead of at every move between a decoded and a stored tier
-        raw = (self._raw_blocks and key not in self._float_keys
-               and is_tf_block(array.dtype, array.shape))
+        cpu = isinstance(self._fns, CpuFunctions)
+        if cpu:  # numpy: blocks the kernel takes go as stored, whatever came before
+            raw = block_kernels.is_kernel_block(array)
+        else:  # a key served as float32 once (a decoded tier) is decoded from then on:
+            # each mix of forms is a trace of its own (an XLA compile), so a key changes
+            # form at most once instead of at every move between a decoded and a stored tier
+            raw = (self._raw_blocks and key not in self._float_keys
+                   and is_tf_block(array.dtype, array.shape))
         form: Form = True if raw else ("in_out" if key in self._transposed else False)
         self._forms.append(form)
-        if isinstance(self._fns, CpuFunctions):  # numpy: blocks the kernel takes as stored
-            raw = block_kernels.is_kernel_block(array)
-            self._forms[-1] = True if raw else form
         if not raw and array.dtype != np.float32:  # (blocks: multiplied by as stored)
             t0 = time.perf_counter()
             array = self._decoder.decode(key, array, slot)
             t.dequant_s += time.perf_counter() - t0
-        if isinstance(self._fns, CpuFunctions):
+        if cpu:
             return array
         t0 = time.perf_counter()
         tensor, zero_copy = to_tensor(array)
