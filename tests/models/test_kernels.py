@@ -128,6 +128,9 @@ def test_a_native_manifest_suits_the_kernel() -> None:
     assert not kernels.suits(manifest("Q4_1"), compile=False)
     assert not kernels.suits(manifest("Q4_K")) and not kernels.suits(manifest(None))
     assert not kernels.suits(ModelManifest(architecture="llama"))
+    unprefixed = manifest("Q4_1")
+    unprefixed.key_prefix = "m/"  # the manifest's keys carry the prefix: this one's do not
+    assert not kernels.suits(unprefixed)
 
 
 def _child_product(queue: multiprocessing.Queue[object]) -> None:

@@ -87,9 +87,7 @@ def suits(manifest: ModelManifest, compile: bool = True) -> bool:
     """Whether a model imported as ``manifest`` should run on the kernel: it runs here,
     ``compile`` is on, and the first block's query matrix is kept as Q4_0/Q4_1/Q8_0
     blocks (a native import of such a GGUF). O(1)."""
-    info = manifest.tensors.get(f"{manifest.key_prefix}blk.0.attn_q.weight")
-    if info is None:
-        info = manifest.tensors.get("blk.0.attn_q.weight")
+    info = manifest.tensors.get(f"{manifest.key_prefix}blk.0.attn_q.weight")  # keys as stored
     return (compile and available() and info is not None
             and info.encoding in ("Q4_0", "Q4_1", "Q8_0"))
 
