@@ -516,6 +516,12 @@ def test_an_in_out_import_stores_matrices_transposed_and_decodes_the_same(tmp_pa
             else:
                 assert np.allclose(last, reference, atol=1e-4 * float(np.abs(reference).max()))
     assert len({repr(v) for v in runs.values()}) == 1  # same tokens every way
+    # under a key prefix (several models in one cache): the manifest's keys carry it
+    prefixed = DictSink()
+    other = import_model(path, prefixed, dtype="float32", progress=False,
+                         weight_layout="in_out", key_prefix="m/")
+    model = LlamaModel.from_manifest(MappingProvider(prefixed.arrays), other)
+    assert model.generate(prompts[0], 12) == runs["rows", True][0]
     with pytest.raises(ValueError, match="in_out is for float32/float16"):
         import_model(path, DictSink(), progress=False, weight_layout="in_out")
     with pytest.raises(ValueError, match="must be out_in or in_out"):

@@ -91,9 +91,9 @@ def every_shard_in_memory(provider: Any, keys: Iterable[str],
 
 
 def transposed_keys(manifest: ModelManifest) -> frozenset[str]:
-    """Shard keys of ``manifest``'s float matrices stored ``[inputs, outputs]``. O(tensors)."""
-    return frozenset(manifest.key_prefix + name for name, info in manifest.tensors.items()
-                     if info.layout == IN_OUT)
+    """Shard keys of ``manifest``'s float matrices stored ``[inputs, outputs]`` (its
+    tensor names are the keys, key prefix included). O(tensors)."""
+    return frozenset(name for name, info in manifest.tensors.items() if info.layout == IN_OUT)
 
 
 def check_shard(key: str, array: object, expected: tuple[int, ...] | None) -> np.ndarray:
