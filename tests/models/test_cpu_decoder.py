@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, quants
 
+from tiercache.errors import ShardNotFoundError
 from tiercache.models import DictSink, quant, synthetic_hparams, synthetic_llama
 from tiercache.models.manifest import ModelManifest, TensorInfo
 from tiercache.models.prefix import PrefixCache
@@ -189,3 +190,48 @@ def test_smollm2_native_on_the_kernel_gives_tensorflows_tokens() -> None:
     want = [xla.generate(p, 12) for p in prompts]
     assert [cpu.generate(p, 12) for p in prompts] == want
     assert cpu.generate_batch(prompts, 12) == want
+
+
+class ManyProvider(MappingProvider):
+    """A provider that also reads many shards at once, counting its calls."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], missing: str | None = None) -> None:
+        super().__init__(arrays)
+        self.batches: list[list[str]] = []
+        self.missing = missing
+
+    def get_many(self, keys: list[str]) -> list[np.ndarray]:
+        self.batches.append(list(keys))
+        if self.missing in keys:
+            raise KeyError(self.missing)
+        return [self.get(key) for key in keys]
+
+    def get(self, key: str, /) -> Any:
+        if key == self.missing:
+            raise KeyError(key)
+        return super().get(key)
+
+
+@pytest.mark.parametrize("use_kernels", [True, False])
+def test_a_provider_that_reads_many_is_asked_once_per_layer(use_kernels: bool) -> None:
+    if use_kernels and not kernels.available():
+        pytest.skip("the vector kernel needs AVX-512 (the TensorFlow case still runs)")
+    stored, manifest = _native()
+    provider = ManyProvider(stored)
+    model = LlamaModel.from_manifest(provider, manifest, kernels=use_kernels,
+                                     group_layers=1)
+    want = _model(stored, manifest, kernels=use_kernels).generate([1, 2, 3], 6)
+    assert model.generate([1, 2, 3], 6) == want
+    layer_keys = [[k for k in model.schedule() if k.startswith(f"blk.{i}.")]
+                  for i in range(HP.n_layers)]
+    assert provider.batches == layer_keys * 6  # the prompt pass and five steps
+    assert model.timings.shards_fetched == 6 * len(model.schedule())
+
+
+def test_a_shard_missing_from_a_batch_is_named() -> None:
+    stored, manifest = _native()
+    provider = ManyProvider(stored, missing="blk.1.attn_v.weight")
+    model = LlamaModel.from_manifest(provider, manifest)
+    with pytest.raises(ShardNotFoundError, match=r"blk\.1\.attn_v\.weight"):
+        model.generate([1, 2, 3], 2)
+    assert model._batch == {}

@@ -34,6 +34,7 @@ from ..errors import (
     TierCacheError,
 )
 from ..origins import Origin, open_origin
+from ..policies import Policy
 from ..serving.prefetcher import Prefetcher
 from .build import build_tier
 from .lookup import Lookup
@@ -88,6 +89,7 @@ class TieredCache(Lookup, Maintenance):
         # model serving: the declared schedule, the loop's cursor, in-flight prefetches
         self.schedule: tuple[str, ...] = ()
         self._schedule_index: dict[str, int | tuple[int, ...]] = {}
+        self._schedule_policies: tuple[Policy, ...] = ()  # the tiers' schedule-aware policies
         self._cursor = -1
         self._inflight: dict[str, threading.Event] = {}
         self._prefetcher: Prefetcher | None = None

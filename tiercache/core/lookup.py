@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from ..errors import (
 )
 from ..serving.prefetch import Prefetching
 from .state import _MISSING
+from .tier import Tier
 
 _MAX_RETRIES = 8
 #: Longest a get waits for a prefetch of the same shard before reading it itself.
@@ -50,30 +52,122 @@ class Lookup(Prefetching):
         position = self._schedule_index.get(key)
         if position is not None:
             self._move_cursor(position)
-        value = self._memory_hit(key, out)
+        value = self._resident_hit(key, out, scheduled=position is not None)
         if value is None:
             value = (self._get(key, default, out) if position is None
                      else self._get_scheduled(key, default, out))
+        self._record(key, value, default)
+        return value
+
+    def get_many(self, keys: Sequence[str]) -> list[Any]:
+        """``[self.get(key) for key in keys]``: the same shards, and the same hits,
+        misses, promotions, policy updates, cursor moves and trace lines, in order
+        -- at a fraction of the cost when the keys are resident (a model loop's
+        layer): the run of keys served from a memory top tier or a checked
+        zero-copy view takes the lock once, and a running prefetcher is told once,
+        where the run ends. A key that needs a read (a lower tier, the origin, a
+        shard being prefetched) is looked up as by :meth:`get`, outside the lock.
+        Raises as :meth:`get` does at the first key it cannot serve (the keys
+        before it were read). O(len(keys)) plus what the reads cost.
+
+        Thread-safety: as :meth:`get`.
+        """
+        results: list[Any] = []
+        count = len(keys)
+        done = 0
+        while done < count:
+            moved = -1
+            with self._lock:  # the run of resident keys: one hold of the lock
+                while done < count:
+                    key = keys[done]
+                    holder = self._resident_holder(key, None)
+                    if holder is None:
+                        break
+                    position = self._schedule_index.get(key)
+                    if position is not None:
+                        moved = self._advance_cursor(position)
+                    value = self._serve_resident(key, *holder, None, time.perf_counter(),
+                                                 scheduled=position is not None)
+                    if value is None:  # the view could not be read: the full lookup
+                        value = (self._get(key, _MISSING, None) if position is None
+                                 else self._get_scheduled(key, _MISSING, None))
+                    self._record(key, value, _MISSING)
+                    results.append(value)
+                    done += 1
+            prefetcher = self._prefetcher
+            if moved >= 0 and prefetcher is not None:
+                prefetcher.notify(moved)
+            if done < count:  # a key to read: as get() does it, outside the lock
+                results.append(self.get(keys[done]))
+                done += 1
+        return results
+
+    def _record(self, key: str, value: Any, default: Any) -> None:
         recorder = self._recorder
         if recorder is not None and isinstance(value, np.ndarray) and value is not default:
             recorder.record(key, value.nbytes)
-        return value
 
-    def _memory_hit(self, key: str, out: np.ndarray | None) -> np.ndarray | None:
-        """The hot path of a model loop with its weights in RAM: ``key`` held by a
-        memory top tier (and not staged). One short hold of the lock, one dict
-        lookup, the hit accounted; ``None`` whenever anything else is the case (the
-        full lookup decides, raises on a closed cache, repairs an index that
-        disagrees with its store). O(1)."""
+    def _resident_hit(self, key: str, out: np.ndarray | None, *,
+                      scheduled: bool) -> np.ndarray | None:
+        """The hot path of a model loop: ``key`` held by a memory top tier, or -- read
+        without ``out`` -- by a ``zero_copy`` tier whose store already holds a
+        checked view of it. One short hold of the lock; ``None``, with nothing
+        counted, whenever anything else is the case (see :meth:`_resident_holder`)
+        or the view cannot be read: the full lookup then decides, raises or
+        repairs. O(tiers) plus a due promotion."""
         started = time.perf_counter()
         with self._lock:
-            top = self._tiers[0]
-            if self._closed or not top.is_memory or key in self._staged:
+            holder = self._resident_holder(key, out)
+            return None if holder is None else self._serve_resident(key, *holder, out, started,
+                                                                    scheduled=scheduled)
+
+    def _resident_holder(self, key: str, out: np.ndarray | None) -> tuple[int, Tier] | None:
+        """The tier that can serve ``key`` without a read: a memory top tier holding
+        it, or (no ``out``) a private ``zero_copy`` tier whose store holds a checked
+        view (:meth:`Store.viewed`); ``None`` when closed, staged, being prefetched,
+        or anything else. No side effects. O(tiers). Lock held."""
+        if self._closed or key in self._staged:
+            return None
+        tiers = self._tiers
+        top = tiers[0]
+        if top.is_memory and key in top:
+            return 0, top
+        if out is not None or key in self._inflight:
+            return None
+        for index, tier in enumerate(tiers):
+            if key in tier:
+                if tier.zero_copy and not tier.shared and tier.viewed(key):
+                    return index, tier
                 return None
-            array = top.memory_hit(key, started)
-        if array is None or out is None:
-            return array
-        return self._copy_out(key, array, out)
+        return None
+
+    def _serve_resident(self, key: str, index: int, tier: Tier, out: np.ndarray | None,
+                        started: float, *, scheduled: bool) -> np.ndarray | None:
+        """Serve ``key`` from the holder :meth:`_resident_holder` found, accounted exactly
+        as the full lookup would (the tiers above miss, the holder's policy and stats
+        see the hit, a due promotion runs; a key of the schedule served from below the
+        top tier is a stall); ``None``, nothing counted, if the store does not give
+        it (the full lookup repairs or reports). Lock held."""
+        if index == 0 and tier.is_memory:
+            array = tier.memory_hit(key, started)
+            if array is None or out is None:
+                return array
+            return self._copy_out(key, array, out)
+        try:
+            view = tier.read(key)
+        except StoreError:  # the full lookup reports, drops or degrades
+            return None
+        if view is None:
+            return None
+        for above in self._tiers[:index]:
+            above.count("misses")
+        if tier.record_hit(key, view.nbytes, time.perf_counter() - started) and index > 0:
+            self._promote(index, key, view, private=False)
+        if scheduled and index > 0:
+            stats = self.loop_stats
+            stats.stalls += 1
+            stats.stall_s += time.perf_counter() - started
+        return view
 
     def _get_scheduled(self, key: str, default: Any, out: np.ndarray | None) -> Any:
         """A get by the loop of a key in the declared schedule (the cursor already

@@ -240,6 +240,9 @@ class Maintenance(Hierarchy):
             if self._schedule_index and fresh.policy.uses_schedule:
                 fresh.policy.set_schedule(list(self.schedule))
             self._tiers[index] = fresh
+            if self._schedule_index:  # the cursor now moves the fresh tier's policy
+                self._schedule_policies = tuple(t.policy for t in self._tiers
+                                                if t.policy.uses_schedule)
             log.warning("tier %s: damaged medium emptied and reopened at %s", fresh.name, folder)
         return True
 

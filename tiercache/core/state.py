@@ -26,6 +26,7 @@ from ..errors import (
     TierCacheError,
 )
 from ..origins import Origin
+from ..policies import Policy
 from ..serving.prefetcher import Prefetcher
 from .recording import TraceRecorder
 from .stats import LoopStats, TierStats
@@ -55,6 +56,7 @@ class CacheState:
     _closed: bool
     schedule: tuple[str, ...]
     _schedule_index: dict[str, int | tuple[int, ...]]
+    _schedule_policies: tuple[Policy, ...]
     _cursor: int
     _inflight: dict[str, threading.Event]
     _prefetcher: Prefetcher | None

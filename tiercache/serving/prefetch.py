@@ -89,10 +89,13 @@ class Prefetching(Scheduling):
                 return None if index > 0 else 0
             if tier.needs_check(key):
                 return None
-            # mapped, verified and read ahead once: no system call left to make
-            viewed = tier.size_of(key) if tier.viewed(key) else 0
+            if tier.viewed(key):  # mapped, verified and read ahead once: no system call
+                viewed = tier.size_of(key)  # left to make
+                self.loop_stats.prefetched += 1
+                self.loop_stats.prefetched_bytes += viewed
+                return viewed
         try:
-            advised = viewed or tier.advise(key)
+            advised = tier.advise(key)
         except StoreError as exc:
             log.debug("read-ahead of %r on tier %s failed: %s", key, tier.name, exc)
             return 0

@@ -109,23 +109,27 @@ class Prefetcher:
         on the loop's thread (:meth:`TieredCache.advise`: an asynchronous read-ahead
         request, a system call or two); the thread is woken only for shards that
         must be copied up. Waking a Python thread for every ``get`` would make the
-        two threads trade the GIL hundreds of times per forward pass. O(1) for a
-        step forward, O(depth) after a jump.
+        two threads trade the GIL hundreds of times per forward pass. O(steps) for a
+        move forward of at most ``depth`` steps, O(depth) after a jump.
         """
         schedule = self.cache.schedule
         period = len(schedule)
         if period:
             inline, deferred = self._inline, self._deferred
-            if self._notified == (cursor - 1 if cursor else period - 1, period):
-                # the common case, one step forward: one position leaves the window
-                # (the cursor's own) and one enters it -- O(1)
-                inline.discard(cursor)
-                deferred.discard(cursor)
-                position = cursor + min(self.depth, period)
-                entering: Iterable[int] = (position - period if position >= period
-                                           else position,)
+            span = min(self.depth, period)
+            last = self._notified
+            steps = (cursor - last[0]) % period if last is not None and last[1] == period \
+                else 0
+            if 0 < steps <= span:
+                # the common case, a few steps forward (one per get; a layer per
+                # get_many): the positions passed leave the window, as many enter it --
+                # O(steps)
+                passed = [(cursor - back) % period for back in range(steps)]
+                inline.difference_update(passed)
+                deferred.difference_update(passed)
+                entering: Iterable[int] = [(cursor + span - back) % period
+                                           for back in range(steps - 1, -1, -1)]
             else:  # a jump (first call, a skipped or repeated key): rebuild the window
-                span = min(self.depth, period)
                 window = {(cursor + step) % period for step in range(1, span + 1)}
                 inline &= window
                 deferred &= window

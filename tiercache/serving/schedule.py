@@ -44,9 +44,10 @@ class Scheduling(Hierarchy):
             self.schedule = keys
             self._schedule_index = index
             self._cursor = -1
-            for tier in self._tiers:
-                if tier.policy.uses_schedule:
-                    tier.policy.set_schedule(list(keys))
+            self._schedule_policies = tuple(t.policy for t in self._tiers
+                                            if t.policy.uses_schedule)
+            for policy in self._schedule_policies:
+                policy.set_schedule(list(keys))
 
     @property
     def cursor(self) -> int:
@@ -57,15 +58,20 @@ class Scheduling(Hierarchy):
         """A get by the loop of a key in the declared schedule: move the cursor to its
         position (for a key read several times per pass, its next occurrence after
         the cursor), tell schedule-aware policies and wake the prefetcher. O(tiers)."""
+        position = self._advance_cursor(where)
+        prefetcher = self._prefetcher
+        if prefetcher is not None:
+            prefetcher.notify(position)
+
+    def _advance_cursor(self, where: int | tuple[int, ...]) -> int:
+        """:meth:`_move_cursor` without telling the prefetcher (:meth:`get_many` tells it
+        once, where its run of keys ends); returns the new position. O(tiers)."""
         if isinstance(where, int):
             position = where
         else:  # a key read several times per pass: its next occurrence after the cursor
             position = next((p for p in where if p > self._cursor), where[0])
         self._cursor = position
-        for tier in self._tiers:
-            if tier.policy.uses_schedule:
-                tier.policy.on_cursor(position)
-        prefetcher = self._prefetcher
-        if prefetcher is not None:
-            prefetcher.notify(position)
+        for policy in self._schedule_policies:
+            policy.on_cursor(position)
         self.loop_stats.gets += 1
+        return position

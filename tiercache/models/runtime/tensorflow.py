@@ -206,6 +206,8 @@ class LlamaModel(SequenceMethods):
         #: check, for its mincore; that pass only (~1.4 us a shard: 3 % of a native step).
         self._seen: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
         self._record_seen = False
+        #: Shards :meth:`_fetch_layers` read ahead of their :meth:`_fetch` (this group only).
+        self._batch: dict[str, np.ndarray] = {}
         #: The array each key was last checked as (``check_shard``), while it is alive.
         self._checked: weakref.WeakValueDictionary[str, np.ndarray] = \
             weakref.WeakValueDictionary()
@@ -334,6 +336,7 @@ class LlamaModel(SequenceMethods):
         for first in range(0, hp.n_layers, size):
             layers = range(first, min(first + size, hp.n_layers))
             self._forms = []
+            self._fetch_layers(layers)
             weights = tuple(tuple(self._weight(key, (layer - first, j))
                                   for j, key in enumerate(self._layer_keys[layer]))
                             for layer in layers)
@@ -479,16 +482,42 @@ class LlamaModel(SequenceMethods):
             memo[key] = (source, tensor, form)
         return tensor
 
-    def _fetch(self, key: str) -> np.ndarray:
-        t = self.timings
+    def _fetch_layers(self, layers: range) -> None:
+        """Read the shards of ``layers`` in one call when the provider reads many at once
+        (:meth:`TieredCache.get_many`: one hold of its lock for a layer's resident
+        shards); :meth:`_fetch` hands them out. A missing shard leaves them to
+        :meth:`_fetch`, which names it. O(shards)."""
+        self._batch = {}  # nothing left from a pass an exception cut short
+        get_many = getattr(self.provider, "get_many", None)
+        if get_many is None:
+            return
+        keys = [key for layer in layers for key in self._layer_keys[layer]]
         t0 = time.perf_counter()
         try:
-            array: np.ndarray = self.provider.get(key)
+            arrays = get_many(keys)
         except KeyError:
-            raise ShardNotFoundError(f"model shard {key!r} is not in the cache or its origin: "
-                                     "import the model first (tiercache import MODEL "
-                                     "--config ...)") from None
-        t.fetch_s += time.perf_counter() - t0
+            return
+        finally:
+            self.timings.fetch_s += time.perf_counter() - t0
+        if len(arrays) != len(keys):
+            raise TypeError(f"{type(self.provider).__name__}.get_many returned {len(arrays)} "
+                            f"arrays for {len(keys)} keys")
+        self._batch = dict(zip(keys, arrays, strict=True))
+
+    def _fetch(self, key: str) -> np.ndarray:
+        t = self.timings
+        batched = self._batch.pop(key, None) if self._batch else None
+        if batched is not None:
+            array: np.ndarray = batched
+        else:
+            t0 = time.perf_counter()
+            try:
+                array = self.provider.get(key)
+            except KeyError:
+                raise ShardNotFoundError(f"model shard {key!r} is not in the cache or its "
+                                         "origin: import the model first (tiercache import "
+                                         "MODEL --config ...)") from None
+            t.fetch_s += time.perf_counter() - t0
         if self._checked.get(key) is not array:  # (a provider returning the same
             array = check_shard(key, array, self._shapes.get(key))  # immutable array:
             self._checked[key] = array  # a RAM hit, a cached view; checked once)
