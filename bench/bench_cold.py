@@ -196,6 +196,15 @@ def prepare(root: Path, args: argparse.Namespace) -> tuple[list[Config], dict[st
                                   f32_bytes, reference=f32_ram))
         configs.append(Config(f"{name}: native, opt RAM + packed zero-copy", name, "tiered",
                               native_manifest, packed, native_bytes, reference=nat_ram))
+        if args.compare_drop_behind:
+            if want_f32:
+                configs.append(Config(
+                    f"{name}: float32, opt RAM + packed zero-copy, no drop-behind", name,
+                    "tiered", f32_manifest, str(Path(f32_manifest).parent / "packed"),
+                    f32_bytes, reference=f32_ram, drop_behind=False))
+            configs.append(Config(f"{name}: native, opt RAM + packed zero-copy, no drop-behind",
+                                  name, "tiered", native_manifest, packed, native_bytes,
+                                  reference=nat_ram, drop_behind=False))
         if decoded:
             configs.append(Config(f"{name}: native, decoded RAM tier + packed", name, "tiered",
                                   native_manifest, packed, native_bytes, "decoded",
@@ -330,7 +339,7 @@ def tiercache_child(cfg: Config, args: SimpleNamespace, prompts: list[list[int]]
         model.provider = source
         if cache is not None:
             cache.declare_schedule(model.schedule())
-            cache.start_prefetcher(depth=args.prefetch)
+            cache.start_prefetcher(depth=args.prefetch, drop_behind=cfg.drop_behind)
         model.reset()
         model.timings.reset()
         t0, io0 = time.perf_counter(), bs.read_bytes()
@@ -342,14 +351,16 @@ def tiercache_child(cfg: Config, args: SimpleNamespace, prompts: list[list[int]]
             cache.stop_prefetcher()
         ns = argparse.Namespace(tokens=args.tokens, warmup=args.warmup,
                                 config_seconds=args.config_seconds, min_tokens=args.min_tokens)
-        spec = bs.Spec("tiered", prefetch=args.prefetch if cache is not None else 0)
+        spec = bs.Spec("tiered", prefetch=args.prefetch if cache is not None else 0,
+                       drop_behind=cfg.drop_behind)
         r = bs.timed_generation(model, source, cache, spec, prompts[0], ns)
         r.pop("text_ids", None)
         r["anon_run_mb"] = group_anon_mb(group)  # RAM tier included
         for batch in args.batches:
             if batch > 1:
                 batch_cap = recap_for_batch(group, cfg, args, out, model, prompts[:batch])
-                r[f"b{batch}"] = timed_batch(model, cache, prompts[:batch], args, group)
+                r[f"b{batch}"] = timed_batch(model, cache, prompts[:batch], args, group,
+                                             drop_behind=cfg.drop_behind)
                 r[f"b{batch}"].update(batch_cap)
     finally:
         if cache is not None:
@@ -380,14 +391,15 @@ def recap_for_batch(group: Path | None, cfg: Config, args: SimpleNamespace,
 
 
 def timed_batch(model: Any, cache: Any, prompts: list[list[int]],
-                args: SimpleNamespace, group: Path | None = None) -> dict[str, float]:
+                args: SimpleNamespace, group: Path | None = None, *,
+                drop_behind: bool = True) -> dict[str, float]:
     """A warm-up pass, then ``args.tokens`` steps for every prompt at once; figures of the
     one-token steps (the prompt passes, one per prompt, left out), and in a capped run
     the group's anonymous memory and page cache at the end (what the batch's KV cache
     left the page cache)."""
     if cache is not None:
         cache.declare_schedule(model.schedule())
-        cache.start_prefetcher(depth=args.prefetch)
+        cache.start_prefetcher(depth=args.prefetch, drop_behind=drop_behind)
     model.generate_batch(prompts, 1)
     model.timings.reset()
     snap: dict[str, Any] = {}
@@ -505,6 +517,9 @@ def main() -> None:
                         help="the slack for SmolLM2 (default 160, which holds all of the "
                              "92 MiB native layout; less starves the runs)")
     parser.add_argument("--prefetch", type=int, default=9, help="prefetch depth")
+    parser.add_argument("--compare-drop-behind", action="store_true",
+                        help="also run the tiered layouts with the prefetcher's keep set off "
+                             "(start_prefetcher(drop_behind=False): the kernel's page cache)")
     parser.add_argument("--threads", type=int, default=2, help="threads for every engine")
     parser.add_argument("--config-seconds", type=float, default=60.0,
                         help="batch-1 runs decode fewer tokens to stay under this")

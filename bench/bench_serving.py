@@ -473,6 +473,7 @@ class Spec:
     promote: str = "1"
     prefetch: int = 0
     key: bool = False  # repeated in every round
+    drop_behind: bool = True  # the prefetcher's keep set (tiercache.serving.keep)
 
     @property
     def label(self) -> str:
@@ -552,7 +553,7 @@ def timed_generation(model: Any, source: Any, cache: Any, spec: Spec, ids: list[
     if cache is not None:
         cache.declare_schedule(model.schedule())
         if spec.prefetch:
-            cache.start_prefetcher(depth=spec.prefetch)
+            cache.start_prefetcher(depth=spec.prefetch, drop_behind=spec.drop_behind)
     result: dict[str, Any] = {}
     tokens = args.tokens
     if warm:

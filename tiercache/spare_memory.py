@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["cgroup_room_bytes", "spare_memory_bytes"]
+__all__ = ["cgroup_room_bytes", "page_cache_room_bytes", "spare_memory_bytes"]
 
 #: A v1 limit at or above this means "no limit" (the kernel writes ~2^63 rounded to pages).
 _UNLIMITED = 1 << 60
@@ -45,26 +45,32 @@ def _stat_field(path: Path, field: str) -> int:
     return 0
 
 
-def _group_room(folder: Path, v2: bool) -> int | None:
-    """Room left in one group folder, or None without a limit there."""
+def _group_room(folder: Path, v2: bool, *, for_cache: bool = False) -> int | None:
+    """Room left in one group folder, or None without a limit there: its limit minus
+    its usage plus its inactive file pages; ``for_cache``: its limit minus its
+    anonymous memory (what the page cache may hold there, its own pages included)."""
     if v2:
         limit = _read_int(folder / "memory.max")
         usage = _read_int(folder / "memory.current")
         inactive = _stat_field(folder / "memory.stat", "inactive_file")
+        anon = _stat_field(folder / "memory.stat", "anon")
     else:
         limit = _read_int(folder / "memory.limit_in_bytes")
         usage = _read_int(folder / "memory.usage_in_bytes")
         inactive = _stat_field(folder / "memory.stat", "total_inactive_file")
+        anon = _stat_field(folder / "memory.stat", "total_rss")
     if limit is None or limit >= _UNLIMITED or usage is None:
         return None
-    return max(0, limit - usage + inactive)
+    return max(0, limit - anon) if for_cache else max(0, limit - usage + inactive)
 
 
 def cgroup_room_bytes(proc_cgroup: str | Path = "/proc/self/cgroup",
-                      root: str | Path = "/sys/fs/cgroup") -> int | None:
+                      root: str | Path = "/sys/fs/cgroup", *,
+                      for_cache: bool = False) -> int | None:
     """The least room left in the memory cgroups holding this process (its own group
     and every parent up to ``root``), or None when none of them has a limit (or
-    there are no cgroups to read)."""
+    there are no cgroups to read). ``for_cache``: the most the page cache can hold
+    there (limit minus anonymous memory), see :func:`page_cache_room_bytes`."""
     try:
         lines = Path(proc_cgroup).read_text().splitlines()
     except OSError:
@@ -84,7 +90,7 @@ def cgroup_room_bytes(proc_cgroup: str | Path = "/proc/self/cgroup",
     for folder, v2 in found:
         base = root if v2 else root / "memory"
         while True:
-            room = _group_room(folder, v2)
+            room = _group_room(folder, v2, for_cache=for_cache)
             if room is not None:
                 rooms.append(room)
             if folder == base or base not in folder.parents:
@@ -98,3 +104,13 @@ def spare_memory_bytes() -> int:
     spare = int(psutil.virtual_memory().available)
     room = cgroup_room_bytes()
     return spare if room is None else min(spare, room)
+
+
+def page_cache_room_bytes() -> int | None:
+    """The most file pages the memory cgroups holding this process let the page cache
+    keep for it (the least ``limit - anonymous memory`` among them: what is left
+    once the processes' own memory is counted), or None where no group has a limit
+    (the host then reclaims by its own measure). Used to size the set of shards a
+    loop larger than memory keeps in the page cache (:mod:`tiercache.serving.keep`).
+    O(depth of the cgroup path) small file reads."""
+    return cgroup_room_bytes(for_cache=True)

@@ -12,6 +12,7 @@ import numpy as np
 from helpers import shard
 
 import tiercache
+from tiercache.serving.keep import Candidate
 from tiercache.serving.prefetcher import Prefetcher
 
 KEYS = [f"blk.{i}.weight" for i in range(40)]
@@ -74,12 +75,21 @@ class FakeTarget:
         self.tiers = [type("T", (), {"capacity_bytes": 1 << 30})()]
         self.prefetched: list[str] = []
 
-    def advise(self, key: str) -> int | None:
+    def advise(self, key: str, *, watch: bool = False) -> int | None:
         return None if KEYS.index(key) % 4 == 0 else 0
 
     def prefetch(self, key: str) -> int:
         self.prefetched.append(key)
         return 1
+
+    def release(self, key: str) -> int:
+        return 0
+
+    def page_evictions(self) -> int:
+        return 0  # the page cache holds the loop: nothing is ever released
+
+    def keep_candidates(self) -> list[Candidate]:
+        raise AssertionError("asked for candidates without evictions")
 
 
 def test_the_thread_wakes_once_per_shard_to_copy_not_once_per_get() -> None:

@@ -29,6 +29,24 @@ def test_v2_room_is_limit_minus_usage_plus_inactive_file(tmp_path: Path) -> None
     assert cgroup_room_bytes(proc, root) == 130 * MIB
 
 
+def test_the_page_cache_room_is_limit_minus_anonymous_memory(tmp_path: Path) -> None:
+    proc = tmp_path / "cgroup"
+    proc.write_text("4:memory:/capped\n")
+    root = tmp_path / "fs"
+    _group(root / "memory" / "capped", {
+        "memory.limit_in_bytes": f"{426 * MIB}\n", "memory.usage_in_bytes": f"{420 * MIB}\n",
+        "memory.stat": f"total_rss {266 * MIB}\ntotal_cache {154 * MIB}\n"
+                       f"total_inactive_file {9 * MIB}\nrss 1\n"})
+    assert cgroup_room_bytes(proc, root, for_cache=True) == 160 * MIB
+    assert cgroup_room_bytes(proc, root) == 15 * MIB
+    proc.write_text("0::/app\n")
+    _group(root / "app", {"memory.max": f"{100 * MIB}", "memory.current": f"{90 * MIB}",
+                          "memory.stat": f"anon {70 * MIB}\ninactive_file 0\n"})
+    assert cgroup_room_bytes(proc, root, for_cache=True) == 30 * MIB
+    (root / "app" / "memory.max").write_text("max\n")
+    assert cgroup_room_bytes(proc, root, for_cache=True) is None
+
+
 def test_the_tightest_group_on_the_path_wins(tmp_path: Path) -> None:
     proc = tmp_path / "cgroup"
     proc.write_text("0::/app/worker\n")

@@ -281,8 +281,11 @@ class TieredCache(Lookup, Maintenance):
                 origin = {"kind": type(self.origin).__name__,
                           **{k: o[k] for k in ("hits", "bytes_read", "get_latency_p50_s",
                                                "get_latency_p99_s")}}
-            return {"mode": self.mode, "tiers": tiers, "origin": origin,
-                    "loop": self.loop_stats.as_dict()}
+            loop = self.loop_stats.as_dict()
+            prefetcher = self._prefetcher
+            loop["page_cache"] = (prefetcher.keep.describe() if prefetcher is not None
+                                  and prefetcher.drop_behind else None)
+            return {"mode": self.mode, "tiers": tiers, "origin": origin, "loop": loop}
 
     def close(self) -> None:
         """Stop the prefetcher, flush volatile shards (if ``flush_on_close``) and close

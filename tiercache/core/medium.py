@@ -61,6 +61,14 @@ class TierMedium:
         """Whether the store holds a verified view of ``key`` already (:meth:`Store.viewed`)."""
         return self.store.viewed(key)
 
+    def release(self, key: str) -> int:
+        """Let go of ``key``'s page-cache copy after use (:meth:`Store.release`): bytes."""
+        return self.store.release(key)
+
+    def page_evictions(self) -> int:
+        """Bytes read before that the page cache lost (:meth:`Store.page_evictions`)."""
+        return self.store.page_evictions()
+
     def needs_check(self, key: str) -> bool:
         """Whether the next zero-copy view of ``key`` verifies it first (see
         :meth:`Store.needs_check`). O(1)."""

@@ -91,6 +91,8 @@ class LoopStats:
     waits for in-flight prefetches, the latter also in ``prefetch_wait_s``).
     ``staged_hits`` counts gets served by a copy the prefetcher read but the top
     tier did not admit (held until that get, within the prefetcher's byte budget).
+    ``released`` / ``released_bytes``: shards whose page-cache copy was let go after
+    use (a loop larger than memory: :mod:`tiercache.serving.keep`).
     """
 
     gets: int = 0
@@ -100,8 +102,11 @@ class LoopStats:
     prefetched: int = 0
     prefetched_bytes: int = 0
     staged_hits: int = 0
+    released: int = 0
+    released_bytes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"gets": self.gets, "stalls": self.stalls, "stall_s": self.stall_s,
                 "prefetch_wait_s": self.prefetch_wait_s, "prefetched": self.prefetched,
-                "prefetched_bytes": self.prefetched_bytes, "staged_hits": self.staged_hits}
+                "prefetched_bytes": self.prefetched_bytes, "staged_hits": self.staged_hits,
+                "released": self.released, "released_bytes": self.released_bytes}

@@ -21,6 +21,7 @@ from ..errors import (
     CorruptShardError,
     StoreError,
 )
+from .keep import Candidate
 from .prefetcher import Prefetcher
 from .schedule import Scheduling
 
@@ -45,11 +46,12 @@ class Prefetching(Scheduling):
         return self._staging_max_bytes
 
     def start_prefetcher(self, *, depth: int = 8, max_bytes: int | None = None,
-                         workers: int = 2) -> Prefetcher:
+                         workers: int = 2, drop_behind: bool = True) -> Prefetcher:
         """Start (or restart) the background prefetcher along the declared schedule
         (see :class:`~tiercache.serving.prefetcher.Prefetcher` for the parameters)."""
         self.stop_prefetcher()
-        prefetcher = Prefetcher(self, depth=depth, max_bytes=max_bytes, workers=workers)
+        prefetcher = Prefetcher(self, depth=depth, max_bytes=max_bytes, workers=workers,
+                                drop_behind=drop_behind)
         with self._lock:
             self._staging_max_bytes = prefetcher.max_bytes
         self._prefetcher = prefetcher.start()
@@ -65,7 +67,7 @@ class Prefetching(Scheduling):
             self._staged_bytes = 0
             self._staging_max_bytes = 0
 
-    def advise(self, key: str) -> int | None:
+    def advise(self, key: str, *, watch: bool = False) -> int | None:
         """Start reading ``key`` ahead of use if that needs no copy: when its fastest
         copy is on a ``zero_copy`` tier, ask that store to read it into the page cache
         asynchronously (:meth:`Store.advise`) and return the bytes advised. Returns 0
@@ -74,7 +76,11 @@ class Prefetching(Scheduling):
         checksum first (:meth:`prefetch`'s job, on the prefetcher's threads). Cheap
         enough for the loop's thread: one lock, one index lookup, a system call or
         two; a shard a memory top tier holds costs one dict lookup and no lock (a
-        stale answer, under a concurrent move, only costs a read-ahead)."""
+        stale answer, under a concurrent move, only costs a read-ahead). A shard
+        this process has mapped and read ahead before needs no system call, unless
+        ``watch``: then its store checks it is still in the page cache (and counts
+        it in :meth:`Store.page_evictions` when not; the prefetcher watches some
+        passes, :mod:`tiercache.serving.keep`)."""
         top = self._tiers[0]
         if top.is_memory and key in top:
             return 0
@@ -89,8 +95,8 @@ class Prefetching(Scheduling):
                 return None if index > 0 else 0
             if tier.needs_check(key):
                 return None
-            if tier.viewed(key):  # mapped, verified and read ahead once: no system call
-                viewed = tier.size_of(key)  # left to make
+            if not watch and tier.viewed(key):  # mapped, verified and read ahead once:
+                viewed = tier.size_of(key)  # no system call left to make
                 self.loop_stats.prefetched += 1
                 self.loop_stats.prefetched_bytes += viewed
                 return viewed
@@ -104,6 +110,48 @@ class Prefetching(Scheduling):
                 self.loop_stats.prefetched += 1
                 self.loop_stats.prefetched_bytes += advised
         return advised
+
+    def release(self, key: str) -> int:
+        """Let go of the page-cache copy of ``key`` after use when a private zero-copy
+        tier serves it (:meth:`Store.release`; the prefetcher does this for the shards
+        outside its keep set: :mod:`tiercache.serving.keep`). Views handed out stay
+        valid. Returns the bytes released (0: nothing to let go). O(tiers) plus the
+        system calls, made outside the lock."""
+        with self._lock:
+            found = None if self._closed else self._locate(key)
+            if found is None or found[1].is_memory or not found[1].zero_copy \
+                    or found[1].shared:
+                return 0
+            tier = found[1]
+        released = tier.release(key)
+        if released:
+            with self._lock:
+                self.loop_stats.released += 1
+                self.loop_stats.released_bytes += released
+        return released
+
+    def page_evictions(self) -> int:
+        """Bytes of shards read before that the page cache was found to have lost, over
+        every tier (:meth:`Store.page_evictions`), cumulative. O(tiers)."""
+        return sum(tier.page_evictions() for tier in self._tiers)
+
+    def keep_candidates(self) -> list[Candidate]:
+        """The shards of the declared schedule whose fastest copy is on a private
+        zero-copy tier (what the page cache may keep), in reading order, with their
+        reads per pass. O(schedule). Takes the lock."""
+        uses: dict[str, list[int]] = {}
+        for position, key in enumerate(self.schedule):
+            uses.setdefault(key, []).append(position)
+        out: list[Candidate] = []
+        with self._lock:
+            for key, positions in uses.items():
+                found = self._locate(key)
+                if found is None:
+                    continue
+                tier = found[1]
+                if tier.zero_copy and not tier.is_memory and not tier.shared:
+                    out.append(Candidate(key, tier.size_of(key), len(positions), positions[0]))
+        return out
 
     def prefetch(self, key: str) -> int:
         """Bring ``key`` into the top tier ahead of use, from a lower tier or the origin.

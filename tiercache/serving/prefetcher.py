@@ -14,7 +14,11 @@ any read the loop has to do itself, is *stall time*, reported in
 Shards on a ``zero_copy`` tier are not copied up: the prefetcher asks their
 store to start reading them into the page cache (:meth:`TieredCache.advise`),
 and does so on the loop's own thread, since that is an asynchronous system
-call; the background thread wakes only for shards that must be copied.
+call; the background thread wakes only for shards that must be copied. When
+the page cache is seen losing such shards between passes (a loop larger than
+memory), the prefetcher keeps a fixed part of them and lets the others' pages
+go right after the loop is done with them (``drop_behind``; which part and how
+much: :mod:`tiercache.serving.keep`).
 
 Thread-safety: one background thread per prefetcher; :meth:`notify` is called
 from the loop's thread (through the cache). The cache's own lock protects its
@@ -31,6 +35,9 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
+from ..spare_memory import page_cache_room_bytes
+from .keep import Candidate, KeepSet
+
 
 class _Sized(Protocol):
     @property
@@ -46,11 +53,20 @@ class PrefetchTarget(Protocol):
     @property
     def tiers(self) -> Sequence[_Sized]: ...
 
-    def advise(self, key: str) -> int | None: ...
+    def advise(self, key: str, *, watch: bool = False) -> int | None: ...
 
     def prefetch(self, key: str) -> int: ...
 
+    def release(self, key: str) -> int: ...
+
+    def page_evictions(self) -> int: ...
+
+    def keep_candidates(self) -> list[Candidate]: ...
+
 log = logging.getLogger("tiercache")
+
+#: While the page cache holds the loop, one pass in this many checks it still does.
+WATCH_EVERY = 8
 
 
 class Prefetcher:
@@ -69,10 +85,15 @@ class Prefetcher:
     workers:
         Reads in flight at once (threads that copy shards up). One read at a
         time leaves a fast disk idle between shards; two keep it busy.
+    drop_behind:
+        When the page cache loses zero-copy shards between passes, keep a fixed
+        part (:attr:`keep`) and release the others after use (default); False
+        leaves the page cache to the kernel.
     """
 
     def __init__(self, cache: PrefetchTarget, *, depth: int = 8,
-                 max_bytes: int | None = None, workers: int = 2) -> None:
+                 max_bytes: int | None = None, workers: int = 2,
+                 drop_behind: bool = True) -> None:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         if workers < 1:
@@ -91,6 +112,11 @@ class Prefetcher:
         self._inline: set[int] = set()  # positions advised on the loop's thread (zero-copy)
         self._deferred: set[int] = set()  # positions left to the thread (copied up)
         self._notified: tuple[int, int] | None = None  # (cursor, period) of the last notify
+        self.drop_behind = drop_behind
+        #: The shards the page cache keeps between passes (:mod:`tiercache.serving.keep`).
+        self.keep = KeepSet()
+        self._behind: list[int] = []  # positions the loop read at the last notify
+        self._watching = drop_behind  # this pass checks the page cache kept its shards
         self._stopped = False
         #: Times :meth:`notify` woke the thread, and passes the thread made over the window.
         self.wakeups = 0
@@ -120,6 +146,8 @@ class Prefetcher:
             last = self._notified
             steps = (cursor - last[0]) % period if last is not None and last[1] == period \
                 else 0
+            if self.drop_behind and (last is None or cursor < last[0]):
+                self._new_pass()
             if 0 < steps <= span:
                 # the common case, a few steps forward (one per get; a layer per
                 # get_many): the positions passed leave the window, as many enter it --
@@ -135,10 +163,15 @@ class Prefetcher:
                 deferred &= window
                 entering = sorted(window, key=lambda p: (p - cursor) % period)
             self._notified = (cursor, period)
+            passed = ([(cursor - back) % period for back in range(steps)]
+                      if 0 < steps <= span else [cursor])
+            if self.keep.active:
+                self._release_behind(schedule, cursor, span, passed)
+            self._behind = passed
             for position in entering:
                 if position in inline or position in deferred:
                     continue
-                if self.cache.advise(schedule[position]) is None:
+                if self.cache.advise(schedule[position], watch=self._watching) is None:
                     deferred.add(position)  # needs a copy: the thread's job
                 else:
                     inline.add(position)  # a RAM hit, or advised: nothing left to do
@@ -152,6 +185,31 @@ class Prefetcher:
                 self._cursor = cursor
                 self.wakeups += 1
                 self._cond.notify()
+
+    def _new_pass(self) -> None:
+        """The loop starts a pass: let the keep set see the page cache's evictions, and
+        choose whether this pass watches for them (a ``mincore`` per shard read
+        before): every pass while the set is active, else the first passes and one
+        in :data:`WATCH_EVERY`."""
+        cache = self.cache
+        keep = self.keep
+        keep.new_pass(cache.page_evictions(), cache.keep_candidates,
+                      page_cache_room_bytes, self.depth)
+        self._watching = keep.active or keep.passes <= 3 or keep.passes % WATCH_EVERY == 0
+
+    def _release_behind(self, schedule: Sequence[str], cursor: int, span: int,
+                        passed: list[int]) -> None:
+        """Release the shards the loop read at the previous notify (done with them now:
+        a loop reads a group, computes, then reads the next) that the keep set does
+        not keep and the loop does not read again now or within the window.
+        O(steps + depth)."""
+        period = len(schedule)
+        near = {schedule[p] for p in passed}
+        near.update(schedule[(cursor + step) % period] for step in range(1, span + 1))
+        for position in self._behind:
+            key = schedule[position]
+            if key not in near and self.keep.releases(key):
+                self.cache.release(key)
 
     @property
     def running(self) -> bool:

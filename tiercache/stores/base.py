@@ -237,6 +237,22 @@ class Store(ABC):
                       stacklevel=2)
         return self.advise(key)
 
+    def release(self, key: str) -> int:
+        """Let go of ``key``'s bytes after use: drop them from this process's mappings
+        and from the OS page cache, so that a loop larger than memory keeps the pages
+        it chose to keep instead of the kernel's least recently used ones (see
+        :mod:`tiercache.serving.keep`). Views handed out stay valid: touching them
+        again reads the medium. A hint, never an error: the bytes released (0 when
+        the store has nothing to drop). Default: nothing, 0."""
+        return 0
+
+    def page_evictions(self) -> int:
+        """Bytes of shards this process had read that :meth:`advise` found no longer
+        (wholly) in the page cache, since the store opened: the kernel evicted them
+        before their next use, so the page cache does not hold what the loop keeps
+        there. Cumulative. Default: 0 (a store that cannot tell)."""
+        return 0
+
     def needs_check(self, key: str) -> bool:
         """Whether the next :meth:`get_view` of ``key`` would first verify its checksum
         (read the whole shard): the prefetcher then does that on its own thread

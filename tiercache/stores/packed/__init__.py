@@ -69,7 +69,12 @@ Reads
     page cache without waiting (``posix_fadvise(WILLNEED)`` in
     read-ahead-window sized pieces, the most Linux reads per call); later
     passes are left to the kernel's read-ahead over the file, which reads it
-    front to back since the shards are in reading order.
+    front to back since the shards are in reading order. A shard read before
+    and found evicted is counted (:meth:`PackedStore.page_evictions`: the page
+    cache does not hold the loop). :meth:`PackedStore.release` drops a shard's
+    pages from the mapping and the page cache after use (a loop larger than
+    memory keeps the shards it chose: :mod:`tiercache.serving.keep`); the next
+    advise reads it ahead again.
 
 Damage
     A damaged ``index.sqlite`` -- sqlite says it is not a database or malformed, its
@@ -91,7 +96,9 @@ Closing
 
 Modules: :mod:`.store` (:class:`PackedStore`), :mod:`.index` (``index.sqlite``),
 :mod:`.datafile` (data files, the epoch counter, the writers' flock, compaction's
-copy), :mod:`.readahead` (``mincore`` and ``posix_fadvise`` helpers).
+copy), :mod:`.pagecache` (what a process knows of each shard; read ahead, evictions
+noticed, release after use), :mod:`.readahead` (``mincore``, ``posix_fadvise`` and
+``madvise`` helpers).
 
 Thread-safety: all methods may be called from any thread. Index and file state
 are guarded by one lock; the view cache is read without it (GIL-atomic dict

@@ -14,7 +14,6 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,26 +37,13 @@ from .datafile import (
     sweep_data_files,
 )
 from .index import INDEX_NAME, PackedIndex
-from .readahead import advice_bytes, advise_range, resident
+from .pagecache import PageCacheSide, _Entry
+from .readahead import advice_bytes
 
 __all__ = ["COMPACT_MIN_DEAD_BYTES", "PackedStore"]
 
 #: Dead bytes must exceed both this and the live bytes before a put or delete compacts.
 COMPACT_MIN_DEAD_BYTES = 64 << 20
-
-
-@dataclass
-class _Entry:
-    """What a process knows of one stored shard: where it is and its header. Its view
-    lives in :attr:`PackedStore._views` (dropped when the data file is remapped), so an
-    entry never keeps a superseded mapping alive."""
-
-    generation: int
-    offset: int
-    length: int
-    header: codec.ShardHeader
-    verified: bool = False
-    seen: bool = False  # read ahead or viewed by this process before
 
 
 class _PackedFiles(DiskStore):
@@ -121,6 +107,7 @@ class _PackedFiles(DiskStore):
         self._epoch_seen = self._epoch[0]
         self._remember_identity(os.stat(self.path / INDEX_NAME))
         self._advice_bytes = advice_bytes(data.fd)
+        self._page_evictions = 0  # bytes advise() found evicted after a read (page_evictions)
         self._stamp, self._closed = data.stamp(), False  # `verified` flags hold for _stamp
 
     def _medium_closed(self) -> bool:
@@ -312,7 +299,7 @@ class _PackedFiles(DiskStore):
                                         min_age_s=min_age_s)
 
 
-class PackedStore(_PackedFiles):
+class PackedStore(PageCacheSide, _PackedFiles):
     """Persistent store keeping every shard in one append-only, memory-mapped data file.
 
     Parameters
@@ -450,48 +437,6 @@ class PackedStore(_PackedFiles):
         if verify:
             entry.verified = True
         return result
-
-    def advise(self, key: str) -> int:
-        """Get ``key`` ready for a fast :meth:`get_view` without waiting; return its
-        stored bytes (0 if absent).
-
-        - All its pages in the page cache (``mincore``): nothing to do.
-        - Not there, and never read by this process: start reading it into the page
-          cache (``posix_fadvise(WILLNEED)`` in read-ahead-window pieces, the most
-          Linux reads per call; asynchronous).
-        - Not there, but read before: the page cache evicted it, so it cannot hold
-          the loop. Nothing is advised then: pages read ahead sit unmapped on the
-          inactive list and are the first the kernel reclaims -- before the loop gets
-          to them, while the pages it already used stay, protected by their accessed
-          bits. Measured (docs/performance.md): advising under a memory cap read
-          7-15 % more and ran slower than leaving it to the page-fault read-ahead,
-          which reads the file sequentially since shards are laid out in order.
-
-        Never waits for I/O (verification is :meth:`get_view`'s, see
-        :meth:`needs_check`). O(pages / 4096) plus system calls that release the
-        GIL. Thread-safe."""
-        found = self._entry(key)
-        if found is None:
-            return 0
-        entry, view = found
-        data = self._data
-        if not entry.seen and entry.generation == data.generation and resident(
-                view.ctypes.data - entry.header.header_nbytes - entry.offset,  # the mapping
-                entry.offset, entry.length) is False:
-            advise_range(data.fd, entry.offset, entry.length, self._advice_bytes)
-        entry.seen = True
-        return entry.length
-
-    def needs_check(self, key: str) -> bool:
-        """Whether :meth:`get_view` would verify ``key`` first (not verified yet). O(1)."""
-        if self.verify != "always":
-            return False
-        entry = self._entries.get(key)
-        return entry is None or not entry.verified
-
-    def viewed(self, key: str) -> bool:  # read ahead or viewed, verified if it must be
-        entry = self._entries.get(key)
-        return entry is not None and entry.seen and (entry.verified or self.verify != "always")
 
     def info(self, key: str) -> ShardInfo | None:
         """Dtype, shape and stored size of ``key`` (header only). O(1) once cached."""

@@ -1,0 +1,191 @@
+"""Which shards of a loop larger than memory stay in the page cache: the keep set.
+
+A decoder reads every shard once per token. Shards served by a zero-copy tier
+live in the OS page cache; when they do not all fit there (a memory cgroup
+counts the page cache), the kernel evicts the least recently used pages -- in
+a loop, exactly the ones needed next -- so every pass reads every shard again,
+plus the read-ahead evicted before use, and each read waits for reclaim. The
+answer for a cyclic scan (Belady's) is to keep a fixed part and stream the
+rest: :class:`KeepSet` chooses the part, and the prefetcher drops every other
+shard's pages right after the loop is done with it (:meth:`Store.release`), so
+the kept pages stay and the reads find free memory. Measured on the 2 GB
+synthetic model at RAM 25 % (docs/performance.md).
+
+Sizing, once per pass of the loop:
+
+- Until a pass finds the page cache lost a good part of what it held -- at least
+  ``thrash_fraction`` (1/4) of the candidates' bytes read before and evicted
+  (:meth:`Store.page_evictions`) -- everything is kept and nothing is released:
+  where memory suffices, or nearly (a few shards lost to a passing peak), nothing
+  changes. A loop that does not fit loses nearly everything each pass (the least
+  recently used page is always the next one needed), so the threshold separates
+  the two.
+- Then: the room the memory cgroups leave to the page cache
+  (:func:`~tiercache.spare_memory.page_cache_room_bytes`), less the prefetch
+  window and a margin, at most 3/4 of the candidates (3/4 without a cgroup limit).
+- Every later pass that loses ``shrink_fraction`` (1/16) of the candidates or
+  more: ``shrink`` (4/5) of the target.
+- After ``grow_after`` (4) passes without: the target grows by 1/16 of the
+  candidates' bytes, never above the room estimate.
+
+The shards kept are those read most often per pass first (a tied embedding:
+twice), then in the order the loop reads them, while they fit.
+
+Complexity: :meth:`KeepSet.new_pass` is O(1) until evictions are seen, then
+O(candidates log candidates) per pass; :meth:`KeepSet.keeps` O(1).
+Thread-safety: not thread-safe; the prefetcher calls it from the loop's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["Candidate", "KeepSet"]
+
+log = logging.getLogger("tiercache")
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A shard the page cache could keep: served by a zero-copy tier."""
+
+    key: str
+    nbytes: int
+    uses: int = 1  # reads per pass
+    first: int = 0  # its first position in the schedule
+
+
+class KeepSet:
+    """The keep set's target size and members (see the module docstring).
+
+    Parameters
+    ----------
+    shrink:
+        Factor applied to the target after a pass with evictions.
+    grow_after:
+        Passes without evictions before the target grows.
+    grow_fraction:
+        Growth step, a fraction of the candidates' bytes.
+    margin_bytes, margin_fraction:
+        Left free below the room estimate (activations, the kernel's own pages).
+    thrash_fraction:
+        Evictions in one pass, as a fraction of the candidates' bytes, that start
+        releasing.
+    shrink_fraction:
+        Evictions in one pass, as such a fraction, that shrink an active set.
+    """
+
+    def __init__(self, *, shrink: float = 0.8, grow_after: int = 4,
+                 grow_fraction: float = 1 / 16, margin_bytes: int = 8 * MIB,
+                 margin_fraction: float = 0.1, thrash_fraction: float = 0.25,
+                 shrink_fraction: float = 1 / 16) -> None:
+        if not 0 < shrink < 1:
+            raise ValueError(f"shrink must be between 0 and 1, got {shrink}")
+        if grow_after < 1:
+            raise ValueError(f"grow_after must be >= 1, got {grow_after}")
+        self.shrink = shrink
+        self.grow_after = grow_after
+        self.grow_fraction = grow_fraction
+        self.margin_bytes = margin_bytes
+        self.margin_fraction = margin_fraction
+        self.thrash_fraction = thrash_fraction
+        self.shrink_fraction = shrink_fraction
+        #: Bytes of candidates to keep; None: everything (no evictions seen yet).
+        self.target_bytes: int | None = None
+        #: The keys kept; None: every key.
+        self.members: frozenset[str] | None = None
+        self.kept_bytes = 0
+        self.candidate_bytes = 0
+        self._room: int | None = None
+        self._candidates: frozenset[str] = frozenset()
+        self._evictions = 0
+        self._clean_passes = 0
+        #: Passes seen, and how often the target went down and up.
+        self.passes = 0
+        self.shrinks = 0
+        self.grows = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether shards outside the keep set are being released. O(1)."""
+        return self.members is not None
+
+    def keeps(self, key: str) -> bool:
+        """Whether ``key``'s pages stay after use. O(1)."""
+        return self.members is None or key in self.members
+
+    def releases(self, key: str) -> bool:
+        """Whether ``key``'s pages go after use: a candidate (a zero-copy tier's shard
+        at the last pass) outside the set. O(1)."""
+        return self.members is not None and key in self._candidates \
+            and key not in self.members
+
+    def new_pass(self, evictions: int, candidates: Callable[[], Sequence[Candidate]],
+                 room: Callable[[], int | None], window: int) -> None:
+        """A pass of the loop begins. ``evictions``: the cumulative bytes the stores
+        found evicted (:meth:`Store.page_evictions`); ``candidates``: the shards a
+        zero-copy tier serves now; ``room``: the page cache's room estimate (None:
+        unknown); ``window``: how many shards the prefetcher reads ahead."""
+        self.passes += 1
+        fresh = evictions - self._evictions
+        self._evictions = evictions
+        if fresh <= 0 and self.target_bytes is None:
+            return  # the page cache holds the loop: keep everything
+        items = list(candidates())
+        total = sum(c.nbytes for c in items)
+        self.candidate_bytes = total
+        if self.target_bytes is None:
+            if fresh < self.thrash_fraction * total:
+                return  # a few shards lost, not the loop: keep everything
+            self._room = room()
+            target = total * 3 // 4  # whatever the estimate, the whole set fell short
+            if self._room is not None:
+                spare = self._room - window * (total // max(1, len(items)))
+                target = min(target, int(spare - self.margin_bytes - self.margin_fraction * spare))
+            self._clean_passes = 0
+            self.shrinks += 1
+            self._set_target(max(0, target), total)
+        elif fresh >= max(1.0, self.shrink_fraction * total):
+            self._clean_passes = 0
+            self.shrinks += 1
+            self._set_target(int(self.target_bytes * self.shrink), total)
+        else:
+            self._clean_passes += 1
+            if self._clean_passes >= self.grow_after and self.target_bytes is not None:
+                self._clean_passes = 0
+                ceiling = total if self._room is None else min(total, self._room)
+                grown = min(ceiling, self.target_bytes + max(1, int(total * self.grow_fraction)))
+                if grown > self.target_bytes:
+                    self.grows += 1
+                    self._set_target(grown, total)
+        self._choose(items)
+
+    def _set_target(self, target: int, total: int) -> None:
+        if target != self.target_bytes:
+            log.info("page cache: keeping %.0f of %.0f MiB of zero-copy shards between passes, "
+                     "releasing the rest after use", target / MIB, total / MIB)
+        self.target_bytes = target
+
+    def _choose(self, items: Sequence[Candidate]) -> None:
+        """Members: most reads per pass first, then reading order, while they fit."""
+        budget = self.target_bytes if self.target_bytes is not None else 0
+        self._candidates = frozenset(c.key for c in items)
+        kept: list[str] = []
+        used = 0
+        for c in sorted(items, key=lambda c: (-c.uses, c.first)):
+            if used + c.nbytes <= budget:
+                kept.append(c.key)
+                used += c.nbytes
+        self.members = frozenset(kept)
+        self.kept_bytes = used
+
+    def describe(self) -> dict[str, object]:
+        """The state, for ``stats()["loop"]["page_cache"]``."""
+        return {"active": self.active, "target_bytes": self.target_bytes,
+                "kept_bytes": self.kept_bytes if self.active else None,
+                "candidate_bytes": self.candidate_bytes, "passes": self.passes,
+                "shrinks": self.shrinks, "grows": self.grows}
