@@ -27,11 +27,12 @@ def never() -> list[Candidate]:
 
 def test_without_evictions_everything_is_kept_and_nothing_is_asked() -> None:
     keep = KeepSet()
+    keep.new_pass(7 * MIB, never, lambda: None, window=9)  # evictions before: the baseline
     for _ in range(10):
-        keep.new_pass(0, never, lambda: None, window=9)
+        keep.new_pass(7 * MIB, never, lambda: None, window=9)
     assert not keep.active and keep.keeps("anything") and keep.target_bytes is None
     assert not keep.releases("anything")
-    assert keep.describe()["kept_bytes"] is None and keep.passes == 10
+    assert keep.describe()["kept_bytes"] is None and keep.passes == 11
 
 
 def test_first_evictions_size_the_set_from_the_room_estimate() -> None:
@@ -54,6 +55,7 @@ def test_first_evictions_size_the_set_from_the_room_estimate() -> None:
 
 def test_without_a_room_estimate_three_quarters_are_kept_then_a_fifth_less() -> None:
     keep = KeepSet()
+    keep.new_pass(0, never, lambda: None, window=0)  # the baseline
     keep.new_pass(TOTAL, candidates, lambda: None, window=9)
     assert keep.target_bytes == TOTAL * 3 // 4
     keep.new_pass(TOTAL + 8 * MIB, candidates, lambda: None, window=9)  # still losing
@@ -67,6 +69,7 @@ def test_a_few_shards_lost_do_not_start_releasing() -> None:
     """A loop that nearly fits loses a little to a passing peak; a loop that does not
     fit loses nearly all of it each pass: only that starts the keep set."""
     keep = KeepSet()
+    keep.new_pass(0, never, lambda: None, window=0)  # the baseline
     lost = 0
     for _ in range(6):
         lost += TOTAL // 5  # a fifth each pass: under the quarter
@@ -78,12 +81,15 @@ def test_a_few_shards_lost_do_not_start_releasing() -> None:
 
 def test_an_estimate_above_what_fell_short_is_capped() -> None:
     keep = KeepSet()
+    keep.new_pass(0, never, lambda: None, window=0)  # the baseline
     keep.new_pass(TOTAL, candidates, lambda: 10_000 * MIB, window=9)
     assert keep.target_bytes == TOTAL * 3 // 4  # the whole set did not fit
 
 
 def test_quiet_passes_grow_the_set_up_to_the_room() -> None:
     keep = KeepSet(grow_after=2, grow_fraction=1 / 10)
+    keep.new_pass(0, never, lambda: None, window=0)  # the baseline (no room estimate:
+    # no jump back to the whole set, steps only)
     keep.new_pass(TOTAL, candidates, lambda: None, window=0)
     start = keep.target_bytes
     assert start is not None
@@ -98,6 +104,7 @@ def test_quiet_passes_grow_the_set_up_to_the_room() -> None:
 
 def test_a_room_estimate_bounds_the_growth() -> None:
     keep = KeepSet(grow_after=1, margin_bytes=0, margin_fraction=0.0)
+    keep.new_pass(0, never, lambda: None, window=0)  # the baseline
     keep.new_pass(TOTAL, candidates, lambda: 50 * MIB, window=0)
     assert keep.target_bytes == 50 * MIB
     for _ in range(20):
@@ -107,6 +114,7 @@ def test_a_room_estimate_bounds_the_growth() -> None:
 
 def test_a_room_smaller_than_the_window_keeps_nothing() -> None:
     keep = KeepSet()
+    keep.new_pass(0, never, lambda: None, window=0)  # the baseline
     keep.new_pass(TOTAL, candidates, lambda: 5 * MIB, window=9)
     assert keep.target_bytes == 0 and keep.members == frozenset()
     assert not keep.keeps("embed")
@@ -116,3 +124,26 @@ def test_a_room_smaller_than_the_window_keeps_nothing() -> None:
 def test_bad_parameters_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         KeepSet(**kwargs)  # type: ignore[arg-type]
+
+
+def test_back_to_the_whole_set_when_the_room_allows_once() -> None:
+    """A peak of memory use passes: two quiet passes and a room estimate that holds
+    everything bring the whole set back; if that loses shards again, only steps."""
+    room = [20 * MIB]
+    keep = KeepSet()
+    keep.new_pass(0, never, lambda: room[0], window=0)
+    keep.new_pass(TOTAL, candidates, lambda: room[0], window=0)
+    low = keep.target_bytes
+    assert low is not None and low < TOTAL
+    room[0] = 1000 * MIB  # the peak passed
+    keep.new_pass(TOTAL, candidates, lambda: room[0], window=0)
+    assert keep.target_bytes == low  # one quiet pass: not yet
+    keep.new_pass(TOTAL, candidates, lambda: room[0], window=0)
+    assert keep.target_bytes == TOTAL and keep.kept_bytes == TOTAL and keep.grows == 1
+    keep.new_pass(2 * TOTAL, candidates, lambda: room[0], window=0)  # it did not fit
+    assert keep.target_bytes == int(TOTAL * 0.8)
+    for _ in range(3):
+        keep.new_pass(2 * TOTAL, candidates, lambda: room[0], window=0)
+    assert keep.target_bytes == int(TOTAL * 0.8)  # no second jump; a step comes at 4
+    keep.new_pass(2 * TOTAL, candidates, lambda: room[0], window=0)
+    assert keep.target_bytes == int(TOTAL * 0.8) + TOTAL // 16

@@ -25,8 +25,11 @@ Sizing, once per pass of the loop:
   window and a margin, at most 3/4 of the candidates (3/4 without a cgroup limit).
 - Every later pass that loses ``shrink_fraction`` (1/16) of the candidates or
   more: ``shrink`` (4/5) of the target.
-- After ``grow_after`` (4) passes without: the target grows by 1/16 of the
-  candidates' bytes, never above the room estimate.
+- After ``grow_after / 2`` (2) passes without, the room is estimated again: if
+  the whole set fits now (a peak of memory use passed), everything is kept
+  again -- once: if that loses shards again, this step is not retried.
+  Otherwise after ``grow_after`` (4) passes without, the target grows by 1/16
+  of the candidates' bytes, never above the room estimate.
 
 The shards kept are those read most often per pass first (a tied embedding:
 twice), then in the order the loop reads them, while they fit.
@@ -102,8 +105,10 @@ class KeepSet:
         self.candidate_bytes = 0
         self._room: int | None = None
         self._candidates: frozenset[str] = frozenset()
-        self._evictions = 0
+        self._evictions: int | None = None
         self._clean_passes = 0
+        self._jumped = False  # the last pass went back to the whole set
+        self._jump_ok = True  # until such a jump fell short once
         #: Passes seen, and how often the target went down and up.
         self.passes = 0
         self.shrinks = 0
@@ -131,38 +136,66 @@ class KeepSet:
         zero-copy tier serves now; ``room``: the page cache's room estimate (None:
         unknown); ``window``: how many shards the prefetcher reads ahead."""
         self.passes += 1
-        fresh = evictions - self._evictions
-        self._evictions = evictions
+        fresh = 0 if self._evictions is None else evictions - self._evictions
+        self._evictions = evictions  # (the first pass: the count so far is the baseline)
         if fresh <= 0 and self.target_bytes is None:
             return  # the page cache holds the loop: keep everything
         items = list(candidates())
         total = sum(c.nbytes for c in items)
         self.candidate_bytes = total
+        jumped, self._jumped = self._jumped, False
         if self.target_bytes is None:
             if fresh < self.thrash_fraction * total:
                 return  # a few shards lost, not the loop: keep everything
             self._room = room()
             target = total * 3 // 4  # whatever the estimate, the whole set fell short
             if self._room is not None:
-                spare = self._room - window * (total // max(1, len(items)))
-                target = min(target, int(spare - self.margin_bytes - self.margin_fraction * spare))
+                target = min(target, self._fitting(self._room, window, total, len(items)))
             self._clean_passes = 0
             self.shrinks += 1
             self._set_target(max(0, target), total)
         elif fresh >= max(1.0, self.shrink_fraction * total):
+            if jumped:  # the estimate said everything fits, and it did not
+                self._jump_ok = False
             self._clean_passes = 0
             self.shrinks += 1
             self._set_target(int(self.target_bytes * self.shrink), total)
         else:
             self._clean_passes += 1
-            if self._clean_passes >= self.grow_after and self.target_bytes is not None:
-                self._clean_passes = 0
-                ceiling = total if self._room is None else min(total, self._room)
-                grown = min(ceiling, self.target_bytes + max(1, int(total * self.grow_fraction)))
-                if grown > self.target_bytes:
-                    self.grows += 1
-                    self._set_target(grown, total)
+            self._grow(room, window, total, len(items))
         self._choose(items)
+
+    def _fitting(self, room: int, window: int, total: int, count: int) -> int:
+        """What fits in ``room``: less the window's shards (of the average size), a
+        fixed margin and a fraction of the rest."""
+        spare = room - window * (total // max(1, count))
+        return int(spare - self.margin_bytes - self.margin_fraction * spare)
+
+    def _grow(self, room: Callable[[], int | None], window: int, total: int,
+              count: int) -> None:
+        """A quiet pass. After ``grow_after // 2`` of them, back to the whole set if the
+        room estimate (read again: a peak of memory use may have passed) says it fits
+        -- once; a set that then loses shards again stays sized by the steps -- else,
+        after ``grow_after``, one step of ``grow_fraction`` up to that estimate."""
+        target = self.target_bytes
+        assert target is not None
+        now = room() if self._jump_ok and self._clean_passes >= max(1, self.grow_after // 2) \
+            else None
+        if now is not None and self._fitting(now, window, total, count) >= total > target:
+            self._room = now
+            self._clean_passes = 0
+            self._jumped = True
+            self.grows += 1
+            self._set_target(total, total)
+            return
+        if self._clean_passes < self.grow_after:
+            return
+        self._clean_passes = 0
+        ceiling = total if self._room is None else min(total, self._room)
+        grown = min(ceiling, target + max(1, int(total * self.grow_fraction)))
+        if grown > target:
+            self.grows += 1
+            self._set_target(grown, total)
 
     def _set_target(self, target: int, total: int) -> None:
         if target != self.target_bytes:
