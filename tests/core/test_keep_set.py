@@ -25,6 +25,29 @@ def never() -> list[Candidate]:
     raise AssertionError("candidates asked for although the page cache holds the loop")
 
 
+class Loop:
+    """Passes of a loop over :func:`candidates`, with a cumulative eviction count."""
+
+    def __init__(self, keep: KeepSet, room: int | None = None, window: int = 0) -> None:
+        self.keep, self.room, self.window, self.lost = keep, room, window, 0
+        keep.new_pass(0, never, self.estimate, window)  # the first pass: the baseline
+
+    def estimate(self) -> int | None:
+        return self.room
+
+    def run(self, lost: int = 0) -> KeepSet:
+        """One pass that found ``lost`` bytes evicted."""
+        self.lost += lost
+        self.keep.new_pass(self.lost, candidates, self.estimate, self.window)
+        return self.keep
+
+    def thrash(self) -> KeepSet:
+        """Two passes losing the whole loop: the keep set starts."""
+        self.run(TOTAL)
+        assert not self.keep.active  # once may be a cold start
+        return self.run(TOTAL)
+
+
 def test_without_evictions_everything_is_kept_and_nothing_is_asked() -> None:
     keep = KeepSet()
     keep.new_pass(7 * MIB, never, lambda: None, window=9)  # evictions before: the baseline
@@ -35,17 +58,14 @@ def test_without_evictions_everything_is_kept_and_nothing_is_asked() -> None:
     assert keep.describe()["kept_bytes"] is None and keep.passes == 11
 
 
-def test_first_evictions_size_the_set_from_the_room_estimate() -> None:
-    keep = KeepSet(margin_bytes=4 * MIB, margin_fraction=0.1)
-    keep.new_pass(0, candidates, lambda: 80 * MIB, window=2)
-    keep.new_pass(100 * MIB, candidates, lambda: 80 * MIB, window=2)
+def test_a_loop_that_does_not_fit_is_sized_from_the_room_estimate() -> None:
+    keep = Loop(KeepSet(margin_bytes=4 * MIB, margin_fraction=0.1), 80 * MIB, 2).thrash()
     # room 80 MiB - 2 shards of the average size - 4 MiB - 10 % of the rest
-    average = TOTAL // 9
-    spare = 80 * MIB - 2 * average
+    spare = 80 * MIB - 2 * (TOTAL // 9)
     assert keep.target_bytes == int(spare - 4 * MIB - 0.1 * spare)
+    assert 40 * MIB <= keep.target_bytes < 50 * MIB
     assert keep.active and keep.shrinks == 1
     # most reads per pass first, then reading order, while they fit
-    assert 40 * MIB <= keep.target_bytes < 50 * MIB
     assert keep.members == frozenset({"embed", "blk.0"})
     assert keep.kept_bytes == 40 * MIB and keep.candidate_bytes == TOTAL
     assert keep.keeps("embed") and not keep.keeps("blk.7")
@@ -54,96 +74,88 @@ def test_first_evictions_size_the_set_from_the_room_estimate() -> None:
 
 
 def test_without_a_room_estimate_three_quarters_are_kept_then_a_fifth_less() -> None:
-    keep = KeepSet()
-    keep.new_pass(0, never, lambda: None, window=0)  # the baseline
-    keep.new_pass(TOTAL, candidates, lambda: None, window=9)
+    loop = Loop(KeepSet(), None, 9)
+    keep = loop.thrash()
     assert keep.target_bytes == TOTAL * 3 // 4
-    keep.new_pass(TOTAL + 8 * MIB, candidates, lambda: None, window=9)  # still losing
+    loop.run(8 * MIB)  # still losing (over 1/16 of the candidates): shrink
     assert keep.target_bytes == int(TOTAL * 3 // 4 * 0.8) and keep.shrinks == 2
-    keep.new_pass(TOTAL + 8 * MIB, candidates, lambda: None, window=9)  # none: hold
-    keep.new_pass(TOTAL + 9 * MIB, candidates, lambda: None, window=9)  # a trickle: hold
+    loop.run(0)  # nothing lost: hold
+    loop.run(MIB)  # a trickle: hold
     assert keep.target_bytes == int(TOTAL * 3 // 4 * 0.8) and keep.shrinks == 2
 
 
-def test_a_few_shards_lost_do_not_start_releasing() -> None:
-    """A loop that nearly fits loses a little to a passing peak; a loop that does not
-    fit loses nearly all of it each pass: only that starts the keep set."""
-    keep = KeepSet()
-    keep.new_pass(0, never, lambda: None, window=0)  # the baseline
-    lost = 0
+def test_a_few_shards_lost_or_a_burst_do_not_start_releasing() -> None:
+    """A loop that nearly fits loses a little to a passing peak, a cold start may lose
+    much once; a loop that does not fit loses nearly all of it every pass: only that
+    starts the keep set."""
+    loop = Loop(KeepSet(), 40 * MIB, 2)
     for _ in range(6):
-        lost += TOTAL // 5  # a fifth each pass: under the quarter
-        keep.new_pass(lost, candidates, lambda: 40 * MIB, window=2)
-    assert not keep.active and keep.target_bytes is None and keep.candidate_bytes == TOTAL
-    keep.new_pass(lost + TOTAL // 4, candidates, lambda: 40 * MIB, window=2)
-    assert keep.active
+        loop.run(TOTAL // 5)  # a fifth each pass: under the quarter
+    assert not loop.keep.active and loop.keep.candidate_bytes == TOTAL
+    loop.run(TOTAL // 2)
+    loop.run(0)
+    loop.run(TOTAL // 2)
+    assert not loop.keep.active  # bursts apart
+    loop.run(TOTAL // 2)
+    assert loop.keep.active  # two passes in a row: the loop does not fit
 
 
 def test_an_estimate_above_what_fell_short_is_capped() -> None:
-    keep = KeepSet()
-    keep.new_pass(0, never, lambda: None, window=0)  # the baseline
-    keep.new_pass(TOTAL, candidates, lambda: 10_000 * MIB, window=9)
+    keep = Loop(KeepSet(), 10_000 * MIB, 9).thrash()
     assert keep.target_bytes == TOTAL * 3 // 4  # the whole set did not fit
 
 
-def test_quiet_passes_grow_the_set_up_to_the_room() -> None:
-    keep = KeepSet(grow_after=2, grow_fraction=1 / 10)
-    keep.new_pass(0, never, lambda: None, window=0)  # the baseline (no room estimate:
-    # no jump back to the whole set, steps only)
-    keep.new_pass(TOTAL, candidates, lambda: None, window=0)
+def test_quiet_passes_grow_the_set_by_steps_without_an_estimate() -> None:
+    loop = Loop(KeepSet(grow_after=2, grow_fraction=1 / 10))  # no estimate: no jump back
+    keep = loop.thrash()
     start = keep.target_bytes
     assert start is not None
-    for _ in range(2):
-        keep.new_pass(TOTAL, candidates, lambda: None, window=0)
+    loop.run()
+    loop.run()
     assert keep.target_bytes == start + TOTAL // 10 and keep.grows == 1
     for _ in range(40):
-        keep.new_pass(TOTAL, candidates, lambda: None, window=0)
+        loop.run()
     assert keep.target_bytes == TOTAL and keep.members is not None
     assert len(keep.members) == 9  # everything fits again, still watched
 
 
 def test_a_room_estimate_bounds_the_growth() -> None:
-    keep = KeepSet(grow_after=1, margin_bytes=0, margin_fraction=0.0)
-    keep.new_pass(0, never, lambda: None, window=0)  # the baseline
-    keep.new_pass(TOTAL, candidates, lambda: 50 * MIB, window=0)
+    loop = Loop(KeepSet(grow_after=1, margin_bytes=0, margin_fraction=0.0), 50 * MIB)
+    keep = loop.thrash()
     assert keep.target_bytes == 50 * MIB
     for _ in range(20):
-        keep.new_pass(TOTAL, candidates, lambda: 50 * MIB, window=0)
+        loop.run()
     assert keep.target_bytes == 50 * MIB  # never above what the cgroup leaves
 
 
 def test_a_room_smaller_than_the_window_keeps_nothing() -> None:
-    keep = KeepSet()
-    keep.new_pass(0, never, lambda: None, window=0)  # the baseline
-    keep.new_pass(TOTAL, candidates, lambda: 5 * MIB, window=9)
+    keep = Loop(KeepSet(), 5 * MIB, 9).thrash()
     assert keep.target_bytes == 0 and keep.members == frozenset()
     assert not keep.keeps("embed")
+
+
+def test_back_to_the_whole_set_when_the_room_allows_once() -> None:
+    """A peak of memory use passes: two quiet passes and a room estimate that holds
+    everything bring the whole set back; if that loses shards again, only steps."""
+    loop = Loop(KeepSet(), 20 * MIB)
+    keep = loop.thrash()
+    low = keep.target_bytes
+    assert low is not None and low < TOTAL
+    loop.room = 1000 * MIB  # the peak passed
+    loop.run()
+    assert keep.target_bytes == low  # one quiet pass: not yet
+    loop.run()
+    assert keep.target_bytes == TOTAL and keep.kept_bytes == TOTAL and keep.grows == 1
+    loop.run(TOTAL)  # it did not fit after all
+    assert keep.target_bytes == int(TOTAL * 0.8)
+    for _ in range(3):
+        loop.run()
+    assert keep.target_bytes == int(TOTAL * 0.8)  # no second jump; a step comes at 4
+    loop.run()
+    assert keep.target_bytes == int(TOTAL * 0.8) + TOTAL // 16
 
 
 @pytest.mark.parametrize("kwargs", [{"shrink": 1.0}, {"shrink": 0.0}, {"grow_after": 0}])
 def test_bad_parameters_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         KeepSet(**kwargs)  # type: ignore[arg-type]
-
-
-def test_back_to_the_whole_set_when_the_room_allows_once() -> None:
-    """A peak of memory use passes: two quiet passes and a room estimate that holds
-    everything bring the whole set back; if that loses shards again, only steps."""
-    room = [20 * MIB]
-    keep = KeepSet()
-    keep.new_pass(0, never, lambda: room[0], window=0)
-    keep.new_pass(TOTAL, candidates, lambda: room[0], window=0)
-    low = keep.target_bytes
-    assert low is not None and low < TOTAL
-    room[0] = 1000 * MIB  # the peak passed
-    keep.new_pass(TOTAL, candidates, lambda: room[0], window=0)
-    assert keep.target_bytes == low  # one quiet pass: not yet
-    keep.new_pass(TOTAL, candidates, lambda: room[0], window=0)
-    assert keep.target_bytes == TOTAL and keep.kept_bytes == TOTAL and keep.grows == 1
-    keep.new_pass(2 * TOTAL, candidates, lambda: room[0], window=0)  # it did not fit
-    assert keep.target_bytes == int(TOTAL * 0.8)
-    for _ in range(3):
-        keep.new_pass(2 * TOTAL, candidates, lambda: room[0], window=0)
-    assert keep.target_bytes == int(TOTAL * 0.8)  # no second jump; a step comes at 4
-    keep.new_pass(2 * TOTAL, candidates, lambda: room[0], window=0)
-    assert keep.target_bytes == int(TOTAL * 0.8) + TOTAL // 16

@@ -13,13 +13,13 @@ synthetic model at RAM 25 % (docs/performance.md).
 
 Sizing, once per pass of the loop:
 
-- Until a pass finds the page cache lost a good part of what it held -- at least
-  ``thrash_fraction`` (1/4) of the candidates' bytes read before and evicted
-  (:meth:`Store.page_evictions`) -- everything is kept and nothing is released:
-  where memory suffices, or nearly (a few shards lost to a passing peak), nothing
-  changes. A loop that does not fit loses nearly everything each pass (the least
-  recently used page is always the next one needed), so the threshold separates
-  the two.
+- Until two passes in a row find the page cache lost a good part of what it
+  held -- at least ``thrash_fraction`` (1/4) of the candidates' bytes read
+  before and evicted (:meth:`Store.page_evictions`) -- everything is kept and
+  nothing is released: where memory suffices, or nearly (a few shards lost to a
+  passing peak, a burst while a cold start fills memory), nothing changes. A
+  loop that does not fit loses nearly everything every pass (the least recently
+  used page is always the next one needed), so the rule separates the two.
 - Then: the room the memory cgroups leave to the page cache
   (:func:`~tiercache.spare_memory.page_cache_room_bytes`), less the prefetch
   window and a margin, at most 3/4 of the candidates (3/4 without a cgroup limit).
@@ -107,6 +107,7 @@ class KeepSet:
         self._candidates: frozenset[str] = frozenset()
         self._evictions: int | None = None
         self._clean_passes = 0
+        self._losing_passes = 0  # passes in a row that lost a quarter or more
         self._jumped = False  # the last pass went back to the whole set
         self._jump_ok = True  # until such a jump fell short once
         #: Passes seen, and how often the target went down and up.
@@ -139,14 +140,17 @@ class KeepSet:
         fresh = 0 if self._evictions is None else evictions - self._evictions
         self._evictions = evictions  # (the first pass: the count so far is the baseline)
         if fresh <= 0 and self.target_bytes is None:
+            self._losing_passes = 0
             return  # the page cache holds the loop: keep everything
         items = list(candidates())
         total = sum(c.nbytes for c in items)
         self.candidate_bytes = total
         jumped, self._jumped = self._jumped, False
         if self.target_bytes is None:
-            if fresh < self.thrash_fraction * total:
-                return  # a few shards lost, not the loop: keep everything
+            losing = fresh >= self.thrash_fraction * total
+            self._losing_passes = self._losing_passes + 1 if losing else 0
+            if self._losing_passes < 2:
+                return  # a few shards lost, or once (a cold start): keep everything
             self._room = room()
             target = total * 3 // 4  # whatever the estimate, the whole set fell short
             if self._room is not None:
