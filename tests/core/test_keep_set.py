@@ -159,3 +159,62 @@ def test_back_to_the_whole_set_when_the_room_allows_once() -> None:
 def test_bad_parameters_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         KeepSet(**kwargs)  # type: ignore[arg-type]
+
+
+class ShrinkingMemory:
+    """A cache stand-in for the prefetcher whose page cache starts losing the whole loop
+    at pass ``from_pass`` -- noticed only on passes that watch (``advise(watch=True)``
+    is where a store's ``mincore`` finds evicted shards)."""
+
+    def __init__(self, keys: list[str], from_pass: int) -> None:
+        self.schedule = tuple(keys)
+        self.tiers = [type("T", (), {"capacity_bytes": 1 << 30})()]
+        self.from_pass = from_pass
+        self.passes = 0
+        self.evicted = 0
+        self.watched: list[bool] = []
+        self.released: list[str] = []
+
+    def advise(self, key: str, *, watch: bool = False) -> int | None:
+        if key == self.schedule[0]:
+            self.passes += 1
+            self.watched.append(watch)
+        if watch and self.passes >= self.from_pass:
+            self.evicted += 10 * MIB  # every shard read before: gone
+        return 10 * MIB
+
+    def prefetch(self, key: str) -> int:
+        return 0
+
+    def release(self, key: str) -> int:
+        self.released.append(key)
+        return 10 * MIB
+
+    def page_evictions(self) -> int:
+        return self.evicted
+
+    def keep_candidates(self) -> list[Candidate]:
+        return [Candidate(k, 10 * MIB, first=i) for i, k in enumerate(self.schedule)]
+
+
+def test_a_loop_that_stops_fitting_late_is_noticed() -> None:
+    """Watching one pass in eight must not hide a loop that starts thrashing late: a
+    pass that lost a quarter of the loop makes the next one watched."""
+    from tiercache.serving import prefetcher as prefetcher_module
+    from tiercache.serving.prefetcher import Prefetcher
+
+    keys = [f"blk.{i}" for i in range(12)]
+    target = ShrinkingMemory(keys, from_pass=10)
+    original = prefetcher_module.page_cache_room_bytes
+    prefetcher_module.page_cache_room_bytes = lambda: 60 * MIB  # type: ignore[assignment]
+    try:
+        prefetcher = Prefetcher(target, depth=2)  # not started: notify only
+        for _ in range(30):
+            for position in range(0, len(keys), 3):
+                prefetcher.notify(position + 2)  # a layer of three per notify
+        prefetcher.stop()
+    finally:
+        prefetcher_module.page_cache_room_bytes = original
+    assert not any(target.watched[3:7])  # quiet passes are not watched...
+    assert prefetcher.keep.active  # ...yet the late thrash started the keep set
+    assert target.released and not set(target.released) & (prefetcher.keep.members or set())

@@ -22,7 +22,9 @@ Sizing, once per pass of the loop:
   used page is always the next one needed), so the rule separates the two.
 - Then: the room the memory cgroups leave to the page cache
   (:func:`~tiercache.spare_memory.page_cache_room_bytes`), less the prefetch
-  window and a margin, at most 3/4 of the candidates (3/4 without a cgroup limit).
+  window, 8 MiB and a quarter of the rest (the cgroup's own pages, read-ahead in
+  flight: a fixed keep set of 120 MiB lost shards where this estimate said 160
+  would fit), at most 3/4 of the candidates (3/4 without a cgroup limit).
 - Every later pass that loses ``shrink_fraction`` (1/16) of the candidates or
   more: ``shrink`` (4/5) of the target.
 - After ``grow_after / 2`` (2) passes without, the room is estimated again: if
@@ -84,7 +86,7 @@ class KeepSet:
 
     def __init__(self, *, shrink: float = 0.8, grow_after: int = 4,
                  grow_fraction: float = 1 / 16, margin_bytes: int = 8 * MIB,
-                 margin_fraction: float = 0.1, thrash_fraction: float = 0.25,
+                 margin_fraction: float = 0.25, thrash_fraction: float = 0.25,
                  shrink_fraction: float = 1 / 16) -> None:
         if not 0 < shrink < 1:
             raise ValueError(f"shrink must be between 0 and 1, got {shrink}")
@@ -114,6 +116,12 @@ class KeepSet:
         self.passes = 0
         self.shrinks = 0
         self.grows = 0
+
+    @property
+    def losing(self) -> bool:
+        """Whether the last pass lost a quarter of the loop while nothing is released
+        yet (one more such pass starts the set): the next pass must be watched. O(1)."""
+        return self._losing_passes > 0
 
     @property
     def active(self) -> bool:

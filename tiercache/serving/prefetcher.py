@@ -189,13 +189,14 @@ class Prefetcher:
     def _new_pass(self) -> None:
         """The loop starts a pass: let the keep set see the page cache's evictions, and
         choose whether this pass watches for them (a ``mincore`` per shard read
-        before): every pass while the set is active, else the first passes and one
-        in :data:`WATCH_EVERY`."""
+        before): every pass while the set is active or after a pass that lost a
+        quarter of the loop, else the first passes and one in :data:`WATCH_EVERY`."""
         cache = self.cache
         keep = self.keep
         keep.new_pass(cache.page_evictions(), cache.keep_candidates,
                       page_cache_room_bytes, self.depth)
-        self._watching = keep.active or keep.passes <= 3 or keep.passes % WATCH_EVERY == 0
+        self._watching = (keep.active or keep.losing or keep.passes <= 3
+                          or keep.passes % WATCH_EVERY == 0)
 
     def _release_behind(self, schedule: Sequence[str], cursor: int, span: int,
                         passed: list[int]) -> None:
