@@ -197,24 +197,19 @@ class ShrinkingMemory:
         return [Candidate(k, 10 * MIB, first=i) for i, k in enumerate(self.schedule)]
 
 
-def test_a_loop_that_stops_fitting_late_is_noticed() -> None:
+def test_a_loop_that_stops_fitting_late_is_noticed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Watching one pass in eight must not hide a loop that starts thrashing late: a
     pass that lost a quarter of the loop makes the next one watched."""
-    from tiercache.serving import prefetcher as prefetcher_module
     from tiercache.serving.prefetcher import Prefetcher
 
     keys = [f"blk.{i}" for i in range(12)]
     target = ShrinkingMemory(keys, from_pass=10)
-    original = prefetcher_module.page_cache_room_bytes
-    prefetcher_module.page_cache_room_bytes = lambda: 60 * MIB  # type: ignore[assignment]
-    try:
-        prefetcher = Prefetcher(target, depth=2)  # not started: notify only
-        for _ in range(30):
-            for position in range(0, len(keys), 3):
-                prefetcher.notify(position + 2)  # a layer of three per notify
-        prefetcher.stop()
-    finally:
-        prefetcher_module.page_cache_room_bytes = original
+    monkeypatch.setattr("tiercache.serving.prefetcher.page_cache_room_bytes", lambda: 60 * MIB)
+    prefetcher = Prefetcher(target, depth=2)  # not started: notify only
+    for _ in range(30):
+        for position in range(0, len(keys), 3):
+            prefetcher.notify(position + 2)  # a layer of three per notify
+    prefetcher.stop()
     assert not any(target.watched[3:7])  # quiet passes are not watched...
     assert prefetcher.keep.active  # ...yet the late thrash started the keep set
     assert target.released and not set(target.released) & (prefetcher.keep.members or set())
