@@ -13,6 +13,8 @@ synthetic model at RAM 25 % (docs/performance.md).
 
 Sizing, once per pass of the loop:
 
+- The first ``settle_passes`` (3) passes only set the baseline: a cold start
+  filling memory may lose shards once, which says nothing of the loop.
 - Until two passes in a row find the page cache lost a good part of what it
   held -- at least ``thrash_fraction`` (1/4) of the candidates' bytes read
   before and evicted (:meth:`Store.page_evictions`) -- everything is kept and
@@ -28,8 +30,9 @@ Sizing, once per pass of the loop:
 - Every later pass that loses ``shrink_fraction`` (1/16) of the candidates or
   more: ``shrink`` (4/5) of the target.
 - After ``grow_after / 2`` (2) passes without, the room is estimated again: if
-  the whole set fits now (a peak of memory use passed), everything is kept
-  again -- once: if that loses shards again, this step is not retried.
+  the whole set fits now (a peak of memory use passed), the set stands down
+  (everything kept, nothing released) -- once: if the loop starts losing shards
+  again, the set is not stood down a second time.
   Otherwise after ``grow_after`` (4) passes without, the target grows by 1/16
   of the candidates' bytes, never above the room estimate.
 
@@ -82,12 +85,15 @@ class KeepSet:
         releasing.
     shrink_fraction:
         Evictions in one pass, as such a fraction, that shrink an active set.
+    settle_passes:
+        The first passes, whose evictions are not counted (a cold start fills
+        memory; its losses are not the loop's).
     """
 
     def __init__(self, *, shrink: float = 0.8, grow_after: int = 4,
                  grow_fraction: float = 1 / 16, margin_bytes: int = 8 * MIB,
                  margin_fraction: float = 0.25, thrash_fraction: float = 0.25,
-                 shrink_fraction: float = 1 / 16) -> None:
+                 shrink_fraction: float = 1 / 16, settle_passes: int = 3) -> None:
         if not 0 < shrink < 1:
             raise ValueError(f"shrink must be between 0 and 1, got {shrink}")
         if grow_after < 1:
@@ -99,6 +105,7 @@ class KeepSet:
         self.margin_fraction = margin_fraction
         self.thrash_fraction = thrash_fraction
         self.shrink_fraction = shrink_fraction
+        self.settle_passes = settle_passes
         #: Bytes of candidates to keep; None: everything (no evictions seen yet).
         self.target_bytes: int | None = None
         #: The keys kept; None: every key.
@@ -110,8 +117,8 @@ class KeepSet:
         self._evictions: int | None = None
         self._clean_passes = 0
         self._losing_passes = 0  # passes in a row that lost a quarter or more
-        self._jumped = False  # the last pass went back to the whole set
-        self._jump_ok = True  # until such a jump fell short once
+        self._stood_down = False  # went back to keeping everything once
+        self._jump_ok = True  # until the loop lost shards again after that
         #: Passes seen, and how often the target went down and up.
         self.passes = 0
         self.shrinks = 0
@@ -145,20 +152,22 @@ class KeepSet:
         zero-copy tier serves now; ``room``: the page cache's room estimate (None:
         unknown); ``window``: how many shards the prefetcher reads ahead."""
         self.passes += 1
-        fresh = 0 if self._evictions is None else evictions - self._evictions
-        self._evictions = evictions  # (the first pass: the count so far is the baseline)
+        # the first passes set the baseline: a cold start's burst is not the loop's
+        fresh = 0 if self.passes <= self.settle_passes else evictions - (self._evictions or 0)
+        self._evictions = evictions
         if fresh <= 0 and self.target_bytes is None:
             self._losing_passes = 0
             return  # the page cache holds the loop: keep everything
         items = list(candidates())
         total = sum(c.nbytes for c in items)
         self.candidate_bytes = total
-        jumped, self._jumped = self._jumped, False
         if self.target_bytes is None:
             losing = fresh >= self.thrash_fraction * total
             self._losing_passes = self._losing_passes + 1 if losing else 0
             if self._losing_passes < 2:
-                return  # a few shards lost, or once (a cold start): keep everything
+                return  # a few shards lost, or once (a passing peak): keep everything
+            if self._stood_down:  # the whole set fell short again: no more going back
+                self._jump_ok = False
             self._room = room()
             target = total * 3 // 4  # whatever the estimate, the whole set fell short
             if self._room is not None:
@@ -167,14 +176,13 @@ class KeepSet:
             self.shrinks += 1
             self._set_target(max(0, target), total)
         elif fresh >= max(1.0, self.shrink_fraction * total):
-            if jumped:  # the estimate said everything fits, and it did not
-                self._jump_ok = False
             self._clean_passes = 0
             self.shrinks += 1
             self._set_target(int(self.target_bytes * self.shrink), total)
         else:
             self._clean_passes += 1
-            self._grow(room, window, total, len(items))
+            if self._grow(room, window, total, len(items)):
+                return
         self._choose(items)
 
     def _fitting(self, room: int, window: int, total: int, count: int) -> int:
@@ -184,30 +192,37 @@ class KeepSet:
         return int(spare - self.margin_bytes - self.margin_fraction * spare)
 
     def _grow(self, room: Callable[[], int | None], window: int, total: int,
-              count: int) -> None:
-        """A quiet pass. After ``grow_after // 2`` of them, back to the whole set if the
-        room estimate (read again: a peak of memory use may have passed) says it fits
-        -- once; a set that then loses shards again stays sized by the steps -- else,
-        after ``grow_after``, one step of ``grow_fraction`` up to that estimate."""
+              count: int) -> bool:
+        """A quiet pass. After ``grow_after // 2`` of them, if the room estimate (read
+        again: a peak of memory use may have passed) says the whole set fits, stand
+        down -- keep everything, release nothing, watch one pass in eight again --
+        once: if the loop loses shards again after that, the set stays sized by the
+        steps. Else, after ``grow_after``, one step of ``grow_fraction`` up to that
+        estimate. Returns whether it stood down."""
         target = self.target_bytes
         assert target is not None
         now = room() if self._jump_ok and self._clean_passes >= max(1, self.grow_after // 2) \
             else None
-        if now is not None and self._fitting(now, window, total, count) >= total > target:
+        if now is not None and self._fitting(now, window, total, count) >= total:
+            log.info("page cache: the room now holds the %.0f MiB of zero-copy shards: "
+                     "keeping them all again", total / MIB)
             self._room = now
             self._clean_passes = 0
-            self._jumped = True
+            self._stood_down = True
             self.grows += 1
-            self._set_target(total, total)
-            return
+            self.target_bytes = None
+            self.members = None
+            self.kept_bytes = 0
+            return True
         if self._clean_passes < self.grow_after:
-            return
+            return False
         self._clean_passes = 0
         ceiling = total if self._room is None else min(total, self._room)
         grown = min(ceiling, target + max(1, int(total * self.grow_fraction)))
         if grown > target:
             self.grows += 1
             self._set_target(grown, total)
+        return False
 
     def _set_target(self, target: int, total: int) -> None:
         if target != self.target_bytes:

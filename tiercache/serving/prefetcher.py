@@ -190,12 +190,13 @@ class Prefetcher:
         """The loop starts a pass: let the keep set see the page cache's evictions, and
         choose whether this pass watches for them (a ``mincore`` per shard read
         before): every pass while the set is active or after a pass that lost a
-        quarter of the loop, else the first passes and one in :data:`WATCH_EVERY`."""
+        quarter of the loop, else the first passes (those that set the baseline, and
+        two more) and one in :data:`WATCH_EVERY`."""
         cache = self.cache
         keep = self.keep
         keep.new_pass(cache.page_evictions(), cache.keep_candidates,
                       page_cache_room_bytes, self.depth)
-        self._watching = (keep.active or keep.losing or keep.passes <= 3
+        self._watching = (keep.active or keep.losing or keep.passes <= keep.settle_passes + 2
                           or keep.passes % WATCH_EVERY == 0)
 
     def _release_behind(self, schedule: Sequence[str], cursor: int, span: int,
