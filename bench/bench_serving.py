@@ -473,7 +473,7 @@ class Spec:
     promote: str = "1"
     prefetch: int = 0
     key: bool = False  # repeated in every round
-    drop_behind: bool = True  # the prefetcher's keep set (tiercache.serving.keep)
+    drop_behind: bool = False  # the prefetcher's keep set (tiercache.serving.keep)
 
     @property
     def label(self) -> str:

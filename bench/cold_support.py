@@ -213,7 +213,7 @@ class Config:
     capped: bool = True
     reference: str = ""  # label of the all-in-RAM run giving this row's compute bound
     slack_mib: int = 160  # added to the cap (see bench_cold's docstring)
-    drop_behind: bool = True  # tiered: the prefetcher's keep set (tiercache.serving.keep)
+    drop_behind: bool = False  # tiered: the prefetcher's keep set (tiercache.serving.keep)
 
 
 def decoded_tier_supported() -> bool:

@@ -130,10 +130,11 @@ def test_a_room_estimate_bounds_the_growth() -> None:
     assert keep.target_bytes == 50 * MIB  # never above what the cgroup leaves
 
 
-def test_a_room_smaller_than_the_window_keeps_nothing() -> None:
+def test_a_room_smaller_than_the_window_keeps_only_what_is_read_twice() -> None:
     keep = Loop(KeepSet(), 5 * MIB, 9).thrash()
-    assert keep.target_bytes == 0 and keep.members == frozenset()
-    assert not keep.keeps("embed")
+    assert keep.target_bytes == 0 and keep.members == frozenset({"embed"})
+    assert keep.keeps("embed") and not keep.releases("embed")  # never released
+    assert keep.releases("blk.0") and keep.kept_bytes == 30 * MIB
 
 
 def test_standing_down_when_the_room_allows_once() -> None:
@@ -211,7 +212,7 @@ def test_a_loop_that_stops_fitting_late_is_noticed(monkeypatch: pytest.MonkeyPat
     keys = [f"blk.{i}" for i in range(12)]
     target = ShrinkingMemory(keys, from_pass=10)
     monkeypatch.setattr("tiercache.serving.prefetcher.page_cache_room_bytes", lambda: 60 * MIB)
-    prefetcher = Prefetcher(target, depth=2)  # not started: notify only
+    prefetcher = Prefetcher(target, depth=2, drop_behind=True)  # not started: notify only
     for _ in range(30):
         for position in range(0, len(keys), 3):
             prefetcher.notify(position + 2)  # a layer of three per notify

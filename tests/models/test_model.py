@@ -194,7 +194,11 @@ def test_load_model_generates_the_reference_text(smollm2: SmolLM2, reference: An
     with model:
         text = model.generate(PROMPT, 6, stream=False)
         pieces = list(model.generate(PROMPT, 6))
-        assert model.cache.stats()["loop"]["prefetched"] > 0  # prefetching by default
+        loop = model.cache.stats()["loop"]
+        assert loop["prefetched"] > 0  # prefetching by default
+        # the page cache keep set where it was measured faster: the C kernel's models
+        on_kernels = model.llama.timings.engine == "kernels"
+        assert (loop["page_cache"] is not None) == on_kernels
     assert text == smollm2.tokenizer.decode(expected[:6]) == "".join(pieces)
     assert text.startswith(" Paris.") and len(pieces) >= 2
 

@@ -36,8 +36,10 @@ Sizing, once per pass of the loop:
   Otherwise after ``grow_after`` (4) passes without, the target grows by 1/16
   of the candidates' bytes, never above the room estimate.
 
-The shards kept are those read most often per pass first (a tied embedding:
-twice), then in the order the loop reads them, while they fit.
+The shards kept are every shard read more than once a pass (a tied embedding,
+whose first read is a row lookup: released, it would be read whole again for a
+few rows -- on SmolLM2's float32 layout, 113 MB a token), then the others in the
+order the loop reads them, while they fit.
 
 Complexity: :meth:`KeepSet.new_pass` is O(1) until evictions are seen, then
 O(candidates log candidates) per pass; :meth:`KeepSet.keeps` O(1).
@@ -231,13 +233,15 @@ class KeepSet:
         self.target_bytes = target
 
     def _choose(self, items: Sequence[Candidate]) -> None:
-        """Members: most reads per pass first, then reading order, while they fit."""
+        """Members: every shard read more than once a pass (a tied embedding: a row
+        lookup first, the output head last -- released, it would be read whole again
+        for a few rows), then the others in reading order while they fit."""
         budget = self.target_bytes if self.target_bytes is not None else 0
         self._candidates = frozenset(c.key for c in items)
         kept: list[str] = []
         used = 0
         for c in sorted(items, key=lambda c: (-c.uses, c.first)):
-            if used + c.nbytes <= budget:
+            if c.uses > 1 or used + c.nbytes <= budget:
                 kept.append(c.key)
                 used += c.nbytes
         self.members = frozenset(kept)

@@ -87,13 +87,16 @@ class Prefetcher:
         time leaves a fast disk idle between shards; two keep it busy.
     drop_behind:
         When the page cache loses zero-copy shards between passes, keep a fixed
-        part (:attr:`keep`) and release the others after use (default); False
-        leaves the page cache to the kernel.
+        part (:attr:`keep`) and release the others after use. Off by default (the
+        page cache left to the kernel); :func:`tiercache.load_model` turns it on
+        for models on the C kernel, where it was measured faster (a 2 GB Q4_0 model
+        at RAM 25 %: 0.78x the time) -- on TensorFlow's float32 step it was slower
+        (1.27x; docs/performance.md).
     """
 
     def __init__(self, cache: PrefetchTarget, *, depth: int = 8,
                  max_bytes: int | None = None, workers: int = 2,
-                 drop_behind: bool = True) -> None:
+                 drop_behind: bool = False) -> None:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         if workers < 1:
