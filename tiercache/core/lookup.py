@@ -88,7 +88,9 @@ class Lookup(Prefetching):
                         moved = self._advance_cursor(position)
                     value = self._serve_resident(key, *holder, None, time.perf_counter(),
                                                  scheduled=position is not None)
-                    if value is None:  # the view could not be read: the full lookup
+                    if value is None:  # the view could not be read (rare: a failing
+                        # medium): the full lookup, still holding the lock -- nothing is
+                        # in flight for this key (checked under it), so nothing to wait on
                         value = (self._get(key, _MISSING, None) if position is None
                                  else self._get_scheduled(key, _MISSING, None))
                     self._record(key, value, _MISSING)
