@@ -108,6 +108,8 @@ def test_sigkill_anywhere_leaves_right_bytes_or_a_miss(tmp_path: Path) -> None:
                                "compactions": 0, "ops_acknowledged": 0}
     failures: list[str] = []
     expect: dict[str, dict[str, int | None]] = {}
+    previous_log: list[str] = []  # the last killed round's B/A lines, for a failure's message
+    previous_mode = "none"
     started = time.perf_counter()
     try:
         for round_no in range(ROUNDS + 1):
@@ -148,7 +150,11 @@ def test_sigkill_anywhere_leaves_right_bytes_or_a_miss(tmp_path: Path) -> None:
                     status = int(line.split()[2])
             assert checked is not None, (f"round {round_no}: the child died before checking: "
                                          f"{failures[-1:]}")
-            failures.extend(f"round {round_no}: {bad}" for bad in checked["bad"])
+            for bad in checked["bad"]:  # with what the killed round did to that key
+                key = bad.split(":", 1)[0]
+                history = [line for line in previous_log if f" {key} " in f"{line} "][-12:]
+                failures.append(f"round {round_no}: {bad}; round {round_no - 1} ({previous_mode})"
+                                f" on {key}: {' | '.join(history) or 'nothing'}")
             if checked["corrupt"]:
                 failures.append(f"round {round_no}: verify found {checked['corrupt']} bad entries")
             if checked["errors"]:
@@ -169,6 +175,7 @@ def test_sigkill_anywhere_leaves_right_bytes_or_a_miss(tmp_path: Path) -> None:
             figures["kills"] += 1
             figures[f"{mode}_kills"] += 1
             expect = _apply(checked["now"], log)
+            previous_log, previous_mode = log, mode
     finally:
         zygote.close()
     figures["seconds"] = round(time.perf_counter() - started, 1)
