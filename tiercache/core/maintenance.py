@@ -241,8 +241,7 @@ class Maintenance(Hierarchy):
                 fresh.policy.set_schedule(list(self.schedule))
             self._tiers[index] = fresh
             if self._schedule_index:  # the cursor now moves the fresh tier's policy
-                self._schedule_policies = tuple(t.policy for t in self._tiers
-                                                if t.policy.uses_schedule)
+                self._schedule_policies = self._schedule_aware()
             log.warning("tier %s: damaged medium emptied and reopened at %s", fresh.name, folder)
         return True
 

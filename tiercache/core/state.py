@@ -72,6 +72,10 @@ class CacheState:
     def tiers(self) -> tuple[Tier, ...]:
         return tuple(self._tiers)
 
+    def _schedule_aware(self) -> tuple[Policy, ...]:
+        """The tiers' policies that use a declared schedule (the cursor moves them). O(tiers)."""
+        return tuple(t.policy for t in self._tiers if t.policy.uses_schedule)
+
     def tier(self, name: str) -> Tier:
         for t in self._tiers:
             if t.name == name:

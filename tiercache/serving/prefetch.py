@@ -139,18 +139,16 @@ class Prefetching(Scheduling):
         """The shards of the declared schedule whose fastest copy is on a private
         zero-copy tier (what the page cache may keep), in reading order, with their
         reads per pass. O(schedule). Takes the lock."""
-        uses: dict[str, list[int]] = {}
-        for position, key in enumerate(self.schedule):
-            uses.setdefault(key, []).append(position)
         out: list[Candidate] = []
         with self._lock:
-            for key, positions in uses.items():
+            for key, where in self._schedule_index.items():
                 found = self._locate(key)
                 if found is None:
                     continue
                 tier = found[1]
                 if tier.zero_copy and not tier.is_memory and not tier.shared:
-                    out.append(Candidate(key, tier.size_of(key), len(positions), positions[0]))
+                    uses, first = (1, where) if isinstance(where, int) else (len(where), where[0])
+                    out.append(Candidate(key, tier.size_of(key), uses, first))
         return out
 
     def prefetch(self, key: str) -> int:

@@ -151,11 +151,14 @@ class Prefetcher:
                 else 0
             if self.drop_behind and (last is None or cursor < last[0]):
                 self._new_pass()
-            if 0 < steps <= span:
+            forward = 0 < steps <= span
+            # the positions the loop read since the last notify (a jump: its own)
+            passed = [(cursor - back) % period for back in range(steps)] if forward \
+                else [cursor]
+            if forward:
                 # the common case, a few steps forward (one per get; a layer per
                 # get_many): the positions passed leave the window, as many enter it --
                 # O(steps)
-                passed = [(cursor - back) % period for back in range(steps)]
                 inline.difference_update(passed)
                 deferred.difference_update(passed)
                 entering: Iterable[int] = [(cursor + span - back) % period
@@ -166,8 +169,6 @@ class Prefetcher:
                 deferred &= window
                 entering = sorted(window, key=lambda p: (p - cursor) % period)
             self._notified = (cursor, period)
-            passed = ([(cursor - back) % period for back in range(steps)]
-                      if 0 < steps <= span else [cursor])
             if self.keep.active:
                 self._release_behind(schedule, cursor, span, passed)
             self._behind = passed

@@ -44,8 +44,7 @@ class Scheduling(Hierarchy):
             self.schedule = keys
             self._schedule_index = index
             self._cursor = -1
-            self._schedule_policies = tuple(t.policy for t in self._tiers
-                                            if t.policy.uses_schedule)
+            self._schedule_policies = self._schedule_aware()
             for policy in self._schedule_policies:
                 policy.set_schedule(list(keys))
 
