@@ -152,7 +152,8 @@ class TieredCache(Lookup, Maintenance):
         makes it win over the stale copy after a restart; if no persistent tier
         takes it, :class:`~tiercache.errors.StoreError` is raised: the put is not
         durable (this process serves the new value; a restart may bring back the
-        old one).
+        value before it -- never an older one: its durable copy stays on its medium
+        until the stale copy is deleted).
         """
         if not isinstance(key, str):
             raise TypeError(f"keys are strings, got {type(key).__name__}")
@@ -164,10 +165,11 @@ class TieredCache(Lookup, Maintenance):
         with self._lock:
             start = 0 if tier is None else self._tiers.index(self.tier(tier))
             self._bump(key)
+            waits = bool(self._stale_tiers(key)) and self._older_copy_waits(key)
             durable = self._write_ahead_of_stale(key, array)
-            for t in self._tiers:
-                if t is not durable:
-                    t.remove(key)
+            # no tier took the new value durably while an older copy waits: the current
+            # durable copy stays on its medium (held), so a restart never goes back further
+            self._unserve(key, keep_durable=durable is None and waits, spare=durable)
             landed = (durable if durable is self._tiers[start]
                       else self._admit_where(start, key, array, adopt=False))
             if durable is not None and landed is not None and landed is not durable \
@@ -178,14 +180,17 @@ class TieredCache(Lookup, Maintenance):
                     f"shard {key!r} ({array.nbytes} bytes) could not be stored: "
                     + "; ".join(self._refusal(t, array) for t in self._tiers[start:]))
             stale = self._stale_tiers(key)
-            if stale and not any(key in t for t in self._tiers if t.persistent):
+            if stale and any(key in t for t in self._tiers if t.persistent):
+                self._older_copy_waits(key)  # the new value is durable: held copies can go
+            elif stale:
                 first = next((i for i, t in enumerate(self._tiers) if t.persistent
                               and not t.shared), None)
                 if first is None or not self._admit_from(first, key, array, adopt=False):
                     raise StoreError(
                         f"put of {key!r} is not durable: tier(s) {', '.join(stale)} could not "
-                        "delete the older value and no persistent tier took the new one; "
-                        "this process serves the new value, a restart may bring back the old")
+                        "delete an older value and no persistent tier took the new one; "
+                        "this process serves the new value, a restart may bring back the "
+                        "value before it")
 
     def _write_ahead_of_stale(self, key: str, array: np.ndarray) -> Tier | None:
         """When a tier still holds an older copy of ``key`` it could not delete (a full
@@ -221,20 +226,21 @@ class TieredCache(Lookup, Maintenance):
         Raises :class:`~tiercache.errors.StoreError` when a persistent tier could not
         delete its copy (a full disk): the key is no longer served by this process and
         the delete is retried when the tier recovers, but a restart before that would
-        bring the old value back, so the delete is not reported done.
+        bring its last value back (never an older one: while an older copy waits for
+        its delete, the last value's durable copy is kept on its medium, unserved, and
+        deleted after it), so the delete is not reported done.
         """
         self._check_writable()
         with self._lock:
             self._bump(key)
-            removed = False
-            for t in self._tiers:
-                removed = t.remove(key) or removed
+            waits = self._older_copy_waits(key)
+            removed = self._unserve(key, keep_durable=waits)
             stale = self._stale_tiers(key)
             if stale:
                 raise StoreError(
                     f"delete of {key!r} is not durable: tier(s) {', '.join(stale)} could not "
                     "delete it (it is retried when the tier recovers; until then a restart "
-                    "would bring it back)")
+                    "would bring back its last value)")
             return removed
 
     def __delitem__(self, key: str) -> None:
@@ -299,9 +305,12 @@ class TieredCache(Lookup, Maintenance):
                     self.flush()
             finally:
                 self._closed = True
+                if not self.read_only:  # last chance: no stale entry outlives us
+                    for tier in self._tiers:
+                        if tier.pending_deletes:
+                            tier.retry_pending_deletes()
+                    self._release_held()  # (after: the older copies go first)
                 for tier in self._tiers:
-                    if tier.pending_deletes and not self.read_only:
-                        tier.retry_pending_deletes()  # last chance: no stale entry outlives us
                     tier.close()
                 if self.origin is not None:
                     self.origin.close()

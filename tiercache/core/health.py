@@ -53,6 +53,11 @@ class TierHealth:
         self._needs_reopen = False
         #: Keys whose stale entry the medium refused to delete; retried on recovery.
         self.pending_deletes: set[str] = set()
+        #: Keys this process no longer serves whose entry here is kept on purpose: the
+        #: newest durable copy of the key while an older one waits in some tier's
+        #: :attr:`pending_deletes` (deleted first, a restart would bring the older one
+        #: back). The engine, which sees every tier, deletes them (:meth:`delete_held`).
+        self.held_deletes: set[str] = set()
 
     def load_existing(self, *, drop_corrupt: bool = True) -> int:
         raise NotImplementedError
@@ -63,6 +68,37 @@ class TierHealth:
     def _forget_everything(self) -> int:
         """Forget every entry of the index (the medium is gone); return how many."""
         raise NotImplementedError
+
+    def _forget_index(self, key: str, *, evicted: bool) -> None:
+        """Drop ``key`` from the index and the policy (not from the medium)."""
+        raise NotImplementedError
+
+    def hold(self, key: str) -> None:
+        """Stop serving ``key`` but keep its entry on the medium, in :attr:`held_deletes`:
+        the newest durable copy, while an older one of the key waits for its delete
+        elsewhere. O(1). Engine lock held."""
+        self._forget_index(key, evicted=False)
+        self.held_deletes.add(key)
+
+    def delete_held(self, key: str) -> None:
+        """Delete the held entry of ``key`` (no older copy waits any more); a failure
+        makes it a pending delete. O(1) plus the store delete. Engine lock held."""
+        if key in self.held_deletes:
+            self.held_deletes.discard(key)
+            if not self._indexed(key):  # (re-admitted since: that put replaced it)
+                self._delete_from_store(key)
+
+    def _delete_from_store(self, key: str) -> None:
+        """Delete ``key`` from the medium; on failure remember it for a retry."""
+        try:
+            self.store.delete(key)
+        except (StoreError, OSError) as exc:
+            self.stats.errors += 1
+            if not self.store.shared:
+                self.pending_deletes.add(key)
+            self.note_failure(exc, "delete")
+        else:
+            self.pending_deletes.discard(key)
 
     @property
     def degraded(self) -> bool:
@@ -100,7 +136,9 @@ class TierHealth:
         re-admitted since were replaced by that put). Stops at the first failure.
         O(pending). Engine lock held."""
         for key in list(self.pending_deletes):
-            if self._indexed(key):  # re-admitted since: that put replaced the stale entry
+            if self._indexed(key) or key in self.held_deletes:
+                # re-admitted since: that put replaced the stale entry (held: the engine
+                # deletes it, after any older copy)
                 self.pending_deletes.discard(key)
                 continue
             try:
@@ -120,6 +158,7 @@ class TierHealth:
             return True
         lost = self._forget_everything()
         self.pending_deletes.clear()
+        self.held_deletes.clear()
         self.stats.lost += lost
         self._needs_reopen = True
         if self.degraded_reason is None:
@@ -162,16 +201,4 @@ class TierHealth:
         """Whether the medium could not be opened at all (see :meth:`mark_damaged`)."""
         return self.degraded_reason is not None and \
             self.degraded_reason.startswith("medium damaged: ")
-
-    def _delete_from_store(self, key: str) -> None:
-        """Delete ``key`` from the medium; on failure remember it for a retry."""
-        try:
-            self.store.delete(key)
-        except (StoreError, OSError) as exc:
-            self.stats.errors += 1
-            if not self.store.shared:
-                self.pending_deletes.add(key)
-            self.note_failure(exc, "delete")
-        else:
-            self.pending_deletes.discard(key)
 

@@ -77,14 +77,10 @@ class Hierarchy(CacheState):
         if source.persistent:  # never leave a persisted shard only in memory
             below = [t for t in below if t.persistent]
         if not below:
-            if source.persistent and self._stale_tiers(key):
+            if source.persistent and self._stale_tiers(key) and self._older_copy_waits(key):
                 # an older copy waits for its delete on another medium: dropping the
                 # newest durable copy now would let a restart bring the older one back
-                for tier in self._tiers:
-                    if key in tier.pending_deletes:
-                        tier.retry_pending_deletes()
-                if self._stale_tiers(key):
-                    raise DemotionFailed(key)
+                raise DemotionFailed(key)
             source.count("dropped")  # evicted out of the hierarchy
             return
         try:
@@ -229,10 +225,49 @@ class Hierarchy(CacheState):
         return theirs is None or mine < theirs
 
     def _stale_tiers(self, key: str) -> list[str]:
-        """Persistent private tiers still holding an older copy of ``key`` on the medium
-        (their delete failed and waits for a retry). O(tiers). Lock held."""
+        """Persistent private tiers still holding, on the medium, a copy of ``key`` this
+        process no longer serves -- older than any value written from now on: a delete
+        that failed and waits for a retry, or a held copy (:meth:`_unserve`). O(tiers).
+        Lock held."""
         return [t.name for t in self._tiers if t.persistent and not t.shared
-                and key in t.pending_deletes]
+                and (key in t.pending_deletes or key in t.held_deletes)]
+
+    def _older_copy_waits(self, key: str) -> bool:
+        """Retry the failed deletes of ``key``; then, if none is left, delete its held
+        copies (:meth:`Tier.delete_held`). Returns whether a failed delete of ``key``
+        still waits somewhere: then no newer durable copy may be deleted, or a restart
+        would bring the older one back. O(tiers) plus the retries. Lock held."""
+        for tier in self._tiers:
+            if key in tier.pending_deletes:
+                tier.retry_pending_deletes()
+        if any(key in t.pending_deletes for t in self._tiers):
+            return True
+        for tier in self._tiers:
+            if key in tier.held_deletes:
+                tier.delete_held(key)  # a failure makes it pending: checked below
+        return any(key in t.pending_deletes for t in self._tiers)
+
+    def _unserve(self, key: str, *, keep_durable: bool, spare: Tier | None = None) -> bool:
+        """Remove ``key`` from every tier but ``spare``; with ``keep_durable`` (an older
+        copy waits for its delete), a persistent private tier's copy -- the newest
+        durable one -- is only held (:meth:`Tier.hold`: not served, kept on the medium
+        until the older copy is gone). Returns whether any tier indexed it. O(tiers)
+        plus the store deletes. Lock held."""
+        removed = False
+        for tier in self._tiers:
+            if tier is spare:
+                continue
+            if keep_durable and tier.persistent and not tier.shared and key in tier:
+                tier.hold(key)
+                removed = True
+            else:
+                removed = tier.remove(key) or removed
+        return removed
+
+    def _release_held(self) -> None:
+        """Delete every held copy whose older copies are gone (at close). Lock held."""
+        for key in {k for t in self._tiers for k in t.held_deletes}:
+            self._older_copy_waits(key)
 
     @staticmethod
     def _refusal(tier: Tier, array: np.ndarray) -> str:

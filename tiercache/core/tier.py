@@ -325,7 +325,13 @@ class Tier(TierMedium, TierHealth):
         if not self.writable(force=force) or not self.check_medium():
             self.stats.skipped_degraded += 1
             return False
-        if key in self._sizes:
+        # a persistent private medium's copy being replaced is not deleted first: the put
+        # overwrites it, and if the put does not happen it may be the newest durable copy
+        # of the key -- held then (deleted by the engine after any older copy)
+        replaced = key in self._sizes and self.store.persistent and not self.store.shared
+        if replaced:
+            self._forget_index(key, evicted=False)
+        elif key in self._sizes:
             self.remove(key)
         policy = self.policy
         policy.on_miss(key, size)
@@ -335,8 +341,10 @@ class Tier(TierMedium, TierHealth):
             try:
                 demote(victim)  # type: ignore[arg-type]
             except DemotionFailed:
-                return False
-            if self._needs_reopen:  # the medium was lost meanwhile
+                victim = None
+            if victim is None or self._needs_reopen:  # (the medium was lost meanwhile)
+                if replaced:
+                    self.held_deletes.add(key)
                 return False
             self._forget(victim, evicted=True)  # type: ignore[arg-type]
         try:
@@ -344,11 +352,14 @@ class Tier(TierMedium, TierHealth):
         except (StoreError, OSError) as exc:
             # it may have landed or not: a private store deletes the key on recovery
             self.stats.errors += 1
-            if not self.store.shared:
+            if replaced or key in self.held_deletes:
+                self.held_deletes.add(key)  # the newest copy, maybe: deleted in order
+            elif not self.store.shared:
                 self.pending_deletes.add(key)
             self.note_failure(exc, "put")
             return False
         self.pending_deletes.discard(key)
+        self.held_deletes.discard(key)  # the put replaced it
         if self.degraded_reason is not None or self.pending_deletes:
             self.note_success()
         policy.on_insert(key, stored)
@@ -405,7 +416,7 @@ class Tier(TierMedium, TierHealth):
             "over_capacity_bytes": self.over_capacity_bytes,
             "degraded": self.degraded_reason is not None,
             "degraded_reason": self.degraded_reason,
-            "pending_deletes": len(self.pending_deletes),
+            "pending_deletes": len(self.pending_deletes) + len(self.held_deletes),
         }
         out.update(self.stats.as_dict())
         extra = self.policy.extra_stats()
