@@ -412,14 +412,26 @@ def test_opt_on_cursor_keeps_time_for_a_tier_that_sees_few_requests() -> None:
         for i, key in enumerate(schedule):
             policy.on_cursor(i)
             policy.on_cursor(i)  # a repeated report is a no-op
-            if i % 3 != 1:  # the others are served by another tier
+            seen = i % 3 != 1  # the others are served by another tier
+            if seen:
                 driver.request(key)
             driver.check()
-            # cursor-driven: time sits just before the cursor's request, whatever
-            # the tier saw (its own hits and misses no longer move it)
-            assert policy.time == 10 * p + i - 1
+            # cursor-driven: time sits just before the cursor's request, or on it once
+            # the tier saw that request (no other hit or miss moves it)
+            assert policy.time == 10 * p + i - (0 if seen else 1)
+            if seen:  # ranked by its use after this one, at once
+                assert policy.next_use(key) == 10 * (p + 1) + i
+
     with pytest.raises(ValueError, match="outside the schedule"):
         policy.on_cursor(10)
+    other = OPTPolicy(3, schedule=["a", "b", "c"])
+    for key in "abc":
+        other.on_insert(key, 1)
+    other.on_cursor(0)
+    other.on_hit("b")  # not the cursor's request (a read off the loop): time stays
+    assert other.time == -1 and other.next_use("a") == 0
+    other.on_hit("a")
+    assert other.time == 0 and other.next_use("a") == 3 and other.victim() == "a"
     OPTPolicy(4).on_cursor(3)  # no schedule: nothing to do
     OPTPolicy(4, future=[1, 2]).on_cursor(99)
 

@@ -394,7 +394,15 @@ class OPTPolicy(Policy):
 
     def _advance(self, key: Key) -> None:
         oracle = self._oracle
-        if oracle is None or self._cursor_driven:
+        if oracle is None:
+            return
+        if self._cursor_driven:
+            # the loop's own request, the key at the cursor: time lands on it, so the
+            # key is ranked by its use after this one now (not re-ranked by the next
+            # cursor move: half the work of a loop's get). Any other key (a get off the
+            # schedule, a repeated read) leaves time where the cursor put it.
+            if oracle.key_at(oracle.time + 1) == key:
+                oracle.time += 1
             return
         span = oracle.access(key)
         if span is None:
@@ -477,9 +485,11 @@ class OPTPolicy(Policy):
         ``on_hit``/``on_miss`` then lands exactly on it. Calling it again for the
         position just requested is a no-op (a repeated read). Without a
         schedule it does nothing. Once called, only the cursor moves time:
-        ``on_hit``/``on_miss`` no longer advance it, so shards admitted ahead of
-        the loop by a prefetcher are ranked by their distance from the loop, not
-        mistaken for the loop's own requests (until the next ``set_schedule``).
+        ``on_hit``/``on_miss`` advance it only onto the cursor's own request (the
+        key at the next position: then ranked by its use after this one at once),
+        so shards admitted ahead of the loop by a prefetcher are ranked by their
+        distance from the loop, not mistaken for the loop's own requests (until the
+        next ``set_schedule``).
         O(skipped positions) + O(log n) amortised.
 
         Raises
