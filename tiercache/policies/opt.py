@@ -183,31 +183,34 @@ class _ScheduleOracle:
 
     def __init__(self, schedule: Sequence[Key]) -> None:
         self._schedule = list(schedule)
-        self._period = len(self._schedule)
-        self._occ: dict[Key, list[int]] = {}
+        self.period = len(self._schedule)
+        #: Each key's positions in the period, ascending.
+        self.occurrences: dict[Key, list[int]] = {}
         for i, key in enumerate(self._schedule):
-            self._occ.setdefault(key, []).append(i)
+            self.occurrences.setdefault(key, []).append(i)
         self.time = -1
 
-    def _after(self, occ: list[int], t: int) -> int:
+    def first_after(self, occ: list[int], t: int) -> int:
+        """The first absolute position after ``t`` whose phase is in ``occ`` (a key's
+        :attr:`occurrences`). O(log len(occ)), pure."""
         u = t + 1
-        phase = u % self._period
+        phase = u % self.period
         j = bisect_left(occ, phase)
-        return u + occ[j] - phase if j < len(occ) else u + self._period - phase + occ[0]
+        return u + occ[j] - phase if j < len(occ) else u + self.period - phase + occ[0]
 
     def next_use_after(self, key: Key, position: int) -> int:
         """The first position after ``position`` (absolute) that requests ``key``;
         :data:`NEVER` for a key not in the schedule. O(log occurrences), pure."""
-        occ = self._occ.get(key)
-        return NEVER if occ is None else self._after(occ, position)
+        occ = self.occurrences.get(key)
+        return NEVER if occ is None else self.first_after(occ, position)
 
     def access(self, key: Key) -> tuple[int, int] | None:
-        occ = self._occ.get(key)
+        occ = self.occurrences.get(key)
         if occ is None:
             return None
         t = self.time
-        nxt = self._after(occ, t)
-        if t >= 0 and nxt != t + 1 and self._schedule[t % self._period] == key:
+        nxt = self.first_after(occ, t)
+        if t >= 0 and nxt != t + 1 and self._schedule[t % self.period] == key:
             return t + 1, t + 1  # a repeated read of the key just scheduled
         self.time = nxt
         return t + 1, nxt
@@ -215,23 +218,23 @@ class _ScheduleOracle:
     def seek(self, position: int) -> tuple[int, int]:
         """Make ``position`` (a phase in ``[0, L)``) the next request's phase."""
         if isinstance(position, bool) or not isinstance(position, int) \
-                or not 0 <= position < self._period:
+                or not 0 <= position < self.period:
             raise ValueError(f"opt: cursor position {position!r} is outside the schedule "
-                             f"(0 to {self._period - 1})")
+                             f"(0 to {self.period - 1})")
         t = self.time
-        if t >= 0 and t % self._period == position:
+        if t >= 0 and t % self.period == position:
             return t + 1, t + 1  # the key at the cursor was just requested: a repeat
         u = t + 1
-        target = u + (position - u) % self._period
+        target = u + (position - u) % self.period
         self.time = target - 1
         return u, target
 
     def next_use(self, key: Key) -> int:
-        occ = self._occ.get(key)  # next_use_after, inlined: called on every request
-        return NEVER if occ is None else self._after(occ, self.time)
+        occ = self.occurrences.get(key)  # next_use_after, inlined: called on every request
+        return NEVER if occ is None else self.first_after(occ, self.time)
 
     def key_at(self, position: int) -> Key:
-        return self._schedule[position % self._period]
+        return self._schedule[position % self.period]
 
 
 def _as_key_list(what: str, keys: object, *, check_hashable: bool = True) -> list[Key]:
@@ -423,9 +426,22 @@ class OPTPolicy(Policy):
     # --- hooks -------------------------------------------------------------------
     def on_hit(self, key: Key) -> None:
         """One request (a hit): advance, re-rank ``key``. O(log n) amortised."""
-        self._advance(key)
-        self._clock += 1
-        self._set(key, self.next_use(key), self._clock)
+        oracle = self._oracle
+        if self._cursor_driven and type(oracle) is _ScheduleOracle:
+            # a loop's get (every get of a model loop): _advance, next_use and _set inlined
+            t = oracle.time
+            if oracle.key_at(t + 1) == key:
+                t = oracle.time = t + 1
+            occ = oracle.occurrences.get(key)
+            nxt = NEVER if occ is None else oracle.first_after(occ, t)
+            self._clock = stamp = self._clock + 1
+            self._next[key] = nxt
+            self._stamp[key] = stamp
+            heapq.heappush(self._heap, (-nxt, stamp, key))
+        else:
+            self._advance(key)
+            self._clock += 1
+            self._set(key, self.next_use(key), self._clock)
         self._clean()
 
     def on_miss(self, key: Key, size: int) -> None:
@@ -503,6 +519,18 @@ class OPTPolicy(Policy):
             # loop's own requests (a prefetcher bringing shards up ahead of the
             # loop) must not make the policy believe the loop has moved on.
             self._cursor_driven = True
+            period = oracle.period
+            if type(position) is int and 0 <= position < period and period > 2:
+                t = oracle.time
+                step = (position - t - 1) % period
+                if step == 0:
+                    return  # the next request (a loop's usual step): nothing to do
+                if step == 1 and self._next.get(oracle.key_at(t + 1)) != t + 1:
+                    # one request passed that this tier did not see (another tier served
+                    # it) and no resident waits on it: only time moves (seek + _skip)
+                    oracle.time = t + 1
+                    self._skipped += 1
+                    return
             self._skip(oracle, *oracle.seek(position))
             self._clean()
 
