@@ -52,7 +52,7 @@ def test_cursor_driven_ranks_equal_brute_force_belady(seed: int) -> None:
         else:
             policy.on_miss(key, 1)
             if len(resident) >= capacity:
-                victim = policy.victim(key)
+                victim = str(policy.victim(key))
                 ranks = {k: _expected_next_use(schedule, k, policy.time) for k in resident}
                 assert ranks[victim] == max(ranks.values()), (victim, ranks)
                 policy.on_evict(victim)
