@@ -45,9 +45,10 @@ def test_cursor_driven_ranks_equal_brute_force_belady(seed: int) -> None:
             assert (policy.time + 1) % len(schedule) == position
         key = schedule[position]
         saw = rng.random() >= 0.3  # else served by another tier: this one sees nothing
+        hit = saw and key in resident
         if not saw:
             pass
-        elif key in resident:
+        elif hit:
             policy.on_hit(key)
         else:
             policy.on_miss(key, 1)
@@ -59,9 +60,10 @@ def test_cursor_driven_ranks_equal_brute_force_belady(seed: int) -> None:
                 resident.discard(victim)
             policy.on_insert(key, 1)
             resident.add(key)
-        # a request this tier saw lands time on it; one it did not see leaves time before
+        # a hit on the cursor's request lands time on it; a miss (an admission: maybe a
+        # prefetch) or a request this tier did not see leaves time before it
         landed = policy.time % len(schedule) == position
-        assert landed == (saw or repeat), (position, policy.time, saw, repeat)
+        assert landed == (hit or repeat), (position, policy.time, hit, repeat)
         if rng.random() < 0.05 and resident:  # a put elsewhere removes a key
             gone = rng.choice(sorted(resident))
             policy.on_remove(gone)
@@ -70,3 +72,20 @@ def test_cursor_driven_ranks_equal_brute_force_belady(seed: int) -> None:
         for k in resident:
             assert policy.next_use(k) == _expected_next_use(schedule, k, policy.time)
     assert set(policy) == resident and set(keys) >= resident
+
+
+def test_a_prefetched_next_shard_keeps_its_rank_until_the_loop_reads_it() -> None:
+    """A prefetcher admits the shards right after the cursor; the next one must not
+    become the furthest needed (the first victim) before the loop has read it."""
+    schedule = [f"k{i}" for i in range(8)]
+    policy = OPTPolicy(3, schedule=schedule)
+    for key in ("k5", "k6"):
+        policy.on_miss(key, 1)
+        policy.on_insert(key, 1)
+    policy.on_cursor(1)
+    before = policy.time  # just before the loop's read of k1
+    policy.on_miss("k1", 1)  # prefetched: the loop reads it next
+    policy.on_insert("k1", 1)
+    assert policy.time == before  # an admission does not move time
+    policy.on_miss("k2", 1)  # the next prefetch needs room
+    assert policy.victim("k2") == "k6", "the shard needed next would be evicted"

@@ -412,14 +412,14 @@ def test_opt_on_cursor_keeps_time_for_a_tier_that_sees_few_requests() -> None:
         for i, key in enumerate(schedule):
             policy.on_cursor(i)
             policy.on_cursor(i)  # a repeated report is a no-op
-            seen = i % 3 != 1  # the others are served by another tier
-            if seen:
-                driver.request(key)
+            hit = False
+            if i % 3 != 1:  # the others are served by another tier
+                hit = bool(driver.request(key))
             driver.check()
             # cursor-driven: time sits just before the cursor's request, or on it once
-            # the tier saw that request (no other hit or miss moves it)
-            assert policy.time == 10 * p + i - (0 if seen else 1)
-            if seen:  # ranked by its use after this one, at once
+            # the tier served that request as a hit (no other hit or miss moves it)
+            assert policy.time == 10 * p + i - (0 if hit else 1)
+            if hit:  # ranked by its use after this one, at once
                 assert policy.next_use(key) == 10 * (p + 1) + i
 
     with pytest.raises(ValueError, match="outside the schedule"):

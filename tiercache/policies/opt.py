@@ -397,16 +397,8 @@ class OPTPolicy(Policy):
 
     def _advance(self, key: Key) -> None:
         oracle = self._oracle
-        if oracle is None:
-            return
-        if self._cursor_driven:
-            # the loop's own request, the key at the cursor: time lands on it, so the
-            # key is ranked by its use after this one now (not re-ranked by the next
-            # cursor move: half the work of a loop's get). Any other key (a get off the
-            # schedule, a repeated read) leaves time where the cursor put it.
-            if oracle.key_at(oracle.time + 1) == key:
-                oracle.time += 1
-            return
+        if oracle is None or self._cursor_driven:
+            return  # (on_hit lands time on the cursor's own request itself)
         span = oracle.access(key)
         if span is None:
             self._unknown += 1
@@ -428,7 +420,12 @@ class OPTPolicy(Policy):
         """One request (a hit): advance, re-rank ``key``. O(log n) amortised."""
         oracle = self._oracle
         if self._cursor_driven and type(oracle) is _ScheduleOracle:
-            # a loop's get (every get of a model loop): _advance, next_use and _set inlined
+            # a loop's get (every hit of a model loop): the key at the cursor is the
+            # loop's own request -- time lands on it and the key is ranked by its use
+            # after this one at once, not re-ranked by the next cursor move. A hit on
+            # any other key (off the schedule, a repeated read) leaves time alone, and
+            # so does a miss: an admission may be a prefetch of the next key, which
+            # must keep its rank (needed now) until the loop has read it.
             t = oracle.time
             if oracle.key_at(t + 1) == key:
                 t = oracle.time = t + 1
@@ -501,11 +498,11 @@ class OPTPolicy(Policy):
         ``on_hit``/``on_miss`` then lands exactly on it. Calling it again for the
         position just requested is a no-op (a repeated read). Without a
         schedule it does nothing. Once called, only the cursor moves time:
-        ``on_hit``/``on_miss`` advance it only onto the cursor's own request (the
-        key at the next position: then ranked by its use after this one at once),
-        so shards admitted ahead of the loop by a prefetcher are ranked by their
-        distance from the loop, not mistaken for the loop's own requests (until the
-        next ``set_schedule``).
+        ``on_hit`` advances it only onto the cursor's own request (the key at the
+        next position, then ranked by its use after this one at once) and
+        ``on_miss`` not at all, so shards admitted ahead of the loop by a
+        prefetcher are ranked by their distance from the loop, not mistaken for the
+        loop's own requests (until the next ``set_schedule``).
         O(skipped positions) + O(log n) amortised.
 
         Raises
