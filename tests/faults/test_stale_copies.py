@@ -49,6 +49,14 @@ def _stale_ssd_copy(cache: TieredCache) -> FaultyStore:
     return ssd
 
 
+def _failed_delete(cache: TieredCache) -> FaultyStore:
+    """:func:`_stale_ssd_copy`, then a delete of "k" that cannot be made durable."""
+    ssd = _stale_ssd_copy(cache)
+    with pytest.raises(StoreError, match=r"not durable.*its last value"):
+        cache.delete("k")
+    return ssd
+
+
 def _reopened_value(cfg: dict[str, object]) -> np.ndarray | None:
     with tiercache.open(cfg) as cache:
         got = cache.get("k", None)
@@ -59,9 +67,7 @@ def _reopened_value(cfg: dict[str, object]) -> np.ndarray | None:
 def test_a_failed_delete_keeps_the_last_value_not_the_stale_one(tmp_path: Path) -> None:
     cfg = three_tier_config(tmp_path)
     with tiercache.open(cfg) as cache:
-        _stale_ssd_copy(cache)
-        with pytest.raises(StoreError, match=r"not durable.*its last value"):
-            cache.delete("k")
+        _failed_delete(cache)
         assert cache.get("k", None) is None  # not served by this process
         hdd = cache.tier("hdd")
         assert "k" in hdd.held_deletes and hdd.store.get("k") is not None  # kept on disk
@@ -77,9 +83,7 @@ def test_a_failed_delete_keeps_the_last_value_not_the_stale_one(tmp_path: Path) 
 def test_a_failed_delete_completes_in_order_once_the_disk_recovers(tmp_path: Path) -> None:
     cfg = three_tier_config(tmp_path)
     with tiercache.open(cfg) as cache:
-        ssd = _stale_ssd_copy(cache)
-        with pytest.raises(StoreError, match="not durable"):
-            cache.delete("k")
+        ssd = _failed_delete(cache)
         ssd.heal()
         time.sleep(4 * BACKOFF_S + 0.02)
         cache.put("other", shard(3), tier="ssd")  # a write: recovery, the stale copy goes
@@ -96,9 +100,7 @@ def test_a_failed_delete_completes_in_order_once_the_disk_recovers(tmp_path: Pat
 def test_close_deletes_the_held_copy_after_the_stale_one(tmp_path: Path) -> None:
     cfg = three_tier_config(tmp_path)
     with tiercache.open(cfg) as cache:
-        ssd = _stale_ssd_copy(cache)
-        with pytest.raises(StoreError, match="not durable"):
-            cache.delete("k")
+        ssd = _failed_delete(cache)
         ssd.heal()  # the disk recovered, nothing written since: close's retry
     assert _reopened_value(cfg) is None
 
@@ -123,9 +125,7 @@ def test_a_put_no_disk_takes_keeps_the_last_value_not_the_stale_one(tmp_path: Pa
 def test_a_held_copy_is_replaced_by_the_next_put(tmp_path: Path) -> None:
     cfg = three_tier_config(tmp_path)
     with tiercache.open(cfg) as cache:
-        _stale_ssd_copy(cache)
-        with pytest.raises(StoreError, match="not durable"):
-            cache.delete("k")
+        _failed_delete(cache)
         cache.put("k", shard(4))  # the SSD still refuses deletes: written through again
         np.testing.assert_array_equal(cache.get("k"), shard(4))
         assert "k" not in cache.tier("hdd").held_deletes  # overwritten by the new value
