@@ -64,8 +64,10 @@ def _reopened_value(cfg: dict[str, object]) -> np.ndarray | None:
         return None if got is None else np.array(got)
 
 
-def test_a_failed_delete_keeps_the_last_value_not_the_stale_one(tmp_path: Path) -> None:
-    cfg = three_tier_config(tmp_path)
+@pytest.mark.parametrize("mode", ["exclusive", "inclusive"])
+def test_a_failed_delete_keeps_the_last_value_not_the_stale_one(tmp_path: Path,
+                                                                mode: str) -> None:
+    cfg = three_tier_config(tmp_path, mode=mode)
     with tiercache.open(cfg) as cache:
         _failed_delete(cache)
         assert cache.get("k", None) is None  # not served by this process
@@ -105,8 +107,10 @@ def test_close_deletes_the_held_copy_after_the_stale_one(tmp_path: Path) -> None
     assert _reopened_value(cfg) is None
 
 
-def test_a_put_no_disk_takes_keeps_the_last_value_not_the_stale_one(tmp_path: Path) -> None:
-    cfg = three_tier_config(tmp_path)
+@pytest.mark.parametrize("mode", ["exclusive", "inclusive"])
+def test_a_put_no_disk_takes_keeps_the_last_value_not_the_stale_one(tmp_path: Path,
+                                                                    mode: str) -> None:
+    cfg = three_tier_config(tmp_path, mode=mode)
     with tiercache.open(cfg) as cache:
         ssd = _stale_ssd_copy(cache)
         ssd.fail(errno.ENOSPC, ops={"put"})
