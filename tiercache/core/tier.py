@@ -340,10 +340,11 @@ class Tier(TierMedium, TierHealth):
             victim = self.kv.oldest() if self.kv.needs_room(key, size) else policy.victim(key)
             try:
                 demote(victim)  # type: ignore[arg-type]
+                moved = not self._needs_reopen  # (else the medium was lost meanwhile)
             except DemotionFailed:
-                victim = None
-            if victim is None or self._needs_reopen:  # (the medium was lost meanwhile)
-                if replaced:
+                moved = False
+            if not moved:
+                if replaced:  # its bytes are still there: the newest copy, maybe
                     self.held_deletes.add(key)
                 return False
             self._forget(victim, evicted=True)  # type: ignore[arg-type]
