@@ -220,3 +220,26 @@ def test_a_loop_that_stops_fitting_late_is_noticed(monkeypatch: pytest.MonkeyPat
     assert not any(target.watched[5:7])  # quiet passes are not watched...
     assert prefetcher.keep.active  # ...yet the late thrash started the keep set
     assert target.released and not set(target.released) & (prefetcher.keep.members or set())
+
+
+def test_a_small_set_the_page_cache_cannot_hold_shrinks_to_what_it_kept() -> None:
+    """A set much smaller than the loop (a cgroup's room mostly taken back by the loop's
+    own allocations) that loses a good part of itself every pass -- far below 1/16 of
+    the candidates -- shrinks to what the pass kept, down to nothing: shards lost every
+    pass would be read back through page faults inside the compute."""
+    shards = [Candidate(f"blk.{i}", 10 * MIB, first=i) for i in range(40)]
+    keep = KeepSet(margin_bytes=0, margin_fraction=0.0)
+    for _ in range(keep.settle_passes):
+        keep.new_pass(0, never, lambda: None, 0)
+    lost = 0
+    for _ in range(2):  # the whole loop lost twice: the set starts, sized from the room
+        lost += 400 * MIB
+        keep.new_pass(lost, lambda: shards, lambda: 30 * MIB, 0)
+    assert keep.active and keep.kept_bytes == 30 * MIB
+    lost += 10 * MIB  # a third of the set; 1/40 of the loop
+    keep.new_pass(lost, lambda: shards, lambda: 30 * MIB, 0)
+    assert keep.target_bytes == 20 * MIB and keep.members == frozenset({"blk.0", "blk.1"})
+    lost += 20 * MIB  # all of it
+    keep.new_pass(lost, lambda: shards, lambda: 30 * MIB, 0)
+    assert keep.target_bytes == 0 and keep.members == frozenset() and keep.shrinks == 3
+    assert keep.releases("blk.0") and keep.active

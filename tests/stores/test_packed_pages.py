@@ -162,3 +162,114 @@ def test_under_pressure_the_prefetcher_keeps_a_part_and_releases_the_rest(
         in_ram = {k for k in KEYS if cache.where(k)[0] == "ram"}
         assert not set(released) & in_ram  # a memory tier's copy is never "released"
         assert keep.target_bytes is not None and keep.kept_bytes <= keep.target_bytes <= 3 << 20
+
+
+def test_read_once_copies_the_bytes_and_leaves_no_pages_behind(folder: Path) -> None:
+    store = _synced_store(folder)
+    try:
+        vb = store.get_view("b")
+        assert vb is not None
+        float(vb.sum())
+        copy = store.read_once("a")  # verifies "a" (first read in this process)
+        assert copy is not None and copy.flags.writeable and copy.flags.c_contiguous
+        assert copy.ctypes.data % 4096 == 0
+        np.testing.assert_array_equal(copy, _array(1))
+        view = store.get_view("a")  # verified by the copy: the view reads nothing
+        assert view is not None and not pages_resident(view)
+        assert pages_resident(vb)  # only that shard's pages went
+        copy[:] = 0  # a private copy: the stored bytes stay
+        np.testing.assert_array_equal(store.read_once("a"), _array(1))
+        assert store.read_once("nope") is None
+    finally:
+        store.close()
+
+
+def _flip_payload_byte(store: PackedStore, key: str) -> None:
+    view = store.get_view(key)  # (verifies the intact shard first)
+    assert view is not None
+    entry, _ = store._views[key]
+    fd = os.open(store.data_file, os.O_RDWR)
+    try:
+        where = entry.offset + entry.header.header_nbytes + 100
+        os.pwrite(fd, bytes([os.pread(fd, 1, where)[0] ^ 0x40]), where)
+    finally:
+        os.close(fd)
+
+
+def test_read_once_checks_a_shard_as_a_view_would(folder: Path) -> None:
+    """Not verified in this process, or the file changed underneath: the copy is
+    verified, and a changed byte is an error, never the bytes served."""
+    store = _synced_store(folder)
+    try:
+        _flip_payload_byte(store, "a")  # another program writes into the file
+        with pytest.raises(tiercache.CorruptShardError, match="checksum"):
+            store.read_once("a")
+        np.testing.assert_array_equal(store.read_once("b"), _array(2))  # re-verified: fine
+    finally:
+        store.close()
+    again = PackedStore(folder / "packed")  # a new process: nothing verified yet
+    try:
+        with pytest.raises(tiercache.CorruptShardError, match="checksum"):
+            again.read_once("a")
+    finally:
+        again.close()
+
+
+def test_read_once_of_a_memory_tier_is_a_plain_get() -> None:
+    from tiercache.stores.memory import MemoryStore
+
+    store = MemoryStore()
+    store.put("k", _array(3))
+    np.testing.assert_array_equal(store.read_once("k"), _array(3))
+    assert store.read_once("nope") is None
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_the_prefetcher_streams_what_the_keep_set_releases(
+        folder: Path, monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
+    """Shards outside the keep set are read ahead once (read_once, staged within
+    max_bytes) and served from there, exactly; a put meanwhile wins over the copy."""
+    monkeypatch.setattr(prefetcher_module, "page_cache_room_bytes", lambda: 3 << 20)
+    once: list[str] = []
+    read_once = PackedStore.read_once
+
+    def recorded(self: PackedStore, key: str) -> np.ndarray | None:
+        once.append(key)
+        return read_once(self, key)
+
+    monkeypatch.setattr(PackedStore, "read_once", recorded)
+    budget = 4 << 20
+    with tiercache.open(_layout(folder)) as cache:
+        for i, key in enumerate(KEYS):
+            cache.put(key, _array(i), tier="ssd")
+        os.sync()
+        cache.declare_schedule(KEYS)
+        evictions = [0]
+        monkeypatch.setattr(cache, "page_evictions", lambda: evictions[0])
+        prefetcher = cache.start_prefetcher(depth=3, drop_behind=True, max_bytes=budget,
+                                            stream=stream)
+        values = {key: _array(i) for i, key in enumerate(KEYS)}
+        most_staged = 0
+        for round_ in range(10):
+            for start in range(0, len(KEYS), 3):
+                batch = KEYS[start:start + 3]
+                for key, value in zip(batch, cache.get_many(batch), strict=True):
+                    np.testing.assert_array_equal(value, values[key])
+                most_staged = max(most_staged, sum(cache.staged().values()))
+            evictions[0] += 8 << 20  # every pass the page cache loses the loop
+            if round_ == 7 and prefetcher.streamed:  # a new value while copies wait
+                key = next(iter(prefetcher.streamed))
+                values[key] = _array(100)
+                cache.put(key, values[key], tier="ssd")
+        keep = prefetcher.keep
+        assert keep.active and keep.members is not None
+        loop = cache.stats()["loop"]
+        if not stream:
+            assert not prefetcher.streamed and not once and loop["staged_hits"] == 0
+            return
+        streamed = set(prefetcher.streamed)
+        assert streamed and not streamed & keep.members
+        assert all(size <= budget // 4 for size in prefetcher.streamed.values())
+        assert once and set(once) <= streamed  # nothing kept or in RAM read that way
+        assert loop["staged_hits"] > 0
+        assert most_staged <= budget

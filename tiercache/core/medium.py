@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import StoreError
 from ..stores.base import ShardInfo, Store
 from ..stores.memory import MemoryStore
 
@@ -19,6 +20,7 @@ class TierMedium:
     """Read-through accessors of a tier's ``store``."""
 
     store: Store
+    name: str
 
     @property
     def backend(self) -> str:
@@ -64,6 +66,14 @@ class TierMedium:
     def release(self, key: str) -> int:
         """Let go of ``key``'s page-cache copy after use (:meth:`Store.release`): bytes."""
         return self.store.release(key)
+
+    def read_once(self, key: str) -> np.ndarray | None:
+        """A private copy of ``key`` that leaves no page-cache copy behind
+        (:meth:`Store.read_once`). May raise StoreError / CorruptShardError."""
+        try:
+            return self.store.read_once(key)
+        except OSError as exc:
+            raise StoreError(f"tier {self.name}: reading {key!r} once failed ({exc})") from exc
 
     def page_evictions(self) -> int:
         """Bytes read before that the page cache lost (:meth:`Store.page_evictions`)."""

@@ -46,12 +46,13 @@ class Prefetching(Scheduling):
         return self._staging_max_bytes
 
     def start_prefetcher(self, *, depth: int = 8, max_bytes: int | None = None,
-                         workers: int = 2, drop_behind: bool = False) -> Prefetcher:
+                         workers: int = 2, drop_behind: bool = False,
+                         stream: bool = True) -> Prefetcher:
         """Start (or restart) the background prefetcher along the declared schedule
         (see :class:`~tiercache.serving.prefetcher.Prefetcher` for the parameters)."""
         self.stop_prefetcher()
         prefetcher = Prefetcher(self, depth=depth, max_bytes=max_bytes, workers=workers,
-                                drop_behind=drop_behind)
+                                drop_behind=drop_behind, stream=stream)
         with self._lock:
             self._staging_max_bytes = prefetcher.max_bytes
         self._prefetcher = prefetcher.start()
@@ -151,13 +152,22 @@ class Prefetching(Scheduling):
                     out.append(Candidate(key, tier.size_of(key), uses, first))
         return out
 
-    def prefetch(self, key: str) -> int:
+    def pending(self, key: str) -> bool:
+        """Whether a prefetched copy of ``key`` waits for the loop's get or is being read
+        now. A hint (no lock: the answer may be stale by the time it is used). O(1)."""
+        return key in self._staged or key in self._inflight
+
+    def prefetch(self, key: str, *, once: bool = False) -> int:
         """Bring ``key`` into the top tier ahead of use, from a lower tier or the origin.
 
         Returns the bytes brought up (0 if it was already there, is being fetched,
         or exists nowhere). Reads run outside the cache lock; a concurrent ``get``
         of the same key waits for this read instead of issuing its own.
-        Ignores promotion rules: prefetching is an explicit request.
+        Ignores promotion rules: prefetching is an explicit request. ``once``: a
+        shard on a private ``zero_copy`` tier below the top is not read ahead into
+        the page cache but read into memory for its next get
+        (:meth:`Store.read_once`: nothing stays in the page cache) and staged --
+        how the prefetcher streams the shards its keep set releases.
         """
         top = self._tiers[0]
         with self._lock:
@@ -173,7 +183,7 @@ class Prefetching(Scheduling):
             if found is None:
                 array = self.origin.get(key) if self.origin is not None else None
                 private = self.origin is not None and self.origin.fresh_arrays
-            elif found[1].zero_copy:
+            elif found[1].zero_copy and not (once and found[0] > 0 and not found[1].shared):
                 # a view-serving tier: start the page cache filling and, here on the
                 # prefetcher's thread, verify a shard not verified yet (its first view
                 # reads it whole) instead of copying the shard into RAM
@@ -186,6 +196,9 @@ class Prefetching(Scheduling):
                     self.loop_stats.prefetched += 1
                     self.loop_stats.prefetched_bytes += advised
                 return advised
+            elif found[1].zero_copy:  # streamed: read for its next get only
+                array = found[1].read_once(key)
+                private = True
             else:
                 array = found[1].read(key)
                 private = not found[1].is_memory

@@ -16,9 +16,15 @@ store to start reading them into the page cache (:meth:`TieredCache.advise`),
 and does so on the loop's own thread, since that is an asynchronous system
 call; the background thread wakes only for shards that must be copied. When
 the page cache is seen losing such shards between passes (a loop larger than
-memory), the prefetcher keeps a fixed part of them and lets the others' pages
-go right after the loop is done with them (``drop_behind``; which part and how
-much: :mod:`tiercache.serving.keep`).
+memory), the prefetcher keeps a fixed part of them in the page cache
+(``drop_behind``; which part and how much: :mod:`tiercache.serving.keep`) and
+*streams* the others: its thread reads them in the loop's order, up to
+``max_bytes`` ahead of the cursor, into memory that is recycled once the loop
+is done with a shard (:meth:`TieredCache.prefetch` with ``once``;
+:meth:`Store.read_once` leaves nothing in the page cache), so the disk works
+while the loop computes and the kernel never has to choose between the pages
+the loop keeps and the ones it is about to read. Shards larger than a quarter of
+``max_bytes`` are not streamed: their pages are let go right after use instead.
 
 Thread-safety: one background thread per prefetcher; :meth:`notify` is called
 from the loop's thread (through the cache). The cache's own lock protects its
@@ -55,7 +61,9 @@ class PrefetchTarget(Protocol):
 
     def advise(self, key: str, *, watch: bool = False) -> int | None: ...
 
-    def prefetch(self, key: str) -> int: ...
+    def prefetch(self, key: str, *, once: bool = False) -> int: ...
+
+    def pending(self, key: str) -> bool: ...
 
     def release(self, key: str) -> int: ...
 
@@ -92,11 +100,15 @@ class Prefetcher:
         for models on the C kernel, where it was measured faster (a 2 GB Q4_0 model
         at RAM 25 %: 0.78x the time) -- on TensorFlow's float32 step it was slower
         (1.27x; docs/performance.md).
+    stream:
+        With ``drop_behind``, read the released shards ahead into recycled memory
+        (see the module docstring) instead of mapping them and letting their pages
+        go after use. On by default.
     """
 
     def __init__(self, cache: PrefetchTarget, *, depth: int = 8,
                  max_bytes: int | None = None, workers: int = 2,
-                 drop_behind: bool = False) -> None:
+                 drop_behind: bool = False, stream: bool = True) -> None:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         if workers < 1:
@@ -116,8 +128,12 @@ class Prefetcher:
         self._deferred: set[int] = set()  # positions left to the thread (copied up)
         self._notified: tuple[int, int] | None = None  # (cursor, period) of the last notify
         self.drop_behind = drop_behind
+        self.stream = stream
         #: The shards the page cache keeps between passes (:mod:`tiercache.serving.keep`).
         self.keep = KeepSet()
+        #: The shards streamed (released by the keep set, at most a quarter of
+        #: ``max_bytes``) -> their bytes; replaced whole at each pass, read by the thread.
+        self.streamed: dict[str, int] = {}
         self._behind: list[int] = []  # positions the loop read at the last notify
         self._watching = drop_behind  # this pass checks the page cache kept its shards
         self._stopped = False
@@ -172,16 +188,20 @@ class Prefetcher:
             if self.keep.active:
                 self._release_behind(schedule, cursor, span, passed)
             self._behind = passed
+            streamed = self.streamed
             for position in entering:
                 if position in inline or position in deferred:
                     continue
-                if self.cache.advise(schedule[position], watch=self._watching) is None:
-                    deferred.add(position)  # needs a copy: the thread's job
+                key = schedule[position]
+                if key in streamed or self.cache.advise(key, watch=self._watching) is None:
+                    deferred.add(position)  # a copy, or streamed: the thread's job
                 else:
                     inline.add(position)  # a RAM hit, or advised: nothing left to do
             # wake the thread only for a copy it has not started: a RAM hit, or a
-            # shard already on its way up, costs no wake-up and no GIL hand-off
-            wake = bool(deferred) and not deferred <= self._fetched
+            # shard already on its way up, costs no wake-up and no GIL hand-off --
+            # unless the loop just took streamed shards (room to read more ahead)
+            wake = (bool(deferred) and not deferred <= self._fetched) or (
+                bool(streamed) and any(schedule[p] in streamed for p in passed))
         else:
             wake = True
         if wake:
@@ -198,8 +218,19 @@ class Prefetcher:
         two more) and one in :data:`WATCH_EVERY`."""
         cache = self.cache
         keep = self.keep
-        keep.new_pass(cache.page_evictions(), cache.keep_candidates,
-                      page_cache_room_bytes, self.depth)
+        seen: list[Candidate] = []
+
+        def candidates() -> list[Candidate]:
+            seen[:] = cache.keep_candidates()
+            return seen
+
+        keep.new_pass(cache.page_evictions(), candidates, page_cache_room_bytes, self.depth)
+        if not (self.stream and keep.active):
+            self.streamed = {}
+        elif seen:  # (an active set always asks) streamed: what it releases, if small
+            limit = self.max_bytes // 4
+            self.streamed = {c.key: c.nbytes for c in seen
+                             if keep.releases(c.key) and c.nbytes <= limit}
         self._watching = (keep.active or keep.losing or keep.passes <= keep.settle_passes + 2
                           or keep.passes % WATCH_EVERY == 0)
 
@@ -242,8 +273,40 @@ class Prefetcher:
                 self.passes += 1
             try:
                 self._fetch_ahead(cursor)
+                if self.streamed:
+                    self._stream_ahead(cursor)
             except Exception:  # never let the thread die silently
                 log.exception("prefetcher failed; the loop will read shards itself")
+
+    def _moved(self, cursor: int) -> bool:
+        """Whether the loop left ``cursor`` (or the prefetcher is stopping). O(1)."""
+        with self._cond:
+            return self._stopped or self._cursor != cursor
+
+    def _stream_ahead(self, cursor: int) -> None:
+        """Read the streamed shards after ``cursor`` in the loop's order, one at a time
+        on this thread (one sequential reader keeps the kernel's read-ahead going),
+        while those staged or being read ahead of the cursor stay within
+        ``max_bytes``; stop when the loop moves (the next wake-up goes on from its new
+        position). O(positions looked at) plus the reads."""
+        cache = self.cache
+        schedule = cache.schedule
+        streamed = self.streamed
+        period = len(schedule)
+        ahead = 0
+        for step in range(1, period):
+            if self._moved(cursor):
+                return
+            key = schedule[(cursor + step) % period]
+            size = streamed.get(key)
+            if size is None:
+                continue
+            if cache.pending(key):
+                ahead += size
+            elif ahead + size > self.max_bytes:
+                return
+            elif cache.prefetch(key, once=True):  # (0: in the top tier now, or gone)
+                ahead += size
 
     def _fetch_ahead(self, cursor: int) -> None:
         schedule = self.cache.schedule
@@ -256,8 +319,10 @@ class Prefetcher:
         self._fetched &= set(window)
         budget = self.max_bytes
         running: deque[Future[int]] = deque()  # reads in flight, oldest first
+        streamed = self.streamed
         for position in window:
-            if position in self._fetched or position in self._inline:
+            if position in self._fetched or position in self._inline \
+                    or schedule[position] in streamed:  # (streamed: _stream_ahead's)
                 continue
             with self._cond:
                 if self._stopped or self._cursor != cursor:

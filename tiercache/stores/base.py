@@ -246,6 +246,15 @@ class Store(ABC):
         the store has nothing to drop). Default: nothing, 0."""
         return 0
 
+    def read_once(self, key: str) -> np.ndarray | None:
+        """A private copy of ``key`` for a single use, read so that nothing of it stays
+        behind in the page cache where the medium can arrange that (the prefetcher
+        streams the shards its keep set releases this way: they never crowd out the
+        pages the loop keeps, and reading them ahead of use overlaps the loop's
+        compute; :mod:`tiercache.serving.keep`). ``None`` if absent. Default:
+        :meth:`get`."""
+        return self.get(key)
+
     def page_evictions(self) -> int:
         """Bytes of shards this process had read that :meth:`advise` found no longer
         (wholly) in the page cache, since the store opened: the kernel evicted them
