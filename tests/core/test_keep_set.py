@@ -190,8 +190,11 @@ class ShrinkingMemory:
             self.evicted += 10 * MIB  # every shard read before: gone
         return 10 * MIB
 
-    def prefetch(self, key: str) -> int:
+    def prefetch(self, key: str, *, once: bool = False) -> int:
         return 0
+
+    def pending(self, key: str) -> bool:
+        return False
 
     def release(self, key: str) -> int:
         self.released.append(key)

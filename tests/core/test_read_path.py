@@ -78,9 +78,12 @@ class FakeTarget:
     def advise(self, key: str, *, watch: bool = False) -> int | None:
         return None if KEYS.index(key) % 4 == 0 else 0
 
-    def prefetch(self, key: str) -> int:
+    def prefetch(self, key: str, *, once: bool = False) -> int:
         self.prefetched.append(key)
         return 1
+
+    def pending(self, key: str) -> bool:
+        return False
 
     def release(self, key: str) -> int:
         return 0
