@@ -195,18 +195,20 @@ def prepare(root: Path, args: argparse.Namespace) -> tuple[list[Config], dict[st
         if want_f32:
             configs.append(Config(f"{name}: float32, opt RAM + packed zero-copy", name, "tiered",
                                   f32_manifest, str(Path(f32_manifest).parent / "packed"),
-                                  f32_bytes, reference=f32_ram))
-        # the keep set as load_model chooses it: on for the C kernel (native), off for
-        # TensorFlow's float32 step; --compare-drop-behind adds the other setting
+                                  f32_bytes, reference=f32_ram, drop_behind=True,
+                                  stream=True))
+        # the keep set as load_model chooses it: on for both, the released shards
+        # streamed on TensorFlow's float32 step (start_prefetcher(stream=True)) and
+        # mapped on the C kernel; --compare-drop-behind adds the keep set off
         configs.append(Config(f"{name}: native, opt RAM + packed zero-copy", name, "tiered",
                               native_manifest, packed, native_bytes, reference=nat_ram,
                               drop_behind=True))
         if args.compare_drop_behind:
             if want_f32:
                 configs.append(Config(
-                    f"{name}: float32, opt RAM + packed zero-copy, drop-behind", name,
+                    f"{name}: float32, opt RAM + packed zero-copy, no drop-behind", name,
                     "tiered", f32_manifest, str(Path(f32_manifest).parent / "packed"),
-                    f32_bytes, reference=f32_ram, drop_behind=True))
+                    f32_bytes, reference=f32_ram, drop_behind=False))
             configs.append(Config(f"{name}: native, opt RAM + packed zero-copy, no drop-behind",
                                   name, "tiered", native_manifest, packed, native_bytes,
                                   reference=nat_ram, drop_behind=False))
@@ -353,7 +355,8 @@ def tiercache_child(cfg: Config, args: SimpleNamespace, prompts: list[list[int]]
         model.provider = source
         if cache is not None:
             cache.declare_schedule(model.schedule())
-            cache.start_prefetcher(depth=args.prefetch, drop_behind=cfg.drop_behind)
+            cache.start_prefetcher(depth=args.prefetch, drop_behind=cfg.drop_behind,
+                                   stream=cfg.stream)
         model.reset()
         model.timings.reset()
         t0, io0 = time.perf_counter(), bs.read_bytes()
@@ -366,7 +369,7 @@ def tiercache_child(cfg: Config, args: SimpleNamespace, prompts: list[list[int]]
         ns = argparse.Namespace(tokens=args.tokens, warmup=args.warmup,
                                 config_seconds=args.config_seconds, min_tokens=args.min_tokens)
         spec = bs.Spec("tiered", prefetch=args.prefetch if cache is not None else 0,
-                       drop_behind=cfg.drop_behind)
+                       drop_behind=cfg.drop_behind, stream=cfg.stream)
         r = bs.timed_generation(model, source, cache, spec, prompts[0], ns)
         r.pop("text_ids", None)
         r["anon_run_mb"] = group_anon_mb(group)  # RAM tier included
@@ -374,7 +377,7 @@ def tiercache_child(cfg: Config, args: SimpleNamespace, prompts: list[list[int]]
             if batch > 1:
                 batch_cap = recap_for_batch(group, cfg, args, out, model, prompts[:batch])
                 r[f"b{batch}"] = timed_batch(model, cache, prompts[:batch], args, group,
-                                             drop_behind=cfg.drop_behind)
+                                             drop_behind=cfg.drop_behind, stream=cfg.stream)
                 r[f"b{batch}"].update(batch_cap)
     finally:
         if cache is not None:
@@ -406,14 +409,14 @@ def recap_for_batch(group: Path | None, cfg: Config, args: SimpleNamespace,
 
 def timed_batch(model: Any, cache: Any, prompts: list[list[int]],
                 args: SimpleNamespace, group: Path | None = None, *,
-                drop_behind: bool = True) -> dict[str, float]:
+                drop_behind: bool = True, stream: bool = False) -> dict[str, float]:
     """A warm-up pass, then ``args.tokens`` steps for every prompt at once; figures of the
     one-token steps (the prompt passes, one per prompt, left out), and in a capped run
     the group's anonymous memory and page cache at the end (what the batch's KV cache
     left the page cache)."""
     if cache is not None:
         cache.declare_schedule(model.schedule())
-        cache.start_prefetcher(depth=args.prefetch, drop_behind=drop_behind)
+        cache.start_prefetcher(depth=args.prefetch, drop_behind=drop_behind, stream=stream)
     model.generate_batch(prompts, 1)
     model.timings.reset()
     snap: dict[str, Any] = {}
@@ -536,8 +539,8 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, default=9, help="prefetch depth")
     parser.add_argument("--compare-drop-behind", action="store_true",
                         help="also run the tiered layouts with the prefetcher's keep set "
-                             "the other way (start_prefetcher(drop_behind=...): on for "
-                             "float32, off for native)")
+                             "off (start_prefetcher(drop_behind=False); load_model turns "
+                             "it on, streaming float32's released shards)")
     parser.add_argument("--threads", type=int, default=2, help="threads for every engine")
     parser.add_argument("--config-seconds", type=float, default=60.0,
                         help="batch-1 runs decode fewer tokens to stay under this")

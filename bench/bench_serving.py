@@ -474,6 +474,7 @@ class Spec:
     prefetch: int = 0
     key: bool = False  # repeated in every round
     drop_behind: bool = False  # the prefetcher's keep set (tiercache.serving.keep)
+    stream: bool = False  # ... and streaming of what it releases (start_prefetcher(stream=))
 
     @property
     def label(self) -> str:
@@ -553,7 +554,8 @@ def timed_generation(model: Any, source: Any, cache: Any, spec: Spec, ids: list[
     if cache is not None:
         cache.declare_schedule(model.schedule())
         if spec.prefetch:
-            cache.start_prefetcher(depth=spec.prefetch, drop_behind=spec.drop_behind)
+            cache.start_prefetcher(depth=spec.prefetch, drop_behind=spec.drop_behind,
+                                   stream=spec.stream)
     result: dict[str, Any] = {}
     tokens = args.tokens
     if warm:

@@ -214,6 +214,7 @@ class Config:
     reference: str = ""  # label of the all-in-RAM run giving this row's compute bound
     slack_mib: int = 160  # added to the cap (see bench_cold's docstring)
     drop_behind: bool = False  # tiered: the prefetcher's keep set (tiercache.serving.keep)
+    stream: bool = False  # tiered, with drop_behind: the released shards streamed
 
 
 def decoded_tier_supported() -> bool:

@@ -200,8 +200,8 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any] | CacheConfig,
             llama.prefix_cache = PrefixCache(cache, stored_identity(cache, loaded), hparams,
                                              block_tokens=kv_block_tokens)
         cache.declare_schedule(llama.schedule())
-        if depth:  # the keep set where it was measured faster (docs/serving.md)
-            cache.start_prefetcher(depth=depth, drop_behind=on_kernels)
+        if depth:  # the keep set, and streaming on TensorFlow's step (docs/serving.md)
+            cache.start_prefetcher(depth=depth, drop_behind=True, stream=not on_kernels)
     except BaseException:
         cache.close()
         raise

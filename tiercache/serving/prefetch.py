@@ -47,7 +47,7 @@ class Prefetching(Scheduling):
 
     def start_prefetcher(self, *, depth: int = 8, max_bytes: int | None = None,
                          workers: int = 2, drop_behind: bool = False,
-                         stream: bool = True) -> Prefetcher:
+                         stream: bool = False) -> Prefetcher:
         """Start (or restart) the background prefetcher along the declared schedule
         (see :class:`~tiercache.serving.prefetcher.Prefetcher` for the parameters)."""
         self.stop_prefetcher()

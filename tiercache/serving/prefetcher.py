@@ -103,12 +103,16 @@ class Prefetcher:
     stream:
         With ``drop_behind``, read the released shards ahead into recycled memory
         (see the module docstring) instead of mapping them and letting their pages
-        go after use. On by default.
+        go after use. Off by default; :func:`tiercache.load_model` turns it on for
+        TensorFlow's float32 step, where it was measured faster (SmolLM2's float32
+        layout at RAM 25 %, docs/performance.md) -- on the C kernel's quantized
+        shards it read twice the bytes (the copies in flight take room the kept
+        shards had).
     """
 
     def __init__(self, cache: PrefetchTarget, *, depth: int = 8,
                  max_bytes: int | None = None, workers: int = 2,
-                 drop_behind: bool = False, stream: bool = True) -> None:
+                 drop_behind: bool = False, stream: bool = False) -> None:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         if workers < 1:
