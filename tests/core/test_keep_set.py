@@ -231,7 +231,7 @@ def test_a_small_set_the_page_cache_cannot_hold_shrinks_to_what_it_kept() -> Non
     the candidates -- shrinks to what the pass kept, down to nothing: shards lost every
     pass would be read back through page faults inside the compute."""
     shards = [Candidate(f"blk.{i}", 10 * MIB, first=i) for i in range(40)]
-    keep = KeepSet(margin_bytes=0, margin_fraction=0.0)
+    keep = KeepSet(margin_bytes=0, margin_fraction=0.0, lost_fraction=0.25)  # (streaming)
     for _ in range(keep.settle_passes):
         keep.new_pass(0, never, lambda: None, 0)
     lost = 0
@@ -246,3 +246,17 @@ def test_a_small_set_the_page_cache_cannot_hold_shrinks_to_what_it_kept() -> Non
     keep.new_pass(lost, lambda: shards, lambda: 30 * MIB, 0)
     assert keep.target_bytes == 0 and keep.members == frozenset() and keep.shrinks == 3
     assert keep.releases("blk.0") and keep.active
+
+
+def test_without_streaming_a_small_set_losing_a_third_holds() -> None:
+    """The kept-bytes rule is the streaming prefetcher's (lost_fraction); without it a
+    pass losing under 1/16 of the candidates leaves the target as it was."""
+    shards = [Candidate(f"blk.{i}", 10 * MIB, first=i) for i in range(40)]
+    keep = KeepSet(margin_bytes=0, margin_fraction=0.0)
+    for _ in range(keep.settle_passes):
+        keep.new_pass(0, never, lambda: None, 0)
+    lost = 800 * MIB
+    keep.new_pass(400 * MIB, lambda: shards, lambda: 30 * MIB, 0)
+    keep.new_pass(lost, lambda: shards, lambda: 30 * MIB, 0)
+    keep.new_pass(lost + 10 * MIB, lambda: shards, lambda: 30 * MIB, 0)
+    assert keep.target_bytes == 30 * MIB and keep.shrinks == 1

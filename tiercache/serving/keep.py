@@ -27,13 +27,15 @@ Sizing, once per pass of the loop:
   window, 8 MiB and a quarter of the rest (the cgroup's own pages, read-ahead in
   flight: a fixed keep set of 120 MiB lost shards where this estimate said 160
   would fit), at most 3/4 of the candidates (3/4 without a cgroup limit).
-- Every later pass that loses ``shrink_fraction`` (1/16) of the candidates, or
-  ``lost_fraction`` (1/4) of the kept bytes, or more: ``shrink`` (4/5) of the
-  target, and at most what the pass kept (the kept bytes less those lost). The
-  second rule is for a small set the page cache cannot hold either -- room
-  estimated from a cgroup's limit, taken back by the loop's own allocations
-  (TensorFlow's step under a cap): its shards, lost every pass, would be read
-  back through page faults inside the compute.
+- Every later pass that loses ``shrink_fraction`` (1/16) of the candidates or
+  more: ``shrink`` (4/5) of the target. With ``lost_fraction`` set (the
+  prefetcher sets 1/4 when it streams the released shards), a pass that loses
+  that fraction of the kept bytes shrinks it too, to at most what the pass kept
+  (the kept bytes less those lost): for a small set the page cache cannot hold
+  either -- room estimated from a cgroup's limit, taken back by the loop's own
+  allocations (TensorFlow's step under a cap) -- whose shards, lost every pass,
+  would be read back through page faults inside the compute. (Without streaming,
+  on the C kernel's quantized model, the rule read 1.4x the bytes: off there.)
 - After ``grow_after / 2`` (2) passes without, the room is estimated again: if
   the whole set fits now (a peak of memory use passed), the set stands down
   (everything kept, nothing released) -- once: if the loop starts losing shards
@@ -93,7 +95,8 @@ class KeepSet:
     shrink_fraction:
         Evictions in one pass, as such a fraction, that shrink an active set.
     lost_fraction:
-        Evictions in one pass, as a fraction of the kept bytes, that shrink it too.
+        Evictions in one pass, as a fraction of the kept bytes, that shrink it too,
+        to at most what the pass kept; ``None`` (the default): no such rule.
     settle_passes:
         The first passes, whose evictions are not counted (a cold start fills
         memory; its losses are not the loop's).
@@ -102,7 +105,7 @@ class KeepSet:
     def __init__(self, *, shrink: float = 0.8, grow_after: int = 4,
                  grow_fraction: float = 1 / 16, margin_bytes: int = 8 * MIB,
                  margin_fraction: float = 0.25, thrash_fraction: float = 0.25,
-                 shrink_fraction: float = 1 / 16, lost_fraction: float = 0.25,
+                 shrink_fraction: float = 1 / 16, lost_fraction: float | None = None,
                  settle_passes: int = 3) -> None:
         if not 0 < shrink < 1:
             raise ValueError(f"shrink must be between 0 and 1, got {shrink}")
@@ -186,12 +189,15 @@ class KeepSet:
             self._clean_passes = 0
             self.shrinks += 1
             self._set_target(max(0, target), total)
-        elif fresh >= max(1.0, min(self.shrink_fraction * total,
-                                   self.lost_fraction * self.kept_bytes)):
+        elif fresh >= max(1.0, self.shrink_fraction * total) or (
+                self.lost_fraction is not None and fresh >= max(
+                    1.0, self.lost_fraction * self.kept_bytes)):
             self._clean_passes = 0
             self.shrinks += 1
-            self._set_target(min(int(self.target_bytes * self.shrink),
-                                 max(0, self.kept_bytes - fresh)), total)
+            target = int(self.target_bytes * self.shrink)
+            if self.lost_fraction is not None:
+                target = min(target, max(0, self.kept_bytes - fresh))
+            self._set_target(target, total)
         else:
             self._clean_passes += 1
             if self._grow(room, window, total, len(items)):

@@ -134,7 +134,7 @@ class Prefetcher:
         self.drop_behind = drop_behind
         self.stream = stream
         #: The shards the page cache keeps between passes (:mod:`tiercache.serving.keep`).
-        self.keep = KeepSet()
+        self.keep = KeepSet(lost_fraction=0.25 if stream else None)
         #: The shards streamed (released by the keep set, at most a quarter of
         #: ``max_bytes``) -> their bytes; replaced whole at each pass, read by the thread.
         self.streamed: dict[str, int] = {}
