@@ -260,3 +260,17 @@ def test_without_streaming_a_small_set_losing_a_third_holds() -> None:
     keep.new_pass(lost, lambda: shards, lambda: 30 * MIB, 0)
     keep.new_pass(lost + 10 * MIB, lambda: shards, lambda: 30 * MIB, 0)
     assert keep.target_bytes == 30 * MIB and keep.shrinks == 1
+
+
+def test_a_large_top_tier_does_not_make_streaming_hold_gigabytes() -> None:
+    from tiercache.serving.prefetcher import STREAM_AHEAD_MAX_BYTES, Prefetcher
+
+    target = ShrinkingMemory([f"blk.{i}" for i in range(4)], from_pass=10**6)
+    big = Prefetcher(target, max_bytes=8 << 30, drop_behind=True, stream=True)
+    small = Prefetcher(target, max_bytes=4 * MIB, drop_behind=True, stream=True)
+    big.stop()
+    small.stop()
+    assert big.stream_bytes == STREAM_AHEAD_MAX_BYTES == 64 * MIB
+    assert small.stream_bytes == 4 * MIB and big.max_bytes == 8 << 30
+    assert big.keep.lost_fraction == 0.25
+    assert Prefetcher(target, drop_behind=True).keep.lost_fraction is None

@@ -19,12 +19,13 @@ the page cache is seen losing such shards between passes (a loop larger than
 memory), the prefetcher keeps a fixed part of them in the page cache
 (``drop_behind``; which part and how much: :mod:`tiercache.serving.keep`) and
 *streams* the others: its thread reads them in the loop's order, up to
-``max_bytes`` ahead of the cursor, into memory that is recycled once the loop
-is done with a shard (:meth:`TieredCache.prefetch` with ``once``;
+``max_bytes`` (at most :data:`STREAM_AHEAD_MAX_BYTES`) ahead of the cursor, into
+memory that is recycled once the loop is done with a shard
+(:meth:`TieredCache.prefetch` with ``once``;
 :meth:`Store.read_once` leaves nothing in the page cache), so the disk works
 while the loop computes and the kernel never has to choose between the pages
 the loop keeps and the ones it is about to read. Shards larger than a quarter of
-``max_bytes`` are not streamed: their pages are let go right after use instead.
+that are not streamed: their pages are let go right after use instead.
 
 Thread-safety: one background thread per prefetcher; :meth:`notify` is called
 from the loop's thread (through the cache). The cache's own lock protects its
@@ -75,6 +76,10 @@ log = logging.getLogger("tiercache")
 
 #: While the page cache holds the loop, one pass in this many checks it still does.
 WATCH_EVERY = 8
+#: Streamed copies staged or in flight ahead of the loop at most (and ``max_bytes``
+#: if less): 25 ms of reading at 2.5 GB/s keeps the disk busy, and a large top tier's
+#: ``max_bytes`` (half of it) must not become that much memory of copies.
+STREAM_AHEAD_MAX_BYTES = 64 << 20
 
 
 class Prefetcher:
@@ -133,6 +138,8 @@ class Prefetcher:
         self._notified: tuple[int, int] | None = None  # (cursor, period) of the last notify
         self.drop_behind = drop_behind
         self.stream = stream
+        #: Bytes of streamed copies ahead of the loop at most.
+        self.stream_bytes = min(self.max_bytes, STREAM_AHEAD_MAX_BYTES)
         #: The shards the page cache keeps between passes (:mod:`tiercache.serving.keep`).
         self.keep = KeepSet(lost_fraction=0.25 if stream else None)
         #: The shards streamed (released by the keep set, at most a quarter of
@@ -232,7 +239,7 @@ class Prefetcher:
         if not (self.stream and keep.active):
             self.streamed = {}
         elif seen:  # (an active set always asks) streamed: what it releases, if small
-            limit = self.max_bytes // 4
+            limit = self.stream_bytes // 4
             self.streamed = {c.key: c.nbytes for c in seen
                              if keep.releases(c.key) and c.nbytes <= limit}
         self._watching = (keep.active or keep.losing or keep.passes <= keep.settle_passes + 2
@@ -307,7 +314,7 @@ class Prefetcher:
                 continue
             if cache.pending(key):
                 ahead += size
-            elif ahead + size > self.max_bytes:
+            elif ahead + size > self.stream_bytes:
                 return
             elif cache.prefetch(key, once=True):  # (0: in the top tier now, or gone)
                 ahead += size
