@@ -101,10 +101,10 @@ class Prefetcher:
     drop_behind:
         When the page cache loses zero-copy shards between passes, keep a fixed
         part (:attr:`keep`) and release the others after use. Off by default (the
-        page cache left to the kernel); :func:`tiercache.load_model` turns it on
-        for models on the C kernel, where it was measured faster (a 2 GB Q4_0 model
-        at RAM 25 %: 0.78x the time) -- on TensorFlow's float32 step it was slower
-        (1.27x; docs/performance.md).
+        page cache left to the kernel); :func:`tiercache.load_model` turns it on:
+        on the C kernel it was measured faster (a 2 GB Q4_0 model at RAM 25 %: 0.78x
+        the time); on TensorFlow's float32 step only with ``stream`` (without, 1.27x;
+        docs/performance.md).
     stream:
         With ``drop_behind``, read the released shards ahead into recycled memory
         (see the module docstring) instead of mapping them and letting their pages
@@ -143,7 +143,7 @@ class Prefetcher:
         #: The shards the page cache keeps between passes (:mod:`tiercache.serving.keep`).
         self.keep = KeepSet(lost_fraction=0.25 if stream else None)
         #: The shards streamed (released by the keep set, at most a quarter of
-        #: ``max_bytes``) -> their bytes; replaced whole at each pass, read by the thread.
+        #: ``stream_bytes``) -> their bytes; replaced whole at each pass, read by the thread.
         self.streamed: dict[str, int] = {}
         self._behind: list[int] = []  # positions the loop read at the last notify
         self._watching = drop_behind  # this pass checks the page cache kept its shards
@@ -298,7 +298,7 @@ class Prefetcher:
         """Read the streamed shards after ``cursor`` in the loop's order, one at a time
         on this thread (one sequential reader keeps the kernel's read-ahead going),
         while those staged or being read ahead of the cursor stay within
-        ``max_bytes``; stop when the loop moves (the next wake-up goes on from its new
+        :attr:`stream_bytes`; stop when the loop moves (the next wake-up goes on from its new
         position). O(positions looked at) plus the reads."""
         cache = self.cache
         schedule = cache.schedule
