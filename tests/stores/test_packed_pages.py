@@ -9,6 +9,7 @@ import mmap
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -257,10 +258,15 @@ def test_the_prefetcher_streams_what_the_keep_set_releases(
                     np.testing.assert_array_equal(value, values[key])
                 most_staged = max(most_staged, sum(cache.staged().values()))
             evictions[0] += 8 << 20  # every pass the page cache loses the loop
-            if round_ == 7 and prefetcher.streamed:  # a new value while copies wait
-                key = next(iter(prefetcher.streamed))
-                values[key] = _array(100)
-                cache.put(key, values[key], tier="ssd")
+            if round_ == 7 and stream:  # a new value while its streamed copy waits
+                deadline = time.monotonic() + 10
+                waiting: list[str] = []
+                while not waiting and time.monotonic() < deadline:
+                    waiting = [k for k in cache.staged() if k in prefetcher.streamed]
+                    time.sleep(0.005)
+                assert waiting, "the prefetcher staged no streamed copy ahead of the loop"
+                values[waiting[0]] = _array(100)
+                cache.put(waiting[0], values[waiting[0]], tier="ssd")
         keep = prefetcher.keep
         assert keep.active and keep.members is not None
         loop = cache.stats()["loop"]
