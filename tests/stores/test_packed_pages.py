@@ -5,6 +5,7 @@ lets the rest go right after use -- never the bytes: a view stays right."""
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import shutil
@@ -120,10 +121,11 @@ def _layout(root: Path) -> dict[str, Any]:
 KEYS = [f"blk.{i}.weight" for i in range(12)]
 
 
-@pytest.mark.parametrize("drop_behind", [True, False])
-def test_under_pressure_the_prefetcher_keeps_a_part_and_releases_the_rest(
-        folder: Path, monkeypatch: pytest.MonkeyPatch, drop_behind: bool) -> None:
-    monkeypatch.setattr(prefetcher_module, "page_cache_room_bytes", lambda: 3 << 20)
+@contextlib.contextmanager
+def _thrashing(folder: Path, monkeypatch: pytest.MonkeyPatch
+               ) -> Iterator[tuple[tiercache.TieredCache, list[int]]]:
+    """A cache holding :data:`KEYS` on its packed tier, the schedule declared, whose
+    page-cache evictions are the returned counter (the test adds what a pass lost)."""
     with tiercache.open(_layout(folder)) as cache:
         for i, key in enumerate(KEYS):
             cache.put(key, _array(i), tier="ssd")
@@ -131,6 +133,14 @@ def test_under_pressure_the_prefetcher_keeps_a_part_and_releases_the_rest(
         cache.declare_schedule(KEYS)
         evictions = [0]
         monkeypatch.setattr(cache, "page_evictions", lambda: evictions[0])
+        yield cache, evictions
+
+
+@pytest.mark.parametrize("drop_behind", [True, False])
+def test_under_pressure_the_prefetcher_keeps_a_part_and_releases_the_rest(
+        folder: Path, monkeypatch: pytest.MonkeyPatch, drop_behind: bool) -> None:
+    monkeypatch.setattr(prefetcher_module, "page_cache_room_bytes", lambda: 3 << 20)
+    with _thrashing(folder, monkeypatch) as (cache, evictions):
         batch: list[str] = []
         released: list[str] = []
         release = cache.release
@@ -240,13 +250,7 @@ def test_the_prefetcher_streams_what_the_keep_set_releases(
 
     monkeypatch.setattr(PackedStore, "read_once", recorded)
     budget = 4 << 20
-    with tiercache.open(_layout(folder)) as cache:
-        for i, key in enumerate(KEYS):
-            cache.put(key, _array(i), tier="ssd")
-        os.sync()
-        cache.declare_schedule(KEYS)
-        evictions = [0]
-        monkeypatch.setattr(cache, "page_evictions", lambda: evictions[0])
+    with _thrashing(folder, monkeypatch) as (cache, evictions):
         prefetcher = cache.start_prefetcher(depth=3, drop_behind=True, max_bytes=budget,
                                             stream=stream)
         values = {key: _array(i) for i, key in enumerate(KEYS)}
