@@ -207,3 +207,31 @@ def test_npy_origin_keys_come_through_get_many(tmp_path: Path) -> None:
         np.testing.assert_array_equal(first, shard(3))
         np.testing.assert_array_equal(again, shard(3))
         assert cache.where("w")  # admitted on the way
+
+
+def test_a_reader_that_loses_every_race_with_a_writer_still_finds_the_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each unlocked read of a disk tier sees the key change under it (a writer's put
+    lands meanwhile), as many times as the lookup retries: the key is still there, so
+    the get must serve it (read under the lock), never report it missing."""
+    from tiercache.core import lookup
+
+    with tiercache.open(layout(tmp_path, ram_policy="lru")) as cache:
+        value = np.arange(1024, dtype=np.float32)
+        cache.put("k", value, tier="hdd")
+        hdd = cache.tiers[2]
+        real = hdd.read
+        calls = [0]
+
+        def racing(key: str, out: np.ndarray | None = None) -> np.ndarray | None:
+            calls[0] += 1
+            if calls[0] <= lookup._MAX_RETRIES:
+                with cache._lock:
+                    cache._bump(key)  # what a concurrent put of the key does first
+            return real(key, out)
+
+        monkeypatch.setattr(hdd, "read", racing)
+        got = cache.get("k")
+        np.testing.assert_array_equal(got, value)
+        assert calls[0] == lookup._MAX_RETRIES + 1
+        assert cache.get_many(["k"])[0].tolist() == value.tolist()

@@ -249,10 +249,40 @@ class Lookup(Prefetching):
                     if self._promote(index, key, array, private=private) and private:
                         array = self._kept(key, array)
             return array
+        else:  # every try lost a race with a writer (puts in a tight loop): read locked
+            locked = self._get_locked(key, out, started)
+            if locked is not None:
+                return locked
         shared = self._get_shared(key, out, started)
         if shared is not None:
             return shared
         return self._get_from_origin(key, default, out, started)
+
+    def _get_locked(self, key: str, out: np.ndarray | None, started: float) -> Any:
+        """``key`` read while holding the lock (no writer can move it meanwhile), for a
+        lookup whose every unlocked read saw the key change: without this a reader
+        racing a busy writer would report a key it holds as missing. Waits first for
+        a prefetcher's read in flight (it needs the lock to finish). ``None`` when no
+        tier holds it or the read fails (the caller goes on to the origin). O(read)
+        under the lock; only after :data:`_MAX_RETRIES` lost races."""
+        pending = self._inflight.get(key)
+        if pending is not None:
+            pending.wait(PREFETCH_WAIT_TIMEOUT_S)
+        with self._lock:
+            found = self._locate(key)
+            if found is None:
+                return None
+            index, tier = found
+            try:
+                array = tier.read(key, out)
+            except StoreError:  # (CorruptShardError too) the usual fallbacks decide
+                return None
+            if array is None:
+                return None
+            for above in self._tiers[:index]:
+                above.count("misses")
+            tier.record_hit(key, array.nbytes, time.perf_counter() - started)
+            return array
 
     def _get_shared(self, key: str, out: np.ndarray | None, started: float) -> Any:
         """``key`` from a shared tier (Redis) whose index lacks it -- another process may
