@@ -335,9 +335,8 @@ class Prefetcher:
             if position in self._fetched or position in self._inline \
                     or schedule[position] in streamed:  # (streamed: _stream_ahead's)
                 continue
-            with self._cond:
-                if self._stopped or self._cursor != cursor:
-                    return  # the loop moved on: start again from its new position
+            if self._moved(cursor):
+                return  # the loop moved on: start again from its new position
             running.append(self._pool.submit(self.cache.prefetch, schedule[position]))
             self._fetched.add(position)
             while len(running) >= self.workers:

@@ -11,7 +11,6 @@ called from any thread; the system calls release the GIL).
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 import threading
@@ -21,7 +20,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ... import codec
-from ...buffers import PAGE_BYTES
 from ...errors import CorruptShardError
 from ..base import VerifyMode
 from .datafile import DataFile
@@ -69,7 +67,7 @@ class PageCacheSide:
 
         def _settle_verified(self, *, own: bool = False) -> None: ...
 
-        def _forget_if(self, key: str, entry: _Entry) -> None: ...
+        def _verify(self, entry: _Entry, view: np.ndarray, key: str) -> None: ...
 
         def _where(self, key: str) -> str: ...
 
@@ -161,21 +159,12 @@ class PageCacheSide:
                                                 f"the end of {data.path.name} (lost in a "
                                                 "crash?)")
                     done += got
-            first = -(-entry.offset // PAGE_BYTES) * PAGE_BYTES
-            stop = (entry.offset + entry.length) // PAGE_BYTES * PAGE_BYTES
-            if stop > first:
-                with contextlib.suppress(OSError):
-                    os.posix_fadvise(fd, first, stop - first, os.POSIX_FADV_DONTNEED)
+            drop_range(None, fd, entry.offset, entry.length)
         finally:
             os.close(fd)
         if self.verify == "always":
             self._settle_verified()
-            if not entry.verified:
-                if codec.payload_checksum(flat) != header.payload_checksum:
-                    with self._lock:
-                        self._forget_if(key, entry)
-                    raise CorruptShardError(f"{self._where(key)}: payload checksum mismatch")
-                entry.verified = True
+            self._verify(entry, out, key)
         return out
 
     def page_evictions(self) -> int:

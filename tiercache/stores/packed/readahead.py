@@ -34,10 +34,11 @@ def advise_range(fd: int, offset: int, length: int, step: int) -> None:
             os.posix_fadvise(fd, start, min(step, end - start), os.POSIX_FADV_WILLNEED)
 
 
-def drop_range(mapping: mmap.mmap, fd: int, offset: int, length: int) -> int:
+def drop_range(mapping: mmap.mmap | None, fd: int, offset: int, length: int) -> int:
     """Drop the whole pages inside bytes ``[offset, offset + length)`` of file ``fd``
     from ``mapping`` (a map of the file from its start: ``madvise(MADV_DONTNEED)``,
-    so this process no longer maps them) and then from the page cache
+    so this process no longer maps them; ``None``: nothing mapped them, a ``pread``
+    read them) and then from the page cache
     (``posix_fadvise(POSIX_FADV_DONTNEED)``: clean pages nobody maps go; pages
     another process maps stay). The bytes stay right: a later touch reads the file.
     Errors ignored (a hint). Returns the bytes of the pages dropped. O(pages)."""
@@ -45,8 +46,9 @@ def drop_range(mapping: mmap.mmap, fd: int, offset: int, length: int) -> int:
     stop = (offset + length) // PAGE_BYTES * PAGE_BYTES
     if stop <= start:
         return 0
-    with contextlib.suppress(OSError, ValueError):
-        mapping.madvise(mmap.MADV_DONTNEED, start, stop - start)
+    if mapping is not None:
+        with contextlib.suppress(OSError, ValueError):
+            mapping.madvise(mmap.MADV_DONTNEED, start, stop - start)
     with contextlib.suppress(OSError):
         os.posix_fadvise(fd, start, stop - start, os.POSIX_FADV_DONTNEED)
     return stop - start
